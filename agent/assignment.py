@@ -1,0 +1,92 @@
+"""An assignment from a poll answer, checked and typed.
+
+Names end up in file names and URL paths, so they are checked against NAME_RE here, once.
+"""
+
+from dataclasses import dataclass, field
+from typing import Any
+
+from agent.protocol import NAME_RE
+
+
+@dataclass(frozen=True)
+class Job:
+    name: str
+    steps: list[str]
+    env: dict[str, str] = field(default_factory=dict)
+    timeout: float | None = None  # seconds; None: no limit
+    needs: list[str] = field(default_factory=list)
+
+
+@dataclass(frozen=True)
+class Assignment:
+    run_id: int
+    attempt: int
+    pipeline: str
+    jobs: list[Job]
+    env: dict[str, str] = field(default_factory=dict)
+
+    @property
+    def key(self) -> tuple[int, int]:
+        return (self.run_id, self.attempt)
+
+
+def parse_assignment(data: Any) -> Assignment:
+    """Build an Assignment from the JSON of a poll answer; ValueError says what is wrong."""
+    if not isinstance(data, dict):
+        raise ValueError("assignment is not an object")
+    run_id, attempt = data.get("run_id"), data.get("attempt")
+    if not _is_int(run_id) or not _is_int(attempt):
+        raise ValueError("assignment lacks an integer run_id or attempt")
+    pipeline = data.get("pipeline")
+    if not isinstance(pipeline, str) or not NAME_RE.match(pipeline):
+        raise ValueError(f"bad pipeline name {pipeline!r}")
+    jobs_data = data.get("jobs")
+    if not isinstance(jobs_data, list):
+        raise ValueError("assignment lacks a job list")
+    jobs = [_parse_job(j) for j in jobs_data]
+    if len({j.name for j in jobs}) != len(jobs):
+        raise ValueError("duplicate job names")
+    return Assignment(run_id, attempt, pipeline, jobs, _env(data.get("env")))
+
+
+def _parse_job(data: Any) -> Job:
+    if not isinstance(data, dict):
+        raise ValueError("job is not an object")
+    name = data.get("name")
+    if not isinstance(name, str) or not NAME_RE.match(name):
+        raise ValueError(f"bad job name {name!r}")
+    steps = data.get("steps")
+    if not isinstance(steps, list) or not all(isinstance(s, str) for s in steps):
+        raise ValueError(f"job {name}: steps must be a list of strings")
+    timeout = data.get("timeout")
+    if timeout is not None and (not isinstance(timeout, int | float) or timeout <= 0):
+        raise ValueError(f"job {name}: bad timeout {timeout!r}")
+    needs = data.get("needs") or []
+    if not isinstance(needs, list) or not all(isinstance(n, str) for n in needs):
+        raise ValueError(f"job {name}: needs must be a list of job names")
+    return Job(name, list(steps), _env(data.get("env")), timeout, list(needs))
+
+
+def _env(data: Any) -> dict[str, str]:
+    if data is None:
+        return {}
+    if not isinstance(data, dict):
+        raise ValueError("env must be an object")
+    # JSON numbers and booleans become their text; null becomes "".
+    env = {str(k): "" if v is None else _text(v) for k, v in data.items()}
+    for k, v in env.items():
+        # exec refuses these; better to say so than to fail inside Popen.
+        if not k or "=" in k or "\0" in k or "\0" in v:
+            raise ValueError(f"bad environment variable {k!r}")
+    return env
+
+
+def _text(value: Any) -> str:
+    if isinstance(value, bool):
+        return "true" if value else "false"
+    return str(value)
+
+
+def _is_int(value: Any) -> bool:
+    return isinstance(value, int) and not isinstance(value, bool)

@@ -1,0 +1,135 @@
+"""cifleet-agent: register this host with a primary, or run the worker loop.
+
+Exit codes: 0 ok, 2 usage/registration/config error, 3 the primary no longer knows this
+worker (a service manager should not restart it then).
+"""
+
+import argparse
+import logging
+import signal
+import socket
+import ssl
+import sys
+from pathlib import Path
+
+from agent import __version__
+
+EXIT_ERROR = 2
+EXIT_UNKNOWN_WORKER = 3
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = _parser().parse_args(argv)
+    return args.func(args)
+
+
+def _parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(prog="cifleet-agent", description="cifleet worker agent")
+    parser.add_argument("--version", action="version", version=f"%(prog)s {__version__}")
+    sub = parser.add_subparsers(dest="command", required=True)
+
+    reg = sub.add_parser("register", help="register this host with the primary")
+    reg.add_argument(
+        "--primary",
+        required=True,
+        metavar="URL",
+        help="the primary's public URL, e.g. https://ci.example:8443",
+    )
+    reg.add_argument(
+        "--ca-file",
+        required=True,
+        type=Path,
+        metavar="F",
+        help="fleet CA certificate (PEM) that signed the primary's certificate",
+    )
+    reg.add_argument(
+        "--secret-file",
+        required=True,
+        type=Path,
+        metavar="F",
+        help="file holding the worker secret",
+    )
+    reg.add_argument("--name", default=None, help="worker name (default: short host name)")
+    reg.add_argument("--tags", default="", help="comma-separated tags")
+    reg.add_argument("--slots", type=int, default=1, help="runs at once (default 1)")
+    reg.add_argument("--home", required=True, type=Path, metavar="DIR", help="agent home")
+    reg.set_defaults(func=_register)
+
+    run = sub.add_parser("run", help="run the worker loop until stopped")
+    run.add_argument("--home", required=True, type=Path, metavar="DIR", help="agent home")
+    run.set_defaults(func=_run)
+    return parser
+
+
+def _register(args: argparse.Namespace) -> int:
+    from agent.home import ConfigError, is_registered, load_config
+    from agent.registration import RegistrationError, read_secret, register
+
+    if is_registered(args.home):
+        try:
+            config = load_config(args.home)
+        except ConfigError as e:
+            return _fail(str(e))
+        print(f"already registered as {config['name']} ({config['worker_id']}); nothing changed")
+        return 0
+    name = args.name or socket.gethostname().split(".")[0]
+    tags = [t.strip() for t in args.tags.split(",") if t.strip()]
+    try:
+        secret = read_secret(args.secret_file)
+        config = register(args.primary, args.ca_file, secret, name, tags, args.slots, args.home)
+    except RegistrationError as e:
+        return _fail(str(e))
+    except OSError as e:
+        return _fail(f"cannot write the agent home {args.home}: {e}")
+    print(
+        f"registered as {config['name']} ({config['worker_id']}); agent URL {config['agent_url']}"
+    )
+    return 0
+
+
+def _run(args: argparse.Namespace) -> int:
+    from agent.home import ConfigError
+    from agent.worker import Agent
+
+    logging.basicConfig(
+        level=logging.INFO,
+        stream=sys.stderr,
+        format="%(asctime)s %(levelname)s %(name)s: %(message)s",
+    )
+    try:
+        agent = Agent(args.home)
+    except ConfigError as e:
+        return _fail(str(e))
+    except (ssl.SSLError, OSError) as e:
+        return _fail(f"cannot load the worker certificate or key from {args.home}: {e}")
+    _install_signal_handlers(agent)
+    agent.run()
+    return EXIT_UNKNOWN_WORKER if agent.unknown_worker else 0
+
+
+def _install_signal_handlers(agent) -> None:
+    """First SIGTERM/SIGINT: drain. A second one, or SIGQUIT: cancel the jobs and stop.
+
+    The handlers only set flags (see Agent.request_drain): no logging, no locks.
+    """
+    terms = 0
+
+    def on_term(signum, frame) -> None:
+        nonlocal terms
+        terms += 1
+        if terms == 1:
+            agent.request_drain()
+        else:
+            agent.request_force_stop()
+
+    def on_quit(signum, frame) -> None:
+        agent.request_force_stop()
+
+    signal.signal(signal.SIGTERM, on_term)
+    signal.signal(signal.SIGINT, on_term)
+    signal.signal(signal.SIGQUIT, on_quit)
+
+
+def _fail(message: str) -> int:
+    print(f"cifleet-agent: error: {message}", file=sys.stderr)
+    return EXIT_ERROR

@@ -1,0 +1,160 @@
+"""A small HTTPS client on http.client: one persistent connection, used by one thread.
+
+Every thread that talks to the primary owns its own Client, so no connection is ever shared
+between threads; abort() is the one method another thread may call.
+"""
+
+import contextlib
+import http.client
+import json
+import socket
+import ssl
+import threading
+import urllib.parse
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+from agent import __version__
+
+REQUEST_TIMEOUT_SECONDS = 30.0
+USER_AGENT = f"cifleet-agent/{__version__}"
+
+# Errors that mean "the server closed a reused keep-alive connection before answering":
+# the request never reached the application, so one retry on a fresh connection is safe.
+_STALE_CONNECTION_ERRORS = (
+    http.client.RemoteDisconnected,
+    ConnectionResetError,
+    BrokenPipeError,
+    ssl.SSLEOFError,
+    ssl.SSLZeroReturnError,
+)
+
+
+class TransportError(Exception):
+    """The request got no HTTP answer (refused, DNS, TLS, timeout, reset)."""
+
+
+@dataclass
+class Response:
+    status: int
+    body: bytes
+
+    def json(self) -> dict[str, Any]:
+        """The JSON object in the body, or {} when the body is not one."""
+        try:
+            data = json.loads(self.body)
+        except ValueError:
+            return {}
+        return data if isinstance(data, dict) else {}
+
+    @property
+    def code(self) -> str:
+        return str(self.json().get("code", ""))
+
+    @property
+    def message(self) -> str:
+        data = self.json()
+        return str(data.get("error") or self.body[:200].decode("utf-8", "replace")).strip()
+
+
+def agent_context(home: Path) -> ssl.SSLContext:
+    """TLS for the agent port: verify the primary against the fleet CA, present our cert."""
+    ctx = ssl.create_default_context(cafile=str(home / "ca.pem"))
+    ctx.load_cert_chain(str(home / "worker.crt"), str(home / "worker.key"))
+    return ctx
+
+
+class Client:
+    def __init__(
+        self, base_url: str, context: ssl.SSLContext, timeout: float = REQUEST_TIMEOUT_SECONDS
+    ) -> None:
+        url = urllib.parse.urlsplit(base_url)
+        if url.scheme != "https" or not url.hostname:
+            raise ValueError(f"not an https URL: {base_url!r}")
+        self._host = url.hostname
+        self._port = url.port or 443
+        self._prefix = url.path.rstrip("/")
+        self._context = context
+        self._timeout = timeout
+        self._conn: http.client.HTTPSConnection | None = None
+        self._reused = False
+        self._aborts = 0  # abort() calls so far: an aborted request is not retried
+        self._lock = threading.Lock()  # guards _conn against abort() from another thread
+
+    def request(
+        self,
+        method: str,
+        path: str,
+        body: bytes = b"",
+        content_type: str = "application/json",
+        timeout: float | None = None,
+    ) -> Response:
+        """Send one request; raise TransportError when no HTTP answer came back."""
+        headers = {"Content-Type": content_type, "User-Agent": USER_AGENT}
+        aborts = self._aborts
+        for attempt in (1, 2):
+            conn, reused = self._connection()
+            try:
+                # The connect timeout is the one given at construction; this sets the read one.
+                if conn.sock is None:
+                    conn.connect()
+                conn.sock.settimeout(timeout or self._timeout)
+                conn.request(method, self._prefix + path, body=body, headers=headers)
+                resp = conn.getresponse()
+                data = resp.read()
+            except _STALE_CONNECTION_ERRORS as e:
+                self.close()
+                if reused and attempt == 1 and aborts == self._aborts:
+                    continue
+                raise TransportError(_describe(e)) from e
+            except (OSError, http.client.HTTPException) as e:
+                self.close()
+                raise TransportError(_describe(e)) from e
+            if resp.will_close:
+                self.close()
+            else:
+                self._reused = True
+            return Response(resp.status, data)
+        raise AssertionError("unreachable")
+
+    def post_json(
+        self, path: str, payload: dict[str, Any], timeout: float | None = None
+    ) -> Response:
+        return self.request("POST", path, json.dumps(payload).encode(), timeout=timeout)
+
+    def close(self) -> None:
+        with self._lock:
+            conn, self._conn, self._reused = self._conn, None, False
+        if conn is not None:
+            conn.close()
+
+    def abort(self) -> None:
+        """Break a request in flight (from another thread), e.g. a long poll on shutdown."""
+        with self._lock:
+            self._aborts += 1
+            sock = self._conn.sock if self._conn is not None else None
+        if sock is not None:
+            # socket.socket.shutdown, not SSLSocket's: it must not touch the TLS state the
+            # blocked thread is using; the read just sees end-of-file.
+            with contextlib.suppress(OSError):
+                socket.socket.shutdown(sock, socket.SHUT_RDWR)
+
+    def _connection(self) -> tuple[http.client.HTTPSConnection, bool]:
+        with self._lock:
+            if self._conn is None:
+                self._conn = http.client.HTTPSConnection(
+                    self._host, self._port, context=self._context, timeout=self._timeout
+                )
+                self._reused = False
+            return self._conn, self._reused
+
+
+def _describe(e: BaseException) -> str:
+    if isinstance(e, ssl.SSLCertVerificationError):
+        return f"certificate verification failed: {e.verify_message or e}"
+    if isinstance(e, TimeoutError | socket.timeout):
+        return "timed out"
+    if isinstance(e, socket.gaierror):
+        return f"name resolution failed: {e.strerror or e}"
+    return str(e) or type(e).__name__

@@ -1,0 +1,200 @@
+"""Run an assignment's jobs on this host: processes, spool files, timeouts, cancel.
+
+The executor knows nothing about HTTP. It writes each job's output to a spool file and
+tells a Sink what happened; delivering that to the primary is the reporter's job, so a
+primary outage never stops or slows a job.
+"""
+
+import logging
+import os
+import pwd
+import subprocess
+import threading
+import time
+from collections.abc import Mapping
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Protocol
+
+from agent.assignment import Assignment, Job
+from agent.procs import kill_groups
+
+log = logging.getLogger(__name__)
+
+KILL_GRACE_SECONDS = 10.0
+_WAIT_SLICE = 0.05  # how often a waiting step checks for cancel and timeout
+
+# Two runs of the same pipeline on this host would share its workspace; they take turns.
+_workspace_locks: dict[Path, threading.Lock] = {}
+_workspace_locks_guard = threading.Lock()
+
+
+class Sink(Protocol):
+    """Receives the executor's events, in execution order, from the executor's thread."""
+
+    def job_started(self, job: str) -> None: ...
+
+    def job_finished(
+        self, job: str, state: str, exit_code: int | None, log_size: int | None
+    ) -> None: ...
+
+    def run_finished(self) -> None: ...
+
+
+@dataclass(frozen=True)
+class JobResult:
+    state: str
+    exit_code: int | None
+    log_size: int
+
+
+def log_path(spool_dir: Path, job: str) -> Path:
+    return spool_dir / f"{job}.log"
+
+
+def job_env(
+    assignment: Assignment, job: Job, workspace: Path, base: Mapping[str, str] | None = None
+) -> dict[str, str]:
+    """The job's environment. The agent's own environment is not passed through: it may
+    hold things (credentials, service settings) that are none of the job's business."""
+    base = os.environ if base is None else base
+    env = {
+        "PATH": base.get("PATH", os.defpath),
+        "HOME": base.get("HOME") or pwd.getpwuid(os.getuid()).pw_dir,
+    }
+    for name in ("LANG", "LC_ALL", "TMPDIR"):
+        if name in base:
+            env[name] = base[name]
+    env.update(
+        {
+            "CI": "true",
+            "CIFLEET": "true",
+            "CIFLEET_RUN_ID": str(assignment.run_id),
+            "CIFLEET_RUN_ATTEMPT": str(assignment.attempt),
+            "CIFLEET_PIPELINE": assignment.pipeline,
+            "CIFLEET_JOB": job.name,
+            "CIFLEET_WORKSPACE": str(workspace),
+        }
+    )
+    env.update(assignment.env)
+    env.update(job.env)
+    return env
+
+
+class RunExecutor:
+    def __init__(
+        self,
+        assignment: Assignment,
+        workspace: Path,
+        spool_dir: Path,
+        sink: Sink,
+        kill_grace: float = KILL_GRACE_SECONDS,
+        base_env: Mapping[str, str] | None = None,
+    ) -> None:
+        self.assignment = assignment
+        self.workspace = workspace
+        self.spool_dir = spool_dir
+        self._sink = sink
+        self._kill_grace = kill_grace
+        self._base_env = base_env
+        self._cancel = threading.Event()
+
+    def cancel(self) -> None:
+        """Kill the running job (reported cancelled) and skip the rest. Any thread may call."""
+        self._cancel.set()
+
+    @property
+    def cancelled(self) -> bool:
+        return self._cancel.is_set()
+
+    def run(self) -> dict[str, str]:
+        """Run every job in order; return each job's final state."""
+        self.workspace.mkdir(parents=True, exist_ok=True)
+        self.spool_dir.mkdir(parents=True, exist_ok=True)
+        states: dict[str, str] = {}
+        lock = _workspace_lock(self.workspace)
+        acquired = False
+        while not self._cancel.is_set() and not acquired:
+            acquired = lock.acquire(timeout=_WAIT_SLICE)
+        try:
+            for job in self.assignment.jobs:
+                if self._cancel.is_set() or any(states.get(n) != "success" for n in job.needs):
+                    states[job.name] = "skipped"
+                    self._sink.job_finished(job.name, "skipped", None, None)
+                    continue
+                self._sink.job_started(job.name)
+                result = self.run_job(job)
+                states[job.name] = result.state
+                self._sink.job_finished(job.name, result.state, result.exit_code, result.log_size)
+        finally:
+            if acquired:
+                lock.release()
+        self._sink.run_finished()
+        return states
+
+    def run_job(self, job: Job) -> JobResult:
+        """Run one job's steps; its output goes to its spool file, byte for byte."""
+        path = log_path(self.spool_dir, job.name)
+        # O_APPEND: every process writes at the current end, so output interleaves exactly
+        # as written even when stdout and stderr (and background children) share the file.
+        fd = os.open(path, os.O_WRONLY | os.O_APPEND | os.O_CREAT | os.O_CLOEXEC, 0o600)
+        env = job_env(self.assignment, job, self.workspace, self._base_env)
+        deadline = time.monotonic() + job.timeout if job.timeout else None
+        pgids: list[int] = []
+        state, exit_code = "success", 0
+        try:
+            for step in job.steps:
+                try:
+                    proc = subprocess.Popen(
+                        ["/bin/sh", "-c", step],
+                        cwd=self.workspace,
+                        env=env,
+                        stdin=subprocess.DEVNULL,
+                        stdout=fd,
+                        stderr=fd,
+                        start_new_session=True,
+                    )
+                except OSError as e:
+                    log.error(
+                        "run %s job %s: cannot start /bin/sh: %s",
+                        self.assignment.run_id,
+                        job.name,
+                        e,
+                    )
+                    state, exit_code = "failed", None
+                    break
+                pgids.append(proc.pid)
+                stopped_by = self._wait(proc, deadline)
+                if stopped_by:
+                    kill_groups(pgids, self._kill_grace, leaders=[proc.pid])
+                    proc.wait()
+                    state = stopped_by
+                    # The signal that ended the shell, as a negative number, if one did.
+                    exit_code = proc.returncode if proc.returncode < 0 else None
+                    break
+                if proc.returncode != 0:
+                    state, exit_code = "failed", proc.returncode
+                    break
+        finally:
+            # Background processes a step started live until the end of the job, no longer.
+            kill_groups(pgids, self._kill_grace)
+            os.close(fd)
+        return JobResult(state, exit_code, os.stat(path).st_size)
+
+    def _wait(self, proc: subprocess.Popen, deadline: float | None) -> str | None:
+        """Wait for the step; return None when it exited, else why it must be killed."""
+        while True:
+            try:
+                proc.wait(timeout=_WAIT_SLICE)
+                return None
+            except subprocess.TimeoutExpired:
+                pass
+            if self._cancel.is_set():
+                return "cancelled"
+            if deadline is not None and time.monotonic() >= deadline:
+                return "timed_out"
+
+
+def _workspace_lock(workspace: Path) -> threading.Lock:
+    with _workspace_locks_guard:
+        return _workspace_locks.setdefault(workspace.resolve(), threading.Lock())

@@ -1,0 +1,84 @@
+"""The agent's home directory: file layout, atomic writes, the config file.
+
+<home>/worker.key   private key (0600, never leaves this host)
+<home>/worker.crt   client certificate the primary issued
+<home>/ca.pem       fleet CA: verifies the primary
+<home>/config.json  written last at registration; its presence means "registered"
+<home>/workspaces/<pipeline>/        kept between runs (the pipeline's cache)
+<home>/spool/<run_id>-<attempt>/<job>.log   output not yet acknowledged by the primary
+"""
+
+import contextlib
+import json
+import os
+import tempfile
+from pathlib import Path
+from typing import Any
+
+KEY_FILE = "worker.key"
+CERT_FILE = "worker.crt"
+CA_FILE = "ca.pem"
+CONFIG_FILE = "config.json"
+WORKSPACES_DIR = "workspaces"
+SPOOL_DIR = "spool"
+
+CONFIG_KEYS = ("worker_id", "name", "tags", "slots", "primary_url", "agent_url")
+
+
+class ConfigError(Exception):
+    """The home holds no usable configuration; the message says why."""
+
+
+def write_atomic(path: Path, data: bytes, mode: int = 0o600) -> None:
+    """Write a file so that readers see either the old content or all of the new one."""
+    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
+    try:
+        # mkstemp already creates 0600; fchmod makes the mode explicit for other modes.
+        os.fchmod(fd, mode)
+        with os.fdopen(fd, "wb") as f:
+            f.write(data)
+            f.flush()
+            os.fsync(f.fileno())
+        os.replace(tmp, path)
+    except BaseException:
+        with contextlib.suppress(OSError):
+            os.unlink(tmp)
+        raise
+    _fsync_dir(path.parent)
+
+
+def _fsync_dir(directory: Path) -> None:
+    # Makes the rename durable; a crash right after registration must not lose the key.
+    fd = os.open(directory, os.O_RDONLY)
+    try:
+        os.fsync(fd)
+    finally:
+        os.close(fd)
+
+
+def is_registered(home: Path) -> bool:
+    return (Path(home) / CONFIG_FILE).is_file()
+
+
+def load_config(home: Path) -> dict[str, Any]:
+    """Read and check config.json; raise ConfigError with a one-line reason."""
+    path = Path(home) / CONFIG_FILE
+    try:
+        config = json.loads(path.read_text())
+    except FileNotFoundError:
+        raise ConfigError(
+            f"{home} is not registered (no {CONFIG_FILE}); run 'cifleet-agent register' first"
+        ) from None
+    except (OSError, ValueError) as e:
+        raise ConfigError(f"cannot read {path}: {e}") from None
+    if not isinstance(config, dict):
+        raise ConfigError(f"{path} does not hold a JSON object")
+    missing = [k for k in CONFIG_KEYS if k not in config]
+    if missing:
+        raise ConfigError(f"{path} lacks {', '.join(missing)}")
+    if not isinstance(config["slots"], int) or config["slots"] < 1:
+        raise ConfigError(f"{path}: slots must be a positive integer")
+    for name in (KEY_FILE, CERT_FILE, CA_FILE):
+        if not (Path(home) / name).is_file():
+            raise ConfigError(f"{home} lacks {name}; register this worker again")
+    return config

@@ -1,0 +1,39 @@
+"""Wire constants shared by the primary and the agent.
+
+This is the one place both sides agree on. The primary may import it; the agent never
+imports the primary.
+"""
+
+import re
+
+# Agent port (mutual TLS). Paths are relative to the agent URL the primary hands out at
+# registration, e.g. https://primary.example:8444.
+POLL_PATH = "/agent/v1/poll"
+RUN_START_PATH = "/agent/v1/runs/{run_id}/start"
+JOB_LOG_PATH = "/agent/v1/runs/{run_id}/jobs/{job}/log"
+JOB_STATUS_PATH = "/agent/v1/runs/{run_id}/jobs/{job}/status"
+RUN_FINISH_PATH = "/agent/v1/runs/{run_id}/finish"
+
+# Public port (server TLS only).
+REGISTER_PATH = "/api/v1/workers/register"
+
+# The primary holds a poll open at most this long; the agent's read timeout must exceed it.
+POLL_HOLD_SECONDS = 25.0
+POLL_CLIENT_TIMEOUT_SECONDS = POLL_HOLD_SECONDS + 15.0
+
+# Largest log chunk the agent sends in one request, and the largest the primary accepts.
+LOG_CHUNK_BYTES = 1 << 20
+MAX_LOG_CHUNK_BYTES = 4 << 20
+
+# Error codes in JSON error bodies ({"error": message, "code": CODE}) the agent acts on.
+CODE_STALE_ATTEMPT = "stale_attempt"  # 409: this attempt was taken back; stop the run
+CODE_LOG_GAP = "log_gap"  # 416: offset beyond what is stored; resend from "size"
+CODE_LOG_INCOMPLETE = "log_incomplete"  # 409: final job status before all log bytes arrived
+CODE_UNKNOWN_WORKER = "unknown_worker"  # 403: certificate no longer belongs to a worker
+
+# Job states the agent reports. Run states are derived by the primary.
+JOB_RUNNING = "running"
+JOB_FINAL_STATES = ("success", "failed", "timed_out", "cancelled", "skipped")
+
+# Names of pipelines, jobs and workers: safe in URLs, file names and log headers.
+NAME_RE = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._-]{0,63}$")

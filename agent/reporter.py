@@ -1,0 +1,257 @@
+"""Deliver one run to the primary: start, job statuses, log bytes, finish — in order.
+
+The executor appends events (it is a Sink) and never waits for the primary; this side
+reads them in order and retries every call with backoff until the primary has it:
+
+  running status → log bytes (shipped while the job runs) → final status (only once the
+  whole spool file up to its final size is acknowledged) → ... → finish.
+
+Log bytes are addressed by offset, so a resend never duplicates and a gap is never silent.
+"""
+
+import logging
+import os
+import threading
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any
+
+from agent.assignment import Assignment
+from agent.backoff import Backoff
+from agent.client import Client, Response, TransportError
+from agent.executor import log_path
+from agent.protocol import (
+    CODE_LOG_GAP,
+    CODE_LOG_INCOMPLETE,
+    CODE_STALE_ATTEMPT,
+    CODE_UNKNOWN_WORKER,
+    JOB_LOG_PATH,
+    JOB_STATUS_PATH,
+    LOG_CHUNK_BYTES,
+    RUN_FINISH_PATH,
+    RUN_START_PATH,
+)
+
+log = logging.getLogger(__name__)
+
+TICK_SECONDS = 0.05  # how often a running job's spool file is checked for new bytes
+
+
+class Stale(Exception):
+    """409 stale_attempt: the primary took this attempt back; drop the run."""
+
+
+class UnknownWorker(Exception):
+    """403 unknown_worker: the primary no longer knows this worker."""
+
+
+class Refused(Exception):
+    """The primary refused a call for good (a 4xx we cannot act on); drop the run."""
+
+
+class Stopped(Exception):
+    """The agent is stopping before delivery was done."""
+
+
+class RunReporter:
+    def __init__(
+        self,
+        client: Client,
+        assignment: Assignment,
+        spool_dir: Path,
+        stop: threading.Event,
+        backoff: Callable[[], Backoff] = Backoff,
+    ) -> None:
+        self._client = client
+        self._run = assignment
+        self._spool_dir = spool_dir
+        self._stop = stop
+        self._new_backoff = backoff
+        self._events: list[tuple[Any, ...]] = []
+        self._cond = threading.Condition()
+        self._acked: dict[str, int] = {}  # job → bytes the primary has acknowledged
+
+    # -- Sink: called from the executor's thread; never blocks on the network.
+
+    def job_started(self, job: str) -> None:
+        self._add(("started", job))
+
+    def job_finished(
+        self, job: str, state: str, exit_code: int | None, log_size: int | None
+    ) -> None:
+        self._add(("finished", job, state, exit_code, log_size))
+
+    def run_finished(self) -> None:
+        self._add(("run_finished",))
+
+    def fail(self, reason: str) -> None:
+        """The executor broke down: delivery stops there (with Refused)."""
+        self._add(("failed", reason))
+
+    def _add(self, event: tuple[Any, ...]) -> None:
+        with self._cond:
+            self._events.append(event)
+            self._cond.notify_all()
+
+    # -- Delivery: called from the run's delivery thread.
+
+    def start_run(self) -> bool:
+        """Confirm the assignment. False if the primary took it back (409 stale_attempt)."""
+        try:
+            resp = self._call(
+                RUN_START_PATH.format(run_id=self._run.run_id), {"attempt": self._run.attempt}
+            )
+        except Stale:
+            return False
+        if resp.status != 200:
+            raise Refused(f"start: HTTP {resp.status}: {resp.message}")
+        return True
+
+    def deliver(self) -> None:
+        """Deliver every event until the primary acknowledged finish.
+
+        Raises Stale, UnknownWorker, Refused or Stopped when delivery cannot complete.
+        """
+        i = 0
+        while True:
+            event = self._event(i)
+            kind = event[0]
+            if kind == "started":
+                job = event[1]
+                self._status(job, {"state": "running"})
+                # Ship output while the job runs, until its final event is queued; wait a
+                # tick only when there was nothing to send.
+                sent = True
+                while self._event(i + 1, wait=0 if sent else TICK_SECONDS) is None:
+                    sent = self._ship_chunk(job, limit=None)
+            elif kind == "finished":
+                _, job, state, exit_code, log_size = event
+                if log_size is None:
+                    self._status(job, {"state": state})
+                else:
+                    self._final_status(job, state, exit_code, log_size)
+            elif kind == "failed":
+                raise Refused(event[1])
+            else:
+                resp = self._call(
+                    RUN_FINISH_PATH.format(run_id=self._run.run_id), {"attempt": self._run.attempt}
+                )
+                if resp.status != 200:
+                    raise Refused(f"finish: HTTP {resp.status}: {resp.message}")
+                return
+            i += 1
+
+    def _event(self, i: int, wait: float | None = None) -> tuple[Any, ...] | None:
+        """Event number i; block for it (or up to `wait` seconds, then None)."""
+        with self._cond:
+            waited = 0.0
+            while len(self._events) <= i:
+                if self._stop.is_set():
+                    raise Stopped()
+                if wait is not None and waited >= wait:
+                    return None
+                self._cond.wait(TICK_SECONDS)
+                waited += TICK_SECONDS
+            return self._events[i]
+
+    def _final_status(self, job: str, state: str, exit_code: int | None, log_size: int) -> None:
+        body = {"state": state, "exit_code": exit_code, "log_size": log_size}
+        while True:
+            while self._acked.get(job, 0) < log_size:
+                self._ship_chunk(job, limit=log_size)
+            resp = self._call(
+                self._job_path(JOB_STATUS_PATH, job), {"attempt": self._run.attempt, **body}
+            )
+            if resp.status == 200:
+                return
+            if resp.status == 409 and resp.code == CODE_LOG_INCOMPLETE:
+                self._acked[job] = _size(resp)
+                continue
+            raise Refused(f"job {job} status: HTTP {resp.status}: {resp.message}")
+
+    def _status(self, job: str, body: dict[str, Any]) -> None:
+        resp = self._call(
+            self._job_path(JOB_STATUS_PATH, job), {"attempt": self._run.attempt, **body}
+        )
+        if resp.status != 200:
+            raise Refused(f"job {job} status: HTTP {resp.status}: {resp.message}")
+
+    def _ship_chunk(self, job: str, limit: int | None) -> bool:
+        """Send the next chunk of the job's log (up to `limit`, or what the file has now).
+
+        Returns whether there was anything to send.
+        """
+        path = log_path(self._spool_dir, job)
+        offset = self._acked.get(job, 0)
+        try:
+            end = os.stat(path).st_size if limit is None else limit
+            if end <= offset:
+                return False
+            with open(path, "rb") as f:
+                data = os.pread(f.fileno(), min(LOG_CHUNK_BYTES, end - offset), offset)
+        except FileNotFoundError:
+            if limit is None:
+                return False  # the executor has not created it yet
+            raise Refused(f"spool file {path} is gone") from None
+        if not data:
+            raise Refused(f"spool file {path} is shorter than the job's log size")
+        query = f"?attempt={self._run.attempt}&offset={offset}"
+        resp = self._call(
+            self._job_path(JOB_LOG_PATH, job) + query, data, content_type="application/octet-stream"
+        )
+        if resp.status == 200 or (resp.status == 416 and resp.code == CODE_LOG_GAP):
+            size = _size(resp)
+            if resp.status == 200 and size <= offset:
+                # The primary took nothing; do not spin on it.
+                log.warning(
+                    "run %s job %s: the primary did not advance the log at %d",
+                    self._run.run_id,
+                    job,
+                    offset,
+                )
+                self._stop.wait(1.0)
+            self._acked[job] = size
+            return True
+        raise Refused(f"job {job} log: HTTP {resp.status}: {resp.message}")
+
+    def _job_path(self, template: str, job: str) -> str:
+        return template.format(run_id=self._run.run_id, job=job)
+
+    def _call(
+        self, path: str, payload: dict[str, Any] | bytes, content_type: str = "application/json"
+    ) -> Response:
+        """POST until the primary answers; retry transport errors and 5xx with backoff."""
+        backoff = self._new_backoff()
+        failing = False
+        while True:
+            if self._stop.is_set():
+                raise Stopped()
+            try:
+                if isinstance(payload, bytes):
+                    resp = self._client.request("POST", path, payload, content_type)
+                else:
+                    resp = self._client.post_json(path, payload)
+            except TransportError as e:
+                problem = f"cannot reach the primary: {e}"
+            else:
+                if resp.status == 403 and resp.code == CODE_UNKNOWN_WORKER:
+                    raise UnknownWorker()
+                if resp.status == 409 and resp.code == CODE_STALE_ATTEMPT:
+                    raise Stale()
+                if resp.status < 500 and resp.status != 429:
+                    if failing:
+                        log.info("run %s: delivering again", self._run.run_id)
+                    return resp
+                problem = f"the primary answered HTTP {resp.status}"
+            # First failure of a streak is a warning; the retries after it are noise.
+            level = logging.DEBUG if failing else logging.WARNING
+            log.log(level, "run %s: %s; retrying", self._run.run_id, problem)
+            failing = True
+            self._stop.wait(backoff.next_delay())
+
+
+def _size(resp: Response) -> int:
+    size = resp.json().get("size")
+    if not isinstance(size, int) or isinstance(size, bool) or size < 0:
+        raise Refused(f"the primary's answer has no valid size: {resp.body[:200]!r}")
+    return size

@@ -1,0 +1,118 @@
+"""One assigned run on this worker: a delivery thread that confirms the run and reports
+it, and an executor thread that runs its jobs once the primary confirmed the start."""
+
+import logging
+import shutil
+import ssl
+import threading
+from collections.abc import Callable
+from pathlib import Path
+
+from agent.assignment import Assignment
+from agent.client import Client
+from agent.executor import KILL_GRACE_SECONDS, RunExecutor
+from agent.home import SPOOL_DIR, WORKSPACES_DIR
+from agent.reporter import Refused, RunReporter, Stale, Stopped, UnknownWorker
+
+log = logging.getLogger(__name__)
+
+
+def spool_dir_for(home: Path, run_id: int, attempt: int) -> Path:
+    return home / SPOOL_DIR / f"{run_id}-{attempt}"
+
+
+class RunHandle:
+    def __init__(
+        self,
+        assignment: Assignment,
+        home: Path,
+        agent_url: str,
+        context: ssl.SSLContext,
+        stop: threading.Event,
+        on_done: Callable[["RunHandle"], None],
+        on_unknown_worker: Callable[[], None],
+        kill_grace: float = KILL_GRACE_SECONDS,
+    ) -> None:
+        self.assignment = assignment
+        self.spool_dir = spool_dir_for(home, assignment.run_id, assignment.attempt)
+        # Each delivery thread owns its connection: no sharing between threads.
+        self._client = Client(agent_url, context)
+        self.reporter = RunReporter(self._client, assignment, self.spool_dir, stop)
+        self.executor = RunExecutor(
+            assignment,
+            home / WORKSPACES_DIR / assignment.pipeline,
+            self.spool_dir,
+            self.reporter,
+            kill_grace,
+        )
+        self._on_done = on_done
+        self._on_unknown_worker = on_unknown_worker
+        name = f"run-{assignment.run_id}.{assignment.attempt}"
+        self._thread = threading.Thread(target=self._deliver, name=name, daemon=True)
+        self._exec_thread = threading.Thread(target=self._execute, name=name + "-exec", daemon=True)
+
+    @property
+    def key(self) -> tuple[int, int]:
+        return self.assignment.key
+
+    def start(self) -> None:
+        self._thread.start()
+
+    def cancel(self) -> None:
+        """Kill the running job; the run is still reported (jobs cancelled/skipped)."""
+        self.executor.cancel()
+
+    def join(self, timeout: float | None = None) -> bool:
+        self._thread.join(timeout)
+        return not self._thread.is_alive()
+
+    def _execute(self) -> None:
+        try:
+            self.executor.run()
+        except Exception as e:
+            log.exception("run %s: the executor failed", self.assignment.run_id)
+            self.reporter.fail(f"the executor failed: {e}")
+
+    def _deliver(self) -> None:
+        run = self.assignment
+        keep_spool = False
+        try:
+            if not self.reporter.start_run():
+                log.info(
+                    "run %s attempt %s was taken back before it started", run.run_id, run.attempt
+                )
+                return
+            log.info("run %s attempt %s (%s): started", run.run_id, run.attempt, run.pipeline)
+            self._exec_thread.start()
+            self.reporter.deliver()
+            log.info("run %s attempt %s: delivered", run.run_id, run.attempt)
+        except Stale:
+            log.warning(
+                "run %s attempt %s was taken back by the primary; dropping it",
+                run.run_id,
+                run.attempt,
+            )
+        except UnknownWorker:
+            self._on_unknown_worker()
+        except Refused as e:
+            log.error("run %s attempt %s: dropping it: %s", run.run_id, run.attempt, e)
+        except Stopped:
+            # Stopping before delivery was done: leave the output on disk.
+            keep_spool = True
+        except Exception:
+            log.exception("run %s: delivery failed; dropping it", run.run_id)
+        finally:
+            self.executor.cancel()  # a no-op when the run already ended
+            if self._exec_thread.is_alive():
+                self._exec_thread.join()
+            self._client.close()
+            if keep_spool:
+                log.warning(
+                    "run %s attempt %s: undelivered output left in %s",
+                    run.run_id,
+                    run.attempt,
+                    self.spool_dir,
+                )
+            else:
+                shutil.rmtree(self.spool_dir, ignore_errors=True)
+            self._on_done(self)

@@ -1,0 +1,270 @@
+"""The agent's main loop: long-poll the primary, start and cancel runs, drain and stop.
+
+Model: rq's worker loop and Buildkite's signals. run() supervises; one poll thread talks to
+the primary; each run has its own threads (agent.runner). Stopping is driven by flags and
+one threading.Event, so the same loop works in the CLI (signals set the flags) and inside
+the primary as its built-in worker (a thread with its own stop event, no signals).
+"""
+
+import logging
+import shutil
+import threading
+import time
+from pathlib import Path
+from typing import Any
+
+import psutil
+
+from agent import __version__
+from agent.assignment import parse_assignment
+from agent.backoff import Backoff, short_pause
+from agent.client import Client, TransportError, agent_context
+from agent.executor import KILL_GRACE_SECONDS
+from agent.home import SPOOL_DIR, load_config
+from agent.protocol import CODE_UNKNOWN_WORKER, POLL_CLIENT_TIMEOUT_SECONDS, POLL_PATH
+from agent.runner import RunHandle
+
+log = logging.getLogger(__name__)
+
+SUPERVISE_SECONDS = 0.2  # how often run() looks at the stop flags
+QUICK_ANSWER_SECONDS = 1.0  # an empty poll answer faster than this gets a pause after it
+FORCE_DELIVERY_SECONDS = 30.0  # after a force stop, how long cancelled runs may take to deliver
+UNKNOWN_WORKER_MESSAGE = (
+    "the primary no longer knows this worker; it was removed or its certificate revoked"
+)
+
+
+class Agent:
+    def __init__(
+        self,
+        home: Path,
+        stop: threading.Event | None = None,
+        *,
+        kill_grace: float = KILL_GRACE_SECONDS,
+        force_delivery: float = FORCE_DELIVERY_SECONDS,
+    ) -> None:
+        """Load the registered home (ConfigError if it is not usable) and its TLS identity."""
+        self.home = Path(home)
+        self.config = load_config(self.home)
+        self.stop = stop if stop is not None else threading.Event()
+        self.slots: int = self.config["slots"]
+        self.unknown_worker = False  # set when the primary answered 403 unknown_worker
+        self._agent_url: str = self.config["agent_url"]
+        self._context = agent_context(self.home)
+        self._kill_grace = kill_grace
+        self._force_delivery = force_delivery
+        self._runs: dict[tuple[int, int], RunHandle] = {}
+        self._lock = threading.Lock()
+        self._poll_client = Client(self._agent_url, self._context)
+        self._poll_interrupted = False
+        # Plain attributes, not Events: signal handlers set them, and taking a lock inside
+        # a signal handler can deadlock the main thread.
+        self._drain_requested = False
+        self._force_requested = False
+
+    # -- Control: safe from signal handlers and from other threads.
+
+    def request_drain(self) -> None:
+        """Take no new work; finish and deliver the current runs; then run() returns."""
+        self._drain_requested = True
+
+    def request_force_stop(self) -> None:
+        """Cancel the current runs (kill their jobs), deliver that, then run() returns."""
+        self._force_requested = True
+
+    @property
+    def draining(self) -> bool:
+        return self._drain_requested or self._force_requested
+
+    def held_runs(self) -> list[tuple[int, int]]:
+        """(run_id, attempt) of every run this agent holds: executing or still delivering."""
+        with self._lock:
+            return sorted(self._runs)
+
+    # -- The loop.
+
+    def run(self) -> None:
+        """Work until stopped: by self.stop, by a finished drain or force stop, or by the
+        primary forgetting this worker. Setting self.stop directly is the hard stop: jobs are
+        killed and undelivered output stays in the spool."""
+        log.info(
+            "agent %s (%s) polling %s with %d slot(s)",
+            self.config["name"],
+            self.config["worker_id"],
+            self._agent_url,
+            self.slots,
+        )
+        self._clear_old_spool()
+        poller = threading.Thread(target=self._poll_loop, name="poll", daemon=True)
+        poller.start()
+        try:
+            self._supervise()
+        finally:
+            self.stop.set()
+            self._shutdown(poller)
+
+    def _clear_old_spool(self) -> None:
+        # Output a previous agent process could not deliver: those attempts are over (the
+        # primary has marked them lost), and nothing here can resume them.
+        spool = self.home / SPOOL_DIR
+        for leftover in sorted(spool.iterdir()) if spool.is_dir() else []:
+            log.warning("removing undelivered output of an earlier run: %s", leftover)
+            shutil.rmtree(leftover, ignore_errors=True)
+
+    def _supervise(self) -> None:
+        drain_seen = force_seen = False
+        force_deadline = None
+        while not self.stop.wait(SUPERVISE_SECONDS):
+            if self._force_requested and not force_seen:
+                force_seen = drain_seen = True
+                log.info("force stop: cancelling %d run(s)", len(self.held_runs()))
+                with self._lock:
+                    handles = list(self._runs.values())
+                for handle in handles:
+                    handle.cancel()
+                force_deadline = time.monotonic() + self._kill_grace + self._force_delivery
+                self._interrupt_poll()  # so the primary hears "draining" now
+            if self._drain_requested and not drain_seen:
+                drain_seen = True
+                log.info("draining: finishing %d run(s), taking no new work", len(self.held_runs()))
+                self._interrupt_poll()
+            if self.draining and not self.held_runs():
+                log.info("no runs left; stopping")
+                return
+            if force_deadline is not None and time.monotonic() > force_deadline:
+                log.warning("force stop: gave up waiting for delivery")
+                return
+
+    def _shutdown(self, poller: threading.Thread) -> None:
+        self._interrupt_poll()
+        with self._lock:
+            handles = list(self._runs.values())
+        for handle in handles:
+            handle.cancel()
+        poller.join(timeout=5)
+        for handle in handles:
+            handle.join(timeout=self._kill_grace + 5)
+        self._poll_client.close()
+        log.info("agent stopped")
+
+    def _interrupt_poll(self) -> None:
+        self._poll_interrupted = True
+        self._poll_client.abort()
+
+    def _poll_loop(self) -> None:
+        try:
+            self._poll_forever()
+        except Exception:
+            # Without polls the primary would mark this worker lost; better to say so and stop.
+            log.exception("the poll loop failed; stopping")
+            self.stop.set()
+
+    def _poll_forever(self) -> None:
+        backoff = Backoff()
+        failing = False
+        while not self.stop.is_set():
+            started = time.monotonic()
+            try:
+                resp = self._poll_client.post_json(
+                    POLL_PATH, self._poll_body(), timeout=POLL_CLIENT_TIMEOUT_SECONDS
+                )
+            except TransportError as e:
+                if self._poll_interrupted:  # we broke it ourselves: poll again at once
+                    self._poll_interrupted = False
+                    continue
+                problem = f"cannot reach the primary at {self._agent_url}: {e}"
+            else:
+                if resp.status == 403 and resp.code == CODE_UNKNOWN_WORKER:
+                    self._unknown_worker()
+                    return
+                if resp.status == 200:
+                    if failing:
+                        log.info("connected to the primary again")
+                    failing = False
+                    backoff.reset()
+                    took_work = self._handle_answer(resp.json())
+                    if not took_work and time.monotonic() - started < QUICK_ANSWER_SECONDS:
+                        self.stop.wait(short_pause())  # never busy-loop on a quick answer
+                    continue
+                problem = f"poll refused: HTTP {resp.status}: {resp.message}"
+            log.log(logging.DEBUG if failing else logging.WARNING, "%s; retrying", problem)
+            failing = True
+            self.stop.wait(backoff.next_delay())
+
+    def _poll_body(self) -> dict[str, Any]:
+        return {
+            "version": __version__,
+            "slots": self.slots,
+            "draining": self.draining,
+            "load": load_report(),
+            "runs": [{"run_id": r, "attempt": a} for r, a in self.held_runs()],
+            "wait": True,
+        }
+
+    def _handle_answer(self, answer: dict[str, Any]) -> bool:
+        """Act on a poll answer; True if it changed anything (then poll again at once)."""
+        acted = False
+        for entry in answer.get("cancel") or []:
+            if not isinstance(entry, dict):
+                continue
+            with self._lock:
+                handle = self._runs.get((entry.get("run_id"), entry.get("attempt")))
+            # The primary repeats a cancel until the run is finished; only the first counts.
+            if handle is not None and not handle.executor.cancelled:
+                log.info("run %s attempt %s: cancelled by the primary", *handle.key)
+                handle.cancel()
+                acted = True
+        for data in answer.get("assignments") or []:
+            acted = self._accept(data) or acted
+        return acted
+
+    def _accept(self, data: Any) -> bool:
+        try:
+            assignment = parse_assignment(data)
+        except ValueError as e:
+            # Unconfirmed, the lease runs out and the primary plans the run again.
+            log.error("ignoring a malformed assignment: %s", e)
+            return False
+        with self._lock:
+            if assignment.key in self._runs:
+                return False
+            if self.draining:
+                log.info("draining: not taking run %s", assignment.run_id)
+                return False
+            if len(self._runs) >= self.slots:
+                log.warning("no free slot for run %s; leaving it to the primary", assignment.run_id)
+                return False
+            handle = RunHandle(
+                assignment,
+                self.home,
+                self._agent_url,
+                self._context,
+                self.stop,
+                self._run_done,
+                self._unknown_worker,
+                self._kill_grace,
+            )
+            self._runs[assignment.key] = handle
+        handle.start()
+        return True
+
+    def _run_done(self, handle: RunHandle) -> None:
+        with self._lock:
+            self._runs.pop(handle.key, None)
+
+    def _unknown_worker(self) -> None:
+        if not self.unknown_worker:
+            log.error(UNKNOWN_WORKER_MESSAGE)
+        self.unknown_worker = True
+        self.stop.set()
+
+
+def load_report() -> dict[str, Any]:
+    """The host's load, as the poll reports it."""
+    load1, load5, _ = psutil.getloadavg()
+    return {
+        "load1": round(load1, 2),
+        "load5": round(load5, 2),
+        "cpus": psutil.cpu_count() or 1,
+        "memory_percent": psutil.virtual_memory().percent,
+    }

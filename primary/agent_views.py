@@ -1,0 +1,65 @@
+"""Agent API (agent port, mutual TLS): parse, call the dispatch service, render."""
+
+from flask import Blueprint, current_app, g, jsonify, request
+
+from agent.protocol import MAX_LOG_CHUNK_BYTES
+from primary import dispatch
+from primary.auth import primary_of_app, require_worker
+from primary.errors import ApiError, BadRequest
+from primary.register_views import json_body
+
+bp = Blueprint("agent", __name__, url_prefix="/agent/v1")
+
+
+def _attempt(body: dict) -> int:
+    attempt = body.get("attempt")
+    if not isinstance(attempt, int) or isinstance(attempt, bool):
+        raise BadRequest("attempt: must be a whole number")
+    return attempt
+
+
+@bp.post("/poll")
+@require_worker
+def poll():
+    ext = current_app.extensions
+    return jsonify(
+        dispatch.poll(
+            primary_of_app(), ext["cifleet.poll_gate"], g.worker, json_body(), ext["cifleet.stop"]
+        )
+    )
+
+
+@bp.post("/runs/<int:run_id>/start")
+@require_worker
+def start(run_id: int):
+    return jsonify(dispatch.start_run(primary_of_app(), g.worker, run_id, _attempt(json_body())))
+
+
+@bp.post("/runs/<int:run_id>/jobs/<job>/log")
+@require_worker
+def append_log(run_id: int, job: str):
+    try:
+        attempt = int(request.args["attempt"])
+        offset = int(request.args["offset"])
+    except (KeyError, ValueError):
+        raise BadRequest("attempt and offset query parameters must be whole numbers") from None
+    if request.content_length is None or request.content_length > MAX_LOG_CHUNK_BYTES:
+        err = ApiError(f"a log chunk must have a Content-Length of at most {MAX_LOG_CHUNK_BYTES}")
+        err.status, err.code = 413, "too_large"
+        raise err
+    data = request.get_data(cache=False)
+    return jsonify(
+        dispatch.append_log(primary_of_app(), g.worker, run_id, job, attempt, offset, data)
+    )
+
+
+@bp.post("/runs/<int:run_id>/jobs/<job>/status")
+@require_worker
+def job_status(run_id: int, job: str):
+    return jsonify(dispatch.job_status(primary_of_app(), g.worker, run_id, job, json_body()))
+
+
+@bp.post("/runs/<int:run_id>/finish")
+@require_worker
+def finish(run_id: int):
+    return jsonify(dispatch.finish_run(primary_of_app(), g.worker, run_id, _attempt(json_body())))

@@ -1,0 +1,73 @@
+"""Flask application factories: one app per listener, sharing one Primary.
+
+The public app (admin API, registration, health, later the UI) and the agent app (mutual
+TLS only) are separate WSGI apps, so no agent route is reachable on the public port and no
+admin route on the agent port.
+"""
+
+import logging
+import threading
+
+from flask import Flask, jsonify
+from werkzeug.exceptions import HTTPException
+
+from primary.config import AGENT_THREADS_RESERVED, PrimaryConfig
+from primary.context import Primary, open_primary
+from primary.errors import ApiError
+
+log = logging.getLogger("cifleet.primary")
+
+
+def _install_error_handlers(app: Flask) -> None:
+    @app.errorhandler(ApiError)
+    def api_error(err: ApiError):
+        body = {"error": err.message, "code": err.code, **err.fields}
+        return jsonify(body), err.status
+
+    @app.errorhandler(HTTPException)
+    def http_error(err: HTTPException):
+        code = {413: "too_large", 404: "not_found", 405: "method_not_allowed"}.get(
+            err.code or 500, "http_error"
+        )
+        return jsonify({"error": err.description, "code": code}), err.code
+
+    @app.errorhandler(Exception)
+    def unexpected(err: Exception):
+        log.exception("unhandled error")
+        return jsonify({"error": "internal error; see the primary's log", "code": "internal"}), 500
+
+
+def _base_app(primary: Primary, name: str) -> Flask:
+    app = Flask(name)
+    app.config["MAX_CONTENT_LENGTH"] = primary.config.max_request_bytes
+    app.json.sort_keys = False
+    app.extensions["cifleet"] = primary
+    _install_error_handlers(app)
+    return app
+
+
+def create_app(config: PrimaryConfig | Primary) -> Flask:
+    """The public-port app. Starts no threads and opens no sockets."""
+    primary = config if isinstance(config, Primary) else open_primary(config)
+    app = _base_app(primary, "cifleet.public")
+    from primary import admin_views, register_views
+
+    app.register_blueprint(register_views.bp)
+    app.register_blueprint(admin_views.bp)
+    return app
+
+
+def create_agent_app(primary: Primary, stop: threading.Event | None = None) -> Flask:
+    """The agent-port app (served only behind a TLS listener that requires client certs).
+    `stop` ends held polls early when the primary shuts down."""
+    app = _base_app(primary, "cifleet.agent")
+    from primary import agent_views
+    from primary.dispatch import PollGate
+
+    app.extensions["cifleet.poll_gate"] = PollGate(
+        primary.config.agent_threads - AGENT_THREADS_RESERVED
+    )
+    app.extensions["cifleet.stop"] = stop or threading.Event()
+
+    app.register_blueprint(agent_views.bp)
+    return app

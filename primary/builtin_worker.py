@@ -1,0 +1,63 @@
+"""The primary's own worker, named `primary`: the same agent code, run in a thread of the
+primary, registered and scheduled like any other worker, so a fresh primary runs pipelines
+with no remote hosts."""
+
+import json
+import logging
+import threading
+
+from primary.context import Primary
+
+log = logging.getLogger("cifleet.primary")
+BUILTIN_NAME = "primary"
+
+
+def _local_url(primary: Primary) -> str:
+    host = primary.config.bind
+    if host in ("0.0.0.0", "", "::"):
+        host = "127.0.0.1"
+    if ":" in host:
+        host = f"[{host}]"
+    return f"https://{host}:{primary.config.api_port}"
+
+
+def start_builtin_worker(primary: Primary, stop: threading.Event) -> threading.Thread | None:
+    slots = primary.config.primary_worker_slots
+    if slots <= 0:
+        return None
+    from agent.worker import Agent
+
+    from agent.registration import RegistrationError, is_registered, register
+
+    home = primary.data.builtin_worker_home
+    try:
+        if not is_registered(home):
+            register(
+                _local_url(primary),
+                primary.data.ca_cert,
+                primary.vault.get("worker_secret"),
+                BUILTIN_NAME,
+                [],
+                slots,
+                home,
+            )
+        _apply_slots(primary, home, slots)
+    except RegistrationError as exc:
+        log.error("the built-in worker could not register: %s", exc)
+        return None
+    agent = Agent(home, stop=stop)
+    thread = threading.Thread(target=agent.run, name="builtin-worker", daemon=True)
+    thread.start()
+    return thread
+
+
+def _apply_slots(primary: Primary, home, slots: int) -> None:
+    """`--primary-worker-slots` may change between starts; the record and config follow."""
+    config_path = home / "config.json"
+    config = json.loads(config_path.read_text())
+    if config.get("slots") == slots:
+        return
+    config["slots"] = slots
+    config_path.write_text(json.dumps(config, indent=2))
+    with primary.store.transaction() as conn:
+        conn.execute("UPDATE workers SET slots = ? WHERE id = ?", (slots, config["worker_id"]))

@@ -1,0 +1,159 @@
+"""`cifleet-primary`: init, serve, secret show|rotate, stop, demo."""
+
+import argparse
+import logging
+import os
+import signal
+import sys
+from pathlib import Path
+
+from primary.config import PrimaryConfig
+from primary.initdir import InitError, initialise, new_worker_secret
+from primary.vault import VaultError
+
+
+def _data_dir(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("--data-dir", type=Path, required=True, help="the primary's data folder")
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(prog="cifleet-primary", description="cifleet CI/CD primary")
+    sub = parser.add_subparsers(dest="command", required=True)
+
+    p = sub.add_parser("init", help="create a data dir: vault, CA, certificates, token, store")
+    _data_dir(p)
+    p.add_argument(
+        "--hostname",
+        action="append",
+        default=[],
+        help="name or address agents use to reach this primary (repeatable)",
+    )
+
+    p = sub.add_parser("serve", help="run the primary (public and agent listeners)")
+    _data_dir(p)
+    p.add_argument("--bind", default="127.0.0.1")
+    p.add_argument("--api-port", type=int, default=8443)
+    p.add_argument("--agent-port", type=int, default=8444)
+    p.add_argument(
+        "--heartbeat-timeout",
+        type=float,
+        default=30.0,
+        help="seconds without contact before a worker is inactive and its runs lost",
+    )
+    p.add_argument(
+        "--confirm-timeout",
+        type=float,
+        default=10.0,
+        help="seconds an agent has to confirm an assignment",
+    )
+    p.add_argument(
+        "--primary-worker-slots",
+        type=int,
+        default=1,
+        help="slots of the built-in worker; 0 turns it off",
+    )
+    p.add_argument("--agent-threads", type=int, default=128)
+    p.add_argument("--public-threads", type=int, default=16)
+    p.add_argument("--worker-cert-days", type=float, default=30.0)
+
+    p = sub.add_parser("secret", help="show or rotate the worker secret")
+    secret_sub = p.add_subparsers(dest="action", required=True)
+    _data_dir(secret_sub.add_parser("show", help="print the worker secret"))
+    _data_dir(secret_sub.add_parser("rotate", help="replace the worker secret"))
+
+    p = sub.add_parser("stop", help="stop a primary serving this data dir (SIGTERM)")
+    _data_dir(p)
+
+    p = sub.add_parser("demo", help="init, start a primary in the background, run an example")
+    _data_dir(p)
+    p.add_argument("--api-port", type=int, default=8443)
+    p.add_argument("--agent-port", type=int, default=8444)
+    return parser
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = build_parser().parse_args(argv)
+    logging.basicConfig(
+        level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s"
+    )
+    try:
+        return COMMANDS[args.command](args)
+    except (InitError, VaultError, OSError) as exc:
+        print(f"cifleet-primary: {exc}", file=sys.stderr)
+        return 2
+
+
+def cmd_init(args) -> int:
+    if initialise(args.data_dir, args.hostname):
+        print(f"initialised {args.data_dir.absolute()}")
+        print(f"  fleet CA certificate: {args.data_dir.absolute() / 'ca.pem'}")
+        print(f"  admin API token:      {args.data_dir.absolute() / 'admin.token'}")
+    else:
+        print(f"{args.data_dir.absolute()} is already initialised; nothing changed")
+    return 0
+
+
+def cmd_serve(args) -> int:
+    from primary.serve import serve
+
+    config = PrimaryConfig(
+        data_dir=args.data_dir,
+        bind=args.bind,
+        api_port=args.api_port,
+        agent_port=args.agent_port,
+        heartbeat_timeout=args.heartbeat_timeout,
+        confirm_timeout=args.confirm_timeout,
+        primary_worker_slots=args.primary_worker_slots,
+        agent_threads=args.agent_threads,
+        public_threads=args.public_threads,
+        worker_cert_days=args.worker_cert_days,
+    )
+    return serve(config)
+
+
+def cmd_secret(args) -> int:
+    from primary.context import open_primary
+
+    primary = open_primary(PrimaryConfig(data_dir=args.data_dir))
+    if args.action == "show":
+        print(primary.vault.get("worker_secret"))
+    else:
+        primary.vault.set("worker_secret", new_worker_secret())
+        print("the worker secret was rotated; registered workers stay connected")
+        print("show the new one with: cifleet-primary secret show --data-dir DIR")
+    return 0
+
+
+def cmd_stop(args) -> int:
+    pidfile = args.data_dir / "primary.pid"
+    try:
+        pid = int(pidfile.read_text())
+    except (FileNotFoundError, ValueError):
+        print(f"no primary is serving {args.data_dir} (no pid file)", file=sys.stderr)
+        return 1
+    try:
+        os.kill(pid, signal.SIGTERM)
+    except ProcessLookupError:
+        pidfile.unlink(missing_ok=True)
+        print(f"no primary is serving {args.data_dir} (stale pid file removed)", file=sys.stderr)
+        return 1
+    print(f"sent SIGTERM to the primary (pid {pid})")
+    return 0
+
+
+def cmd_demo(args) -> int:
+    from primary.demo import demo
+
+    return demo(args.data_dir, args.api_port, args.agent_port)
+
+
+COMMANDS = {
+    "init": cmd_init,
+    "serve": cmd_serve,
+    "secret": cmd_secret,
+    "stop": cmd_stop,
+    "demo": cmd_demo,
+}
+
+if __name__ == "__main__":
+    sys.exit(main())

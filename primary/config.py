@@ -1,0 +1,37 @@
+"""The primary's settings. Every timeout is a setting, so tests shorten them the same way
+an operator would, never through a test-only code path."""
+
+from dataclasses import dataclass, field
+from pathlib import Path
+
+
+@dataclass
+class PrimaryConfig:
+    data_dir: Path
+    bind: str = "127.0.0.1"
+    api_port: int = 8443
+    agent_port: int = 8444
+    # A worker not heard from for this long is inactive, and the lease of a run it holds
+    # expires: the run is lost and re-queued.
+    heartbeat_timeout: float = 30.0
+    # An assignment the agent does not confirm within this time is taken back and re-planned.
+    confirm_timeout: float = 10.0
+    worker_cert_days: float = 30.0
+    # Threads of each listener. Every agent waiting in a long poll holds one agent-port thread;
+    # polls beyond (agent_threads - AGENT_THREADS_RESERVED) are answered without holding.
+    public_threads: int = 16
+    agent_threads: int = 128
+    primary_worker_slots: int = 1
+    max_request_bytes: int = 8 << 20
+    extra: dict = field(default_factory=dict)
+
+    @property
+    def poll_hold_seconds(self) -> float:
+        """Hold polls for at most half the heartbeat timeout, so a held poll is never the
+        reason a live worker looks dead."""
+        from agent.protocol import POLL_HOLD_SECONDS
+
+        return min(POLL_HOLD_SECONDS, self.heartbeat_timeout / 2)
+
+
+AGENT_THREADS_RESERVED = 8

@@ -1,0 +1,70 @@
+"""The primary's subsystems, opened once per process and shared by both listeners."""
+
+import threading
+from dataclasses import dataclass, field
+
+from primary import vault as vault_mod
+from primary.ca import CertificateAuthority
+from primary.config import PrimaryConfig
+from primary.datadir import DataDir
+from primary.logs import LogStore
+from primary.store import Store
+
+
+class Waiters:
+    """Wakes a worker's held long poll when there is something for it."""
+
+    def __init__(self) -> None:
+        self._events: dict[str, threading.Event] = {}
+        self._lock = threading.Lock()
+
+    def arm(self, worker_id: str) -> threading.Event:
+        """Call before looking for work, then wait on the event: a wake in between is kept."""
+        with self._lock:
+            event = self._events.setdefault(worker_id, threading.Event())
+            event.clear()
+            return event
+
+    def wake_all(self) -> None:
+        with self._lock:
+            events = list(self._events.values())
+        for event in events:
+            event.set()
+
+    def wake(self, worker_id: str) -> None:
+        with self._lock:
+            event = self._events.get(worker_id)
+        if event is not None:
+            event.set()
+
+
+@dataclass
+class Primary:
+    config: PrimaryConfig
+    data: DataDir
+    store: Store
+    vault: vault_mod.Vault
+    ca: CertificateAuthority
+    logs: LogStore
+    waiters: Waiters = field(default_factory=Waiters)
+    # One planner at a time: decisions read slot counts that the previous decision changed.
+    plan_lock: threading.Lock = field(default_factory=threading.Lock)
+    # Set when anything about runs changed; followers (log tails, the UI) wait on it.
+    run_changed: threading.Condition = field(default_factory=threading.Condition)
+
+
+def open_primary(config: PrimaryConfig) -> Primary:
+    data = DataDir(config.data_dir.absolute())
+    if not data.is_initialised():
+        raise vault_mod.VaultError(
+            f"{data.root} is not a cifleet data dir; run `cifleet-primary init --data-dir "
+            f"{config.data_dir}` first"
+        )
+    key = vault_mod.load_key(data.vault_key)
+    vault = vault_mod.Vault.open(data.vault, key)
+    store = Store(data.store)
+    store.migrate()
+    ca = CertificateAuthority(data.ca_cert.read_text(), vault.get("ca_key"))
+    return Primary(
+        config=config, data=data, store=store, vault=vault, ca=ca, logs=LogStore(data.logs)
+    )

@@ -1,0 +1,48 @@
+"""Where the primary keeps its files."""
+
+from dataclasses import dataclass
+from pathlib import Path
+
+
+@dataclass(frozen=True)
+class DataDir:
+    root: Path
+
+    @property
+    def vault(self) -> Path:
+        return self.root / "vault.bin"
+
+    @property
+    def vault_key(self) -> Path:
+        return self.root / "vault.key"
+
+    @property
+    def ca_cert(self) -> Path:
+        return self.root / "ca.pem"
+
+    @property
+    def server_cert(self) -> Path:
+        return self.root / "server.pem"
+
+    @property
+    def admin_token(self) -> Path:
+        return self.root / "admin.token"
+
+    @property
+    def store(self) -> Path:
+        return self.root / "cifleet.db"
+
+    @property
+    def logs(self) -> Path:
+        return self.root / "logs"
+
+    @property
+    def builtin_worker_home(self) -> Path:
+        return self.root / "builtin-worker"
+
+    @property
+    def pidfile(self) -> Path:
+        return self.root / "primary.pid"
+
+    def is_initialised(self) -> bool:
+        return self.vault.exists() and self.store.exists()

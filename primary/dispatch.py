@@ -1,0 +1,361 @@
+"""The agent side of runs: poll, start, log, job status, finish, and expired leases.
+
+Every write names the attempt it belongs to. A write from an attempt that is no longer the
+run's current one (taken back, lost, cancelled, re-planned) is refused with 409 stale_attempt,
+so a worker that comes back late cannot overwrite anything.
+"""
+
+import json
+import threading
+import time
+
+from agent.protocol import (
+    CODE_LOG_GAP,
+    CODE_LOG_INCOMPLETE,
+    CODE_STALE_ATTEMPT,
+    JOB_FINAL_STATES,
+    JOB_RUNNING,
+)
+from primary.context import Primary
+from primary.errors import ApiError, BadRequest, NotFound, conflict
+from primary.logs import LogGap
+from primary.runs import FINAL_STATES, notify
+from primary.scheduler import plan
+
+ACTIVE_STATES = ("assigned", "running")
+
+
+class LogGapError(ApiError):
+    status = 416
+    code = CODE_LOG_GAP
+
+
+def _stale(run_id: int, attempt: int) -> ApiError:
+    return conflict(CODE_STALE_ATTEMPT, f"run {run_id} attempt {attempt} is no longer current")
+
+
+def _current_run(primary: Primary, worker: dict, run_id: int, attempt: int, conn=None) -> dict:
+    """The run, if this worker holds its current attempt and it is still going; else 409."""
+    conn = conn or primary.store.connection()
+    run = conn.execute("SELECT * FROM runs WHERE id = ?", (run_id,)).fetchone()
+    if run is None:
+        raise NotFound(f"no run {run_id}")
+    if (
+        run["worker_id"] != worker["id"]
+        or run["attempt"] != attempt
+        or run["state"] not in ACTIVE_STATES
+    ):
+        raise _stale(run_id, attempt)
+    return dict(run)
+
+
+def _job(primary: Primary, run_id: int, name: str) -> dict:
+    job = primary.store.query_one(
+        "SELECT * FROM jobs WHERE run_id = ? AND name = ?", (run_id, name)
+    )
+    if job is None:
+        raise NotFound(f"run {run_id} has no job {name!r}")
+    return dict(job)
+
+
+# -- poll ----------------------------------------------------------------------------------
+
+
+def _touch(primary: Primary, worker: dict, body: dict, now: float) -> None:
+    load = body.get("load") if isinstance(body.get("load"), dict) else {}
+    load = {k: v for k, v in load.items() if isinstance(v, int | float) and not isinstance(v, bool)}
+    load["draining"] = bool(body.get("draining"))
+    version = body.get("version") if isinstance(body.get("version"), str) else worker["version"]
+    with primary.store.transaction() as conn:
+        conn.execute(
+            "UPDATE workers SET last_contact = ?, load = ?, version = ? WHERE id = ?",
+            (now, json.dumps(load), version[:64], worker["id"]),
+        )
+
+
+def _held_runs(body: dict) -> set[tuple[int, int]]:
+    held = set()
+    for item in body.get("runs") or []:
+        if (
+            isinstance(item, dict)
+            and isinstance(item.get("run_id"), int)
+            and isinstance(item.get("attempt"), int)
+        ):
+            held.add((item["run_id"], item["attempt"]))
+    return held
+
+
+def _renew_leases(primary: Primary, worker: dict, held: set[tuple[int, int]], now: float) -> None:
+    if not held:
+        return
+    expires = now + primary.config.heartbeat_timeout
+    with primary.store.transaction() as conn:
+        for run_id, attempt in held:
+            conn.execute(
+                "UPDATE runs SET lease_expires = ? WHERE id = ? AND attempt = ? AND worker_id = ?"
+                " AND state = 'running'",
+                (expires, run_id, attempt, worker["id"]),
+            )
+
+
+def _answer(primary: Primary, worker: dict, held: set[tuple[int, int]]) -> dict:
+    assignments = []
+    for run in primary.store.query(
+        "SELECT id, attempt, spec FROM runs WHERE worker_id = ? AND state = 'assigned' ORDER BY id",
+        (worker["id"],),
+    ):
+        if (run["id"], run["attempt"]) in held:
+            continue
+        spec = json.loads(run["spec"])
+        assignments.append(
+            {
+                "run_id": run["id"],
+                "attempt": run["attempt"],
+                "pipeline": spec["name"],
+                "env": spec["env"],
+                "jobs": spec["jobs"],
+            }
+        )
+    cancel = []
+    for run_id, attempt in sorted(held):
+        run = primary.store.query_one(
+            "SELECT worker_id, attempt, state, cancel_requested FROM runs WHERE id = ?", (run_id,)
+        )
+        gone = (
+            run is None
+            or run["worker_id"] != worker["id"]
+            or run["attempt"] != attempt
+            or run["state"] not in ACTIVE_STATES
+        )
+        # A run this worker finished is still "held" until the agent sees the finish answer;
+        # telling it to cancel then is harmless, there is nothing left to kill.
+        if gone or run["cancel_requested"]:
+            cancel.append({"run_id": run_id, "attempt": attempt})
+    return {"assignments": assignments, "cancel": cancel}
+
+
+class PollGate:
+    """Caps how many polls may be held at once, so held polls never take every thread of the
+    agent listener and starve log and status requests."""
+
+    def __init__(self, limit: int):
+        self._slots = threading.BoundedSemaphore(max(limit, 0)) if limit > 0 else None
+
+    def try_hold(self) -> bool:
+        return self._slots is not None and self._slots.acquire(blocking=False)
+
+    def release(self) -> None:
+        assert self._slots is not None
+        self._slots.release()
+
+
+def poll(primary: Primary, gate: PollGate, worker: dict, body: dict, stop: threading.Event) -> dict:
+    now = time.time()
+    was_inactive = (
+        worker["last_contact"] is None
+        or now - worker["last_contact"] > primary.config.heartbeat_timeout
+    )
+    _touch(primary, worker, body, now)
+    held = _held_runs(body)
+    _renew_leases(primary, worker, held, now)
+    event = primary.waiters.arm(worker["id"])
+    if was_inactive or primary.store.query_one("SELECT 1 FROM runs WHERE state = 'queued' LIMIT 1"):
+        plan(primary)
+    answer = _answer(primary, worker, held)
+    if answer["assignments"] or answer["cancel"] or not body.get("wait") or stop.is_set():
+        return answer
+    if not gate.try_hold():
+        return answer
+    try:
+        event.wait(primary.config.poll_hold_seconds)
+    finally:
+        gate.release()
+    if stop.is_set():
+        return answer
+    return _answer(primary, worker, held)
+
+
+# -- run and job reports --------------------------------------------------------------------
+
+
+def start_run(primary: Primary, worker: dict, run_id: int, attempt: int) -> dict:
+    now = time.time()
+    with primary.store.transaction() as conn:
+        run = _current_run(primary, worker, run_id, attempt, conn)
+        if run["state"] == "assigned":
+            conn.execute(
+                "UPDATE runs SET state = 'running', started_at = ?, lease_expires = ? WHERE id = ?",
+                (now, now + primary.config.heartbeat_timeout, run_id),
+            )
+    notify(primary)
+    return {"state": "running"}
+
+
+def append_log(
+    primary: Primary, worker: dict, run_id: int, job: str, attempt: int, offset: int, data: bytes
+) -> dict:
+    if offset < 0:
+        raise BadRequest("offset: must be 0 or more")
+    run = _current_run(primary, worker, run_id, attempt)
+    row = _job(primary, run_id, job)
+    if row["state"] in JOB_FINAL_STATES and offset + len(data) > primary.logs.size(
+        run_id, attempt, job
+    ):
+        raise conflict("job_finished", f"job {job!r} already finished; its log is closed")
+    try:
+        size = primary.logs.append(run["id"], attempt, job, offset, data)
+    except LogGap as gap:
+        raise LogGapError(str(gap), size=gap.size) from None
+    notify(primary)
+    return {"size": size}
+
+
+def job_status(primary: Primary, worker: dict, run_id: int, job: str, body: dict) -> dict:
+    attempt, state = body.get("attempt"), body.get("state")
+    if not isinstance(attempt, int):
+        raise BadRequest("attempt: must be a whole number")
+    if state != JOB_RUNNING and state not in JOB_FINAL_STATES:
+        raise BadRequest(f"state: must be one of running, {', '.join(JOB_FINAL_STATES)}")
+    exit_code = body.get("exit_code")
+    if exit_code is not None and (not isinstance(exit_code, int) or isinstance(exit_code, bool)):
+        raise BadRequest("exit_code: must be a whole number or null")
+    _current_run(primary, worker, run_id, attempt)
+    row = _job(primary, run_id, job)
+    if row["state"] in JOB_FINAL_STATES:
+        return {"state": row["state"]}  # a repeat of a report we already have
+    now = time.time()
+    if state == JOB_RUNNING:
+        with primary.store.transaction() as conn:
+            conn.execute(
+                "UPDATE jobs SET state = 'running', started_at = COALESCE(started_at, ?)"
+                " WHERE run_id = ? AND name = ?",
+                (now, run_id, job),
+            )
+    else:
+        stored = primary.logs.size(run_id, attempt, job)
+        if state != "skipped":
+            log_size = body.get("log_size")
+            if not isinstance(log_size, int) or log_size < 0:
+                raise BadRequest("log_size: must be the job log's final size in bytes")
+            if log_size > stored:
+                raise conflict(CODE_LOG_INCOMPLETE, "the log is not complete yet", size=stored)
+            if log_size < stored:
+                raise BadRequest(f"log_size {log_size} is less than the {stored} bytes stored")
+        with primary.store.transaction() as conn:
+            conn.execute(
+                "UPDATE jobs SET state = ?, exit_code = ?, finished_at = ?,"
+                " started_at = CASE WHEN ? = 'skipped' THEN started_at"
+                " ELSE COALESCE(started_at, ?) END"
+                " WHERE run_id = ? AND name = ?",
+                (state, exit_code, now, state, now, run_id, job),
+            )
+    notify(primary)
+    return {"state": state}
+
+
+def run_outcome(run: dict, jobs: list[dict]) -> str:
+    """The run's final state: cancelled if asked to, else that of the first job that did not
+    succeed, else success."""
+    if run["cancel_requested"]:
+        return "cancelled"
+    for job in jobs:
+        if job["state"] in ("failed", "timed_out", "cancelled"):
+            return job["state"]
+    return "success"
+
+
+def finish_run(primary: Primary, worker: dict, run_id: int, attempt: int) -> dict:
+    now = time.time()
+    with primary.store.transaction() as conn:
+        run = conn.execute("SELECT * FROM runs WHERE id = ?", (run_id,)).fetchone()
+        if run is None:
+            raise NotFound(f"no run {run_id}")
+        if run["worker_id"] != worker["id"] or run["attempt"] != attempt:
+            raise _stale(run_id, attempt)
+        if run["state"] in FINAL_STATES:
+            if run["finished_by_worker"]:
+                return {"state": run["state"]}  # a repeat
+            raise _stale(run_id, attempt)
+        jobs = [
+            dict(j)
+            for j in conn.execute(
+                "SELECT * FROM jobs WHERE run_id = ? ORDER BY position", (run_id,)
+            )
+        ]
+        unfinished = [j["name"] for j in jobs if j["state"] not in JOB_FINAL_STATES]
+        if unfinished:
+            raise conflict(
+                "jobs_unfinished", f"jobs without a final state: {', '.join(unfinished)}"
+            )
+        state = run_outcome(dict(run), jobs)
+        conn.execute(
+            "UPDATE runs SET state = ?, finished_at = ?, lease_expires = NULL,"
+            " finished_by_worker = 1 WHERE id = ?",
+            (state, now, run_id),
+        )
+    plan(primary)
+    notify(primary)
+    return {"state": state}
+
+
+# -- leases ---------------------------------------------------------------------------------
+
+
+def expire_leases(primary: Primary, now: float | None = None) -> int:
+    """Take back unconfirmed assignments and mark runs whose worker went silent as lost
+    (re-queued while retries_on_lost allows). Returns how many runs changed."""
+    now = time.time() if now is None else now
+    changed = 0
+    with primary.store.transaction() as conn:
+        expired = conn.execute(
+            "SELECT * FROM runs WHERE state IN ('assigned', 'running') AND lease_expires < ?",
+            (now,),
+        ).fetchall()
+        for run in expired:
+            changed += 1
+            name = run["worker_name"]
+            if run["state"] == "assigned":
+                conn.execute(
+                    "UPDATE runs SET state = 'queued', worker_id = NULL, worker_name = NULL,"
+                    " lease_expires = NULL, reason = ? WHERE id = ?",
+                    (f"taken back: {name} did not confirm the assignment in time", run["id"]),
+                )
+                continue
+            if run["cancel_requested"]:
+                conn.execute(
+                    "UPDATE runs SET state = 'cancelled', finished_at = ?, lease_expires = NULL,"
+                    " reason = ? WHERE id = ?",
+                    (now, f"cancelled; {name} stopped answering before it confirmed", run["id"]),
+                )
+                continue
+            retries = json.loads(run["spec"]).get("retries_on_lost", 1)
+            silent = primary.config.heartbeat_timeout
+            lost = f"lost: {name} stopped answering (no contact for {silent:g} s)"
+            if run["lost_count"] < retries:
+                conn.execute(
+                    "UPDATE runs SET state = 'queued', worker_id = NULL, worker_name = NULL,"
+                    " lease_expires = NULL, lost_count = lost_count + 1, reason = ? WHERE id = ?",
+                    (f"{lost}; re-queued (retry {run['lost_count'] + 1} of {retries})", run["id"]),
+                )
+            else:
+                conn.execute(
+                    "UPDATE runs SET state = 'lost', finished_at = ?, lease_expires = NULL,"
+                    " reason = ? WHERE id = ?",
+                    (now, lost, run["id"]),
+                )
+    if changed:
+        plan(primary)
+        notify(primary)
+    return changed
+
+
+def grace_after_restart(primary: Primary) -> None:
+    """After the primary was down, give agents a full heartbeat timeout to reconnect before
+    their runs' leases can expire."""
+    expires = time.time() + primary.config.heartbeat_timeout
+    with primary.store.transaction() as conn:
+        conn.execute(
+            "UPDATE runs SET lease_expires = MAX(lease_expires, ?)"
+            " WHERE state IN ('assigned', 'running')",
+            (expires,),
+        )

@@ -1,0 +1,34 @@
+"""Public, unauthenticated-by-token routes: health and worker registration."""
+
+from flask import Blueprint, jsonify, request
+
+from agent import __version__
+from agent.protocol import REGISTER_PATH
+from primary import workers
+from primary.auth import primary_of_app
+from primary.errors import BadRequest
+
+bp = Blueprint("register", __name__)
+
+
+@bp.get("/healthz")
+def healthz():
+    return jsonify({"status": "ok", "version": __version__})
+
+
+def json_body() -> dict:
+    body = request.get_json(silent=True)
+    if not isinstance(body, dict):
+        raise BadRequest("the body must be a JSON object")
+    return body
+
+
+@bp.post(REGISTER_PATH)
+def register():
+    primary = primary_of_app()
+    reply = workers.register(primary, json_body())
+    # The agent reaches the agent port under the same name it used for us.
+    host = request.host
+    host = host[: host.index("]") + 1] if host.startswith("[") else host.split(":")[0]
+    reply["agent_url"] = f"https://{host}:{primary.config.agent_port}"
+    return jsonify(reply), 201

@@ -1,0 +1,166 @@
+"""Runs as admins see them: create, read, cancel, count."""
+
+import json
+import time
+
+from primary import pipelines
+from primary.context import Primary
+from primary.errors import NotFound, conflict
+from primary.scheduler import plan
+from primary.timestamps import iso
+
+RUN_STATES = (
+    "queued",
+    "assigned",
+    "running",
+    "success",
+    "failed",
+    "cancelled",
+    "lost",
+    "timed_out",
+)
+FINAL_STATES = ("success", "failed", "cancelled", "lost", "timed_out")
+
+
+def notify(primary: Primary) -> None:
+    """Wake everyone following runs (log tails, later the UI)."""
+    with primary.run_changed:
+        primary.run_changed.notify_all()
+
+
+def create_run(primary: Primary, pipeline_name: str) -> int:
+    spec = pipelines.get_spec(primary, pipeline_name)
+    now = time.time()
+    with primary.store.transaction() as conn:
+        cur = conn.execute(
+            "INSERT INTO runs (pipeline, spec, tags, state, created_at)"
+            " VALUES (?, ?, ?, 'queued', ?)",
+            (spec["name"], json.dumps(spec), json.dumps(spec["tags"]), now),
+        )
+        run_id = cur.lastrowid
+        conn.executemany(
+            "INSERT INTO jobs (run_id, name, position, state) VALUES (?, ?, ?, 'pending')",
+            [(run_id, job["name"], i) for i, job in enumerate(spec["jobs"])],
+        )
+    plan(primary)
+    notify(primary)
+    return run_id
+
+
+def _run_row(primary: Primary, run_id: int) -> dict:
+    row = primary.store.query_one("SELECT * FROM runs WHERE id = ?", (run_id,))
+    if row is None:
+        raise NotFound(f"no run {run_id}")
+    return dict(row)
+
+
+def job_rows(primary: Primary, run_id: int) -> list[dict]:
+    return [
+        dict(r)
+        for r in primary.store.query(
+            "SELECT * FROM jobs WHERE run_id = ? ORDER BY position", (run_id,)
+        )
+    ]
+
+
+def describe_run(primary: Primary, run: dict, jobs: list[dict] | None = None) -> dict:
+    jobs = job_rows(primary, run["id"]) if jobs is None else jobs
+    return {
+        "id": run["id"],
+        "pipeline": run["pipeline"],
+        "state": run["state"],
+        "reason": run["reason"],
+        "worker_id": run["worker_id"],
+        "worker_name": run["worker_name"],
+        "attempt": run["attempt"],
+        "cancel_requested": bool(run["cancel_requested"]),
+        "created_at": iso(run["created_at"]),
+        "started_at": iso(run["started_at"]),
+        "finished_at": iso(run["finished_at"]),
+        "placement": json.loads(run["placement"]) if run["placement"] else [],
+        "jobs": [
+            {
+                "name": j["name"],
+                "state": j["state"],
+                "exit_code": j["exit_code"],
+                "started_at": iso(j["started_at"]),
+                "finished_at": iso(j["finished_at"]),
+                "log_size": primary.logs.size(run["id"], run["attempt"], j["name"]),
+            }
+            for j in jobs
+        ],
+    }
+
+
+def get_run(primary: Primary, run_id: int) -> dict:
+    return describe_run(primary, _run_row(primary, run_id))
+
+
+def list_runs(
+    primary: Primary, pipeline: str | None = None, state: str | None = None, limit: int = 100
+) -> list[dict]:
+    sql, params = "SELECT * FROM runs WHERE 1=1", []
+    if pipeline:
+        sql += " AND pipeline = ?"
+        params.append(pipeline)
+    if state:
+        sql += " AND state = ?"
+        params.append(state)
+    sql += " ORDER BY id DESC LIMIT ?"
+    params.append(limit)
+    return [describe_run(primary, dict(r)) for r in primary.store.query(sql, tuple(params))]
+
+
+def cancel_run(primary: Primary, run_id: int) -> dict:
+    now = time.time()
+    worker_to_wake = None
+    with primary.store.transaction() as conn:
+        run = conn.execute("SELECT * FROM runs WHERE id = ?", (run_id,)).fetchone()
+        if run is None:
+            raise NotFound(f"no run {run_id}")
+        if run["state"] in FINAL_STATES:
+            raise conflict("already_finished", f"run {run_id} already finished ({run['state']})")
+        if run["state"] in ("queued", "assigned"):
+            # Not started yet: nothing runs, so it ends here; an agent holding the assignment
+            # is refused at `start` and told to drop it on its next poll.
+            conn.execute(
+                "UPDATE runs SET state = 'cancelled', reason = 'cancelled before it started',"
+                " finished_at = ?, lease_expires = NULL WHERE id = ?",
+                (now, run_id),
+            )
+            conn.execute(
+                "UPDATE jobs SET state = 'skipped' WHERE run_id = ? AND state = 'pending'",
+                (run_id,),
+            )
+        else:
+            conn.execute("UPDATE runs SET cancel_requested = 1 WHERE id = ?", (run_id,))
+        worker_to_wake = run["worker_id"]
+    if worker_to_wake:
+        primary.waiters.wake(worker_to_wake)
+    plan(primary)
+    notify(primary)
+    return get_run(primary, run_id)
+
+
+def status_counts(primary: Primary) -> dict:
+    from primary.workers import list_workers
+
+    workers = list_workers(primary)
+    by_state = {state: 0 for state in RUN_STATES}
+    for row in primary.store.query("SELECT state, COUNT(*) AS n FROM runs GROUP BY state"):
+        by_state[row["state"]] = row["n"]
+    return {
+        "workers": {
+            "total": len(workers),
+            # Locked, draining and mismatched workers are alive: they count as active here,
+            # and by their own state under "by_state".
+            "active": sum(1 for w in workers if w["state"] != "inactive"),
+            "inactive": sum(1 for w in workers if w["state"] == "inactive"),
+            "by_state": {
+                state: sum(1 for w in workers if w["state"] == state)
+                for state in ("active", "inactive", "locked", "draining", "version mismatch")
+            },
+        },
+        "queue_length": by_state["queued"],
+        "runs": by_state,
+    }

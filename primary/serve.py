@@ -1,0 +1,126 @@
+"""`cifleet-primary serve`: two TLS listeners, background loops, the built-in worker.
+
+Threads: each listener is a cheroot server with a fixed pool (public_threads,
+agent_threads). A held long poll occupies one agent-port thread; idle keep-alive
+connections wait in cheroot's selector, not on a thread. Signal handlers only set the stop
+event; the main thread does the shutdown.
+"""
+
+import logging
+import os
+import signal
+import ssl
+import tempfile
+import threading
+from pathlib import Path
+
+from cheroot import wsgi
+from cheroot.ssl.builtin import BuiltinSSLAdapter
+
+from primary import dispatch
+from primary.app import create_agent_app, create_app
+from primary.builtin_worker import start_builtin_worker
+from primary.config import PrimaryConfig
+from primary.context import Primary, open_primary
+
+log = logging.getLogger("cifleet.primary")
+SWEEP_INTERVAL = 1.0
+# cheroot's socket timeout for accepted connections: bounds a TLS handshake and the wait for
+# a request on an idle keep-alive connection.
+SOCKET_TIMEOUT = 20
+
+
+def _ssl_adapter(primary: Primary, key_file: Path, require_client_cert: bool) -> BuiltinSSLAdapter:
+    chain = str(primary.data.ca_cert) if require_client_cert else None
+    adapter = BuiltinSSLAdapter(str(primary.data.server_cert), str(key_file), chain)
+    adapter.context.minimum_version = ssl.TLSVersion.TLSv1_2
+    if require_client_cert:
+        adapter.context.verify_mode = ssl.CERT_REQUIRED
+    return adapter
+
+
+def build_servers(primary: Primary, stop: threading.Event) -> tuple[wsgi.Server, wsgi.Server]:
+    config = primary.config
+    public = wsgi.Server(
+        (config.bind, config.api_port),
+        create_app(primary),
+        numthreads=config.public_threads,
+        server_name="cifleet",
+        timeout=SOCKET_TIMEOUT,
+    )
+    agent = wsgi.Server(
+        (config.bind, config.agent_port),
+        create_agent_app(primary, stop),
+        numthreads=config.agent_threads,
+        server_name="cifleet",
+        timeout=SOCKET_TIMEOUT,
+        request_queue_size=128,
+    )
+    # The server key lives in the vault; ssl can only load it from a file, so it exists on
+    # disk (0600, in the 0700 data dir) only while the contexts are built.
+    fd, key_path = tempfile.mkstemp(dir=primary.data.root, prefix=".server-key-")
+    try:
+        with os.fdopen(fd, "w") as f:
+            f.write(primary.vault.get("server_key"))
+        public.ssl_adapter = _ssl_adapter(primary, Path(key_path), require_client_cert=False)
+        agent.ssl_adapter = _ssl_adapter(primary, Path(key_path), require_client_cert=True)
+    finally:
+        os.unlink(key_path)
+    return public, agent
+
+
+def _sweep_leases(primary: Primary, stop: threading.Event) -> None:
+    while not stop.wait(SWEEP_INTERVAL):
+        try:
+            dispatch.expire_leases(primary)
+        except Exception:
+            log.exception("lease sweep failed")
+
+
+def serve(config: PrimaryConfig) -> int:
+    primary = open_primary(config)
+    dispatch.grace_after_restart(primary)
+    stop = threading.Event()
+    public, agent = build_servers(primary, stop)
+    public.prepare()  # binds now, so a port in use fails here with a clear error
+    agent.prepare()
+    threads = [
+        threading.Thread(target=public.serve, name="public-listener", daemon=True),
+        threading.Thread(target=agent.serve, name="agent-listener", daemon=True),
+        threading.Thread(
+            target=_sweep_leases, args=(primary, stop), name="lease-sweeper", daemon=True
+        ),
+    ]
+    for thread in threads:
+        thread.start()
+
+    def on_signal(signum, frame):
+        stop.set()
+
+    signal.signal(signal.SIGTERM, on_signal)
+    signal.signal(signal.SIGINT, on_signal)
+    primary.data.pidfile.write_text(f"{os.getpid()}\n")
+    log.info(
+        "cifleet primary serving: public https://%s:%d, agent https://%s:%d (mutual TLS), data %s",
+        config.bind,
+        config.api_port,
+        config.bind,
+        config.agent_port,
+        primary.data.root,
+    )
+    worker_stop = threading.Event()
+    builtin = start_builtin_worker(primary, worker_stop)
+    try:
+        while not stop.wait(1.0):
+            pass
+    finally:
+        log.info("stopping")
+        worker_stop.set()
+        primary.waiters.wake_all()  # release held polls now, not after their hold time
+        if builtin is not None:
+            builtin.join(timeout=15)
+        agent.stop()
+        public.stop()
+        primary.data.pidfile.unlink(missing_ok=True)
+        log.info("stopped")
+    return 0

@@ -1,0 +1,150 @@
+"""The SQLite store: connections, transactions and the versioned schema.
+
+All SQL that is SQLite-specific (pragmas, BEGIN IMMEDIATE) stays in this module, so another
+database can be put behind it later. One connection per thread; WAL lets readers run while a
+writer commits.
+"""
+
+import sqlite3
+import threading
+from collections.abc import Iterator
+from contextlib import contextmanager
+from pathlib import Path
+
+# Each entry moves the schema one version up; never edit a released entry, append a new one.
+MIGRATIONS: list[str] = [
+    """
+    CREATE TABLE workers (
+        id TEXT PRIMARY KEY,
+        name TEXT NOT NULL UNIQUE,
+        tags TEXT NOT NULL,             -- JSON list
+        slots INTEGER NOT NULL,
+        version TEXT NOT NULL,
+        cert_serial TEXT NOT NULL,      -- hex; only this certificate is accepted
+        cert_not_after REAL NOT NULL,
+        locked INTEGER NOT NULL DEFAULT 0,
+        draining INTEGER NOT NULL DEFAULT 0,
+        load TEXT,                      -- JSON from the last poll
+        created_at REAL NOT NULL,
+        last_contact REAL
+    );
+    CREATE TABLE pipelines (
+        name TEXT PRIMARY KEY,
+        definition TEXT NOT NULL,       -- the YAML as submitted
+        spec TEXT NOT NULL,             -- normalised JSON
+        created_at REAL NOT NULL,
+        updated_at REAL NOT NULL
+    );
+    CREATE TABLE runs (
+        id INTEGER PRIMARY KEY AUTOINCREMENT,
+        pipeline TEXT NOT NULL,
+        spec TEXT NOT NULL,             -- the pipeline's spec when the run was created
+        tags TEXT NOT NULL,             -- JSON list, copied from spec for the planner
+        state TEXT NOT NULL,
+        reason TEXT,                    -- why it waits, or how it ended
+        placement TEXT,                 -- JSON list: the scheduler's reasons
+        worker_id TEXT,
+        worker_name TEXT,
+        attempt INTEGER NOT NULL DEFAULT 0,
+        lost_count INTEGER NOT NULL DEFAULT 0,
+        lease_expires REAL,
+        cancel_requested INTEGER NOT NULL DEFAULT 0,
+        finished_by_worker INTEGER NOT NULL DEFAULT 0,
+        created_at REAL NOT NULL,
+        assigned_at REAL,
+        started_at REAL,
+        finished_at REAL
+    );
+    CREATE INDEX runs_by_state ON runs (state, id);
+    CREATE INDEX runs_by_worker ON runs (worker_id, state);
+    CREATE TABLE jobs (
+        run_id INTEGER NOT NULL REFERENCES runs (id),
+        name TEXT NOT NULL,
+        position INTEGER NOT NULL,
+        state TEXT NOT NULL,
+        exit_code INTEGER,
+        started_at REAL,
+        finished_at REAL,
+        PRIMARY KEY (run_id, name)
+    );
+    CREATE TABLE tokens (
+        id INTEGER PRIMARY KEY AUTOINCREMENT,
+        name TEXT NOT NULL,
+        role TEXT NOT NULL,
+        token_hash TEXT NOT NULL UNIQUE,
+        created_at REAL NOT NULL,
+        revoked_at REAL
+    );
+    """,
+]
+
+
+class Store:
+    def __init__(self, path: Path):
+        self.path = path
+        self._local = threading.local()
+
+    def connection(self) -> sqlite3.Connection:
+        conn = getattr(self._local, "conn", None)
+        if conn is None:
+            # isolation_level=None: we issue BEGIN ourselves, so a transaction is exactly
+            # the `with store.transaction()` block and nothing else.
+            conn = sqlite3.connect(self.path, isolation_level=None, check_same_thread=False)
+            conn.row_factory = sqlite3.Row
+            conn.execute("PRAGMA journal_mode=WAL")
+            # NORMAL in WAL mode survives a crash of the process (not of the machine).
+            conn.execute("PRAGMA synchronous=NORMAL")
+            conn.execute("PRAGMA busy_timeout=10000")
+            conn.execute("PRAGMA foreign_keys=ON")
+            self._local.conn = conn
+        return conn
+
+    @contextmanager
+    def transaction(self) -> Iterator[sqlite3.Connection]:
+        """A write transaction; the write lock is taken at BEGIN so no upgrade can deadlock."""
+        conn = self.connection()
+        conn.execute("BEGIN IMMEDIATE")
+        try:
+            yield conn
+        except BaseException:
+            conn.execute("ROLLBACK")
+            raise
+        conn.execute("COMMIT")
+
+    def query(self, sql: str, params: tuple | dict = ()) -> list[sqlite3.Row]:
+        return self.connection().execute(sql, params).fetchall()
+
+    def query_one(self, sql: str, params: tuple | dict = ()) -> sqlite3.Row | None:
+        return self.connection().execute(sql, params).fetchone()
+
+    def migrate(self) -> None:
+        with self.transaction() as conn:
+            version = conn.execute("PRAGMA user_version").fetchone()[0]
+            if version > len(MIGRATIONS):
+                raise RuntimeError(
+                    f"the store {self.path} has schema version {version}, newer than this "
+                    f"primary knows ({len(MIGRATIONS)}); upgrade cifleet"
+                )
+            for number, script in enumerate(MIGRATIONS[version:], start=version + 1):
+                for statement in _statements(script):
+                    conn.execute(statement)
+                conn.execute(f"PRAGMA user_version = {number}")
+
+    def close(self) -> None:
+        conn = getattr(self._local, "conn", None)
+        if conn is not None:
+            conn.close()
+            self._local.conn = None
+
+
+def _statements(script: str) -> list[str]:
+    """Split a script into statements. Not executescript(): it would COMMIT our transaction."""
+    statements, buffer = [], ""
+    for line in script.splitlines(keepends=True):
+        buffer += line
+        if sqlite3.complete_statement(buffer):
+            statements.append(buffer.strip())
+            buffer = ""
+    if buffer.strip():
+        statements.append(buffer.strip())
+    return statements

@@ -1,0 +1,218 @@
+"""Workers: registration, identity on the agent port, and what the admin API shows."""
+
+import datetime
+import hmac
+import json
+import secrets
+import time
+from typing import Any
+
+from agent.protocol import CODE_UNKNOWN_WORKER, NAME_RE
+from primary.ca import CsrError
+from primary.context import Primary
+from primary.errors import BadRequest, Forbidden, NotFound, Unauthorized, conflict
+from primary.timestamps import iso
+
+MAX_SLOTS = 64
+MAX_TAGS = 32
+
+
+def check_secret(primary: Primary, secret: Any) -> None:
+    expected = primary.vault.get("worker_secret")
+    if not isinstance(secret, str) or not hmac.compare_digest(secret.encode(), expected.encode()):
+        err = Unauthorized("the worker secret is missing or wrong")
+        err.code = "bad_secret"
+        raise err
+
+
+def _validate_registration(body: dict) -> tuple[str, list[str], int, str, str]:
+    name = body.get("name")
+    if not isinstance(name, str) or not NAME_RE.match(name):
+        raise BadRequest("name: must be 1-64 letters, digits, '.', '_' or '-'")
+    tags = body.get("tags", [])
+    if (
+        not isinstance(tags, list)
+        or len(tags) > MAX_TAGS
+        or not all(isinstance(t, str) and NAME_RE.match(t) for t in tags)
+    ):
+        raise BadRequest("tags: must be a list of names (letters, digits, '.', '_', '-')")
+    slots = body.get("slots", 1)
+    if not isinstance(slots, int) or isinstance(slots, bool) or not 1 <= slots <= MAX_SLOTS:
+        raise BadRequest(f"slots: must be a whole number from 1 to {MAX_SLOTS}")
+    version = body.get("version")
+    if not isinstance(version, str) or not 0 < len(version) <= 64:
+        raise BadRequest("version: must be a string")
+    csr = body.get("csr")
+    if not isinstance(csr, str):
+        raise BadRequest("csr: must be a PEM certificate signing request")
+    return name, sorted(set(tags)), slots, version, csr
+
+
+def register(primary: Primary, body: dict) -> dict:
+    """Check the secret, sign the CSR, create the worker. Raises ApiError."""
+    check_secret(primary, body.get("secret"))
+    name, tags, slots, version, csr = _validate_registration(body)
+    if primary.store.query_one("SELECT 1 FROM workers WHERE name = ?", (name,)):
+        raise conflict("name_taken", f"a worker named {name!r} is already registered")
+    worker_id = "w-" + secrets.token_hex(8)
+    lifetime = datetime.timedelta(days=primary.config.worker_cert_days)
+    try:
+        issued = primary.ca.issue_worker(csr, worker_id, lifetime)
+    except CsrError as exc:
+        raise BadRequest(f"csr: {exc}") from None
+    now = time.time()
+    with primary.store.transaction() as conn:
+        # The UNIQUE constraint settles a race between two registrations of one name.
+        if conn.execute("SELECT 1 FROM workers WHERE name = ?", (name,)).fetchone():
+            raise conflict("name_taken", f"a worker named {name!r} is already registered")
+        conn.execute(
+            "INSERT INTO workers (id, name, tags, slots, version, cert_serial, cert_not_after,"
+            " created_at) VALUES (?, ?, ?, ?, ?, ?, ?, ?)",
+            (
+                worker_id,
+                name,
+                json.dumps(tags),
+                slots,
+                version,
+                issued.serial,
+                issued.not_after.timestamp(),
+                now,
+            ),
+        )
+    return {
+        "worker_id": worker_id,
+        "certificate": issued.pem,
+        "ca_certificate": primary.ca.cert_pem,
+    }
+
+
+def authenticate(primary: Primary, worker_id: str | None, serial: str | None) -> dict:
+    """The worker behind a verified client certificate, or 403.
+
+    TLS only proves the certificate was signed by our CA; the worker must still exist and
+    this must be the certificate we issued it last."""
+    row = None
+    if worker_id and serial:
+        row = primary.store.query_one("SELECT * FROM workers WHERE id = ?", (worker_id,))
+    if row is None or not _same_serial(row["cert_serial"], serial):
+        err = Forbidden("this certificate does not belong to a registered worker")
+        err.code = CODE_UNKNOWN_WORKER
+        raise err
+    if row["cert_not_after"] < time.time():
+        err = Forbidden("this worker's certificate has expired")
+        err.code = CODE_UNKNOWN_WORKER
+        raise err
+    return dict(row)
+
+
+def _same_serial(a: str, b: str) -> bool:
+    try:
+        return int(a, 16) == int(b, 16)
+    except ValueError:
+        return False
+
+
+def worker_state(primary: Primary, row: dict, now: float) -> str:
+    """One word for people: inactive, version mismatch, locked, draining or active."""
+    from agent import __version__
+
+    if row["last_contact"] is None or now - row["last_contact"] > primary.config.heartbeat_timeout:
+        return "inactive"
+    if row["version"] != __version__:
+        return "version mismatch"
+    if row["locked"]:
+        return "locked"
+    load = json.loads(row["load"]) if row["load"] else {}
+    if row["draining"] or load.get("draining"):
+        return "draining"
+    return "active"
+
+
+def describe(primary: Primary, row: dict, used: int, now: float) -> dict:
+    return {
+        "id": row["id"],
+        "name": row["name"],
+        "tags": json.loads(row["tags"]),
+        "slots": row["slots"],
+        "slots_used": used,
+        "state": worker_state(primary, row, now),
+        "locked": bool(row["locked"]),
+        "draining": bool(row["draining"]),
+        "load": json.loads(row["load"]) if row["load"] else None,
+        "version": row["version"],
+        "last_contact": iso(row["last_contact"]),
+        "created_at": iso(row["created_at"]),
+        "certificate_expires": iso(row["cert_not_after"]),
+    }
+
+
+def _slots_used(primary: Primary) -> dict[str, int]:
+    rows = primary.store.query(
+        "SELECT worker_id, COUNT(*) AS n FROM runs WHERE state IN ('assigned', 'running')"
+        " GROUP BY worker_id"
+    )
+    return {r["worker_id"]: r["n"] for r in rows}
+
+
+def list_workers(primary: Primary) -> list[dict]:
+    used = _slots_used(primary)
+    now = time.time()
+    rows = primary.store.query("SELECT * FROM workers ORDER BY name")
+    return [describe(primary, dict(r), used.get(r["id"], 0), now) for r in rows]
+
+
+def get_worker(primary: Primary, worker_id: str) -> dict:
+    row = primary.store.query_one(
+        "SELECT * FROM workers WHERE id = ? OR name = ?", (worker_id, worker_id)
+    )
+    if row is None:
+        raise NotFound(f"no worker {worker_id!r}")
+    return describe(primary, dict(row), _slots_used(primary).get(row["id"], 0), time.time())
+
+
+def _worker_row(conn, worker_id: str):
+    row = conn.execute(
+        "SELECT * FROM workers WHERE id = ? OR name = ?", (worker_id, worker_id)
+    ).fetchone()
+    if row is None:
+        raise NotFound(f"no worker {worker_id!r}")
+    return row
+
+
+def set_flag(primary: Primary, worker_id: str, flag: str, on: bool) -> dict:
+    """Lock/unlock or drain/flood. A locked or draining worker takes no new runs and finishes
+    those it has; runs planned for it but not yet confirmed are planned again elsewhere."""
+    from primary.scheduler import plan
+
+    assert flag in ("locked", "draining")
+    with primary.store.transaction() as conn:
+        row = _worker_row(conn, worker_id)
+        conn.execute(f"UPDATE workers SET {flag} = ? WHERE id = ?", (int(on), row["id"]))
+        if on:
+            conn.execute(
+                "UPDATE runs SET state = 'queued', worker_id = NULL, worker_name = NULL,"
+                " lease_expires = NULL, reason = ? WHERE worker_id = ? AND state = 'assigned'",
+                (f"re-planned: {row['name']} is {flag}", row["id"]),
+            )
+    primary.waiters.wake(row["id"])  # an agent holding a taken-back assignment drops it
+    plan(primary)
+    return get_worker(primary, row["id"])
+
+
+def set_tags(primary: Primary, worker_id: str, tags: object) -> dict:
+    """Change a worker's tags; the next scheduling decision uses them."""
+    from primary.scheduler import plan
+
+    if (
+        not isinstance(tags, list)
+        or len(tags) > MAX_TAGS
+        or not all(isinstance(t, str) and NAME_RE.match(t) for t in tags)
+    ):
+        raise BadRequest("tags: must be a list of names (letters, digits, '.', '_', '-')")
+    with primary.store.transaction() as conn:
+        row = _worker_row(conn, worker_id)
+        conn.execute(
+            "UPDATE workers SET tags = ? WHERE id = ?", (json.dumps(sorted(set(tags))), row["id"])
+        )
+    plan(primary)
+    return get_worker(primary, row["id"])

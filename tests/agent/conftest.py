@@ -1,0 +1,321 @@
+"""Fixtures for the agent's tests: a throw-away PKI and a small fake primary speaking the
+agent protocol over real (mutual) TLS on loopback."""
+
+import contextlib
+import datetime
+import json
+import re
+import socket
+import ssl
+import threading
+import time
+from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+from pathlib import Path
+from urllib.parse import parse_qs, urlsplit
+
+import pytest
+from cryptography import x509
+from cryptography.hazmat.primitives import hashes, serialization
+from cryptography.hazmat.primitives.asymmetric import ec
+from cryptography.x509.oid import ExtendedKeyUsageOID, NameOID
+
+from agent.protocol import CODE_LOG_GAP, CODE_LOG_INCOMPLETE, CODE_STALE_ATTEMPT
+
+
+def _pem(cert: x509.Certificate) -> bytes:
+    return cert.public_bytes(serialization.Encoding.PEM)
+
+
+def _key_pem(key) -> bytes:
+    return key.private_bytes(
+        serialization.Encoding.PEM, serialization.PrivateFormat.PKCS8, serialization.NoEncryption()
+    )
+
+
+class Pki:
+    """A CA that can issue server and client certificates."""
+
+    def __init__(self, name: str = "test CA") -> None:
+        self.key = ec.generate_private_key(ec.SECP256R1())
+        subject = x509.Name([x509.NameAttribute(NameOID.COMMON_NAME, name)])
+        self.cert = (
+            self._builder(subject, self.key.public_key(), subject)
+            .add_extension(x509.BasicConstraints(ca=True, path_length=0), True)
+            .sign(self.key, hashes.SHA256())
+        )
+        self.pem = _pem(self.cert)
+
+    def _builder(self, subject, public_key, issuer):
+        now = datetime.datetime.now(datetime.UTC)
+        return (
+            x509.CertificateBuilder()
+            .subject_name(subject)
+            .issuer_name(issuer)
+            .public_key(public_key)
+            .serial_number(x509.random_serial_number())
+            .not_valid_before(now - datetime.timedelta(minutes=5))
+            .not_valid_after(now + datetime.timedelta(days=1))
+        )
+
+    def issue(self, cn: str, public_key, server: bool) -> bytes:
+        subject = x509.Name([x509.NameAttribute(NameOID.COMMON_NAME, cn)])
+        builder = self._builder(subject, public_key, self.cert.subject).add_extension(
+            x509.BasicConstraints(ca=False, path_length=None), True
+        )
+        if server:
+            import ipaddress
+
+            builder = builder.add_extension(
+                x509.SubjectAlternativeName(
+                    [x509.DNSName("localhost"), x509.IPAddress(ipaddress.ip_address("127.0.0.1"))]
+                ),
+                False,
+            ).add_extension(x509.ExtendedKeyUsage([ExtendedKeyUsageOID.SERVER_AUTH]), False)
+        else:
+            builder = builder.add_extension(
+                x509.ExtendedKeyUsage([ExtendedKeyUsageOID.CLIENT_AUTH]), False
+            )
+        return _pem(builder.sign(self.key, hashes.SHA256()))
+
+    def server_files(self, directory: Path) -> tuple[Path, Path]:
+        key = ec.generate_private_key(ec.SECP256R1())
+        cert, keyfile = directory / "server.crt", directory / "server.key"
+        cert.write_bytes(self.issue("localhost", key.public_key(), server=True))
+        keyfile.write_bytes(_key_pem(key))
+        return cert, keyfile
+
+    def issue_for_csr(self, csr_pem: str, worker_id: str) -> bytes:
+        csr = x509.load_pem_x509_csr(csr_pem.encode())
+        return self.issue(worker_id, csr.public_key(), server=False)
+
+
+@pytest.fixture(scope="session")
+def pki() -> Pki:
+    return Pki()
+
+
+class FakePrimary:
+    """Enough of the primary for the agent: register, poll, start, log, status, finish.
+
+    Tests steer it through its attributes (assignments, cancels, stale, down, ...) and
+    inspect what arrived (polls, logs, statuses, finished).
+    """
+
+    def __init__(self, pki: Pki, directory: Path, mutual: bool = True, hold: float = 0.3) -> None:
+        self.pki = pki
+        self.hold = hold
+        self.lock = threading.Condition()
+        self.assignments: list[dict] = []
+        self.cancels: set[tuple[int, int]] = set()
+        self.stale: set[tuple[int, int]] = set()
+        self.unknown_worker = False
+        self.down = False  # answer 503 to everything
+        self.register_answer: tuple[int, dict] | None = None
+        self.secret = "s3cret"
+        self.registrations: list[dict] = []
+        self.polls: list[dict] = []
+        self.calls: list[str] = []
+        self.logs: dict[tuple[int, str], bytearray] = {}
+        self.statuses: dict[tuple[int, str], list[dict]] = {}
+        self.started: list[int] = []
+        self.finished: list[int] = []
+        cert, key = pki.server_files(directory)
+        self.context = ssl.SSLContext(ssl.PROTOCOL_TLS_SERVER)
+        self.context.load_cert_chain(cert, key)
+        if mutual:
+            self.context.verify_mode = ssl.CERT_REQUIRED
+            self.context.load_verify_locations(cadata=pki.pem.decode())
+        self.port = 0
+        self.server: ThreadingHTTPServer | None = None
+        self.connections: set = set()
+        self.start()
+
+    @property
+    def url(self) -> str:
+        return f"https://localhost:{self.port}"
+
+    def start(self) -> None:
+        server = ThreadingHTTPServer(("127.0.0.1", self.port), _handler(self))
+        server.daemon_threads = True
+        server.handle_error = lambda request, address: None  # agents hang up on purpose
+        server.socket = self.context.wrap_socket(server.socket, server_side=True)
+        self.port = server.server_address[1]
+        self.server = server
+        threading.Thread(
+            target=server.serve_forever, kwargs={"poll_interval": 0.05}, daemon=True
+        ).start()
+
+    def stop(self) -> None:
+        """Go away completely: connections are refused until start()."""
+        if self.server is not None:
+            self.server.shutdown()
+            self.server.server_close()
+            self.server = None
+        self.drop_connections()
+
+    def drop_connections(self) -> None:
+        """Hang up on every open connection, like a server closing idle keep-alives."""
+        with self.lock:
+            conns, self.connections = self.connections, set()
+        for conn in conns:  # keep-alive connections too: a real outage drops them
+            with contextlib.suppress(OSError):
+                socket.socket.shutdown(conn, socket.SHUT_RDWR)
+
+    def log(self, run_id: int, job: str) -> bytes:
+        with self.lock:
+            return bytes(self.logs.get((run_id, job), b""))
+
+    def states(self, run_id: int, job: str) -> list[str]:
+        with self.lock:
+            return [s["state"] for s in self.statuses.get((run_id, job), [])]
+
+    def wait_for(self, predicate, timeout: float = 10.0) -> None:
+        deadline = time.monotonic() + timeout
+        while not predicate():
+            if time.monotonic() > deadline:
+                raise AssertionError("timed out waiting for the fake primary")
+            time.sleep(0.02)
+
+    # -- request handling (runs on the server's threads)
+
+    def handle(self, path: str, query: dict, body: bytes) -> tuple[int, dict]:
+        with self.lock:
+            self.calls.append(path)
+        if self.down:
+            return 503, {"error": "down", "code": "unavailable"}
+        if path == "/api/v1/workers/register":
+            return self._register(json.loads(body))
+        if self.unknown_worker:
+            return 403, {"error": "unknown worker", "code": "unknown_worker"}
+        if path == "/agent/v1/poll":
+            return self._poll(json.loads(body))
+        m = re.fullmatch(r"/agent/v1/runs/(\d+)/(start|finish|jobs/([^/]+)/(log|status))", path)
+        if not m:
+            return 404, {"error": "no such path", "code": "not_found"}
+        run_id, job = int(m.group(1)), m.group(3)
+        attempt = int(query["attempt"][0]) if m.group(4) == "log" else json.loads(body)["attempt"]
+        with self.lock:
+            if (run_id, attempt) in self.stale:
+                return 409, {"error": "stale", "code": CODE_STALE_ATTEMPT}
+            if m.group(2) == "start":
+                self.started.append(run_id)
+                return 200, {"state": "running"}
+            if m.group(2) == "finish":
+                self.finished.append(run_id)
+                return 200, {"state": "success"}
+            stored = self.logs.setdefault((run_id, job), bytearray())
+            if m.group(4) == "log":
+                offset = int(query["offset"][0])
+                if offset > len(stored):
+                    return 416, {"error": "gap", "code": CODE_LOG_GAP, "size": len(stored)}
+                stored[offset:] = body  # bytes it already has are the same bytes
+                return 200, {"size": len(stored)}
+            status = json.loads(body)
+            if "log_size" in status and status["log_size"] > len(stored):
+                return 409, {
+                    "error": "incomplete",
+                    "code": CODE_LOG_INCOMPLETE,
+                    "size": len(stored),
+                }
+            self.statuses.setdefault((run_id, job), []).append(status)
+            return 200, {"state": status["state"]}
+
+    def _poll(self, body: dict) -> tuple[int, dict]:
+        deadline = time.monotonic() + (self.hold if body.get("wait") else 0)
+        with self.lock:
+            self.polls.append(body)
+            while True:
+                held = {(r["run_id"], r["attempt"]) for r in body["runs"]}
+                cancel = [{"run_id": r, "attempt": a} for r, a in sorted(held & self.cancels)]
+                if self.assignments or cancel or time.monotonic() >= deadline:
+                    assignments, self.assignments = self.assignments, []
+                    return 200, {"assignments": assignments, "cancel": cancel}
+                self.lock.wait(0.02)
+
+    def _register(self, body: dict) -> tuple[int, dict]:
+        with self.lock:
+            self.registrations.append(body)
+        if self.register_answer is not None:
+            return self.register_answer
+        if body.get("secret") != self.secret:
+            return 401, {"error": "bad secret", "code": "bad_secret"}
+        cert = self.pki.issue_for_csr(body["csr"], "w-1")
+        return 201, {
+            "worker_id": "w-1",
+            "certificate": cert.decode(),
+            "ca_certificate": self.pki.pem.decode(),
+            "agent_url": f"https://localhost:{self.port + 1}",
+        }
+
+
+def _handler(fake: FakePrimary):
+    class Handler(BaseHTTPRequestHandler):
+        protocol_version = "HTTP/1.1"
+
+        def setup(self) -> None:
+            super().setup()
+            with fake.lock:
+                fake.connections.add(self.connection)
+
+        def do_POST(self) -> None:
+            url = urlsplit(self.path)
+            body = self.rfile.read(int(self.headers.get("Content-Length") or 0))
+            status, answer = fake.handle(url.path, parse_qs(url.query), body)
+            data = json.dumps(answer).encode()
+            self.send_response(status)
+            self.send_header("Content-Type", "application/json")
+            self.send_header("Content-Length", str(len(data)))
+            self.end_headers()
+            self.wfile.write(data)
+
+        def log_message(self, *args) -> None:
+            pass
+
+    return Handler
+
+
+@pytest.fixture
+def public_primary(pki, tmp_path):
+    """A fake primary's public port: server TLS only, for registration."""
+    directory = tmp_path / "public-primary"
+    directory.mkdir()
+    fake = FakePrimary(pki, directory, mutual=False)
+    yield fake
+    fake.stop()
+
+
+@pytest.fixture(scope="session")
+def other_ca_pem() -> bytes:
+    """The certificate of a CA that signed nothing the tests trust."""
+    return Pki("other CA").pem
+
+
+@pytest.fixture
+def fake_primary(pki, tmp_path):
+    fake = FakePrimary(pki, tmp_path)
+    yield fake
+    fake.stop()
+
+
+@pytest.fixture
+def agent_home(pki, fake_primary, tmp_path) -> Path:
+    """A registered agent home pointing at fake_primary."""
+    home = tmp_path / "home"
+    home.mkdir(mode=0o700)
+    key = ec.generate_private_key(ec.SECP256R1())
+    (home / "worker.key").write_bytes(_key_pem(key))
+    (home / "worker.crt").write_bytes(pki.issue("w-1", key.public_key(), server=False))
+    (home / "ca.pem").write_bytes(pki.pem)
+    (home / "config.json").write_text(
+        json.dumps(
+            {
+                "worker_id": "w-1",
+                "name": "test-worker",
+                "tags": [],
+                "slots": 2,
+                "primary_url": "https://localhost:1",
+                "agent_url": fake_primary.url,
+            }
+        )
+    )
+    return home

@@ -1,0 +1,62 @@
+"""The HTTPS client: keep-alive reuse, one retry after a server hang-up, abort."""
+
+import threading
+import time
+
+import pytest
+
+from agent.client import Client, TransportError, agent_context
+
+
+@pytest.fixture
+def client(agent_home, fake_primary):
+    c = Client(fake_primary.url, agent_context(agent_home))
+    yield c
+    c.close()
+
+
+def test_a_connection_closed_by_the_server_is_retried_once_on_a_fresh_one(client, fake_primary):
+    poll = {"runs": [], "wait": False}
+    assert client.post_json("/agent/v1/poll", poll).status == 200
+    fake_primary.drop_connections()
+    time.sleep(0.1)
+    assert client.post_json("/agent/v1/poll", poll).status == 200
+    assert len(fake_primary.polls) == 2
+
+
+def test_the_connection_is_reused(client, fake_primary):
+    poll = {"runs": [], "wait": False}
+    for _ in range(3):
+        client.post_json("/agent/v1/poll", poll)
+    with fake_primary.lock:
+        assert len(fake_primary.connections) == 1
+
+
+def test_abort_breaks_a_long_poll_without_retrying(client, fake_primary):
+    fake_primary.hold = 20.0
+    errors = []
+
+    def poll():
+        try:
+            client.post_json("/agent/v1/poll", {"runs": [], "wait": True})
+        except TransportError as e:
+            errors.append(e)
+
+    t = threading.Thread(target=poll)
+    t.start()
+    fake_primary.wait_for(lambda: fake_primary.polls)
+    time.sleep(0.1)
+    client.abort()
+    t.join(3)
+    assert not t.is_alive() and len(errors) == 1
+    assert len(fake_primary.polls) == 1
+
+
+def test_without_a_client_certificate_the_agent_port_refuses(fake_primary, pki):
+    import ssl
+
+    ctx = ssl.create_default_context(cadata=pki.pem.decode())
+    c = Client(fake_primary.url, ctx)
+    with pytest.raises(TransportError):
+        c.post_json("/agent/v1/poll", {"runs": [], "wait": False})
+    assert fake_primary.polls == []

@@ -1,0 +1,149 @@
+"""The whole agent loop against the fake primary: polls, assignments, cancel, drain, stop."""
+
+import threading
+import time
+
+import psutil
+import pytest
+
+from agent.worker import Agent
+
+
+def assignment(run_id, *jobs, attempt=1, pipeline="p"):
+    return {
+        "run_id": run_id,
+        "attempt": attempt,
+        "pipeline": pipeline,
+        "env": {},
+        "jobs": [{"name": n, "steps": [s], "env": {}, "timeout": 60, "needs": []} for n, s in jobs],
+    }
+
+
+@pytest.fixture
+def running_agent(agent_home):
+    agents = []
+
+    def start(**kw):
+        agent = Agent(agent_home, kill_grace=1.0, **kw)
+        t = threading.Thread(target=agent.run, daemon=True)
+        t.start()
+        agents.append((agent, t))
+        return agent, t
+
+    yield start
+    for agent, t in agents:
+        agent.stop.set()
+        t.join(10)
+
+
+def gone(pid):
+    try:
+        return psutil.Process(pid).status() == psutil.STATUS_ZOMBIE
+    except psutil.NoSuchProcess:
+        return True
+
+
+def test_poll_body_and_a_run_end_to_end(agent_home, fake_primary, running_agent):
+    fake_primary.assignments.append(assignment(1, ("a", "echo hello")))
+    agent, _ = running_agent()
+    fake_primary.wait_for(lambda: fake_primary.finished == [1])
+    assert fake_primary.log(1, "a") == b"hello\n"
+    first = fake_primary.polls[0]
+    assert first["slots"] == 2 and first["draining"] is False and first["wait"] is True
+    assert first["runs"] == [] and first["version"]
+    assert set(first["load"]) == {"load1", "load5", "cpus", "memory_percent"}
+    # the run is held (reported in polls) until finish is acknowledged, then dropped
+    fake_primary.wait_for(lambda: len(fake_primary.polls) >= 3)
+    assert fake_primary.polls[-1]["runs"] == []
+    assert not (agent_home / "spool" / "1-1").exists()
+    assert (agent_home / "workspaces" / "p").is_dir()
+
+
+def test_held_runs_are_reported_and_cancel_kills_the_job(agent_home, fake_primary, running_agent):
+    fake_primary.assignments.append(
+        assignment(2, ("a", "echo $$ > sh.pid; sleep 1000"), ("b", "true"))
+    )
+    agent, _ = running_agent()
+    pidfile = agent_home / "workspaces" / "p" / "sh.pid"
+    fake_primary.wait_for(lambda: pidfile.exists() and pidfile.read_text().strip())
+    fake_primary.wait_for(lambda: {"run_id": 2, "attempt": 1} in fake_primary.polls[-1]["runs"])
+    fake_primary.cancels.add((2, 1))
+    fake_primary.wait_for(lambda: fake_primary.finished == [2])
+    assert gone(int(pidfile.read_text()))
+    assert fake_primary.states(2, "a") == ["running", "cancelled"]
+    assert fake_primary.states(2, "b") == ["skipped"]
+
+
+def test_slots_limit_concurrent_runs(agent_home, fake_primary, running_agent):
+    fake_primary.assignments.extend(
+        [assignment(i, ("a", "sleep 1"), pipeline=f"p{i}") for i in (1, 2, 3)]
+    )
+    running_agent()
+    fake_primary.wait_for(lambda: len(fake_primary.started) == 2)
+    time.sleep(0.5)
+    assert sorted(fake_primary.started) == [1, 2]  # run 3 found no free slot
+
+
+def test_no_busy_loop_on_quick_empty_answers(fake_primary, running_agent):
+    fake_primary.hold = 0.0  # answers at once with nothing
+    running_agent()
+    time.sleep(3.0)
+    assert 2 <= len(fake_primary.polls) <= 8
+
+
+def test_drain_finishes_the_current_run_then_returns(agent_home, fake_primary, running_agent):
+    fake_primary.hold = 5.0
+    fake_primary.assignments.append(assignment(3, ("a", "sleep 1.5; echo done")))
+    agent, t = running_agent()
+    fake_primary.wait_for(lambda: fake_primary.started == [3])
+    agent.request_drain()
+    fake_primary.wait_for(lambda: any(p["draining"] for p in fake_primary.polls), timeout=2)
+    fake_primary.assignments.append(assignment(4, ("a", "true")))  # refused while draining
+    t.join(15)
+    assert not t.is_alive()
+    assert fake_primary.finished == [3] and fake_primary.log(3, "a") == b"done\n"
+    assert 4 not in fake_primary.started
+    assert agent.unknown_worker is False
+
+
+def test_force_stop_cancels_and_delivers(agent_home, fake_primary, running_agent):
+    fake_primary.assignments.append(assignment(5, ("a", "echo $$ > sh.pid; sleep 1000")))
+    agent, t = running_agent()
+    pidfile = agent_home / "workspaces" / "p" / "sh.pid"
+    fake_primary.wait_for(lambda: pidfile.exists() and pidfile.read_text().strip())
+    agent.request_force_stop()
+    t.join(15)
+    assert not t.is_alive()
+    assert fake_primary.states(5, "a") == ["running", "cancelled"]
+    assert fake_primary.finished == [5]
+    assert gone(int(pidfile.read_text()))
+
+
+def test_unknown_worker_stops_the_agent(fake_primary, running_agent):
+    fake_primary.unknown_worker = True
+    agent, t = running_agent()
+    t.join(10)
+    assert not t.is_alive()
+    assert agent.unknown_worker is True
+
+
+def test_external_stop_event_returns_promptly_during_a_long_poll(agent_home, fake_primary):
+    fake_primary.hold = 20.0
+    stop = threading.Event()
+    agent = Agent(agent_home, stop)
+    t = threading.Thread(target=agent.run, daemon=True)
+    t.start()
+    fake_primary.wait_for(lambda: fake_primary.polls)
+    stop.set()
+    t.join(3)
+    assert not t.is_alive()
+
+
+def test_keeps_polling_through_an_outage(fake_primary, running_agent):
+    running_agent()
+    fake_primary.wait_for(lambda: fake_primary.polls)
+    fake_primary.stop()
+    time.sleep(1.5)
+    before = len(fake_primary.polls)
+    fake_primary.start()
+    fake_primary.wait_for(lambda: len(fake_primary.polls) > before, timeout=10)

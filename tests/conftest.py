@@ -1,0 +1,41 @@
+"""Fixtures that start real processes: a primary and agents on loopback."""
+
+import pytest
+from fleet import Agent, Primary, init_primary, register_agent, wait_for
+
+
+@pytest.fixture
+def fleet_root(tmp_path):
+    return tmp_path
+
+
+@pytest.fixture
+def primary(fleet_root) -> Primary:
+    """A serving primary with a short heartbeat timeout and no built-in worker."""
+    p = init_primary(fleet_root, "--heartbeat-timeout", "6", "--primary-worker-slots", "0")
+    p.start()
+    yield p
+    p.stop()
+
+
+@pytest.fixture
+def start_agent(primary, fleet_root):
+    """Register and start an agent; every agent is stopped after the test."""
+    agents: list[Agent] = []
+
+    def start(name: str, tags: str = "", slots: int = 1) -> Agent:
+        result = register_agent(primary, fleet_root, name, tags, slots)
+        assert result.returncode == 0, result.stderr
+        agent = Agent(name=name, home=fleet_root / name, log_path=fleet_root / f"{name}.log")
+        agent.start()
+        agents.append(agent)
+        wait_for(
+            lambda: (w := primary.worker(name)) and w["state"] == "active",
+            30,
+            f"worker {name} to be active",
+        )
+        return agent
+
+    yield start
+    for agent in agents:
+        agent.stop()

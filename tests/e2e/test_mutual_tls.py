@@ -1,0 +1,151 @@
+"""The agent port admits only certificates the primary issued to workers it still knows;
+registration admits only the worker secret."""
+
+import datetime
+import http.client
+import json
+import sqlite3
+import ssl
+import subprocess
+
+import pytest
+from cryptography import x509
+from cryptography.hazmat.primitives import hashes, serialization
+from cryptography.hazmat.primitives.asymmetric import ec
+from cryptography.x509.oid import NameOID
+from fleet import BIN, register_agent
+
+from primary.ca import CertificateAuthority, create_ca
+
+
+def _post_poll(primary, cert: str | None, key: str | None) -> tuple[int, dict]:
+    context = ssl.create_default_context(cafile=str(primary.ca_file))
+    if cert:
+        context.load_cert_chain(cert, key)
+    conn = http.client.HTTPSConnection("127.0.0.1", primary.agent_port, context=context, timeout=10)
+    try:
+        conn.request(
+            "POST",
+            "/agent/v1/poll",
+            body=json.dumps({"wait": False, "runs": []}),
+            headers={"Content-Type": "application/json"},
+        )
+        response = conn.getresponse()
+        return response.status, json.loads(response.read())
+    finally:
+        conn.close()
+
+
+def test_registered_worker_is_admitted(primary, fleet_root):
+    assert register_agent(primary, fleet_root, "w1").returncode == 0
+    home = fleet_root / "w1"
+    status, body = _post_poll(primary, str(home / "worker.crt"), str(home / "worker.key"))
+    assert status == 200 and body == {"assignments": [], "cancel": []}
+
+
+def test_client_without_certificate_is_refused(primary):
+    with pytest.raises((ssl.SSLError, ConnectionError, OSError)):
+        _post_poll(primary, None, None)
+
+
+def test_certificate_from_another_ca_is_refused(primary, fleet_root):
+    other_ca = CertificateAuthority(*create_ca())
+    key = ec.generate_private_key(ec.SECP256R1())
+    csr = (
+        x509.CertificateSigningRequestBuilder()
+        .subject_name(x509.Name([x509.NameAttribute(NameOID.COMMON_NAME, "w-intruder")]))
+        .sign(key, hashes.SHA256())
+    )
+    issued = other_ca.issue_worker(
+        csr.public_bytes(serialization.Encoding.PEM).decode(),
+        "w-intruder",
+        datetime.timedelta(days=1),
+    )
+    (fleet_root / "intruder.crt").write_text(issued.pem)
+    (fleet_root / "intruder.key").write_bytes(
+        key.private_bytes(
+            serialization.Encoding.PEM,
+            serialization.PrivateFormat.PKCS8,
+            serialization.NoEncryption(),
+        )
+    )
+    with pytest.raises((ssl.SSLError, ConnectionError, OSError)):
+        _post_poll(primary, str(fleet_root / "intruder.crt"), str(fleet_root / "intruder.key"))
+
+
+def test_certificate_of_a_worker_gone_from_the_store_is_refused(primary, fleet_root):
+    assert register_agent(primary, fleet_root, "w1").returncode == 0
+    home = fleet_root / "w1"
+    cert, key = str(home / "worker.crt"), str(home / "worker.key")
+    assert _post_poll(primary, cert, key)[0] == 200
+    worker_id = json.loads((home / "config.json").read_text())["worker_id"]
+    with sqlite3.connect(primary.data_dir / "cifleet.db") as db:
+        assert db.execute("DELETE FROM workers WHERE id = ?", (worker_id,)).rowcount == 1
+    status, body = _post_poll(primary, cert, key)
+    assert status == 403 and body["code"] == "unknown_worker"
+
+
+def test_registration_refuses_a_wrong_secret_and_writes_nothing(primary, fleet_root):
+    result = register_agent(primary, fleet_root, "w1", secret="not-the-secret")
+    assert result.returncode != 0
+    assert "secret" in result.stderr.lower()
+    assert "not-the-secret" not in result.stderr + result.stdout
+    home = fleet_root / "w1"
+    assert not home.exists() or list(home.iterdir()) == []
+    assert primary.workers() == []
+
+
+def test_register_twice_changes_nothing_and_names_are_unique(primary, fleet_root):
+    first = register_agent(primary, fleet_root, "w1")
+    assert first.returncode == 0, first.stderr
+    before = {p.name: p.read_bytes() for p in (fleet_root / "w1").iterdir() if p.is_file()}
+    again = register_agent(primary, fleet_root, "w1")
+    assert again.returncode == 0 and "already registered" in again.stdout + again.stderr
+    after = {p.name: p.read_bytes() for p in (fleet_root / "w1").iterdir() if p.is_file()}
+    assert before == after
+    # Another home asking for the same name cannot take the record over.
+    (fleet_root / "other").mkdir()
+    taken = register_agent(primary, fleet_root / "other", "w1")
+    assert taken.returncode != 0 and "w1" in taken.stderr
+    assert [w["name"] for w in primary.workers()] == ["w1"]
+
+
+def test_worker_certificate_is_client_only_with_primary_chosen_subject(primary, fleet_root):
+    assert register_agent(primary, fleet_root, "w1").returncode == 0
+    home = fleet_root / "w1"
+    cert = x509.load_pem_x509_certificate((home / "worker.crt").read_bytes())
+    worker_id = json.loads((home / "config.json").read_text())["worker_id"]
+    assert cert.subject.get_attributes_for_oid(NameOID.COMMON_NAME)[0].value == worker_id
+    assert cert.extensions.get_extension_for_class(x509.BasicConstraints).value.ca is False
+    eku = cert.extensions.get_extension_for_class(x509.ExtendedKeyUsage).value
+    assert list(eku) == [x509.oid.ExtendedKeyUsageOID.CLIENT_AUTH]
+    assert (home / "worker.key").stat().st_mode & 0o777 == 0o600
+
+
+def test_secret_rotation_refuses_the_old_secret_and_keeps_workers(primary, start_agent, fleet_root):
+    start_agent("steady")
+    old = primary.secret()
+    new = primary.client.json("POST", "/api/v1/worker-secret/rotate")["secret"]
+    assert new != old and len(new) >= 22
+    assert register_agent(primary, fleet_root, "late", secret=old).returncode != 0
+    # The CLI sees the same vault, and rotates it for the running primary too.
+    shown = subprocess.run(
+        [str(BIN / "cifleet-primary"), "secret", "show", "--data-dir", str(primary.data_dir)],
+        capture_output=True,
+        text=True,
+        check=True,
+    )
+    assert shown.stdout.strip() == new
+    subprocess.run(
+        [str(BIN / "cifleet-primary"), "secret", "rotate", "--data-dir", str(primary.data_dir)],
+        capture_output=True,
+        check=True,
+    )
+    newest = primary.secret()
+    assert newest != new
+    assert register_agent(primary, fleet_root, "late", secret=new).returncode != 0
+    assert register_agent(primary, fleet_root, "late", secret=newest).returncode == 0
+    # The worker registered before both rotations still runs pipelines.
+    primary.pipeline("name: after\njobs:\n  - name: a\n    steps: ['echo still here']\n")
+    run = primary.wait_run(primary.trigger("after"))
+    assert run["state"] == "success" and run["worker_name"] == "steady"

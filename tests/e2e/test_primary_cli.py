@@ -1,0 +1,78 @@
+"""`cifleet-primary` commands: init, the built-in worker, the demo, a wrong vault key."""
+
+import os
+import subprocess
+
+from fleet import BIN, free_port, init_primary
+
+
+def _primary_cli(*args, env=None, timeout=120):
+    return subprocess.run(
+        [str(BIN / "cifleet-primary"), *args],
+        capture_output=True,
+        text=True,
+        timeout=timeout,
+        env={**os.environ, **(env or {})},
+    )
+
+
+def test_init_creates_private_files_and_a_second_init_changes_nothing(tmp_path):
+    data = tmp_path / "data"
+    first = _primary_cli("init", "--data-dir", str(data), "--hostname", "ci.example")
+    assert first.returncode == 0, first.stderr
+    assert data.stat().st_mode & 0o777 == 0o700
+    for name in ("vault.bin", "vault.key", "admin.token", "cifleet.db"):
+        assert (data / name).stat().st_mode & 0o777 == 0o600, name
+    snapshot = {p.name: p.read_bytes() for p in data.iterdir() if p.is_file()}
+    second = _primary_cli("init", "--data-dir", str(data))
+    assert second.returncode == 0 and "already initialised" in second.stdout
+    assert {p.name: p.read_bytes() for p in data.iterdir() if p.is_file()} == snapshot
+    from cryptography import x509
+
+    cert = x509.load_pem_x509_certificate((data / "server.pem").read_bytes())
+    sans = cert.extensions.get_extension_for_class(x509.SubjectAlternativeName).value
+    assert "ci.example" in sans.get_values_for_type(x509.DNSName)
+
+
+def test_wrong_vault_key_fails_clearly_and_leaves_the_vault_alone(tmp_path):
+    data = tmp_path / "data"
+    assert _primary_cli("init", "--data-dir", str(data)).returncode == 0
+    before = (data / "vault.bin").read_bytes()
+    result = _primary_cli(
+        "secret", "show", "--data-dir", str(data), env={"CIFLEET_VAULT_KEY": "00" * 32}
+    )
+    assert result.returncode == 2
+    assert "wrong vault key" in result.stderr and "Traceback" not in result.stderr
+    assert (data / "vault.bin").read_bytes() == before
+
+
+def test_builtin_worker_runs_pipelines_without_remote_hosts(tmp_path):
+    primary = init_primary(tmp_path, "--heartbeat-timeout", "6")
+    primary.start()
+    try:
+        primary.pipeline("name: solo\njobs:\n  - name: a\n    steps: ['echo on the primary']\n")
+        run = primary.wait_run(primary.trigger("solo"), timeout=60)
+        assert run["state"] == "success" and run["worker_name"] == "primary"
+        assert primary.job_log(run["id"], "a") == b"on the primary\n"
+    finally:
+        primary.stop()
+    assert primary.proc.returncode == 0  # SIGTERM stops it cleanly
+
+
+def test_demo_command_runs_the_example_and_says_how_to_stop(tmp_path):
+    data = tmp_path / "demo-data"
+    api, agent = free_port(), free_port()
+    try:
+        result = _primary_cli(
+            "demo", "--data-dir", str(data), "--api-port", str(api), "--agent-port", str(agent)
+        )
+        assert result.returncode == 0, result.stdout + result.stderr
+        out = result.stdout
+        assert "=== job build\nhello from cifleet, building in" in out
+        assert "packaged run 1\n" in out
+        assert "run 1 finished: success" in out
+        assert f"https://127.0.0.1:{api}/api/v1/status" in out
+        assert f"cifleet-primary stop --data-dir {data}" in out
+    finally:
+        stop = _primary_cli("stop", "--data-dir", str(data))
+    assert stop.returncode == 0

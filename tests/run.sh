@@ -1,0 +1,26 @@
+#!/usr/bin/env bash
+# Installs everything the test suite needs (system packages too) and runs the whole suite.
+# Works on a fresh Debian/Ubuntu machine with Python 3.11; run it from the repository root.
+set -euo pipefail
+cd "$(dirname "$0")/.."
+
+# System packages the suite uses, as "command:package"; each is installed only when its
+# command is missing (as root, or with sudo when present).
+needed=(git:git)
+packages=()
+for pair in "${needed[@]}"; do
+  command -v "${pair%%:*}" >/dev/null 2>&1 || packages+=("${pair##*:}")
+done
+if ((${#packages[@]})); then
+  SUDO=""; [ "$(id -u)" = 0 ] || SUDO="sudo"
+  $SUDO apt-get update -q
+  DEBIAN_FRONTEND=noninteractive $SUDO apt-get install -y -q "${packages[@]}"
+fi
+
+python3 -m venv .venv
+.venv/bin/python -m pip install -q --upgrade pip
+.venv/bin/python -m pip install -q -e '.[primary,test]'
+.venv/bin/ruff check .
+.venv/bin/ruff format --check .
+# pytest exits 5 when it collected nothing; set -e turns that, like any failure, into ours.
+.venv/bin/python -m pytest -q "$@"
