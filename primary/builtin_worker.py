@@ -25,9 +25,8 @@ def start_builtin_worker(primary: Primary, stop: threading.Event) -> threading.T
     slots = primary.config.primary_worker_slots
     if slots <= 0:
         return None
-    from agent.worker import Agent
-
     from agent.registration import RegistrationError, is_registered, register
+    from agent.worker import Agent
 
     home = primary.data.builtin_worker_home
     try:
