@@ -2,7 +2,7 @@
 
 from flask import Blueprint, Response, jsonify, request
 
-from primary import pipelines, runs, workers
+from primary import pipelines, runs, static_files, workers
 from primary.auth import primary_of_app, require_role
 from primary.errors import BadRequest, NotFound
 from primary.initdir import new_worker_secret
@@ -164,3 +164,40 @@ def worker_tags(worker_id: str):
     from primary.register_views import json_body
 
     return jsonify(workers.set_tags(primary_of_app(), worker_id, json_body().get("tags")))
+
+
+@bp.post("/pipelines/<name>/cache/clear")
+@require_role()
+def clear_cache(name: str):
+    return jsonify(pipelines.clear_cache(primary_of_app(), name))
+
+
+@bp.get("/pipelines/<name>/files")
+@require_role(*VIEW)
+def list_files(name: str):
+    return jsonify({"files": static_files.list_files(primary_of_app(), name)})
+
+
+@bp.put("/pipelines/<name>/files/<path:path>")
+@require_role()
+def put_file(name: str, path: str):
+    primary = primary_of_app()
+    request.max_content_length = primary.config.max_static_file_bytes
+    return jsonify(static_files.put_file(primary, name, path, request.stream))
+
+
+@bp.get("/pipelines/<name>/files/<path:path>")
+@require_role(*VIEW)
+def get_file(name: str, path: str):
+    info, chunks = static_files.read_file(primary_of_app(), name, path)
+    response = Response(chunks, mimetype="application/octet-stream")
+    response.headers["X-Sha256"] = info["sha256"]
+    response.headers["Content-Length"] = str(info["size"])
+    return response
+
+
+@bp.delete("/pipelines/<name>/files/<path:path>")
+@require_role()
+def delete_file(name: str, path: str):
+    static_files.delete_file(primary_of_app(), name, path)
+    return "", 204

@@ -1,9 +1,9 @@
 """Agent API (agent port, mutual TLS): parse, call the dispatch service, render."""
 
-from flask import Blueprint, current_app, g, jsonify, request
+from flask import Blueprint, Response, current_app, g, jsonify, request
 
 from agent.protocol import MAX_LOG_CHUNK_BYTES
-from primary import dispatch
+from primary import dispatch, static_files, workers
 from primary.auth import primary_of_app, require_worker
 from primary.errors import ApiError, BadRequest
 from primary.register_views import json_body
@@ -63,3 +63,36 @@ def job_status(run_id: int, job: str):
 @require_worker
 def finish(run_id: int):
     return jsonify(dispatch.finish_run(primary_of_app(), g.worker, run_id, _attempt(json_body())))
+
+
+@bp.post("/runs/<int:run_id>/prepare")
+@require_worker
+def prepare(run_id: int):
+    body = json_body()
+    return jsonify(
+        dispatch.prepare_notes(
+            primary_of_app(), g.worker, run_id, _attempt(body), body.get("lines")
+        )
+    )
+
+
+@bp.get("/runs/<int:run_id>/files/<path:path>")
+@require_worker
+def fetch_file(run_id: int, path: str):
+    try:
+        attempt = int(request.args["attempt"])
+    except (KeyError, ValueError):
+        raise BadRequest("attempt: query parameter must be a whole number") from None
+    primary = primary_of_app()
+    run = dispatch.current_run(primary, g.worker, run_id, attempt)
+    info, chunks = static_files.read_file(primary, run["pipeline"], path)
+    response = Response(chunks, mimetype="application/octet-stream")
+    response.headers["X-Sha256"] = info["sha256"]
+    response.headers["Content-Length"] = str(info["size"])
+    return response
+
+
+@bp.post("/worker")
+@require_worker
+def update_self():
+    return jsonify(workers.update_from_host(primary_of_app(), g.worker, json_body()))

@@ -12,7 +12,8 @@ log = logging.getLogger("cifleet.primary")
 BUILTIN_NAME = "primary"
 
 
-def _local_url(primary: Primary) -> str:
+def local_api_url(primary: Primary) -> str:
+    """The public port as seen from this host."""
     host = primary.config.bind
     if host in ("0.0.0.0", "", "::"):
         host = "127.0.0.1"
@@ -32,7 +33,7 @@ def start_builtin_worker(primary: Primary, stop: threading.Event) -> threading.T
     try:
         if not is_registered(home):
             register(
-                _local_url(primary),
+                local_api_url(primary),
                 primary.data.ca_cert,
                 primary.vault.get("worker_secret"),
                 BUILTIN_NAME,

@@ -47,6 +47,12 @@ def build_parser() -> argparse.ArgumentParser:
         help="seconds an agent has to confirm an assignment",
     )
     p.add_argument(
+        "--home-busy-wait",
+        type=float,
+        default=5.0,
+        help="seconds a run waits for its pipeline's busy home worker before moving",
+    )
+    p.add_argument(
         "--primary-worker-slots",
         type=int,
         default=1,
@@ -60,6 +66,12 @@ def build_parser() -> argparse.ArgumentParser:
     secret_sub = p.add_subparsers(dest="action", required=True)
     _data_dir(secret_sub.add_parser("show", help="print the worker secret"))
     _data_dir(secret_sub.add_parser("rotate", help="replace the worker secret"))
+
+    p = sub.add_parser("worker", help="list workers; lock, unlock, drain, flood, tag one")
+    p.add_argument("action", choices=["list", "lock", "unlock", "drain", "flood", "tags"])
+    p.add_argument("name", nargs="?", help="worker name or id")
+    p.add_argument("--tags", help="with `tags`: comma-separated new tags ('' for none)")
+    _data_dir(p)
 
     p = sub.add_parser("stop", help="stop a primary serving this data dir (SIGTERM)")
     _data_dir(p)
@@ -103,6 +115,7 @@ def cmd_serve(args) -> int:
         agent_port=args.agent_port,
         heartbeat_timeout=args.heartbeat_timeout,
         confirm_timeout=args.confirm_timeout,
+        home_busy_wait=args.home_busy_wait,
         primary_worker_slots=args.primary_worker_slots,
         agent_threads=args.agent_threads,
         public_threads=args.public_threads,
@@ -122,6 +135,47 @@ def cmd_secret(args) -> int:
         print("the worker secret was rotated; registered workers stay connected")
         print("show the new one with: cifleet-primary secret show --data-dir DIR")
     return 0
+
+
+def cmd_worker(args) -> int:
+    import json
+
+    from primary.client import AdminClient, ApiFailure
+    from primary.datadir import DataDir
+
+    data = DataDir(args.data_dir.absolute())
+    try:
+        url = json.loads(data.serve_info.read_text())["api_url"]
+    except FileNotFoundError:
+        print(f"no primary is serving {data.root}", file=sys.stderr)
+        return 1
+    client = AdminClient(url, data.ca_cert, data.admin_token.read_text().strip())
+    try:
+        if args.action == "list":
+            for w in client.json("GET", "/api/v1/workers")["workers"]:
+                print(_worker_line(w))
+            return 0
+        if not args.name:
+            print(f"cifleet-primary worker {args.action}: name a worker", file=sys.stderr)
+            return 2
+        if args.action == "tags":
+            if args.tags is None:
+                print("cifleet-primary worker tags: give --tags a,b", file=sys.stderr)
+                return 2
+            tags = [t for t in args.tags.split(",") if t]
+            worker = client.json("PUT", f"/api/v1/workers/{args.name}/tags", {"tags": tags})
+        else:
+            worker = client.json("POST", f"/api/v1/workers/{args.name}/{args.action}")
+    except ApiFailure as exc:
+        print(f"cifleet-primary worker {args.action}: {exc}", file=sys.stderr)
+        return 2
+    print(_worker_line(worker))
+    return 0
+
+
+def _worker_line(w: dict) -> str:
+    tags = ",".join(w["tags"]) or "-"
+    return f"{w['name']}  {w['state']}  tags={tags}  slots={w['slots_used']}/{w['slots']}"
 
 
 def cmd_stop(args) -> int:
@@ -151,6 +205,7 @@ COMMANDS = {
     "init": cmd_init,
     "serve": cmd_serve,
     "secret": cmd_secret,
+    "worker": cmd_worker,
     "stop": cmd_stop,
     "demo": cmd_demo,
 }

@@ -16,6 +16,8 @@ class PrimaryConfig:
     heartbeat_timeout: float = 30.0
     # An assignment the agent does not confirm within this time is taken back and re-planned.
     confirm_timeout: float = 10.0
+    # A pipeline whose home worker is busy waits this long for it, then moves elsewhere.
+    home_busy_wait: float = 5.0
     worker_cert_days: float = 30.0
     # Threads of each listener. Every agent waiting in a long poll holds one agent-port thread;
     # polls beyond (agent_threads - AGENT_THREADS_RESERVED) are answered without holding.
@@ -23,6 +25,7 @@ class PrimaryConfig:
     agent_threads: int = 128
     primary_worker_slots: int = 1
     max_request_bytes: int = 8 << 20
+    max_static_file_bytes: int = 256 << 20
     extra: dict = field(default_factory=dict)
 
     @property

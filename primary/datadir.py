@@ -41,6 +41,11 @@ class DataDir:
         return self.root / "builtin-worker"
 
     @property
+    def serve_info(self) -> Path:
+        """Where a serving primary says how to reach it, for the CLI."""
+        return self.root / "serve.json"
+
+    @property
     def pidfile(self) -> Path:
         return self.root / "primary.pid"
 

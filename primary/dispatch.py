@@ -15,12 +15,14 @@ from agent.protocol import (
     CODE_STALE_ATTEMPT,
     JOB_FINAL_STATES,
     JOB_RUNNING,
+    NAME_RE,
 )
+from primary import static_files
 from primary.context import Primary
 from primary.errors import ApiError, BadRequest, NotFound, conflict
 from primary.logs import LogGap
 from primary.runs import FINAL_STATES, notify
-from primary.scheduler import plan
+from primary.scheduler import plan, requeue
 
 ACTIVE_STATES = ("assigned", "running")
 
@@ -34,7 +36,7 @@ def _stale(run_id: int, attempt: int) -> ApiError:
     return conflict(CODE_STALE_ATTEMPT, f"run {run_id} attempt {attempt} is no longer current")
 
 
-def _current_run(primary: Primary, worker: dict, run_id: int, attempt: int, conn=None) -> dict:
+def current_run(primary: Primary, worker: dict, run_id: int, attempt: int, conn=None) -> dict:
     """The run, if this worker holds its current attempt and it is still going; else 409."""
     conn = conn or primary.store.connection()
     run = conn.execute("SELECT * FROM runs WHERE id = ?", (run_id,)).fetchone()
@@ -98,10 +100,34 @@ def _renew_leases(primary: Primary, worker: dict, held: set[tuple[int, int]], no
             )
 
 
-def _answer(primary: Primary, worker: dict, held: set[tuple[int, int]]) -> dict:
+def _stale_workspaces(primary: Primary, worker: dict, body: dict) -> list[str]:
+    """Workspaces the agent has for pipelines whose home it no longer is."""
+    names = [n for n in body.get("workspaces") or [] if isinstance(n, str) and NAME_RE.match(n)]
+    if not names:
+        return []
+    marks = ",".join("?" * len(names))
+    homes = {
+        r["name"]: r["home_worker_id"]
+        for r in primary.store.query(
+            f"SELECT name, home_worker_id FROM pipelines WHERE name IN ({marks})", tuple(names)
+        )
+    }
+    busy = {
+        r["pipeline"]
+        for r in primary.store.query(
+            "SELECT DISTINCT pipeline FROM runs WHERE worker_id = ?"
+            " AND state IN ('assigned', 'running')",
+            (worker["id"],),
+        )
+    }
+    return [n for n in names if homes.get(n) != worker["id"] and n not in busy]
+
+
+def _answer(primary: Primary, worker: dict, held: set[tuple[int, int]], body: dict) -> dict:
     assignments = []
     for run in primary.store.query(
-        "SELECT id, attempt, spec FROM runs WHERE worker_id = ? AND state = 'assigned' ORDER BY id",
+        "SELECT id, attempt, spec, clean_workspace FROM runs"
+        " WHERE worker_id = ? AND state = 'assigned' ORDER BY id",
         (worker["id"],),
     ):
         if (run["id"], run["attempt"]) in held:
@@ -114,6 +140,8 @@ def _answer(primary: Primary, worker: dict, held: set[tuple[int, int]]) -> dict:
                 "pipeline": spec["name"],
                 "env": spec["env"],
                 "jobs": spec["jobs"],
+                "clean_workspace": bool(run["clean_workspace"]),
+                "files": static_files.manifest(primary, spec["name"]),
             }
         )
     cancel = []
@@ -131,7 +159,13 @@ def _answer(primary: Primary, worker: dict, held: set[tuple[int, int]]) -> dict:
         # telling it to cancel then is harmless, there is nothing left to kill.
         if gone or run["cancel_requested"]:
             cancel.append({"run_id": run_id, "attempt": attempt})
-    return {"assignments": assignments, "cancel": cancel}
+    slots = primary.store.query_one("SELECT slots FROM workers WHERE id = ?", (worker["id"],))
+    return {
+        "assignments": assignments,
+        "cancel": cancel,
+        "delete_workspaces": _stale_workspaces(primary, worker, body),
+        "slots": slots["slots"] if slots else worker["slots"],
+    }
 
 
 class PollGate:
@@ -161,7 +195,7 @@ def poll(primary: Primary, gate: PollGate, worker: dict, body: dict, stop: threa
     event = primary.waiters.arm(worker["id"])
     if was_inactive or primary.store.query_one("SELECT 1 FROM runs WHERE state = 'queued' LIMIT 1"):
         plan(primary)
-    answer = _answer(primary, worker, held)
+    answer = _answer(primary, worker, held, body)
     if answer["assignments"] or answer["cancel"] or not body.get("wait") or stop.is_set():
         return answer
     if not gate.try_hold():
@@ -172,7 +206,24 @@ def poll(primary: Primary, gate: PollGate, worker: dict, body: dict, stop: threa
         gate.release()
     if stop.is_set():
         return answer
-    return _answer(primary, worker, held)
+    return _answer(primary, worker, held, body)
+
+
+def prepare_notes(primary: Primary, worker: dict, run_id: int, attempt: int, lines) -> dict:
+    if (
+        not isinstance(lines, list)
+        or not all(isinstance(x, str) for x in lines)
+        or len(lines) > 1000
+    ):
+        raise BadRequest("lines: must be a list of at most 1000 strings")
+    with primary.store.transaction() as conn:
+        current_run(primary, worker, run_id, attempt, conn)
+        conn.execute(
+            "UPDATE runs SET prepare_notes = ? WHERE id = ?",
+            (json.dumps([line[:1000] for line in lines]), run_id),
+        )
+    notify(primary)
+    return {}
 
 
 # -- run and job reports --------------------------------------------------------------------
@@ -181,7 +232,7 @@ def poll(primary: Primary, gate: PollGate, worker: dict, body: dict, stop: threa
 def start_run(primary: Primary, worker: dict, run_id: int, attempt: int) -> dict:
     now = time.time()
     with primary.store.transaction() as conn:
-        run = _current_run(primary, worker, run_id, attempt, conn)
+        run = current_run(primary, worker, run_id, attempt, conn)
         if run["state"] == "assigned":
             conn.execute(
                 "UPDATE runs SET state = 'running', started_at = ?, lease_expires = ? WHERE id = ?",
@@ -196,7 +247,7 @@ def append_log(
 ) -> dict:
     if offset < 0:
         raise BadRequest("offset: must be 0 or more")
-    run = _current_run(primary, worker, run_id, attempt)
+    run = current_run(primary, worker, run_id, attempt)
     row = _job(primary, run_id, job)
     if row["state"] in JOB_FINAL_STATES and offset + len(data) > primary.logs.size(
         run_id, attempt, job
@@ -219,7 +270,7 @@ def job_status(primary: Primary, worker: dict, run_id: int, job: str, body: dict
     exit_code = body.get("exit_code")
     if exit_code is not None and (not isinstance(exit_code, int) or isinstance(exit_code, bool)):
         raise BadRequest("exit_code: must be a whole number or null")
-    _current_run(primary, worker, run_id, attempt)
+    current_run(primary, worker, run_id, attempt)
     row = _job(primary, run_id, job)
     if row["state"] in JOB_FINAL_STATES:
         return {"state": row["state"]}  # a repeat of a report we already have
@@ -315,28 +366,26 @@ def expire_leases(primary: Primary, now: float | None = None) -> int:
             changed += 1
             name = run["worker_name"]
             if run["state"] == "assigned":
-                conn.execute(
-                    "UPDATE runs SET state = 'queued', worker_id = NULL, worker_name = NULL,"
-                    " lease_expires = NULL, reason = ? WHERE id = ?",
-                    (f"taken back: {name} did not confirm the assignment in time", run["id"]),
-                )
+                reason = f"taken back: {name} did not confirm the assignment in time"
+                requeue(conn, run["id"], reason, now)
                 continue
             if run["cancel_requested"]:
                 conn.execute(
                     "UPDATE runs SET state = 'cancelled', finished_at = ?, lease_expires = NULL,"
                     " reason = ? WHERE id = ?",
-                    (now, f"cancelled; {name} stopped answering before it confirmed", run["id"]),
+                    (
+                        now,
+                        f"cancelled; {name} stopped answering before it confirmed the cancel",
+                        run["id"],
+                    ),
                 )
                 continue
             retries = json.loads(run["spec"]).get("retries_on_lost", 1)
             silent = primary.config.heartbeat_timeout
             lost = f"lost: {name} stopped answering (no contact for {silent:g} s)"
             if run["lost_count"] < retries:
-                conn.execute(
-                    "UPDATE runs SET state = 'queued', worker_id = NULL, worker_name = NULL,"
-                    " lease_expires = NULL, lost_count = lost_count + 1, reason = ? WHERE id = ?",
-                    (f"{lost}; re-queued (retry {run['lost_count'] + 1} of {retries})", run["id"]),
-                )
+                retry = f"{lost}; re-queued (retry {run['lost_count'] + 1} of {retries})"
+                requeue(conn, run["id"], retry, now, lost=True)
             else:
                 conn.execute(
                     "UPDATE runs SET state = 'lost', finished_at = ?, lease_expires = NULL,"

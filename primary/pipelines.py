@@ -36,10 +36,27 @@ def get_spec(primary: Primary, name: str) -> dict:
     return json.loads(row["spec"])
 
 
+def clear_cache(primary: Primary, name: str) -> dict:
+    """Forget the pipeline's home: its next run goes to the least loaded worker and starts
+    from an empty workspace; the old home deletes its copy on its next poll."""
+    with primary.store.transaction() as conn:
+        if (
+            conn.execute(
+                "UPDATE pipelines SET home_worker_id = NULL, cache_cleared = 1 WHERE name = ?",
+                (name,),
+            ).rowcount
+            == 0
+        ):
+            raise NotFound(f"no pipeline {name!r}")
+    return get_pipeline(primary, name)
+
+
 def _describe(row) -> dict:
     spec = json.loads(row["spec"])
     return {
         "name": row["name"],
+        "home_worker_id": row["home_worker_id"],
+        "cache_cleared": bool(row["cache_cleared"]),
         "tags": spec["tags"],
         "jobs": [j["name"] for j in spec["jobs"]],
         "spec": spec,

@@ -17,6 +17,10 @@ def _segments(primary: Primary, run: dict, jobs: list[dict]) -> list[bytes | tup
     parts: list[bytes | tuple[str, int]] = []
     if run["placement"] and run["attempt"]:
         lines = json.loads(run["placement"])
+        if run["prepare_notes"]:
+            lines += [
+                f"on {run['worker_name']}: {note}" for note in json.loads(run["prepare_notes"])
+            ]
         parts.append(
             f"=== Prepare environment (attempt {run['attempt']})\n".encode()
             + "".join(f"    {line}\n" for line in lines).encode()

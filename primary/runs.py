@@ -33,9 +33,9 @@ def create_run(primary: Primary, pipeline_name: str) -> int:
     now = time.time()
     with primary.store.transaction() as conn:
         cur = conn.execute(
-            "INSERT INTO runs (pipeline, spec, tags, state, created_at)"
-            " VALUES (?, ?, ?, 'queued', ?)",
-            (spec["name"], json.dumps(spec), json.dumps(spec["tags"]), now),
+            "INSERT INTO runs (pipeline, spec, tags, state, created_at, queued_at)"
+            " VALUES (?, ?, ?, 'queued', ?, ?)",
+            (spec["name"], json.dumps(spec), json.dumps(spec["tags"]), now, now),
         )
         run_id = cur.lastrowid
         conn.executemany(
@@ -75,6 +75,7 @@ def describe_run(primary: Primary, run: dict, jobs: list[dict] | None = None) ->
         "attempt": run["attempt"],
         "cancel_requested": bool(run["cancel_requested"]),
         "created_at": iso(run["created_at"]),
+        "assigned_at": iso(run["assigned_at"]),
         "started_at": iso(run["started_at"]),
         "finished_at": iso(run["finished_at"]),
         "placement": json.loads(run["placement"]) if run["placement"] else [],

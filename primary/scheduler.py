@@ -26,6 +26,7 @@ class Candidate:
     draining: bool = False
     version_ok: bool = True
     load1_per_cpu: float = 0.0
+    load5_per_cpu: float = 0.0
 
     @property
     def score(self) -> float:
@@ -34,12 +35,26 @@ class Candidate:
 
 
 @dataclass(frozen=True)
+class Home:
+    """Where a pipeline's cache lives, and what the planner knows about waiting for it."""
+
+    worker_id: str | None  # None: never ran, or its cache was cleared
+    cache_cleared: bool = False
+    waited: float = 0.0  # seconds the run has waited in the queue
+    busy_wait: float = 5.0  # how long to wait for a busy home before moving
+
+
+@dataclass(frozen=True)
 class Decision:
     worker_id: str | None
     worker_name: str | None
-    rule: str
+    rule: str  # kept home, first run, cache cleared, home overloaded, tags changed, ...
     reasons: tuple[str, ...]  # one line per candidate
     waiting: str | None = None  # why the run waits, when no worker was chosen
+    new_home: bool = False  # the chosen worker becomes the pipeline's home: start clean
+
+
+OVERLOAD_LOAD5_PER_CPU = 1.0
 
 
 def tags_match(pipeline_tags: tuple[str, ...], worker_tags: tuple[str, ...]) -> bool:
@@ -50,26 +65,36 @@ def tags_match(pipeline_tags: tuple[str, ...], worker_tags: tuple[str, ...]) -> 
     return bool(set(pipeline_tags) & set(worker_tags))
 
 
-def choose_worker(pipeline_tags: tuple[str, ...], candidates: list[Candidate]) -> Decision:
+def _unavailable(c: Candidate) -> str | None:
+    if not c.active:
+        return "inactive"
+    if not c.version_ok:
+        return "version mismatch"
+    if c.locked:
+        return "locked"
+    if c.draining:
+        return "draining"
+    return None
+
+
+def _lowest_load(
+    pipeline_tags: tuple[str, ...], candidates: list[Candidate], exclude: str | None = None
+) -> tuple[Candidate | None, list[str], int]:
+    """The usable candidate with the lowest score, a reason per candidate, and how many
+    candidates matched the tags."""
     reasons: list[str] = []
     usable: list[Candidate] = []
-    tag_matches = 0
+    matched = 0
     for c in sorted(candidates, key=lambda c: (c.name, c.id)):
         if not tags_match(pipeline_tags, c.tags):
             reasons.append(f"{c.name}: passed over, tags {list(c.tags)} do not match")
             continue
-        tag_matches += 1
-        why = None
-        if not c.active:
-            why = "inactive"
-        elif not c.version_ok:
-            why = "version mismatch"
-        elif c.locked:
-            why = "locked"
-        elif c.draining:
-            why = "draining"
-        elif c.used >= c.slots:
+        matched += 1
+        why = _unavailable(c)
+        if why is None and c.used >= c.slots:
             why = f"busy ({c.used}/{c.slots} slots in use)"
+        if why is None and c.id == exclude:
+            why = "the home being left"
         if why:
             reasons.append(f"{c.name}: passed over, {why}")
             continue
@@ -78,17 +103,83 @@ def choose_worker(pipeline_tags: tuple[str, ...], candidates: list[Candidate]) -
             f"{c.name}: eligible, {c.slots - c.used}/{c.slots} slots free, "
             f"load {c.load1_per_cpu:.2f}/core, score {c.score:.2f}"
         )
-    if usable:
-        best = min(usable, key=lambda c: (c.score, c.name, c.id))
-        return Decision(best.id, best.name, "lowest load", tuple(reasons))
-    if tag_matches == 0:
+    best = min(usable, key=lambda c: (c.score, c.name, c.id)) if usable else None
+    return best, reasons, matched
+
+
+def _home_verdict(pipeline_tags: tuple[str, ...], home: Candidate | None, h: Home) -> str:
+    """`keep`, `wait`, or the rule that moves the pipeline away from its home."""
+    if h.cache_cleared:
+        return "cache cleared"
+    if h.worker_id is None:
+        return "first run"
+    if home is None or not home.active:
+        return "home not responding"
+    if not home.version_ok:
+        return "home runs another agent version"
+    if not tags_match(pipeline_tags, home.tags):
+        return "tags changed"
+    if home.load5_per_cpu > OVERLOAD_LOAD5_PER_CPU:
+        return "home overloaded"
+    if home.locked or home.draining:
+        return f"home {'locked' if home.locked else 'draining'}"
+    if home.used >= home.slots:
+        return "wait" if h.waited < h.busy_wait else "home busy"
+    return "keep"
+
+
+def choose_worker(
+    pipeline_tags: tuple[str, ...], candidates: list[Candidate], home: Home | None = None
+) -> Decision:
+    """Keep the pipeline on its home unless a rule moves it; a moved, cleared or new pipeline
+    goes to the usable worker with the lowest load (ties by name)."""
+    h = home or Home(worker_id=None)
+    home_c = next((c for c in candidates if c.id == h.worker_id), None)
+    verdict = _home_verdict(pipeline_tags, home_c, h)
+    if verdict == "keep":
+        reasons = [
+            f"{home_c.name}: home of this pipeline (its cache is there), "
+            f"{home_c.slots - home_c.used}/{home_c.slots} slots free"
+        ]
+        return Decision(home_c.id, home_c.name, "kept home", tuple(reasons))
+    if verdict == "wait":
+        return Decision(
+            None,
+            None,
+            "none",
+            (f"{home_c.name}: home of this pipeline, busy ({home_c.used}/{home_c.slots})",),
+            f"waiting: home worker {home_c.name} is busy; "
+            f"moving elsewhere if it is still busy after {h.busy_wait:g} s",
+        )
+    exclude = h.worker_id if verdict != "first run" and verdict != "cache cleared" else None
+    best, reasons, matched = _lowest_load(pipeline_tags, candidates, exclude)
+    if best is not None:
+        rule = verdict if verdict in ("first run", "cache cleared") else f"moved: {verdict}"
+        return Decision(
+            best.id,
+            best.name,
+            rule,
+            tuple(reasons),
+            new_home=best.id != h.worker_id or verdict == "cache cleared",
+        )
+    if matched == 0:
         if pipeline_tags:
             waiting = f"waiting: no worker has any of the tags {list(pipeline_tags)}"
         else:
             waiting = "waiting: no worker without tags is registered"
     else:
-        waiting = f"waiting: none of the {tag_matches} matching workers can take it now"
+        waiting = f"waiting: none of the {matched} matching workers can take it now"
     return Decision(None, None, "none", tuple(reasons), waiting)
+
+
+def requeue(conn, run_id: int, reason: str, now: float, lost: bool = False) -> None:
+    """Put a run back in the queue; the next plan() decides again."""
+    conn.execute(
+        "UPDATE runs SET state = 'queued', worker_id = NULL, worker_name = NULL,"
+        " lease_expires = NULL, queued_at = ?, reason = ?,"
+        " lost_count = lost_count + ? WHERE id = ?",
+        (now, reason, int(lost), run_id),
+    )
 
 
 def load_candidates(primary: Primary, now: float) -> list[Candidate]:
@@ -118,6 +209,7 @@ def load_candidates(primary: Primary, now: float) -> list[Candidate]:
                 draining=bool(w["draining"]) or bool(load.get("draining")),
                 version_ok=w["version"] == __version__,
                 load1_per_cpu=float(load.get("load1") or 0.0) / cpus,
+                load5_per_cpu=float(load.get("load5") or 0.0) / cpus,
             )
         )
     return candidates
@@ -128,15 +220,29 @@ def plan(primary: Primary) -> int:
     woken: set[str] = set()
     assigned = 0
     now = time.time()
+    if not primary.store.query_one("SELECT 1 FROM runs WHERE state = 'queued' LIMIT 1"):
+        return 0  # the common case: do not take the write lock for nothing
     with primary.plan_lock, primary.store.transaction() as conn:
         queued = conn.execute(
-            "SELECT id, tags, reason, attempt FROM runs WHERE state = 'queued' ORDER BY id"
+            "SELECT r.id, r.tags, r.reason, r.queued_at, r.pipeline, p.home_worker_id,"
+            " p.cache_cleared FROM runs r LEFT JOIN pipelines p ON p.name = r.pipeline"
+            " WHERE r.state = 'queued' ORDER BY r.id"
         ).fetchall()
         if not queued:
             return 0
         candidates = {c.id: c for c in load_candidates(primary, now)}
+        # Homes change within one pass: the second queued run of a new pipeline follows the first.
+        homes: dict[str, tuple[str | None, bool]] = {}
         for run in queued:
-            decision = choose_worker(tuple(json.loads(run["tags"])), list(candidates.values()))
+            home_id, cleared = homes.get(
+                run["pipeline"], (run["home_worker_id"], bool(run["cache_cleared"]))
+            )
+            home = Home(
+                home_id, cleared, now - (run["queued_at"] or now), primary.config.home_busy_wait
+            )
+            decision = choose_worker(
+                tuple(json.loads(run["tags"])), list(candidates.values()), home
+            )
             if decision.worker_id is None:
                 if run["reason"] != decision.waiting:
                     conn.execute(
@@ -144,26 +250,13 @@ def plan(primary: Primary) -> int:
                         (decision.waiting, json.dumps(decision.reasons), run["id"]),
                     )
                 continue
-            conn.execute(
-                "UPDATE runs SET state = 'assigned', worker_id = ?, worker_name = ?,"
-                " attempt = attempt + 1, lease_expires = ?, assigned_at = ?, reason = NULL,"
-                " placement = ? WHERE id = ?",
-                (
-                    decision.worker_id,
-                    decision.worker_name,
-                    now + primary.config.confirm_timeout,
-                    now,
-                    json.dumps(
-                        [f"chosen: {decision.worker_name} ({decision.rule})", *decision.reasons]
-                    ),
-                    run["id"],
-                ),
-            )
-            conn.execute(
-                "UPDATE jobs SET state = 'pending', exit_code = NULL, started_at = NULL,"
-                " finished_at = NULL WHERE run_id = ?",
-                (run["id"],),
-            )
+            _assign(conn, primary, run["id"], decision, now)
+            if decision.worker_id != home_id or cleared:
+                conn.execute(
+                    "UPDATE pipelines SET home_worker_id = ?, cache_cleared = 0 WHERE name = ?",
+                    (decision.worker_id, run["pipeline"]),
+                )
+                homes[run["pipeline"]] = (decision.worker_id, False)
             chosen = candidates[decision.worker_id]
             candidates[chosen.id] = dataclasses.replace(chosen, used=chosen.used + 1)
             woken.add(chosen.id)
@@ -171,3 +264,26 @@ def plan(primary: Primary) -> int:
     for worker_id in woken:
         primary.waiters.wake(worker_id)
     return assigned
+
+
+def _assign(conn, primary: Primary, run_id: int, decision: Decision, now: float) -> None:
+    placement = [f"chosen: {decision.worker_name} ({decision.rule})", *decision.reasons]
+    conn.execute(
+        "UPDATE runs SET state = 'assigned', worker_id = ?, worker_name = ?,"
+        " attempt = attempt + 1, lease_expires = ?, assigned_at = ?, reason = NULL,"
+        " placement = ?, clean_workspace = ?, prepare_notes = NULL WHERE id = ?",
+        (
+            decision.worker_id,
+            decision.worker_name,
+            now + primary.config.confirm_timeout,
+            now,
+            json.dumps(placement),
+            int(decision.new_home),
+            run_id,
+        ),
+    )
+    conn.execute(
+        "UPDATE jobs SET state = 'pending', exit_code = NULL, started_at = NULL,"
+        " finished_at = NULL WHERE run_id = ?",
+        (run_id,),
+    )

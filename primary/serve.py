@@ -6,6 +6,7 @@ connections wait in cheroot's selector, not on a thread. Signal handlers only se
 event; the main thread does the shutdown.
 """
 
+import json
 import logging
 import os
 import signal
@@ -19,9 +20,10 @@ from cheroot.ssl.builtin import BuiltinSSLAdapter
 
 from primary import dispatch
 from primary.app import create_agent_app, create_app
-from primary.builtin_worker import start_builtin_worker
+from primary.builtin_worker import local_api_url, start_builtin_worker
 from primary.config import PrimaryConfig
 from primary.context import Primary, open_primary
+from primary.scheduler import plan
 
 log = logging.getLogger("cifleet.primary")
 SWEEP_INTERVAL = 1.0
@@ -72,7 +74,9 @@ def build_servers(primary: Primary, stop: threading.Event) -> tuple[wsgi.Server,
 def _sweep_leases(primary: Primary, stop: threading.Event) -> None:
     while not stop.wait(SWEEP_INTERVAL):
         try:
-            dispatch.expire_leases(primary)
+            # plan() also runs here so a run waiting for its busy home moves on time.
+            if not dispatch.expire_leases(primary):
+                plan(primary)
         except Exception:
             log.exception("lease sweep failed")
 
@@ -100,6 +104,7 @@ def serve(config: PrimaryConfig) -> int:
     signal.signal(signal.SIGTERM, on_signal)
     signal.signal(signal.SIGINT, on_signal)
     primary.data.pidfile.write_text(f"{os.getpid()}\n")
+    primary.data.serve_info.write_text(json.dumps({"api_url": local_api_url(primary)}))
     log.info(
         "cifleet primary serving: public https://%s:%d, agent https://%s:%d (mutual TLS), data %s",
         config.bind,
@@ -122,5 +127,6 @@ def serve(config: PrimaryConfig) -> int:
         agent.stop()
         public.stop()
         primary.data.pidfile.unlink(missing_ok=True)
+        primary.data.serve_info.unlink(missing_ok=True)
         log.info("stopped")
     return 0

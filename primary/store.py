@@ -76,6 +76,23 @@ MIGRATIONS: list[str] = [
         revoked_at REAL
     );
     """,
+    # 2: sticky homes, cache clearing, static files, prepare notes.
+    """
+    ALTER TABLE pipelines ADD COLUMN home_worker_id TEXT;
+    ALTER TABLE pipelines ADD COLUMN cache_cleared INTEGER NOT NULL DEFAULT 0;
+    ALTER TABLE runs ADD COLUMN queued_at REAL;
+    ALTER TABLE runs ADD COLUMN clean_workspace INTEGER NOT NULL DEFAULT 0;
+    ALTER TABLE runs ADD COLUMN prepare_notes TEXT;
+    UPDATE runs SET queued_at = created_at;
+    CREATE TABLE pipeline_files (
+        pipeline TEXT NOT NULL,
+        path TEXT NOT NULL,
+        sha256 TEXT NOT NULL,
+        size INTEGER NOT NULL,
+        updated_at REAL NOT NULL,
+        PRIMARY KEY (pipeline, path)
+    );
+    """,
 ]
 
 

@@ -182,18 +182,18 @@ def _worker_row(conn, worker_id: str):
 def set_flag(primary: Primary, worker_id: str, flag: str, on: bool) -> dict:
     """Lock/unlock or drain/flood. A locked or draining worker takes no new runs and finishes
     those it has; runs planned for it but not yet confirmed are planned again elsewhere."""
-    from primary.scheduler import plan
+    from primary.scheduler import plan, requeue
 
     assert flag in ("locked", "draining")
     with primary.store.transaction() as conn:
         row = _worker_row(conn, worker_id)
         conn.execute(f"UPDATE workers SET {flag} = ? WHERE id = ?", (int(on), row["id"]))
         if on:
-            conn.execute(
-                "UPDATE runs SET state = 'queued', worker_id = NULL, worker_name = NULL,"
-                " lease_expires = NULL, reason = ? WHERE worker_id = ? AND state = 'assigned'",
-                (f"re-planned: {row['name']} is {flag}", row["id"]),
-            )
+            planned = conn.execute(
+                "SELECT id FROM runs WHERE worker_id = ? AND state = 'assigned'", (row["id"],)
+            ).fetchall()
+            for run in planned:
+                requeue(conn, run["id"], f"re-planned: {row['name']} is {flag}", time.time())
     primary.waiters.wake(row["id"])  # an agent holding a taken-back assignment drops it
     plan(primary)
     return get_worker(primary, row["id"])
@@ -216,3 +216,28 @@ def set_tags(primary: Primary, worker_id: str, tags: object) -> dict:
         )
     plan(primary)
     return get_worker(primary, row["id"])
+
+
+def update_from_host(primary: Primary, worker: dict, body: dict) -> dict:
+    """`cifleet-agent update-worker` on the host: drain/flood, tags, slots of this worker."""
+    from primary.scheduler import plan
+
+    unknown = set(body) - {"draining", "tags", "slots"}
+    if unknown:
+        raise BadRequest(f"{sorted(unknown)[0]}: unknown field; expected draining, tags, slots")
+    if "draining" in body and not isinstance(body["draining"], bool):
+        raise BadRequest("draining: must be true or false")
+    slots = body.get("slots")
+    if "slots" in body and (
+        not isinstance(slots, int) or isinstance(slots, bool) or not 1 <= slots <= MAX_SLOTS
+    ):
+        raise BadRequest(f"slots: must be a whole number from 1 to {MAX_SLOTS}")
+    if "tags" in body:
+        set_tags(primary, worker["id"], body["tags"])
+    if "slots" in body:
+        with primary.store.transaction() as conn:
+            conn.execute("UPDATE workers SET slots = ? WHERE id = ?", (slots, worker["id"]))
+    if "draining" in body:
+        return set_flag(primary, worker["id"], "draining", body["draining"])
+    plan(primary)
+    return get_worker(primary, worker["id"])

@@ -40,7 +40,8 @@ def test_registered_worker_is_admitted(primary, fleet_root):
     assert register_agent(primary, fleet_root, "w1").returncode == 0
     home = fleet_root / "w1"
     status, body = _post_poll(primary, str(home / "worker.crt"), str(home / "worker.key"))
-    assert status == 200 and body == {"assignments": [], "cancel": []}
+    assert status == 200
+    assert body == {"assignments": [], "cancel": [], "delete_workspaces": [], "slots": 1}
 
 
 def test_client_without_certificate_is_refused(primary):

@@ -97,7 +97,7 @@ def test_run_log_has_sections_and_offsets_resume(primary, start_agent):
     status, headers, whole = primary.client.request("GET", f"/api/v1/runs/{run_id}/log")
     assert status == 200 and headers["x-log-complete"] == "true"
     assert whole.startswith(b"=== Prepare environment (attempt 1)\n")
-    assert b"chosen: agent-a (lowest load)" in whole
+    assert b"chosen: agent-a (first run)" in whole
     assert (
         b"=== job compile\ncompiling\nbroken\n=== job compile: failed, exit code 3\n"
         b"=== job unit: skipped\n"

@@ -2,7 +2,7 @@
 
 import pytest
 
-from primary.scheduler import Candidate, choose_worker, tags_match
+from primary.scheduler import Candidate, Home, choose_worker, tags_match
 
 
 def w(name, tags=(), slots=1, used=0, active=True, **kw) -> Candidate:
@@ -60,10 +60,68 @@ def test_reasons_say_why_each_candidate_was_passed_over():
             w("free", tags=["linux"], slots=2),
         ],
     )
-    assert decision.worker_name == "free" and decision.rule == "lowest load"
+    assert decision.worker_name == "free" and decision.rule == "first run"
     assert decision.reasons == (
         "busy: passed over, busy (1/1 slots in use)",
         "dead: passed over, inactive",
         "free: eligible, 2/2 slots free, load 0.00/core, score 0.00",
         "mac: passed over, tags ['macos'] do not match",
     )
+
+
+HOME = "id-home"
+
+
+def fleet(**home_changes) -> list[Candidate]:
+    """A home worker (changed as given) and two others; `other` is the least loaded."""
+    home = dict(name="home", tags=("linux",), slots=2)
+    home.update(home_changes)
+    return [
+        w(**home),
+        w("other", tags=["linux"], slots=2),
+        w("third", tags=["linux"], slots=2, used=1),
+    ]
+
+
+@pytest.mark.parametrize(
+    ("home", "candidates", "chosen", "rule", "new_home"),
+    [
+        (Home(HOME), fleet(), "home", "kept home", False),
+        (Home(HOME), fleet(used=1), "home", "kept home", False),  # a free slot left
+        (Home(None), fleet(), "home", "first run", True),  # lowest load: tie, then name
+        (Home(None, cache_cleared=True), fleet(), "home", "cache cleared", True),
+        (Home(HOME), fleet(load5_per_cpu=1.5), "other", "moved: home overloaded", True),
+        (Home(HOME), fleet(tags=("macos",)), "other", "moved: tags changed", True),
+        (Home(HOME), fleet(active=False), "other", "moved: home not responding", True),
+        (Home("id-gone"), fleet(), "home", "moved: home not responding", True),
+        (
+            Home(HOME),
+            fleet(version_ok=False),
+            "other",
+            "moved: home runs another agent version",
+            True,
+        ),
+        (Home(HOME), fleet(locked=True), "other", "moved: home locked", True),
+        (Home(HOME), fleet(draining=True), "other", "moved: home draining", True),
+        (Home(HOME, waited=6, busy_wait=5), fleet(used=2), "other", "moved: home busy", True),
+    ],
+)
+def test_sticky_home_rules(home, candidates, chosen, rule, new_home):
+    decision = choose_worker(("linux",), candidates, home)
+    assert (decision.worker_name, decision.rule, decision.new_home) == (chosen, rule, new_home)
+
+
+def test_busy_home_is_waited_for_a_few_seconds():
+    decision = choose_worker(("linux",), fleet(used=2), Home(HOME, waited=1, busy_wait=5))
+    assert decision.worker_id is None
+    assert decision.waiting == (
+        "waiting: home worker home is busy; moving elsewhere if it is still busy after 5 s"
+    )
+
+
+def test_a_moved_pipeline_never_goes_back_to_the_home_it_leaves():
+    # The overloaded home has the best score by slots, but it is being left.
+    candidates = [w("home", slots=4, load5_per_cpu=2.0), w("other", slots=1)]
+    decision = choose_worker((), candidates, Home(HOME))
+    assert decision.worker_name == "other"
+    assert "home: passed over, the home being left" in decision.reasons

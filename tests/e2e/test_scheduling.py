@@ -1,0 +1,187 @@
+"""Scheduling with real agents: capacity and queue order, lost runs, drain, lock, tags,
+sticky homes, cancel and timeouts."""
+
+import os
+import signal
+import subprocess
+import time
+
+import psutil
+from fleet import BIN, wait_for
+
+
+def _events(path) -> list[tuple[str, int, int, str]]:
+    rows = []
+    for line in path.read_text().splitlines():
+        kind, run_id, stamp, workspace = line.split(" ", 3)
+        rows.append((kind, int(run_id), int(stamp), workspace.split("/workspaces/")[0]))
+    return rows
+
+
+def test_capacity_is_never_exceeded_and_runs_start_in_queue_order(primary, start_agent, fleet_root):
+    start_agent("cap-a", slots=2)
+    start_agent("cap-b", slots=2)
+    events = fleet_root / "events.txt"
+    step = (
+        f'echo "start $CIFLEET_RUN_ID $(date +%s%N) $CIFLEET_WORKSPACE" >> {events}; '
+        f'sleep 0.5; echo "end $CIFLEET_RUN_ID $(date +%s%N) $CIFLEET_WORKSPACE" >> {events}'
+    )
+    ids = []
+    for i in range(20):
+        # Distinct pipelines, so stickiness plays no part: this is about slots and order.
+        primary.pipeline(f"name: cap-{i:02}\njobs:\n  - name: work\n    steps: ['{step}']\n")
+    for i in range(20):
+        ids.append(primary.trigger(f"cap-{i:02}"))
+    runs = [primary.wait_run(run_id, timeout=120) for run_id in ids]
+    assert all(r["state"] == "success" for r in runs)
+
+    running: dict[str, int] = {}
+    peak: dict[str, int] = {}
+    for kind, _, _, worker in sorted(_events(events), key=lambda e: (e[2], e[0] == "start")):
+        running[worker] = running.get(worker, 0) + (1 if kind == "start" else -1)
+        peak[worker] = max(peak.get(worker, 0), running[worker])
+    assert len(peak) == 2, "both workers took runs"
+    assert all(p <= 2 for p in peak.values()), peak
+    assert max(peak.values()) == 2, "the slots were used"
+    # Queue order: runs were assigned oldest first.
+    assigned = [r["assigned_at"] for r in runs]
+    assert assigned == sorted(assigned)
+
+
+def test_killed_agent_loses_its_run_which_finishes_elsewhere(primary, start_agent):
+    a = start_agent("doomed")
+    b = start_agent("survivor")
+    primary.pipeline("""
+name: fragile
+jobs:
+  - name: work
+    steps: ['echo attempt $CIFLEET_RUN_ATTEMPT; sleep 2; echo finished']
+""")
+    primary.client.json("POST", "/api/v1/workers/survivor/lock")  # first run goes to doomed
+    run_id = primary.trigger("fragile")
+    wait_for(lambda: primary.job_log(run_id, "work") == b"attempt 1\n", 20, "the job to start")
+    primary.client.json("POST", "/api/v1/workers/survivor/unlock")
+    killed_at = time.monotonic()
+    os.kill(a.proc.pid, signal.SIGKILL)
+    run = primary.wait_run(run_id, timeout=40)
+    took = time.monotonic() - killed_at
+    assert run["state"] == "success" and run["worker_name"] == "survivor"
+    assert run["attempt"] == 2
+    assert primary.job_log(run_id, "work") == b"attempt 2\nfinished\n"
+    assert took < 6 + 10, f"took {took:.1f} s; heartbeat timeout is 6 s"
+    # The lost attempt's partial log stays on disk beside the finished one.
+    lost_log = primary.data_dir / "logs" / str(run_id) / "1" / "work.log"
+    assert lost_log.read_bytes().startswith(b"attempt 1\n")
+    assert primary.worker("doomed")["state"] == "inactive"
+    del b
+
+
+def test_drain_lets_the_run_finish_and_starts_nothing_more(primary, start_agent):
+    start_agent("drained")
+    primary.pipeline("name: long\njobs:\n  - name: w\n    steps: ['sleep 2; echo done']\n")
+    primary.pipeline("name: next\njobs:\n  - name: w\n    steps: ['echo next']\n")
+    first = primary.trigger("long")
+    wait_for(lambda: primary.run(first)["state"] == "running", 20, "the run to start")
+    worker = primary.client.json("POST", "/api/v1/workers/drained/drain")
+    assert worker["state"] == "draining" and worker["draining"] is True
+    second = primary.trigger("next")
+    assert primary.wait_run(first, timeout=30)["state"] == "success"
+    time.sleep(1)
+    waiting = primary.run(second)
+    assert waiting["state"] == "queued"
+    assert waiting["reason"] == "waiting: none of the 1 matching workers can take it now"
+    assert primary.client.json("POST", "/api/v1/workers/drained/flood")["state"] == "active"
+    assert primary.wait_run(second, timeout=30)["state"] == "success"
+
+
+def test_lock_from_the_cli_and_tags_decide_where_runs_go(primary, start_agent):
+    start_agent("plain")
+    primary.pipeline("name: gpu-job\ntags: [gpu]\njobs:\n  - name: w\n    steps: ['echo gpu']\n")
+    run_id = primary.trigger("gpu-job")
+    wait_for(
+        lambda: primary.run(run_id)["reason"] == "waiting: no worker has any of the tags ['gpu']",
+        10,
+        "the waiting reason",
+    )
+
+    def cli(*args):
+        return subprocess.run(
+            [str(BIN / "cifleet-primary"), "worker", *args, "--data-dir", str(primary.data_dir)],
+            capture_output=True,
+            text=True,
+            timeout=30,
+        )
+
+    locked = cli("lock", "plain")
+    assert locked.returncode == 0 and "plain  locked" in locked.stdout
+    assert cli("tags", "plain", "--tags", "gpu,linux").returncode == 0
+    time.sleep(1)
+    assert primary.run(run_id)["state"] == "queued"  # locked: takes nothing new
+    assert cli("unlock", "plain").returncode == 0
+    run = primary.wait_run(run_id, timeout=30)
+    assert run["state"] == "success" and run["worker_name"] == "plain"
+    listing = cli("list")
+    assert "plain  active  tags=gpu,linux  slots=0/1" in listing.stdout
+
+
+def test_a_pipeline_sticks_to_its_home(primary, start_agent):
+    start_agent("home-a")
+    start_agent("home-b")
+    primary.pipeline("name: sticky\njobs:\n  - name: w\n    steps: ['echo $CIFLEET_RUN_ID']\n")
+    runs = []
+    for _ in range(3):
+        runs.append(primary.wait_run(primary.trigger("sticky"), timeout=30))
+    assert len({r["worker_name"] for r in runs}) == 1
+    assert runs[0]["placement"][0] == f"chosen: {runs[0]['worker_name']} (first run)"
+    assert runs[1]["placement"][0] == f"chosen: {runs[0]['worker_name']} (kept home)"
+    pipeline = primary.client.json("GET", "/api/v1/pipelines/sticky")
+    assert pipeline["home_worker_id"] == runs[0]["worker_id"]
+
+
+def test_cancel_kills_the_whole_process_tree(primary, start_agent, fleet_root):
+    start_agent("victim")
+    pids = fleet_root / "pids.txt"
+    primary.pipeline(f"""
+name: endless
+jobs:
+  - name: w
+    steps: ['echo $$ > {pids}; (sleep 300; echo never) & echo $! >> {pids}; wait']
+""")
+    run_id = primary.trigger("endless")
+    wait_for(lambda: pids.exists() and len(pids.read_text().split()) == 2, 20, "both pids")
+    tree = [int(p) for p in pids.read_text().split()]
+    assert all(psutil.pid_exists(p) for p in tree)
+    asked = time.monotonic()
+    primary.client.json("POST", f"/api/v1/runs/{run_id}/cancel")
+    run = primary.wait_run(run_id, timeout=30)
+    assert run["state"] == "cancelled" and run["jobs"][0]["state"] == "cancelled"
+    assert time.monotonic() - asked < 15
+
+    def gone(pid: int) -> bool:
+        try:
+            return psutil.Process(pid).status() == psutil.STATUS_ZOMBIE
+        except psutil.NoSuchProcess:
+            return True
+
+    wait_for(lambda: all(gone(p) for p in tree), 15, "the process tree to be gone")
+
+
+def test_a_job_over_its_timeout_is_killed_and_timed_out(primary, start_agent):
+    start_agent("slowpoke")
+    primary.pipeline("""
+name: too-slow
+jobs:
+  - name: w
+    timeout: 1
+    steps: ['echo begin; sleep 60']
+  - name: after
+    needs: [w]
+    steps: ['echo never']
+""")
+    run = primary.wait_run(primary.trigger("too-slow"), timeout=40)
+    assert run["state"] == "timed_out"
+    assert [(j["name"], j["state"]) for j in run["jobs"]] == [
+        ("w", "timed_out"),
+        ("after", "skipped"),
+    ]
+    assert primary.job_log(run["id"], "w") == b"begin\n"
