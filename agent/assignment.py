@@ -3,10 +3,13 @@
 Names end up in file names and URL paths, so they are checked against NAME_RE here, once.
 """
 
+import re
 from dataclasses import dataclass, field
 from typing import Any
 
 from agent.protocol import NAME_RE
+
+SHA256_RE = re.compile(r"^[0-9a-f]{64}$")
 
 
 @dataclass(frozen=True)
@@ -19,12 +22,24 @@ class Job:
 
 
 @dataclass(frozen=True)
+class StaticFile:
+    # Only the type is checked here; whether the path stays inside the workspace is checked
+    # when it is written (agent.workspace), so a bad path fails the run visibly instead of
+    # the assignment being ignored until its lease runs out, again and again.
+    path: str
+    sha256: str  # lowercase hex
+    size: int
+
+
+@dataclass(frozen=True)
 class Assignment:
     run_id: int
     attempt: int
     pipeline: str
     jobs: list[Job]
     env: dict[str, str] = field(default_factory=dict)
+    clean_workspace: bool = False  # empty the workspace before anything else
+    files: list[StaticFile] = field(default_factory=list)
 
     @property
     def key(self) -> tuple[int, int]:
@@ -47,7 +62,29 @@ def parse_assignment(data: Any) -> Assignment:
     jobs = [_parse_job(j) for j in jobs_data]
     if len({j.name for j in jobs}) != len(jobs):
         raise ValueError("duplicate job names")
-    return Assignment(run_id, attempt, pipeline, jobs, _env(data.get("env")))
+    clean = data.get("clean_workspace", False)
+    if not isinstance(clean, bool):
+        raise ValueError(f"clean_workspace must be true or false, not {clean!r}")
+    files_data = data.get("files") or []
+    if not isinstance(files_data, list):
+        raise ValueError("files must be a list")
+    files = [_parse_file(f) for f in files_data]
+    if len({f.path for f in files}) != len(files):
+        raise ValueError("duplicate static file paths")
+    return Assignment(run_id, attempt, pipeline, jobs, _env(data.get("env")), clean, files)
+
+
+def _parse_file(data: Any) -> StaticFile:
+    if not isinstance(data, dict):
+        raise ValueError("static file is not an object")
+    path, sha256, size = data.get("path"), data.get("sha256"), data.get("size")
+    if not isinstance(path, str) or not path:
+        raise ValueError(f"bad static file path {path!r}")
+    if not isinstance(sha256, str) or not SHA256_RE.match(sha256.lower()):
+        raise ValueError(f"static file {path}: bad sha256 {sha256!r}")
+    if not _is_int(size) or size < 0:
+        raise ValueError(f"static file {path}: bad size {size!r}")
+    return StaticFile(path, sha256.lower(), size)
 
 
 def _parse_job(data: Any) -> Job:

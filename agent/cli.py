@@ -1,4 +1,5 @@
-"""cifleet-agent: register this host with a primary, or run the worker loop.
+"""cifleet-agent: register this host with a primary, run the worker loop, or change this
+worker's record on the primary.
 
 Exit codes: 0 ok, 2 usage/registration/config error, 3 the primary no longer knows this
 worker (a service manager should not restart it then).
@@ -58,6 +59,17 @@ def _parser() -> argparse.ArgumentParser:
     run = sub.add_parser("run", help="run the worker loop until stopped")
     run.add_argument("--home", required=True, type=Path, metavar="DIR", help="agent home")
     run.set_defaults(func=_run)
+
+    upd = sub.add_parser(
+        "update-worker", help="change this worker's record on the primary (drain, tags, slots)"
+    )
+    upd.add_argument("--home", required=True, type=Path, metavar="DIR", help="agent home")
+    mode = upd.add_mutually_exclusive_group()
+    mode.add_argument("--drain", action="store_true", help="take no new runs (current runs finish)")
+    mode.add_argument("--flood", action="store_true", help="take new runs again")
+    upd.add_argument("--tags", default=None, help='comma-separated tags; "" for none')
+    upd.add_argument("--slots", type=int, default=None, help="runs at once")
+    upd.set_defaults(func=_update_worker)
     return parser
 
 
@@ -105,6 +117,27 @@ def _run(args: argparse.Namespace) -> int:
     _install_signal_handlers(agent)
     agent.run()
     return EXIT_UNKNOWN_WORKER if agent.unknown_worker else 0
+
+
+def _update_worker(args: argparse.Namespace) -> int:
+    from agent.home import ConfigError
+    from agent.update_worker import UpdateError, check_slots, describe, parse_tags, update_worker
+
+    changes: dict = {}
+    try:
+        if args.drain or args.flood:
+            changes["draining"] = args.drain
+        if args.tags is not None:
+            changes["tags"] = parse_tags(args.tags)
+        if args.slots is not None:
+            changes["slots"] = check_slots(args.slots)
+        if not changes:
+            return _fail("nothing to change: give --drain, --flood, --tags or --slots")
+        worker = update_worker(args.home, changes)
+    except (UpdateError, ConfigError) as e:
+        return _fail(str(e))
+    print(describe(worker))
+    return 0
 
 
 def _install_signal_handlers(agent) -> None:

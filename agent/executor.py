@@ -2,7 +2,9 @@
 
 The executor knows nothing about HTTP. It writes each job's output to a spool file and
 tells a Sink what happened; delivering that to the primary is the reporter's job, so a
-primary outage never stops or slows a job.
+primary outage never stops or slows a job. Preparing the workspace (cleaning it, fetching
+static files) is a callable handed in; it runs here, under the workspace lock, because it
+changes the files the jobs of other runs of the same pipeline would see.
 """
 
 import logging
@@ -11,13 +13,15 @@ import pwd
 import subprocess
 import threading
 import time
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Protocol
 
 from agent.assignment import Assignment, Job
+from agent.calls import Cancelled
 from agent.procs import kill_groups
+from agent.workspace import PrepareFailed
 
 log = logging.getLogger(__name__)
 
@@ -28,9 +32,16 @@ _WAIT_SLICE = 0.05  # how often a waiting step checks for cancel and timeout
 _workspace_locks: dict[Path, threading.Lock] = {}
 _workspace_locks_guard = threading.Lock()
 
+# Makes the workspace ready and appends what it did to the list (the run's prepare notes).
+# Raises PrepareFailed to fail the run before its first job; anything else it raises (the
+# attempt went stale, the agent stops) ends run() without reporting jobs.
+Prepare = Callable[[list[str]], None]
+
 
 class Sink(Protocol):
     """Receives the executor's events, in execution order, from the executor's thread."""
+
+    def prepared(self, lines: list[str]) -> None: ...
 
     def job_started(self, job: str) -> None: ...
 
@@ -90,13 +101,16 @@ class RunExecutor:
         sink: Sink,
         kill_grace: float = KILL_GRACE_SECONDS,
         base_env: Mapping[str, str] | None = None,
+        prepare: Prepare | None = None,
     ) -> None:
+        """Without `prepare` the workspace is used as it is and no prepare notes are sent."""
         self.assignment = assignment
         self.workspace = workspace
         self.spool_dir = spool_dir
         self._sink = sink
         self._kill_grace = kill_grace
         self._base_env = base_env
+        self._prepare = prepare
         self._cancel = threading.Event()
 
     def cancel(self) -> None:
@@ -106,6 +120,11 @@ class RunExecutor:
     @property
     def cancelled(self) -> bool:
         return self._cancel.is_set()
+
+    @property
+    def cancel_event(self) -> threading.Event:
+        """Set on cancel; lets work done for the executor (fetching files) stop early."""
+        return self._cancel
 
     def run(self) -> dict[str, str]:
         """Run every job in order; return each job's final state."""
@@ -117,8 +136,17 @@ class RunExecutor:
         while not self._cancel.is_set() and not acquired:
             acquired = lock.acquire(timeout=_WAIT_SLICE)
         try:
-            for job in self.assignment.jobs:
-                if self._cancel.is_set() or any(states.get(n) != "success" for n in job.needs):
+            failure = self._prepare_workspace(acquired)
+            for i, job in enumerate(self.assignment.jobs):
+                if failure is not None and i == 0:
+                    # The first job carries the reason, so the user sees why nothing ran.
+                    states[job.name] = self._fail_before_start(job, failure)
+                    continue
+                if (
+                    failure is not None
+                    or self._cancel.is_set()
+                    or any(states.get(n) != "success" for n in job.needs)
+                ):
                     states[job.name] = "skipped"
                     self._sink.job_finished(job.name, "skipped", None, None)
                     continue
@@ -131,6 +159,34 @@ class RunExecutor:
                 lock.release()
         self._sink.run_finished()
         return states
+
+    def _prepare_workspace(self, acquired: bool) -> str | None:
+        """Run the prepare hook and queue its notes; the failure line if the run must fail."""
+        if self._prepare is None:
+            return None
+        lines: list[str] = []
+        failure = None
+        if not acquired:
+            lines.append("cancelled before the workspace was prepared")
+        else:
+            try:
+                self._prepare(lines)
+            except PrepareFailed as e:
+                failure = str(e)
+                lines.append(failure)
+            except Cancelled:
+                lines.append("cancelled while preparing the workspace")
+        self._sink.prepared(lines)
+        return failure
+
+    def _fail_before_start(self, job: Job, reason: str) -> str:
+        path = log_path(self.spool_dir, job.name)
+        line = f"cifleet: the workspace could not be prepared, so no job ran: {reason}\n"
+        with open(path, "ab") as f:
+            f.write(line.encode())
+        self._sink.job_started(job.name)
+        self._sink.job_finished(job.name, "failed", None, os.stat(path).st_size)
+        return "failed"
 
     def run_job(self, job: Job) -> JobResult:
         """Run one job's steps; its output goes to its spool file, byte for byte."""

@@ -5,6 +5,8 @@
 <home>/ca.pem       fleet CA: verifies the primary
 <home>/config.json  written last at registration; its presence means "registered"
 <home>/workspaces/<pipeline>/        kept between runs (the pipeline's cache)
+<home>/files/<pipeline>.json         static files fetched into that workspace: path -> sha256
+<home>/trash/                        deleted workspaces, being removed in the background
 <home>/spool/<run_id>-<attempt>/<job>.log   output not yet acknowledged by the primary
 """
 
@@ -21,6 +23,8 @@ CA_FILE = "ca.pem"
 CONFIG_FILE = "config.json"
 WORKSPACES_DIR = "workspaces"
 SPOOL_DIR = "spool"
+FILES_DIR = "files"
+TRASH_DIR = "trash"
 
 CONFIG_KEYS = ("worker_id", "name", "tags", "slots", "primary_url", "agent_url")
 
@@ -81,4 +85,12 @@ def load_config(home: Path) -> dict[str, Any]:
     for name in (KEY_FILE, CERT_FILE, CA_FILE):
         if not (Path(home) / name).is_file():
             raise ConfigError(f"{home} lacks {name}; register this worker again")
+    return config
+
+
+def update_config(home: Path, **changes: Any) -> dict[str, Any]:
+    """Change fields of config.json atomically (a crash leaves the old or the new file)."""
+    config = load_config(home)
+    config.update(changes)
+    write_atomic(Path(home) / CONFIG_FILE, (json.dumps(config, indent=2) + "\n").encode())
     return config

@@ -13,6 +13,10 @@ RUN_START_PATH = "/agent/v1/runs/{run_id}/start"
 JOB_LOG_PATH = "/agent/v1/runs/{run_id}/jobs/{job}/log"
 JOB_STATUS_PATH = "/agent/v1/runs/{run_id}/jobs/{job}/status"
 RUN_FINISH_PATH = "/agent/v1/runs/{run_id}/finish"
+RUN_PREPARE_PATH = "/agent/v1/runs/{run_id}/prepare"
+# {path} is the static file's path, URL-quoted with "/" kept; ?attempt=A follows.
+RUN_FILE_PATH = "/agent/v1/runs/{run_id}/files/{path}"
+WORKER_PATH = "/agent/v1/worker"  # the worker changes its own record (update-worker)
 
 # Public port (server TLS only).
 REGISTER_PATH = "/api/v1/workers/register"
@@ -25,6 +29,9 @@ POLL_CLIENT_TIMEOUT_SECONDS = POLL_HOLD_SECONDS + 15.0
 LOG_CHUNK_BYTES = 1 << 20
 MAX_LOG_CHUNK_BYTES = 4 << 20
 
+# Most lines one prepare call carries (the primary refuses more).
+MAX_PREPARE_LINES = 1000
+
 # Error codes in JSON error bodies ({"error": message, "code": CODE}) the agent acts on.
 CODE_STALE_ATTEMPT = "stale_attempt"  # 409: this attempt was taken back; stop the run
 CODE_LOG_GAP = "log_gap"  # 416: offset beyond what is stored; resend from "size"
@@ -34,6 +41,10 @@ CODE_UNKNOWN_WORKER = "unknown_worker"  # 403: certificate no longer belongs to 
 # Job states the agent reports. Run states are derived by the primary.
 JOB_RUNNING = "running"
 JOB_FINAL_STATES = ("success", "failed", "timed_out", "cancelled", "skipped")
+
+# Worker slots, as registration and the worker record accept them.
+MIN_SLOTS = 1
+MAX_SLOTS = 64
 
 # Names of pipelines, jobs and workers: safe in URLs, file names and log headers.
 NAME_RE = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._-]{0,63}$")

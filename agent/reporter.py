@@ -1,10 +1,11 @@
-"""Deliver one run to the primary: start, job statuses, log bytes, finish — in order.
+"""Deliver one run to the primary: start, prepare notes, job statuses, log bytes, finish —
+in order.
 
 The executor appends events (it is a Sink) and never waits for the primary; this side
 reads them in order and retries every call with backoff until the primary has it:
 
-  running status → log bytes (shipped while the job runs) → final status (only once the
-  whole spool file up to its final size is acknowledged) → ... → finish.
+  prepare notes → running status → log bytes (shipped while the job runs) → final status
+  (only once the whole spool file up to its final size is acknowledged) → ... → finish.
 
 Log bytes are addressed by offset, so a resend never duplicates and a gap is never silent.
 """
@@ -18,39 +19,27 @@ from typing import Any
 
 from agent.assignment import Assignment
 from agent.backoff import Backoff
-from agent.client import Client, Response, TransportError
+from agent.calls import Refused, Stale, Stopped, UnknownWorker, call
+from agent.client import Client, Response
 from agent.executor import log_path
 from agent.protocol import (
     CODE_LOG_GAP,
     CODE_LOG_INCOMPLETE,
-    CODE_STALE_ATTEMPT,
-    CODE_UNKNOWN_WORKER,
     JOB_LOG_PATH,
     JOB_STATUS_PATH,
     LOG_CHUNK_BYTES,
+    MAX_PREPARE_LINES,
     RUN_FINISH_PATH,
+    RUN_PREPARE_PATH,
     RUN_START_PATH,
 )
+
+# Delivery ends with these; agent.runner catches them from here.
+__all__ = ["Refused", "RunReporter", "Stale", "Stopped", "UnknownWorker"]
 
 log = logging.getLogger(__name__)
 
 TICK_SECONDS = 0.05  # how often a running job's spool file is checked for new bytes
-
-
-class Stale(Exception):
-    """409 stale_attempt: the primary took this attempt back; drop the run."""
-
-
-class UnknownWorker(Exception):
-    """403 unknown_worker: the primary no longer knows this worker."""
-
-
-class Refused(Exception):
-    """The primary refused a call for good (a 4xx we cannot act on); drop the run."""
-
-
-class Stopped(Exception):
-    """The agent is stopping before delivery was done."""
 
 
 class RunReporter:
@@ -73,6 +62,9 @@ class RunReporter:
 
     # -- Sink: called from the executor's thread; never blocks on the network.
 
+    def prepared(self, lines: list[str]) -> None:
+        self._add(("prepared", list(lines)))
+
     def job_started(self, job: str) -> None:
         self._add(("started", job))
 
@@ -86,7 +78,11 @@ class RunReporter:
 
     def fail(self, reason: str) -> None:
         """The executor broke down: delivery stops there (with Refused)."""
-        self._add(("failed", reason))
+        self.abort(Refused(reason))
+
+    def abort(self, error: Exception) -> None:
+        """Delivery stops at this point by raising `error` (e.g. Stale seen by the executor)."""
+        self._add(("abort", error))
 
     def _add(self, event: tuple[Any, ...]) -> None:
         with self._cond:
@@ -116,7 +112,14 @@ class RunReporter:
         while True:
             event = self._event(i)
             kind = event[0]
-            if kind == "started":
+            if kind == "prepared":
+                resp = self._call(
+                    RUN_PREPARE_PATH.format(run_id=self._run.run_id),
+                    {"attempt": self._run.attempt, "lines": fit_lines(event[1])},
+                )
+                if resp.status != 200:
+                    raise Refused(f"prepare: HTTP {resp.status}: {resp.message}")
+            elif kind == "started":
                 job = event[1]
                 self._status(job, {"state": "running"})
                 # Ship output while the job runs, until its final event is queued; wait a
@@ -130,8 +133,8 @@ class RunReporter:
                     self._status(job, {"state": state})
                 else:
                     self._final_status(job, state, exit_code, log_size)
-            elif kind == "failed":
-                raise Refused(event[1])
+            elif kind == "abort":
+                raise event[1]
             else:
                 resp = self._call(
                     RUN_FINISH_PATH.format(run_id=self._run.run_id), {"attempt": self._run.attempt}
@@ -221,33 +224,24 @@ class RunReporter:
         self, path: str, payload: dict[str, Any] | bytes, content_type: str = "application/json"
     ) -> Response:
         """POST until the primary answers; retry transport errors and 5xx with backoff."""
-        backoff = self._new_backoff()
-        failing = False
-        while True:
-            if self._stop.is_set():
-                raise Stopped()
-            try:
-                if isinstance(payload, bytes):
-                    resp = self._client.request("POST", path, payload, content_type)
-                else:
-                    resp = self._client.post_json(path, payload)
-            except TransportError as e:
-                problem = f"cannot reach the primary: {e}"
-            else:
-                if resp.status == 403 and resp.code == CODE_UNKNOWN_WORKER:
-                    raise UnknownWorker()
-                if resp.status == 409 and resp.code == CODE_STALE_ATTEMPT:
-                    raise Stale()
-                if resp.status < 500 and resp.status != 429:
-                    if failing:
-                        log.info("run %s: delivering again", self._run.run_id)
-                    return resp
-                problem = f"the primary answered HTTP {resp.status}"
-            # First failure of a streak is a warning; the retries after it are noise.
-            level = logging.DEBUG if failing else logging.WARNING
-            log.log(level, "run %s: %s; retrying", self._run.run_id, problem)
-            failing = True
-            self._stop.wait(backoff.next_delay())
+        return call(
+            self._client,
+            "POST",
+            path,
+            payload,
+            stop=self._stop,
+            label=f"run {self._run.run_id}",
+            content_type=content_type,
+            backoff=self._new_backoff,
+        )
+
+
+def fit_lines(lines: list[str], limit: int = MAX_PREPARE_LINES) -> list[str]:
+    """At most `limit` prepare lines; the last one stays, as it says why a run failed."""
+    if len(lines) <= limit:
+        return lines
+    left_out = len(lines) - (limit - 1)
+    return [*lines[: limit - 2], f"... and {left_out} more lines", lines[-1]]
 
 
 def _size(resp: Response) -> int:

@@ -1,18 +1,23 @@
 """One assigned run on this worker: a delivery thread that confirms the run and reports
-it, and an executor thread that runs its jobs once the primary confirmed the start."""
+it, and an executor thread that prepares the workspace (fetching static files) and runs the
+jobs once the primary confirmed the start."""
 
 import logging
 import shutil
 import ssl
 import threading
+import urllib.parse
 from collections.abc import Callable
 from pathlib import Path
 
 from agent.assignment import Assignment
+from agent.calls import call
 from agent.client import Client
 from agent.executor import KILL_GRACE_SECONDS, RunExecutor
-from agent.home import SPOOL_DIR, WORKSPACES_DIR
+from agent.home import SPOOL_DIR
+from agent.protocol import RUN_FILE_PATH
 from agent.reporter import Refused, RunReporter, Stale, Stopped, UnknownWorker
+from agent.workspace import PrepareFailed, prepare_workspace, workspace_dir
 
 log = logging.getLogger(__name__)
 
@@ -34,16 +39,21 @@ class RunHandle:
         kill_grace: float = KILL_GRACE_SECONDS,
     ) -> None:
         self.assignment = assignment
+        self.home = home
         self.spool_dir = spool_dir_for(home, assignment.run_id, assignment.attempt)
-        # Each delivery thread owns its connection: no sharing between threads.
+        self._stop = stop
+        # Each thread owns its connection: the delivery thread reports, the executor thread
+        # fetches static files. No sharing between threads.
         self._client = Client(agent_url, context)
+        self._files_client = Client(agent_url, context)
         self.reporter = RunReporter(self._client, assignment, self.spool_dir, stop)
         self.executor = RunExecutor(
             assignment,
-            home / WORKSPACES_DIR / assignment.pipeline,
+            workspace_dir(home, assignment.pipeline),
             self.spool_dir,
             self.reporter,
             kill_grace,
+            prepare=self._prepare,
         )
         self._on_done = on_done
         self._on_unknown_worker = on_unknown_worker
@@ -61,17 +71,46 @@ class RunHandle:
     def cancel(self) -> None:
         """Kill the running job; the run is still reported (jobs cancelled/skipped)."""
         self.executor.cancel()
+        self._files_client.abort()  # a fetch in flight would otherwise hold the cancel up
 
     def join(self, timeout: float | None = None) -> bool:
         self._thread.join(timeout)
         return not self._thread.is_alive()
 
+    def _prepare(self, lines: list[str]) -> None:
+        prepare_workspace(self.home, self.assignment, self._fetch, lines)
+
+    def _fetch(self, path: str) -> bytes:
+        """A static file's bytes from the primary; transport errors and 5xx are retried."""
+        run = self.assignment
+        url = RUN_FILE_PATH.format(run_id=run.run_id, path=urllib.parse.quote(path, safe="/"))
+        resp = call(
+            self._files_client,
+            "GET",
+            f"{url}?attempt={run.attempt}",
+            b"",
+            stop=self._stop,
+            label=f"run {run.run_id} static file {path}",
+            cancel=self.executor.cancel_event,
+        )
+        if resp.status == 200:
+            return resp.body
+        if resp.status == 404:
+            raise PrepareFailed(f"static files: {path}: the primary has no such file (HTTP 404)")
+        raise PrepareFailed(f"static files: {path}: HTTP {resp.status}: {resp.message}")
+
     def _execute(self) -> None:
         try:
             self.executor.run()
+        except (Stale, UnknownWorker, Stopped) as e:
+            # Seen while fetching static files: delivery ends the same way as if it had
+            # seen this itself.
+            self.reporter.abort(e)
         except Exception as e:
             log.exception("run %s: the executor failed", self.assignment.run_id)
             self.reporter.fail(f"the executor failed: {e}")
+        finally:
+            self._files_client.close()
 
     def _deliver(self) -> None:
         run = self.assignment

@@ -20,9 +20,16 @@ from agent.assignment import parse_assignment
 from agent.backoff import Backoff, short_pause
 from agent.client import Client, TransportError, agent_context
 from agent.executor import KILL_GRACE_SECONDS
-from agent.home import SPOOL_DIR, load_config
-from agent.protocol import CODE_UNKNOWN_WORKER, POLL_CLIENT_TIMEOUT_SECONDS, POLL_PATH
+from agent.home import SPOOL_DIR, ConfigError, load_config, update_config
+from agent.protocol import (
+    CODE_UNKNOWN_WORKER,
+    MAX_SLOTS,
+    MIN_SLOTS,
+    POLL_CLIENT_TIMEOUT_SECONDS,
+    POLL_PATH,
+)
 from agent.runner import RunHandle
+from agent.workspace import delete_workspaces, empty_trash, list_workspaces
 
 log = logging.getLogger(__name__)
 
@@ -95,6 +102,7 @@ class Agent:
             self.slots,
         )
         self._clear_old_spool()
+        empty_trash(self.home)
         poller = threading.Thread(target=self._poll_loop, name="poll", daemon=True)
         poller.start()
         try:
@@ -198,12 +206,17 @@ class Agent:
             "draining": self.draining,
             "load": load_report(),
             "runs": [{"run_id": r, "attempt": a} for r, a in self.held_runs()],
+            "workspaces": list_workspaces(self.home),
             "wait": True,
         }
 
     def _handle_answer(self, answer: dict[str, Any]) -> bool:
         """Act on a poll answer; True if it changed anything (then poll again at once)."""
         acted = False
+        self._adopt_slots(answer.get("slots"))
+        # Before the assignments: a pipeline whose cache was cleared may come back here in
+        # the same answer, and its new run must find the old workspace gone.
+        self._delete_workspaces(answer.get("delete_workspaces"))
         for entry in answer.get("cancel") or []:
             if not isinstance(entry, dict):
                 continue
@@ -217,6 +230,24 @@ class Agent:
         for data in answer.get("assignments") or []:
             acted = self._accept(data) or acted
         return acted
+
+    def _adopt_slots(self, slots: Any) -> None:
+        """The primary's slot count (changed by update-worker or an admin) rules new runs."""
+        valid = isinstance(slots, int) and not isinstance(slots, bool)
+        if not valid or not MIN_SLOTS <= slots <= MAX_SLOTS or slots == self.slots:
+            return
+        log.info("slots: %d -> %d (as the primary has it)", self.slots, slots)
+        self.slots = slots
+        try:
+            # So that a restart polls with the same count instead of the old one.
+            self.config = update_config(self.home, slots=slots)
+        except (ConfigError, OSError) as e:  # keep working with the new count anyway
+            log.warning("cannot save slots=%d in the agent home: %s", slots, e)
+
+    def _delete_workspaces(self, names: Any) -> None:
+        with self._lock:
+            busy = {handle.assignment.pipeline for handle in self._runs.values()}
+        delete_workspaces(self.home, names, busy)
 
     def _accept(self, data: Any) -> bool:
         try:

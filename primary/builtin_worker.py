@@ -2,7 +2,6 @@
 primary, registered and scheduled like any other worker, so a fresh primary runs pipelines
 with no remote hosts."""
 
-import json
 import logging
 import threading
 
@@ -53,11 +52,11 @@ def start_builtin_worker(primary: Primary, stop: threading.Event) -> threading.T
 
 def _apply_slots(primary: Primary, home, slots: int) -> None:
     """`--primary-worker-slots` may change between starts; the record and config follow."""
-    config_path = home / "config.json"
-    config = json.loads(config_path.read_text())
+    from agent.home import load_config, update_config
+
+    config = load_config(home)
     if config.get("slots") == slots:
         return
-    config["slots"] = slots
-    config_path.write_text(json.dumps(config, indent=2))
+    update_config(home, slots=slots)
     with primary.store.transaction() as conn:
         conn.execute("UPDATE workers SET slots = ? WHERE id = ?", (slots, config["worker_id"]))

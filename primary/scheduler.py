@@ -51,7 +51,8 @@ class Decision:
     rule: str  # kept home, first run, cache cleared, home overloaded, tags changed, ...
     reasons: tuple[str, ...]  # one line per candidate
     waiting: str | None = None  # why the run waits, when no worker was chosen
-    new_home: bool = False  # the chosen worker becomes the pipeline's home: start clean
+    new_home: bool = False  # the chosen worker becomes the pipeline's home
+    clean_workspace: bool = False  # the worker holds no valid cache for it: start empty
 
 
 OVERLOAD_LOAD5_PER_CPU = 1.0
@@ -124,7 +125,7 @@ def _home_verdict(pipeline_tags: tuple[str, ...], home: Candidate | None, h: Hom
     if home.locked or home.draining:
         return f"home {'locked' if home.locked else 'draining'}"
     if home.used >= home.slots:
-        return "wait" if h.waited < h.busy_wait else "home busy"
+        return "wait" if h.waited < h.busy_wait else "overflow: home busy"
     return "keep"
 
 
@@ -151,16 +152,16 @@ def choose_worker(
             f"waiting: home worker {home_c.name} is busy; "
             f"moving elsewhere if it is still busy after {h.busy_wait:g} s",
         )
-    exclude = h.worker_id if verdict != "first run" and verdict != "cache cleared" else None
+    exclude = h.worker_id if verdict not in ("first run", "cache cleared") else None
     best, reasons, matched = _lowest_load(pipeline_tags, candidates, exclude)
     if best is not None:
+        if verdict.startswith("overflow"):
+            # A busy home keeps its cache and stays home; this one run goes elsewhere, from
+            # an empty workspace, so runs of one pipeline never bounce the cache around.
+            return Decision(best.id, best.name, verdict, tuple(reasons), clean_workspace=True)
         rule = verdict if verdict in ("first run", "cache cleared") else f"moved: {verdict}"
         return Decision(
-            best.id,
-            best.name,
-            rule,
-            tuple(reasons),
-            new_home=best.id != h.worker_id or verdict == "cache cleared",
+            best.id, best.name, rule, tuple(reasons), new_home=True, clean_workspace=True
         )
     if matched == 0:
         if pipeline_tags:
@@ -251,7 +252,7 @@ def plan(primary: Primary) -> int:
                     )
                 continue
             _assign(conn, primary, run["id"], decision, now)
-            if decision.worker_id != home_id or cleared:
+            if decision.new_home:
                 conn.execute(
                     "UPDATE pipelines SET home_worker_id = ?, cache_cleared = 0 WHERE name = ?",
                     (decision.worker_id, run["pipeline"]),
@@ -278,7 +279,7 @@ def _assign(conn, primary: Primary, run_id: int, decision: Decision, now: float)
             now + primary.config.confirm_timeout,
             now,
             json.dumps(placement),
-            int(decision.new_home),
+            int(decision.clean_workspace),
             run_id,
         ),
     )

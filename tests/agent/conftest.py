@@ -3,6 +3,7 @@ agent protocol over real (mutual) TLS on loopback."""
 
 import contextlib
 import datetime
+import hashlib
 import json
 import re
 import socket
@@ -11,7 +12,7 @@ import threading
 import time
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
-from urllib.parse import parse_qs, urlsplit
+from urllib.parse import parse_qs, unquote, urlsplit
 
 import pytest
 from cryptography import x509
@@ -19,7 +20,7 @@ from cryptography.hazmat.primitives import hashes, serialization
 from cryptography.hazmat.primitives.asymmetric import ec
 from cryptography.x509.oid import ExtendedKeyUsageOID, NameOID
 
-from agent.protocol import CODE_LOG_GAP, CODE_LOG_INCOMPLETE, CODE_STALE_ATTEMPT
+from agent.protocol import CODE_LOG_GAP, CODE_LOG_INCOMPLETE, CODE_STALE_ATTEMPT, NAME_RE
 
 
 def _pem(cert: x509.Certificate) -> bytes:
@@ -95,7 +96,8 @@ def pki() -> Pki:
 
 
 class FakePrimary:
-    """Enough of the primary for the agent: register, poll, start, log, status, finish.
+    """Enough of the primary for the agent: register, poll, start, prepare, static files,
+    log, status, finish, and the worker's own record.
 
     Tests steer it through its attributes (assignments, cancels, stale, down, ...) and
     inspect what arrived (polls, logs, statuses, finished).
@@ -119,6 +121,24 @@ class FakePrimary:
         self.statuses: dict[tuple[int, str], list[dict]] = {}
         self.started: list[int] = []
         self.finished: list[int] = []
+        self.prepares: dict[int, list[dict]] = {}
+        self.files: dict[str, bytes] = {}  # static files served, by path
+        self.file_requests: list[tuple[int, int, str]] = []  # (run_id, attempt, path)
+        self.file_error: tuple[int, dict] | None = None  # the answer to file requests, if set
+        self.slots: int | None = None  # the poll answer's "slots", when set
+        # Workspaces this worker is no longer the home of: the answer lists those the
+        # poll reported, as the primary recomputes it on every poll.
+        self.not_home: set[str] = set()
+        self.worker = {
+            "id": "w-1",
+            "name": "test-worker",
+            "state": "active",
+            "tags": [],
+            "slots": 2,
+            "draining": False,
+        }
+        self.worker_requests: list[dict] = []
+        self.worker_error: tuple[int, dict] | None = None  # the answer to the next update
         cert, key = pki.server_files(directory)
         self.context = ssl.SSLContext(ssl.PROTOCOL_TLS_SERVER)
         self.context.load_cert_chain(cert, key)
@@ -178,7 +198,7 @@ class FakePrimary:
 
     # -- request handling (runs on the server's threads)
 
-    def handle(self, path: str, query: dict, body: bytes) -> tuple[int, dict]:
+    def handle(self, path: str, query: dict, body: bytes) -> tuple[int, dict | bytes]:
         with self.lock:
             self.calls.append(path)
         if self.down:
@@ -189,7 +209,14 @@ class FakePrimary:
             return 403, {"error": "unknown worker", "code": "unknown_worker"}
         if path == "/agent/v1/poll":
             return self._poll(json.loads(body))
-        m = re.fullmatch(r"/agent/v1/runs/(\d+)/(start|finish|jobs/([^/]+)/(log|status))", path)
+        if path == "/agent/v1/worker":
+            return self._update_worker(json.loads(body))
+        m = re.fullmatch(r"/agent/v1/runs/(\d+)/files/(.+)", path)
+        if m:
+            return self._file(int(m.group(1)), int(query["attempt"][0]), unquote(m.group(2)))
+        m = re.fullmatch(
+            r"/agent/v1/runs/(\d+)/(start|prepare|finish|jobs/([^/]+)/(log|status))", path
+        )
         if not m:
             return 404, {"error": "no such path", "code": "not_found"}
         run_id, job = int(m.group(1)), m.group(3)
@@ -200,6 +227,9 @@ class FakePrimary:
             if m.group(2) == "start":
                 self.started.append(run_id)
                 return 200, {"state": "running"}
+            if m.group(2) == "prepare":
+                self.prepares.setdefault(run_id, []).append(json.loads(body))
+                return 200, {}
             if m.group(2) == "finish":
                 self.finished.append(run_id)
                 return 200, {"state": "success"}
@@ -229,8 +259,37 @@ class FakePrimary:
                 cancel = [{"run_id": r, "attempt": a} for r, a in sorted(held & self.cancels)]
                 if self.assignments or cancel or time.monotonic() >= deadline:
                     assignments, self.assignments = self.assignments, []
-                    return 200, {"assignments": assignments, "cancel": cancel}
+                    answer = {"assignments": assignments, "cancel": cancel}
+                    answer["delete_workspaces"] = sorted(
+                        self.not_home & set(body.get("workspaces", []))
+                    )
+                    if self.slots is not None:
+                        answer["slots"] = self.slots
+                    return 200, answer
                 self.lock.wait(0.02)
+
+    def _file(self, run_id: int, attempt: int, path: str) -> tuple[int, dict | bytes]:
+        with self.lock:
+            self.file_requests.append((run_id, attempt, path))
+            if self.file_error is not None:
+                return self.file_error
+            if (run_id, attempt) in self.stale:
+                return 409, {"error": "stale", "code": CODE_STALE_ATTEMPT}
+            if path not in self.files:
+                return 404, {"error": f"no static file {path}", "code": "not_found"}
+            return 200, self.files[path]
+
+    def _update_worker(self, body: dict) -> tuple[int, dict]:
+        with self.lock:
+            self.worker_requests.append(body)
+            if self.worker_error is not None:
+                return self.worker_error
+            if "slots" in body and body["slots"] not in range(1, 65):
+                return 400, {"error": "slots must be 1..64", "code": "bad_request"}
+            if "tags" in body and not all(NAME_RE.match(t) for t in body["tags"]):
+                return 400, {"error": "bad tag", "code": "bad_request"}
+            self.worker.update(body)
+            return 200, dict(self.worker)
 
     def _register(self, body: dict) -> tuple[int, dict]:
         with self.lock:
@@ -261,12 +320,19 @@ def _handler(fake: FakePrimary):
             url = urlsplit(self.path)
             body = self.rfile.read(int(self.headers.get("Content-Length") or 0))
             status, answer = fake.handle(url.path, parse_qs(url.query), body)
-            data = json.dumps(answer).encode()
             self.send_response(status)
-            self.send_header("Content-Type", "application/json")
+            if isinstance(answer, bytes):  # a static file
+                data = answer
+                self.send_header("Content-Type", "application/octet-stream")
+                self.send_header("X-Sha256", hashlib.sha256(data).hexdigest())
+            else:
+                data = json.dumps(answer).encode()
+                self.send_header("Content-Type", "application/json")
             self.send_header("Content-Length", str(len(data)))
             self.end_headers()
             self.wfile.write(data)
+
+        do_GET = do_POST
 
         def log_message(self, *args) -> None:
             pass
@@ -319,3 +385,23 @@ def agent_home(pki, fake_primary, tmp_path) -> Path:
         )
     )
     return home
+
+
+@pytest.fixture
+def running_agent(agent_home):
+    """Start Agent(agent_home).run() in a thread; every agent started is stopped at the end."""
+    from agent.worker import Agent
+
+    agents = []
+
+    def start(**kw):
+        agent = Agent(agent_home, kill_grace=1.0, **kw)
+        t = threading.Thread(target=agent.run, daemon=True)
+        t.start()
+        agents.append((agent, t))
+        return agent, t
+
+    yield start
+    for agent, t in agents:
+        agent.stop.set()
+        t.join(10)

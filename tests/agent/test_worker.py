@@ -4,7 +4,6 @@ import threading
 import time
 
 import psutil
-import pytest
 
 from agent.worker import Agent
 
@@ -17,23 +16,6 @@ def assignment(run_id, *jobs, attempt=1, pipeline="p"):
         "env": {},
         "jobs": [{"name": n, "steps": [s], "env": {}, "timeout": 60, "needs": []} for n, s in jobs],
     }
-
-
-@pytest.fixture
-def running_agent(agent_home):
-    agents = []
-
-    def start(**kw):
-        agent = Agent(agent_home, kill_grace=1.0, **kw)
-        t = threading.Thread(target=agent.run, daemon=True)
-        t.start()
-        agents.append((agent, t))
-        return agent, t
-
-    yield start
-    for agent, t in agents:
-        agent.stop.set()
-        t.join(10)
 
 
 def gone(pid):

@@ -103,12 +103,19 @@ def fleet(**home_changes) -> list[Candidate]:
         ),
         (Home(HOME), fleet(locked=True), "other", "moved: home locked", True),
         (Home(HOME), fleet(draining=True), "other", "moved: home draining", True),
-        (Home(HOME, waited=6, busy_wait=5), fleet(used=2), "other", "moved: home busy", True),
     ],
 )
 def test_sticky_home_rules(home, candidates, chosen, rule, new_home):
     decision = choose_worker(("linux",), candidates, home)
     assert (decision.worker_name, decision.rule, decision.new_home) == (chosen, rule, new_home)
+    # Only keeping the home keeps the workspace; every other choice starts empty.
+    assert decision.clean_workspace is (rule != "kept home")
+
+
+def test_a_busy_home_overflows_without_moving_after_the_wait():
+    decision = choose_worker(("linux",), fleet(used=2), Home(HOME, waited=6, busy_wait=5))
+    assert (decision.worker_name, decision.rule) == ("other", "overflow: home busy")
+    assert decision.new_home is False and decision.clean_workspace is True
 
 
 def test_busy_home_is_waited_for_a_few_seconds():
