@@ -4,7 +4,6 @@ jobs once the primary confirmed the start."""
 
 import logging
 import shutil
-import ssl
 import threading
 import urllib.parse
 from collections.abc import Callable
@@ -12,7 +11,7 @@ from pathlib import Path
 
 from agent.assignment import Assignment
 from agent.calls import call
-from agent.client import Client
+from agent.client import ClientPool
 from agent.executor import KILL_GRACE_SECONDS, RunExecutor
 from agent.home import SPOOL_DIR
 from agent.protocol import RUN_FILE_PATH
@@ -31,8 +30,7 @@ class RunHandle:
         self,
         assignment: Assignment,
         home: Path,
-        agent_url: str,
-        context: ssl.SSLContext,
+        pool: ClientPool,
         stop: threading.Event,
         on_done: Callable[["RunHandle"], None],
         on_unknown_worker: Callable[[], None],
@@ -42,10 +40,11 @@ class RunHandle:
         self.home = home
         self.spool_dir = spool_dir_for(home, assignment.run_id, assignment.attempt)
         self._stop = stop
-        # Each thread owns its connection: the delivery thread reports, the executor thread
-        # fetches static files. No sharing between threads.
-        self._client = Client(agent_url, context)
-        self._files_client = Client(agent_url, context)
+        # Each thread owns its connection while the run lasts: the delivery thread reports,
+        # the executor thread fetches static files. Both are borrowed warm from the pool.
+        self._pool = pool
+        self._client = pool.acquire()
+        self._files_client = pool.acquire()
         self.reporter = RunReporter(self._client, assignment, self.spool_dir, stop)
         self.executor = RunExecutor(
             assignment,
@@ -110,7 +109,7 @@ class RunHandle:
             log.exception("run %s: the executor failed", self.assignment.run_id)
             self.reporter.fail(f"the executor failed: {e}")
         finally:
-            self._files_client.close()
+            self._pool.release(self._files_client)
 
     def _deliver(self) -> None:
         run = self.assignment
@@ -144,7 +143,7 @@ class RunHandle:
             self.executor.cancel()  # a no-op when the run already ended
             if self._exec_thread.is_alive():
                 self._exec_thread.join()
-            self._client.close()
+            self._pool.release(self._client)
             if keep_spool:
                 log.warning(
                     "run %s attempt %s: undelivered output left in %s",

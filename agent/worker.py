@@ -18,7 +18,7 @@ import psutil
 from agent import __version__
 from agent.assignment import parse_assignment
 from agent.backoff import Backoff, short_pause
-from agent.client import Client, TransportError, agent_context
+from agent.client import Client, ClientPool, TransportError, agent_context
 from agent.executor import KILL_GRACE_SECONDS
 from agent.home import SPOOL_DIR, ConfigError, load_config, update_config
 from agent.protocol import (
@@ -63,6 +63,7 @@ class Agent:
         self._runs: dict[tuple[int, int], RunHandle] = {}
         self._lock = threading.Lock()
         self._poll_client = Client(self._agent_url, self._context)
+        self._pool = ClientPool(self._agent_url, self._context)
         self._poll_interrupted = False
         # Plain attributes, not Events: signal handlers set them, and taking a lock inside
         # a signal handler can deadlock the main thread.
@@ -153,6 +154,7 @@ class Agent:
         for handle in handles:
             handle.join(timeout=self._kill_grace + 5)
         self._poll_client.close()
+        self._pool.close()
         log.info("agent stopped")
 
     def _interrupt_poll(self) -> None:
@@ -268,8 +270,7 @@ class Agent:
             handle = RunHandle(
                 assignment,
                 self.home,
-                self._agent_url,
-                self._context,
+                self._pool,
                 self.stop,
                 self._run_done,
                 self._unknown_worker,

@@ -17,6 +17,8 @@ import time
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
+import psutil
+
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent / "tests"))
 from fleet import Agent, init_primary, register_agent, wait_for  # noqa: E402
 
@@ -36,6 +38,12 @@ def start_agents(primary, root: Path, count: int, slots: int) -> list[Agent]:
         "agents to be active",
     )
     return agents
+
+
+def cpu_seconds(pid: int) -> float:
+    """CPU time of a process and its reaped children (the agents' job processes)."""
+    times = psutil.Process(pid).cpu_times()
+    return round(times.user + times.system + times.children_user + times.children_system, 1)
 
 
 def percentile(values: list[float], fraction: float) -> float:
@@ -94,6 +102,11 @@ def bench_throughput(root: Path, runs: int, agents_n: int = 4, slots: int = 4) -
         wait_for(done, 900, "all runs to finish", interval=0.1)
         wall = time.monotonic() - started
         status = primary.client.json("GET", "/api/v1/status")["runs"]
+        # Where the two cores went: the primary, the agents (with their job processes).
+        cpu = {
+            "primary": cpu_seconds(primary.proc.pid),
+            "agents": round(sum(cpu_seconds(a.proc.pid) for a in agents), 1),
+        }
     finally:
         for agent in agents:
             agent.stop()
@@ -106,6 +119,7 @@ def bench_throughput(root: Path, runs: int, agents_n: int = 4, slots: int = 4) -
         "wall_seconds": round(wall, 2),
         "runs_per_second": round(runs / wall, 1),
         "succeeded": status["success"],
+        "cpu_seconds": cpu,
     }
 
 

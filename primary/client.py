@@ -3,6 +3,7 @@
 import http.client
 import json
 import ssl
+import threading
 import time
 from pathlib import Path
 from urllib.parse import urlsplit
@@ -23,6 +24,9 @@ class AdminClient:
         self.context = ssl.create_default_context(cafile=str(ca_file))
         self.token = token
         self.timeout = timeout
+        # One keep-alive connection per thread: a handshake per request would cost more than
+        # most requests do.
+        self._local = threading.local()
 
     def request(
         self,
@@ -31,21 +35,38 @@ class AdminClient:
         body: bytes | None = None,
         content_type: str = "application/json",
     ) -> tuple[int, dict[str, str], bytes]:
-        conn = http.client.HTTPSConnection(
-            self.host, self.port, context=self.context, timeout=self.timeout
-        )
         headers = {"Content-Type": content_type}
         if self.token:
             headers["Authorization"] = f"Bearer {self.token}"
-        try:
-            conn.request(method, path, body=body, headers=headers)
-            response = conn.getresponse()
-            return (
-                response.status,
-                {k.lower(): v for k, v in response.getheaders()},
-                response.read(),
-            )
-        finally:
+        for attempt in (1, 2):
+            conn = getattr(self._local, "conn", None)
+            reused = conn is not None
+            if conn is None:
+                conn = http.client.HTTPSConnection(
+                    self.host, self.port, context=self.context, timeout=self.timeout
+                )
+                self._local.conn = conn
+            try:
+                conn.request(method, path, body=body, headers=headers)
+                response = conn.getresponse()
+                data = response.read()
+            except (http.client.RemoteDisconnected, ConnectionError, ssl.SSLEOFError):
+                self.close()
+                if reused and attempt == 1:
+                    continue  # the server closed the idle connection; the request never ran
+                raise
+            except BaseException:
+                self.close()
+                raise
+            if response.will_close:
+                self.close()
+            return response.status, {k.lower(): v for k, v in response.getheaders()}, data
+        raise AssertionError("unreachable")
+
+    def close(self) -> None:
+        conn = getattr(self._local, "conn", None)
+        self._local.conn = None
+        if conn is not None:
             conn.close()
 
     def json(

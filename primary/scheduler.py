@@ -123,7 +123,8 @@ def _home_verdict(pipeline_tags: tuple[str, ...], home: Candidate | None, h: Hom
     if home.load5_per_cpu > OVERLOAD_LOAD5_PER_CPU:
         return "home overloaded"
     if home.locked or home.draining:
-        return f"home {'locked' if home.locked else 'draining'}"
+        # Usually brief maintenance: keep the home and its cache for when it comes back.
+        return f"overflow: home {'locked' if home.locked else 'draining'}"
     if home.used >= home.slots:
         return "wait" if h.waited < h.busy_wait else "overflow: home busy"
     return "keep"
@@ -232,9 +233,14 @@ def plan(primary: Primary) -> int:
         if not queued:
             return 0
         candidates = {c.id: c for c in load_candidates(primary, now)}
+        free = sum(max(c.slots - c.used, 0) for c in candidates.values() if not _unavailable(c))
         # Homes change within one pass: the second queued run of a new pipeline follows the first.
         homes: dict[str, tuple[str | None, bool]] = {}
         for run in queued:
+            if free <= 0 and run["reason"] is not None:
+                # Nothing can start, and this run already says why it waits. Skipping it keeps
+                # a deep queue from costing a decision per queued run on every event.
+                continue
             home_id, cleared = homes.get(
                 run["pipeline"], (run["home_worker_id"], bool(run["cache_cleared"]))
             )
@@ -262,6 +268,7 @@ def plan(primary: Primary) -> int:
             candidates[chosen.id] = dataclasses.replace(chosen, used=chosen.used + 1)
             woken.add(chosen.id)
             assigned += 1
+            free -= 1
     for worker_id in woken:
         primary.waiters.wake(worker_id)
     return assigned

@@ -2,6 +2,7 @@
 each started as a subprocess on free loopback ports, stopped as a process group."""
 
 import contextlib
+import functools
 import json
 import os
 import signal
@@ -69,8 +70,9 @@ class Primary:
     def token(self) -> str:
         return (self.data_dir / "admin.token").read_text().strip()
 
-    @property
+    @functools.cached_property
     def client(self) -> AdminClient:
+        """One client (keep-alive) for the primary; it reconnects after a restart."""
         return AdminClient(self.url, self.ca_file, self.token)
 
     def secret(self) -> str:

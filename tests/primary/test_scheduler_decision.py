@@ -101,8 +101,8 @@ def fleet(**home_changes) -> list[Candidate]:
             "moved: home runs another agent version",
             True,
         ),
-        (Home(HOME), fleet(locked=True), "other", "moved: home locked", True),
-        (Home(HOME), fleet(draining=True), "other", "moved: home draining", True),
+        (Home(HOME), fleet(locked=True), "other", "overflow: home locked", False),
+        (Home(HOME), fleet(draining=True), "other", "overflow: home draining", False),
     ],
 )
 def test_sticky_home_rules(home, candidates, chosen, rule, new_home):
