@@ -201,3 +201,9 @@ def get_file(name: str, path: str):
 def delete_file(name: str, path: str):
     static_files.delete_file(primary_of_app(), name, path)
     return "", 204
+
+
+@bp.delete("/workers/<worker_id>")
+@require_role()
+def delete_worker(worker_id: str):
+    return jsonify(workers.delete_worker(primary_of_app(), worker_id))

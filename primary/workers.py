@@ -241,3 +241,39 @@ def update_from_host(primary: Primary, worker: dict, body: dict) -> dict:
         return set_flag(primary, worker["id"], "draining", body["draining"])
     plan(primary)
     return get_worker(primary, worker["id"])
+
+
+def delete_worker(primary: Primary, worker_id: str) -> dict:
+    """De-register: the record goes, and with it the only certificate serial the agent port
+    accepts for it, so every later request with that certificate is refused at once. Its
+    runs are re-queued (or end as lost, by retries_on_lost); pipelines whose home it was
+    start clean elsewhere."""
+    from primary.scheduler import plan, requeue
+
+    now = time.time()
+    with primary.store.transaction() as conn:
+        row = _worker_row(conn, worker_id)
+        for run in conn.execute(
+            "SELECT id, state, spec, lost_count FROM runs WHERE worker_id = ?"
+            " AND state IN ('assigned', 'running')",
+            (row["id"],),
+        ).fetchall():
+            retries = json.loads(run["spec"]).get("retries_on_lost", 1)
+            lost = f"lost: worker {row['name']} was removed"
+            if run["state"] == "assigned":
+                requeue(conn, run["id"], f"re-planned: worker {row['name']} was removed", now)
+            elif run["lost_count"] < retries:
+                requeue(conn, run["id"], f"{lost}; re-queued", now, lost=True)
+            else:
+                conn.execute(
+                    "UPDATE runs SET state = 'lost', finished_at = ?, lease_expires = NULL,"
+                    " reason = ? WHERE id = ?",
+                    (now, lost, run["id"]),
+                )
+        conn.execute(
+            "UPDATE pipelines SET home_worker_id = NULL WHERE home_worker_id = ?", (row["id"],)
+        )
+        conn.execute("DELETE FROM workers WHERE id = ?", (row["id"],))
+    primary.waiters.wake(row["id"])  # its held poll answers now; the next one is refused
+    plan(primary)
+    return {"id": row["id"], "name": row["name"], "deleted": True}

@@ -150,3 +150,16 @@ def test_secret_rotation_refuses_the_old_secret_and_keeps_workers(primary, start
     primary.pipeline("name: after\njobs:\n  - name: a\n    steps: ['echo still here']\n")
     run = primary.wait_run(primary.trigger("after"))
     assert run["state"] == "success" and run["worker_name"] == "steady"
+
+
+def test_deleted_worker_is_refused_at_once_and_its_agent_stops(primary, start_agent):
+    agent = start_agent("leaving")
+    cert, key = str(agent.home / "worker.crt"), str(agent.home / "worker.key")
+    answer = primary.client.json("DELETE", "/api/v1/workers/leaving")
+    assert answer["deleted"] is True and answer["name"] == "leaving"
+    status, body = _post_poll(primary, cert, key)
+    assert status == 403 and body["code"] == "unknown_worker"
+    assert primary.workers() == []
+    # Its held poll was answered at once; the next one was refused, so the agent stopped.
+    agent.proc.wait(timeout=15)
+    assert agent.proc.returncode == 3
