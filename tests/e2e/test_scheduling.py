@@ -185,3 +185,47 @@ jobs:
         ("after", "skipped"),
     ]
     assert primary.job_log(run["id"], "w") == b"begin\n"
+
+
+def test_a_worker_of_another_version_gets_nothing_until_upgraded(primary, fleet_root):
+    from fleet import register_agent
+
+    assert register_agent(primary, fleet_root, "old-agent").returncode == 0
+    # A real agent process that reports another version, as an un-upgraded host would.
+    code = (
+        "import sys, agent; agent.__version__ = '0.0.1'; from agent.cli import main; "
+        "sys.exit(main(sys.argv[1:]))"
+    )
+    old = subprocess.Popen(
+        [str(BIN / "python"), "-c", code, "run", "--home", str(fleet_root / "old-agent")],
+        start_new_session=True,
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.DEVNULL,
+    )
+    try:
+        wait_for(
+            lambda: primary.worker("old-agent")["state"] == "version mismatch",
+            20,
+            "the version mismatch to show",
+        )
+        primary.pipeline("name: any\njobs:\n  - name: w\n    steps: ['true']\n")
+        run_id = primary.trigger("any")
+        time.sleep(1.5)
+        run = primary.run(run_id)
+        assert run["state"] == "queued"
+        assert "old-agent: passed over, version mismatch" in run["placement"]
+    finally:
+        os.killpg(old.pid, signal.SIGKILL)
+        old.wait()
+
+
+def test_the_queue_survives_a_primary_restart(primary, start_agent):
+    primary.pipeline("name: kept\njobs:\n  - name: w\n    steps: ['echo kept']\n")
+    queued = [primary.trigger("kept") for _ in range(3)]
+    assert all(primary.run(r)["state"] == "queued" for r in queued)
+    primary.stop(signal.SIGKILL)  # a crash, not a clean stop
+    primary.start()
+    start_agent("late-worker")
+    runs = [primary.wait_run(r, timeout=60) for r in queued]
+    assert [r["state"] for r in runs] == ["success"] * 3
+    assert all(primary.job_log(r["id"], "w") == b"kept\n" for r in runs)
