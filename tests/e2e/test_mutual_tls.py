@@ -163,3 +163,33 @@ def test_deleted_worker_is_refused_at_once_and_its_agent_stops(primary, start_ag
     # Its held poll was answered at once; the next one was refused, so the agent stopped.
     agent.proc.wait(timeout=15)
     assert agent.proc.returncode == 3
+
+
+def test_a_csr_asking_for_a_ca_or_another_subject_gets_neither(primary):
+    key = ec.generate_private_key(ec.SECP256R1())
+    csr = (
+        x509.CertificateSigningRequestBuilder()
+        .subject_name(x509.Name([x509.NameAttribute(NameOID.COMMON_NAME, "primary-admin")]))
+        .add_extension(x509.BasicConstraints(ca=True, path_length=None), critical=True)
+        .add_extension(x509.SubjectAlternativeName([x509.DNSName("localhost")]), critical=False)
+        .sign(key, hashes.SHA256())
+    )
+    reply = primary.client.json(
+        "POST",
+        "/api/v1/workers/register",
+        {
+            "secret": primary.secret(),
+            "name": "greedy",
+            "tags": [],
+            "slots": 1,
+            "version": "0.1.0",
+            "csr": csr.public_bytes(serialization.Encoding.PEM).decode(),
+        },
+    )
+    cert = x509.load_pem_x509_certificate(reply["certificate"].encode())
+    assert cert.subject.get_attributes_for_oid(NameOID.COMMON_NAME)[0].value == reply["worker_id"]
+    assert cert.extensions.get_extension_for_class(x509.BasicConstraints).value.ca is False
+    eku = cert.extensions.get_extension_for_class(x509.ExtendedKeyUsage).value
+    assert list(eku) == [x509.oid.ExtendedKeyUsageOID.CLIENT_AUTH]  # cannot serve TLS
+    with pytest.raises(x509.ExtensionNotFound):
+        cert.extensions.get_extension_for_class(x509.SubjectAlternativeName)
