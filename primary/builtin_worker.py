@@ -29,6 +29,7 @@ def start_builtin_worker(primary: Primary, stop: threading.Event) -> threading.T
     from agent.worker import Agent
 
     home = primary.data.builtin_worker_home
+    _forget_if_removed(primary, home)
     try:
         if not is_registered(home):
             register(
@@ -60,3 +61,17 @@ def _apply_slots(primary: Primary, home, slots: int) -> None:
     update_config(home, slots=slots)
     with primary.store.transaction() as conn:
         conn.execute("UPDATE workers SET slots = ? WHERE id = ?", (slots, config["worker_id"]))
+
+
+def _forget_if_removed(primary: Primary, home) -> None:
+    """An admin may have de-registered the built-in worker; it registers anew on the next
+    start instead of being refused forever with a certificate nobody accepts."""
+    from agent.home import CONFIG_FILE, is_registered, load_config
+
+    if not is_registered(home):
+        return
+    worker_id = load_config(home).get("worker_id")
+    if primary.store.query_one("SELECT 1 FROM workers WHERE id = ?", (worker_id,)):
+        return
+    log.info("the built-in worker %s was removed; registering it again", worker_id)
+    (home / CONFIG_FILE).unlink()  # the registered marker: register() writes a new identity

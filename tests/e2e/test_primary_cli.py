@@ -54,9 +54,17 @@ def test_builtin_worker_runs_pipelines_without_remote_hosts(tmp_path):
         run = primary.wait_run(primary.trigger("solo"), timeout=60)
         assert run["state"] == "success" and run["worker_name"] == "primary"
         assert primary.job_log(run["id"], "a") == b"on the primary\n"
+        # De-registered by an admin, it comes back with a new identity at the next start.
+        old_id = run["worker_id"]
+        primary.client.json("DELETE", "/api/v1/workers/primary")
+        primary.stop()
+        assert primary.proc.returncode == 0  # SIGTERM stops it cleanly
+        primary.start()
+        again = primary.wait_run(primary.trigger("solo"), timeout=60)
+        assert again["state"] == "success" and again["worker_name"] == "primary"
+        assert again["worker_id"] != old_id
     finally:
         primary.stop()
-    assert primary.proc.returncode == 0  # SIGTERM stops it cleanly
 
 
 def test_demo_command_runs_the_example_and_says_how_to_stop(tmp_path):
