@@ -76,6 +76,30 @@ def build_parser() -> argparse.ArgumentParser:
     p = sub.add_parser("stop", help="stop a primary serving this data dir (SIGTERM)")
     _data_dir(p)
 
+    p = sub.add_parser(
+        "bootstrap-host",
+        help="prepare a bare host for Ansible: install the controller's SSH key, check python3",
+    )
+    p.add_argument("target", metavar="user@host")
+    p.add_argument("--port", type=int, default=22)
+    p.add_argument("--key", type=Path, metavar="FILE", help="private key to log in with")
+    p.add_argument(
+        "--public-key",
+        type=Path,
+        metavar="FILE",
+        help="public key to install (default ~/.ssh/id_ed25519.pub, id_ecdsa.pub, id_rsa.pub)",
+    )
+    p.add_argument(
+        "--ask-password",
+        action="store_true",
+        help="prompt for the SSH password (or set CIFLEET_BOOTSTRAP_PASSWORD)",
+    )
+    p.add_argument(
+        "--accept-new-host-key",
+        action="store_true",
+        help="accept and record the key of a host not yet in ~/.ssh/known_hosts",
+    )
+
     p = sub.add_parser("demo", help="init, start a primary in the background, run an example")
     _data_dir(p)
     p.add_argument("--api-port", type=int, default=8443)
@@ -195,6 +219,33 @@ def cmd_stop(args) -> int:
     return 0
 
 
+def cmd_bootstrap_host(args) -> int:
+    from primary.bootstrap import BootstrapError, Target, bootstrap, password_from
+
+    try:
+        target = Target.parse(args.target, args.port)
+        password = password_from(args.ask_password)
+        if password is None and args.key is None:
+            raise BootstrapError(
+                "give --ask-password (or set CIFLEET_BOOTSTRAP_PASSWORD) or --key FILE"
+            )
+        line, done = bootstrap(
+            target,
+            password=password,
+            key_file=args.key,
+            public_key_file=args.public_key,
+            accept_new_host_key=args.accept_new_host_key,
+        )
+    except BootstrapError as exc:
+        print(f"cifleet-primary bootstrap-host: {exc}", file=sys.stderr)
+        return 2
+    for step in done:
+        print(f"# {step}")
+    print("# add this line to the [workers] group of your inventory:")
+    print(line)
+    return 0
+
+
 def cmd_demo(args) -> int:
     from primary.demo import demo
 
@@ -208,6 +259,7 @@ COMMANDS = {
     "worker": cmd_worker,
     "stop": cmd_stop,
     "demo": cmd_demo,
+    "bootstrap-host": cmd_bootstrap_host,
 }
 
 if __name__ == "__main__":

@@ -23,6 +23,10 @@ class PrimaryConfig:
     # polls beyond (agent_threads - AGENT_THREADS_RESERVED) are answered without holding.
     public_threads: int = 16
     agent_threads: int = 128
+    # Idle keep-alive connections each listener keeps open. cheroot's default is 10, past
+    # which every connection is closed after its response and the next request pays a
+    # TLS handshake: a fleet needs room for a poll and a few report connections per agent.
+    keepalive_connections: int = 4096
     primary_worker_slots: int = 1
     max_request_bytes: int = 8 << 20
     max_static_file_bytes: int = 256 << 20

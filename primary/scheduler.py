@@ -164,6 +164,19 @@ def choose_worker(
         return Decision(
             best.id, best.name, rule, tuple(reasons), new_home=True, clean_workspace=True
         )
+    if (
+        verdict == "home overloaded"
+        and home_c is not None
+        and not _unavailable(home_c)
+        and home_c.used < home_c.slots
+    ):
+        # Overload is a reason to move, not to stop: with nowhere else to go, stay home.
+        return Decision(
+            home_c.id,
+            home_c.name,
+            "kept home: overloaded, but no other worker can take it",
+            tuple(reasons),
+        )
     if matched == 0:
         if pipeline_tags:
             waiting = f"waiting: no worker has any of the tags {list(pipeline_tags)}"

@@ -58,6 +58,8 @@ def build_servers(primary: Primary, stop: threading.Event) -> tuple[wsgi.Server,
         timeout=SOCKET_TIMEOUT,
         request_queue_size=128,
     )
+    public.keep_alive_conn_limit = config.keepalive_connections
+    agent.keep_alive_conn_limit = config.keepalive_connections
     # The server key lives in the vault; ssl can only load it from a file, so it exists on
     # disk (0600, in the 0700 data dir) only while the contexts are built.
     fd, key_path = tempfile.mkstemp(dir=primary.data.root, prefix=".server-key-")

@@ -100,6 +100,10 @@ class Store:
     def __init__(self, path: Path):
         self.path = path
         self._local = threading.local()
+        # The primary is the only process that writes the store. Serialising its writers
+        # here keeps them out of SQLite's busy handler, which sleeps with backoff (up to
+        # 100 ms a try) when two transactions collide.
+        self._write_lock = threading.Lock()
 
     def connection(self) -> sqlite3.Connection:
         conn = getattr(self._local, "conn", None)
@@ -120,13 +124,14 @@ class Store:
     def transaction(self) -> Iterator[sqlite3.Connection]:
         """A write transaction; the write lock is taken at BEGIN so no upgrade can deadlock."""
         conn = self.connection()
-        conn.execute("BEGIN IMMEDIATE")
-        try:
-            yield conn
-        except BaseException:
-            conn.execute("ROLLBACK")
-            raise
-        conn.execute("COMMIT")
+        with self._write_lock:
+            conn.execute("BEGIN IMMEDIATE")
+            try:
+                yield conn
+            except BaseException:
+                conn.execute("ROLLBACK")
+                raise
+            conn.execute("COMMIT")
 
     def query(self, sql: str, params: tuple | dict = ()) -> list[sqlite3.Row]:
         return self.connection().execute(sql, params).fetchall()

@@ -109,7 +109,7 @@ def test_sticky_home_rules(home, candidates, chosen, rule, new_home):
     decision = choose_worker(("linux",), candidates, home)
     assert (decision.worker_name, decision.rule, decision.new_home) == (chosen, rule, new_home)
     # Only keeping the home keeps the workspace; every other choice starts empty.
-    assert decision.clean_workspace is (rule != "kept home")
+    assert decision.clean_workspace is (not rule.startswith("kept home"))
 
 
 def test_a_busy_home_overflows_without_moving_after_the_wait():
@@ -124,6 +124,15 @@ def test_busy_home_is_waited_for_a_few_seconds():
     assert decision.waiting == (
         "waiting: home worker home is busy; moving elsewhere if it is still busy after 5 s"
     )
+
+
+def test_an_overloaded_home_still_runs_it_when_no_other_worker_can():
+    decision = choose_worker(
+        (), [w("home", slots=2, load5_per_cpu=3.0), w("busy", used=1)], Home(HOME)
+    )
+    assert decision.worker_name == "home"
+    assert decision.rule == "kept home: overloaded, but no other worker can take it"
+    assert decision.clean_workspace is False and decision.new_home is False
 
 
 def test_a_moved_pipeline_never_goes_back_to_the_home_it_leaves():
