@@ -94,3 +94,18 @@ def update_config(home: Path, **changes: Any) -> dict[str, Any]:
     config.update(changes)
     write_atomic(Path(home) / CONFIG_FILE, (json.dumps(config, indent=2) + "\n").encode())
     return config
+
+
+def wipe_identity(home: Path) -> list[Path]:
+    """Delete the worker's registration, key and certificate; return what was deleted.
+
+    config.json goes first: it is the "registered" marker, so an interruption leaves an
+    unregistered home (which registers again), never a registered one without its key.
+    """
+    wiped = []
+    for name in (CONFIG_FILE, KEY_FILE, CERT_FILE):
+        path = Path(home) / name
+        with contextlib.suppress(FileNotFoundError):
+            path.unlink()
+            wiped.append(path)
+    return wiped

@@ -20,7 +20,7 @@ from agent.assignment import parse_assignment
 from agent.backoff import Backoff, short_pause
 from agent.client import Client, ClientPool, TransportError, agent_context
 from agent.executor import KILL_GRACE_SECONDS
-from agent.home import SPOOL_DIR, ConfigError, load_config, update_config
+from agent.home import SPOOL_DIR, ConfigError, load_config, update_config, wipe_identity
 from agent.protocol import (
     CODE_UNKNOWN_WORKER,
     MAX_SLOTS,
@@ -111,6 +111,14 @@ class Agent:
         finally:
             self.stop.set()
             self._shutdown(poller)
+            if self.unknown_worker:
+                # De-registered (or revoked): this identity is useless now and must not
+                # linger on the host. Registering again needs the worker secret.
+                wiped = wipe_identity(self.home)
+                log.warning(
+                    "the primary removed this worker; wiped %s",
+                    ", ".join(str(p) for p in wiped) or "nothing (already gone)",
+                )
 
     def _clear_old_spool(self) -> None:
         # Output a previous agent process could not deliver: those attempts are over (the

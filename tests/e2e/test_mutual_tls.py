@@ -163,6 +163,10 @@ def test_deleted_worker_is_refused_at_once_and_its_agent_stops(primary, start_ag
     # Its held poll was answered at once; the next one was refused, so the agent stopped.
     agent.proc.wait(timeout=15)
     assert agent.proc.returncode == 3
+    # ... and wiped its identity, saying what it wiped.
+    for name in ("worker.key", "worker.crt", "config.json"):
+        assert not (agent.home / name).exists(), name
+    assert "the primary removed this worker; wiped" in agent.log_path.read_text()
 
 
 def test_a_csr_asking_for_a_ca_or_another_subject_gets_neither(primary):
