@@ -14,6 +14,7 @@ from werkzeug.exceptions import HTTPException
 from primary.config import AGENT_THREADS_RESERVED, PrimaryConfig
 from primary.context import Primary, open_primary
 from primary.errors import ApiError
+from primary.ratelimit import FailureLimiter
 
 log = logging.getLogger("cifleet.primary")
 
@@ -22,7 +23,7 @@ def _install_error_handlers(app: Flask) -> None:
     @app.errorhandler(ApiError)
     def api_error(err: ApiError):
         body = {"error": err.message, "code": err.code, **err.fields}
-        return jsonify(body), err.status
+        return jsonify(body), err.status, err.headers
 
     @app.errorhandler(HTTPException)
     def http_error(err: HTTPException):
@@ -50,6 +51,9 @@ def create_app(config: PrimaryConfig | Primary) -> Flask:
     """The public-port app. Starts no threads and opens no sockets."""
     primary = config if isinstance(config, Primary) else open_primary(config)
     app = _base_app(primary, "cifleet.public")
+    app.extensions["cifleet.registration_limiter"] = FailureLimiter(
+        primary.config.registration_failures, primary.config.registration_window
+    )
     from primary import admin_views, register_views
 
     app.register_blueprint(register_views.bp)

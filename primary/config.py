@@ -28,6 +28,9 @@ class PrimaryConfig:
     # TLS handshake: a fleet needs room for a poll and a few report connections per agent.
     keepalive_connections: int = 4096
     primary_worker_slots: int = 1
+    # Failed registrations (wrong secret, bad request) allowed per source address and window.
+    registration_failures: int = 10
+    registration_window: float = 300.0
     max_request_bytes: int = 8 << 20
     max_static_file_bytes: int = 256 << 20
     extra: dict = field(default_factory=dict)

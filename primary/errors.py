@@ -9,6 +9,11 @@ class ApiError(Exception):
         super().__init__(message)
         self.message = message
         self.fields = fields
+        self.headers: dict[str, str] = {}
+
+    def with_header(self, name: str, value: str) -> "ApiError":
+        self.headers[name] = value
+        return self
 
 
 class BadRequest(ApiError):

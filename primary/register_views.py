@@ -1,12 +1,14 @@
 """Public, unauthenticated-by-token routes: health and worker registration."""
 
-from flask import Blueprint, jsonify, request
+import math
+
+from flask import Blueprint, current_app, jsonify, request
 
 from agent import __version__
 from agent.protocol import REGISTER_PATH
 from primary import workers
 from primary.auth import primary_of_app
-from primary.errors import BadRequest
+from primary.errors import ApiError, BadRequest
 
 bp = Blueprint("register", __name__)
 
@@ -26,7 +28,19 @@ def json_body() -> dict:
 @bp.post(REGISTER_PATH)
 def register():
     primary = primary_of_app()
-    reply = workers.register(primary, json_body())
+    limiter = current_app.extensions["cifleet.registration_limiter"]
+    source = request.remote_addr or "unknown"
+    wait = limiter.retry_after(source)
+    if wait > 0:
+        err = ApiError(f"too many failed registrations from {source}; try again later")
+        err.status, err.code = 429, "rate_limited"
+        raise err.with_header("Retry-After", str(math.ceil(wait)))
+    try:
+        reply = workers.register(primary, json_body())
+    except ApiError as exc:
+        if exc.status in (400, 401):  # guesses and garbage count; a taken name does not
+            limiter.failed(source)
+        raise
     # The agent reaches the agent port under the same name it used for us.
     host = request.host
     host = host[: host.index("]") + 1] if host.startswith("[") else host.split(":")[0]

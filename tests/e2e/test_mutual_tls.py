@@ -197,3 +197,29 @@ def test_a_csr_asking_for_a_ca_or_another_subject_gets_neither(primary):
     assert list(eku) == [x509.oid.ExtendedKeyUsageOID.CLIENT_AUTH]  # cannot serve TLS
     with pytest.raises(x509.ExtensionNotFound):
         cert.extensions.get_extension_for_class(x509.SubjectAlternativeName)
+
+
+def test_failed_registrations_are_rate_limited_per_address(primary):
+    from primary.client import ApiFailure
+
+    body = {
+        "secret": "guess",
+        "name": "guesser",
+        "tags": [],
+        "slots": 1,
+        "version": "0.1.0",
+        "csr": "x",
+    }
+    for _ in range(10):
+        with pytest.raises(ApiFailure) as refused:
+            primary.client.json("POST", "/api/v1/workers/register", body)
+        assert refused.value.status == 401
+    status, headers, raw = primary.client.request(
+        "POST",
+        "/api/v1/workers/register",
+        json.dumps({**body, "secret": primary.secret()}).encode(),
+    )
+    # Even the right secret waits now: the address used up its failures.
+    assert status == 429 and json.loads(raw)["code"] == "rate_limited"
+    assert 0 < int(headers["retry-after"]) <= 300
+    assert primary.workers() == []
