@@ -19,10 +19,10 @@ from agent.protocol import (
 )
 from primary import static_files
 from primary.context import Primary
-from primary.errors import ApiError, BadRequest, NotFound, conflict
+from primary.errors import ApiError, BadRequest, Forbidden, NotFound, conflict
 from primary.logs import LogGap
-from primary.runs import FINAL_STATES, notify
-from primary.scheduler import plan, requeue
+from primary.runs import notify
+from primary.scheduler import end_run, lose, plan, requeue
 
 ACTIVE_STATES = ("assigned", "running")
 
@@ -37,18 +37,30 @@ def _stale(run_id: int, attempt: int) -> ApiError:
 
 
 def current_run(primary: Primary, worker: dict, run_id: int, attempt: int, conn=None) -> dict:
-    """The run, if this worker holds its current attempt and it is still going; else 409."""
+    """The run, if this worker holds its current attempt and it is still going.
+
+    Otherwise 409 stale_attempt when this worker did hold that attempt once (taken back,
+    lost, cancelled: it should drop the run), and 403 when it never did: a worker may read
+    and write only the runs assigned to it.
+    """
     conn = conn or primary.store.connection()
     run = conn.execute("SELECT * FROM runs WHERE id = ?", (run_id,)).fetchone()
-    if run is None:
-        raise NotFound(f"no run {run_id}")
     if (
-        run["worker_id"] != worker["id"]
-        or run["attempt"] != attempt
-        or run["state"] not in ACTIVE_STATES
+        run is not None
+        and run["worker_id"] == worker["id"]
+        and run["attempt"] == attempt
+        and run["state"] in ACTIVE_STATES
     ):
+        return dict(run)
+    held = conn.execute(
+        "SELECT 1 FROM attempts WHERE run_id = ? AND attempt = ? AND worker_id = ?",
+        (run_id, attempt, worker["id"]),
+    ).fetchone()
+    if held:
         raise _stale(run_id, attempt)
-    return dict(run)
+    err = Forbidden(f"run {run_id} attempt {attempt} is not assigned to this worker")
+    err.code = "not_your_run"
+    raise err
 
 
 def _job(primary: Primary, run_id: int, name: str) -> dict:
@@ -333,14 +345,14 @@ def finish_run(primary: Primary, worker: dict, run_id: int, attempt: int) -> dic
     now = time.time()
     with primary.store.transaction() as conn:
         run = conn.execute("SELECT * FROM runs WHERE id = ?", (run_id,)).fetchone()
-        if run is None:
-            raise NotFound(f"no run {run_id}")
-        if run["worker_id"] != worker["id"] or run["attempt"] != attempt:
-            raise _stale(run_id, attempt)
-        if run["state"] in FINAL_STATES:
-            if run["finished_by_worker"]:
-                return {"state": run["state"]}  # a repeat
-            raise _stale(run_id, attempt)
+        if (
+            run is not None
+            and run["finished_by_worker"]
+            and run["worker_id"] == worker["id"]
+            and run["attempt"] == attempt
+        ):
+            return {"state": run["state"]}  # a repeat of a finish we already took
+        run = current_run(primary, worker, run_id, attempt, conn)
         jobs = [
             dict(j)
             for j in conn.execute(
@@ -353,11 +365,7 @@ def finish_run(primary: Primary, worker: dict, run_id: int, attempt: int) -> dic
                 "jobs_unfinished", f"jobs without a final state: {', '.join(unfinished)}"
             )
         state = run_outcome(dict(run), jobs)
-        conn.execute(
-            "UPDATE runs SET state = ?, finished_at = ?, lease_expires = NULL,"
-            " finished_by_worker = 1 WHERE id = ?",
-            (state, now, run_id),
-        )
+        end_run(conn, run_id, state, now, by_worker=True)
     plan(primary)
     notify(primary)
     return {"state": state}
@@ -384,28 +392,11 @@ def expire_leases(primary: Primary, now: float | None = None) -> int:
                 requeue(conn, run["id"], reason, now)
                 continue
             if run["cancel_requested"]:
-                conn.execute(
-                    "UPDATE runs SET state = 'cancelled', finished_at = ?, lease_expires = NULL,"
-                    " reason = ? WHERE id = ?",
-                    (
-                        now,
-                        f"cancelled; {name} stopped answering before it confirmed the cancel",
-                        run["id"],
-                    ),
-                )
+                why = f"cancelled; {name} stopped answering before it confirmed the cancel"
+                end_run(conn, run["id"], "cancelled", now, why)
                 continue
-            retries = json.loads(run["spec"]).get("retries_on_lost", 1)
             silent = primary.config.heartbeat_timeout
-            lost = f"lost: {name} stopped answering (no contact for {silent:g} s)"
-            if run["lost_count"] < retries:
-                retry = f"{lost}; re-queued (retry {run['lost_count'] + 1} of {retries})"
-                requeue(conn, run["id"], retry, now, lost=True)
-            else:
-                conn.execute(
-                    "UPDATE runs SET state = 'lost', finished_at = ?, lease_expires = NULL,"
-                    " reason = ? WHERE id = ?",
-                    (now, lost, run["id"]),
-                )
+            lose(conn, run, f"{name} stopped answering (no contact for {silent:g} s)", now)
     if changed:
         plan(primary)
         notify(primary)

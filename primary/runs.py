@@ -6,7 +6,7 @@ import time
 from primary import pipelines
 from primary.context import Primary
 from primary.errors import NotFound, conflict
-from primary.scheduler import plan
+from primary.scheduler import end_run, plan
 from primary.timestamps import iso
 
 RUN_STATES = (
@@ -79,6 +79,18 @@ def describe_run(primary: Primary, run: dict, jobs: list[dict] | None = None) ->
         "started_at": iso(run["started_at"]),
         "finished_at": iso(run["finished_at"]),
         "placement": json.loads(run["placement"]) if run["placement"] else [],
+        "attempts": [
+            {
+                "attempt": a["attempt"],
+                "worker_name": a["worker_name"],
+                "assigned_at": iso(a["assigned_at"]),
+                "ended_at": iso(a["ended_at"]),
+                "outcome": a["outcome"],
+            }
+            for a in primary.store.query(
+                "SELECT * FROM attempts WHERE run_id = ? ORDER BY attempt", (run["id"],)
+            )
+        ],
         "jobs": [
             {
                 "name": j["name"],
@@ -124,11 +136,7 @@ def cancel_run(primary: Primary, run_id: int) -> dict:
         if run["state"] in ("queued", "assigned"):
             # Not started yet: nothing runs, so it ends here; an agent holding the assignment
             # is refused at `start` and told to drop it on its next poll.
-            conn.execute(
-                "UPDATE runs SET state = 'cancelled', reason = 'cancelled before it started',"
-                " finished_at = ?, lease_expires = NULL WHERE id = ?",
-                (now, run_id),
-            )
+            end_run(conn, run_id, "cancelled", now, "cancelled before it started")
             conn.execute(
                 "UPDATE jobs SET state = 'skipped' WHERE run_id = ? AND state = 'pending'",
                 (run_id,),

@@ -187,14 +187,46 @@ def choose_worker(
     return Decision(None, None, "none", tuple(reasons), waiting)
 
 
+def end_attempt(conn, run_id: int, outcome: str, now: float) -> None:
+    """Close the run's current attempt with its outcome (a final state, taken back, lost)."""
+    conn.execute(
+        "UPDATE attempts SET ended_at = ?, outcome = ? WHERE run_id = ? AND ended_at IS NULL"
+        " AND attempt = (SELECT attempt FROM runs WHERE id = ?)",
+        (now, outcome, run_id, run_id),
+    )
+
+
 def requeue(conn, run_id: int, reason: str, now: float, lost: bool = False) -> None:
     """Put a run back in the queue; the next plan() decides again."""
+    end_attempt(conn, run_id, "lost" if lost else "taken back", now)
     conn.execute(
         "UPDATE runs SET state = 'queued', worker_id = NULL, worker_name = NULL,"
         " lease_expires = NULL, queued_at = ?, reason = ?,"
         " lost_count = lost_count + ? WHERE id = ?",
         (now, reason, int(lost), run_id),
     )
+
+
+def end_run(
+    conn, run_id: int, state: str, now: float, reason: str | None = None, by_worker: bool = False
+) -> None:
+    """Give a run its final state (and its current attempt the same outcome)."""
+    end_attempt(conn, run_id, state, now)
+    conn.execute(
+        "UPDATE runs SET state = ?, finished_at = ?, lease_expires = NULL,"
+        " reason = COALESCE(?, reason), finished_by_worker = ? WHERE id = ?",
+        (state, now, reason, int(by_worker), run_id),
+    )
+
+
+def lose(conn, run, why: str, now: float) -> None:
+    """The run's worker is gone: re-queue it while retries_on_lost allows, else it is lost."""
+    retries = json.loads(run["spec"]).get("retries_on_lost", 1)
+    if run["lost_count"] < retries:
+        retry = f"lost: {why}; re-queued (retry {run['lost_count'] + 1} of {retries})"
+        requeue(conn, run["id"], retry, now, lost=True)
+    else:
+        end_run(conn, run["id"], "lost", now, f"lost: {why}")
 
 
 def load_candidates(primary: Primary, now: float) -> list[Candidate]:
@@ -302,6 +334,11 @@ def _assign(conn, primary: Primary, run_id: int, decision: Decision, now: float)
             int(decision.clean_workspace),
             run_id,
         ),
+    )
+    conn.execute(
+        "INSERT INTO attempts (run_id, attempt, worker_id, worker_name, assigned_at)"
+        " SELECT id, attempt, worker_id, worker_name, ? FROM runs WHERE id = ?",
+        (now, run_id),
     )
     conn.execute(
         "UPDATE jobs SET state = 'pending', exit_code = NULL, started_at = NULL,"

@@ -93,6 +93,22 @@ MIGRATIONS: list[str] = [
         PRIMARY KEY (pipeline, path)
     );
     """,
+    # 3: one row per assignment, so a run's history (and who may still write what) is known.
+    """
+    CREATE TABLE attempts (
+        run_id INTEGER NOT NULL REFERENCES runs (id),
+        attempt INTEGER NOT NULL,
+        worker_id TEXT NOT NULL,
+        worker_name TEXT NOT NULL,
+        assigned_at REAL NOT NULL,
+        ended_at REAL,
+        outcome TEXT,                   -- a final run state, or taken back / lost
+        PRIMARY KEY (run_id, attempt)
+    );
+    INSERT INTO attempts (run_id, attempt, worker_id, worker_name, assigned_at)
+        SELECT id, attempt, worker_id, worker_name, COALESCE(assigned_at, created_at)
+        FROM runs WHERE attempt > 0 AND worker_id IS NOT NULL;
+    """,
 ]
 
 

@@ -248,7 +248,7 @@ def delete_worker(primary: Primary, worker_id: str) -> dict:
     accepts for it, so every later request with that certificate is refused at once. Its
     runs are re-queued (or end as lost, by retries_on_lost); pipelines whose home it was
     start clean elsewhere."""
-    from primary.scheduler import plan, requeue
+    from primary.scheduler import lose, plan, requeue
 
     now = time.time()
     with primary.store.transaction() as conn:
@@ -258,18 +258,10 @@ def delete_worker(primary: Primary, worker_id: str) -> dict:
             " AND state IN ('assigned', 'running')",
             (row["id"],),
         ).fetchall():
-            retries = json.loads(run["spec"]).get("retries_on_lost", 1)
-            lost = f"lost: worker {row['name']} was removed"
             if run["state"] == "assigned":
                 requeue(conn, run["id"], f"re-planned: worker {row['name']} was removed", now)
-            elif run["lost_count"] < retries:
-                requeue(conn, run["id"], f"{lost}; re-queued", now, lost=True)
             else:
-                conn.execute(
-                    "UPDATE runs SET state = 'lost', finished_at = ?, lease_expires = NULL,"
-                    " reason = ? WHERE id = ?",
-                    (now, lost, run["id"]),
-                )
+                lose(conn, run, f"worker {row['name']} was removed", now)
         conn.execute(
             "UPDATE pipelines SET home_worker_id = NULL WHERE home_worker_id = ?", (row["id"],)
         )
