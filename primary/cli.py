@@ -7,6 +7,7 @@ import signal
 import sys
 from pathlib import Path
 
+from primary import token_cli
 from primary.config import PrimaryConfig
 from primary.initdir import InitError, initialise, new_worker_secret
 from primary.vault import VaultError
@@ -72,6 +73,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("name", nargs="?", help="worker name or id")
     p.add_argument("--tags", help="with `tags`: comma-separated new tags ('' for none)")
     _data_dir(p)
+
+    token_cli.add_parser(sub, _data_dir)
 
     p = sub.add_parser("stop", help="stop a primary serving this data dir (SIGTERM)")
     _data_dir(p)
@@ -257,6 +260,7 @@ COMMANDS = {
     "serve": cmd_serve,
     "secret": cmd_secret,
     "worker": cmd_worker,
+    "token": token_cli.run,
     "stop": cmd_stop,
     "demo": cmd_demo,
     "bootstrap-host": cmd_bootstrap_host,

@@ -32,3 +32,30 @@ def role_of(store: Store, token: str) -> str | None:
         "SELECT role FROM tokens WHERE token_hash = ? AND revoked_at IS NULL", (hash_token(token),)
     )
     return row["role"] if row else None
+
+
+def list_tokens(store: Store) -> list[dict]:
+    """Every token's id, name, role and dates; never the token or its hash."""
+    from primary.timestamps import iso
+
+    rows = store.query("SELECT id, name, role, created_at, revoked_at FROM tokens ORDER BY id")
+    return [
+        {
+            "id": r["id"],
+            "name": r["name"],
+            "role": r["role"],
+            "created_at": iso(r["created_at"]),
+            "revoked_at": iso(r["revoked_at"]),
+        }
+        for r in rows
+    ]
+
+
+def revoke_token(store: Store, token_id: int) -> bool:
+    """Revoke by id; False when there is no such live token. It stops working at once."""
+    with store.transaction() as conn:
+        cur = conn.execute(
+            "UPDATE tokens SET revoked_at = ? WHERE id = ? AND revoked_at IS NULL",
+            (time.time(), token_id),
+        )
+    return cur.rowcount == 1
