@@ -11,6 +11,7 @@ import socket
 import ssl
 import threading
 import urllib.parse
+from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -65,17 +66,23 @@ def agent_context(home: Path) -> ssl.SSLContext:
     return ctx
 
 
+ContextSource = ssl.SSLContext | Callable[[], ssl.SSLContext]
+
+
 class Client:
     def __init__(
-        self, base_url: str, context: ssl.SSLContext, timeout: float = REQUEST_TIMEOUT_SECONDS
+        self, base_url: str, context: ContextSource, timeout: float = REQUEST_TIMEOUT_SECONDS
     ) -> None:
+        """`context` may be a function returning the current context: after a certificate
+        renewal the next request reconnects with the new one."""
         url = urllib.parse.urlsplit(base_url)
         if url.scheme != "https" or not url.hostname:
             raise ValueError(f"not an https URL: {base_url!r}")
         self._host = url.hostname
         self._port = url.port or 443
         self._prefix = url.path.rstrip("/")
-        self._context = context
+        self._context_source = context if callable(context) else (lambda: context)
+        self._conn_context: ssl.SSLContext | None = None
         self._timeout = timeout
         self._conn: http.client.HTTPSConnection | None = None
         self._reused = False
@@ -145,11 +152,16 @@ class Client:
                 socket.socket.shutdown(sock, socket.SHUT_RDWR)
 
     def _connection(self) -> tuple[http.client.HTTPSConnection, bool]:
+        context = self._context_source()
         with self._lock:
+            if self._conn is not None and self._conn_context is not context:
+                self._conn.close()  # made with an older certificate: reconnect with the new
+                self._conn = None
             if self._conn is None:
                 self._conn = http.client.HTTPSConnection(
-                    self._host, self._port, context=self._context, timeout=self._timeout
+                    self._host, self._port, context=context, timeout=self._timeout
                 )
+                self._conn_context = context
                 self._reused = False
             return self._conn, self._reused
 
@@ -162,12 +174,13 @@ class ClientPool:
     idle are caught by Client's one retry on a fresh connection.
     """
 
-    def __init__(self, base_url: str, context: ssl.SSLContext, keep: int = 8) -> None:
+    def __init__(self, base_url: str, context: ContextSource, keep: int = 8) -> None:
         self._base_url = base_url
         self._context = context
         self._keep = keep
         self._idle: list[Client] = []
         self._lock = threading.Lock()
+        self._closed = False
 
     def acquire(self) -> Client:
         with self._lock:
@@ -179,14 +192,14 @@ class ClientPool:
         """Take a client back; one that was aborted, or one too many, is closed."""
         if not client.aborted:
             with self._lock:
-                if len(self._idle) < self._keep:
+                if not self._closed and len(self._idle) < self._keep:
                     self._idle.append(client)
                     return
         client.close()
 
     def close(self) -> None:
         with self._lock:
-            idle, self._idle = self._idle, []
+            idle, self._idle, self._closed = self._idle, [], True
         for client in idle:
             client.close()
 

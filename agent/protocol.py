@@ -48,3 +48,4 @@ MAX_SLOTS = 64
 
 # Names of pipelines, jobs and workers: safe in URLs, file names and log headers.
 NAME_RE = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._-]{0,63}$")
+RENEW_PATH = "/agent/v1/renew"  # a new certificate for the worker, over mutual TLS

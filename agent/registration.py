@@ -9,6 +9,7 @@ import json
 import os
 import socket
 import ssl
+import time
 import urllib.parse
 import warnings
 from pathlib import Path
@@ -26,6 +27,7 @@ from agent.home import (
     write_atomic,
 )
 from agent.protocol import NAME_RE, REGISTER_PATH
+from agent.renewal import renew_after
 
 __all__ = ["RegistrationError", "is_registered", "read_secret", "register"]
 
@@ -87,6 +89,7 @@ def register(
         "slots": slots,
         "primary_url": primary_url,
         "agent_url": answer["agent_url"],
+        "renew_after": renew_after(answer["certificate"].encode(), time.time()),
     }
     _write_home(
         home,

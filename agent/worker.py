@@ -15,7 +15,7 @@ from typing import Any
 
 import psutil
 
-from agent import __version__
+from agent import __version__, renewal
 from agent.assignment import parse_assignment
 from agent.backoff import Backoff, short_pause
 from agent.client import Client, ClientPool, TransportError, agent_context
@@ -62,8 +62,11 @@ class Agent:
         self._force_delivery = force_delivery
         self._runs: dict[tuple[int, int], RunHandle] = {}
         self._lock = threading.Lock()
-        self._poll_client = Client(self._agent_url, self._context)
-        self._pool = ClientPool(self._agent_url, self._context)
+        renewal.recover(self.home)
+        # Clients read the context at each connect: a renewal swaps it for all of them.
+        self._poll_client = Client(self._agent_url, lambda: self._context)
+        self._pool = ClientPool(self._agent_url, lambda: self._context)
+        self._renew_at = renewal.next_renewal(self.home)
         self._poll_interrupted = False
         # Plain attributes, not Events: signal handlers set them, and taking a lock inside
         # a signal handler can deadlock the main thread.
@@ -181,6 +184,8 @@ class Agent:
         backoff = Backoff()
         failing = False
         while not self.stop.is_set():
+            if time.time() >= self._renew_at:
+                self._renew_certificate()
             started = time.monotonic()
             try:
                 resp = self._poll_client.post_json(
@@ -208,6 +213,24 @@ class Agent:
             log.log(logging.DEBUG if failing else logging.WARNING, "%s; retrying", problem)
             failing = True
             self.stop.wait(backoff.next_delay())
+
+    def _renew_certificate(self) -> None:
+        """New key and certificate, without interrupting runs."""
+        try:
+            self._renew_at = renewal.renew(self.home, self._poll_client)
+        except (renewal.RenewalError, TransportError) as e:
+            log.warning(
+                "certificate renewal failed (%s); trying again in %.0f s", e, renewal.RETRY_SECONDS
+            )
+            self._renew_at = time.time() + renewal.RETRY_SECONDS
+            return
+        # Every client reconnects with the new pair on its next request; until then open
+        # connections finish with the old one, which the primary still accepts.
+        self._context = agent_context(self.home)
+        log.info(
+            "renewed the worker certificate; next renewal at %s",
+            time.strftime("%Y-%m-%d %H:%M:%S", time.localtime(self._renew_at)),
+        )
 
     def _poll_body(self) -> dict[str, Any]:
         return {

@@ -96,3 +96,9 @@ def fetch_file(run_id: int, path: str):
 @require_worker
 def update_self():
     return jsonify(workers.update_from_host(primary_of_app(), g.worker, json_body()))
+
+
+@bp.post("/renew")  # RENEW_PATH
+@require_worker
+def renew():
+    return jsonify(workers.renew_certificate(primary_of_app(), g.worker, json_body()))

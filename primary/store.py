@@ -109,6 +109,11 @@ MIGRATIONS: list[str] = [
         SELECT id, attempt, worker_id, worker_name, COALESCE(assigned_at, created_at)
         FROM runs WHERE attempt > 0 AND worker_id IS NOT NULL;
     """,
+    # 4: certificate renewal keeps the previous certificate valid until it expires.
+    """
+    ALTER TABLE workers ADD COLUMN prev_cert_serial TEXT;
+    ALTER TABLE workers ADD COLUMN prev_cert_not_after REAL;
+    """,
 ]
 
 

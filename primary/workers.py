@@ -90,15 +90,23 @@ def authenticate(primary: Primary, worker_id: str | None, serial: str | None) ->
     """The worker behind a verified client certificate, or 403.
 
     TLS only proves the certificate was signed by our CA; the worker must still exist and
-    this must be the certificate we issued it last."""
+    this must be the certificate we issued it last — or, after a renewal, the one before it
+    until it expires, so connections the agent opened with it finish their work."""
     row = None
     if worker_id and serial:
         row = primary.store.query_one("SELECT * FROM workers WHERE id = ?", (worker_id,))
+    now = time.time()
+    if (
+        row is not None
+        and row["prev_cert_serial"]
+        and _same_serial(row["prev_cert_serial"], serial)
+    ) and row["prev_cert_not_after"] >= now:
+        return dict(row)
     if row is None or not _same_serial(row["cert_serial"], serial):
         err = Forbidden("this certificate does not belong to a registered worker")
         err.code = CODE_UNKNOWN_WORKER
         raise err
-    if row["cert_not_after"] < time.time():
+    if row["cert_not_after"] < now:
         err = Forbidden("this worker's certificate has expired")
         err.code = CODE_UNKNOWN_WORKER
         raise err
@@ -269,3 +277,24 @@ def delete_worker(primary: Primary, worker_id: str) -> dict:
     primary.waiters.wake(row["id"])  # its held poll answers now; the next one is refused
     plan(primary)
     return {"id": row["id"], "name": row["name"], "deleted": True}
+
+
+def renew_certificate(primary: Primary, worker: dict, body: dict) -> dict:
+    """Sign a new CSR for the calling worker (mutual TLS proves it holds the current key).
+    The previous certificate stays valid until it expires; the one before it is dropped."""
+    csr = body.get("csr")
+    if not isinstance(csr, str):
+        raise BadRequest("csr: must be a PEM certificate signing request")
+    lifetime = datetime.timedelta(days=primary.config.worker_cert_days)
+    try:
+        issued = primary.ca.issue_worker(csr, worker["id"], lifetime)
+    except CsrError as exc:
+        raise BadRequest(f"csr: {exc}") from None
+    with primary.store.transaction() as conn:
+        conn.execute(
+            "UPDATE workers SET prev_cert_serial = cert_serial,"
+            " prev_cert_not_after = cert_not_after, cert_serial = ?, cert_not_after = ?"
+            " WHERE id = ?",
+            (issued.serial, issued.not_after.timestamp(), worker["id"]),
+        )
+    return {"certificate": issued.pem, "expires": iso(issued.not_after.timestamp())}

@@ -6,6 +6,7 @@ import socket
 import stat
 import subprocess
 import sys
+import time
 
 import pytest
 from cryptography import x509
@@ -44,7 +45,12 @@ def do_register(public, ca, home, **kw):
 def test_register_writes_a_private_home(public, files, tmp_path, pki):
     ca, _ = files
     home = tmp_path / "agent-home"
+    before = time.time()
     config = do_register(public, ca, home)
+    # Renewal is due two thirds of the way from receipt to the certificate's expiry.
+    cert = x509.load_pem_x509_certificate((home / "worker.crt").read_bytes())
+    lifetime = cert.not_valid_after_utc.timestamp() - before
+    assert before + lifetime * 0.66 < config.pop("renew_after") < time.time() + lifetime * 0.67
     assert config == {
         "worker_id": "w-1",
         "name": "w1",
@@ -53,7 +59,10 @@ def test_register_writes_a_private_home(public, files, tmp_path, pki):
         "primary_url": public.url,
         "agent_url": f"https://localhost:{public.port + 1}",
     }
-    assert json.loads((home / "config.json").read_text()) == config
+    assert json.loads((home / "config.json").read_text()) == {
+        **config,
+        "renew_after": load_config(home)["renew_after"],
+    }
     assert mode(home) == 0o700
     for name in ("worker.key", "worker.crt", "ca.pem", "config.json"):
         assert mode(home / name) == 0o600, name
@@ -66,7 +75,7 @@ def test_register_writes_a_private_home(public, files, tmp_path, pki):
     cert = x509.load_pem_x509_certificate((home / "worker.crt").read_bytes())
     fmt = (serialization.Encoding.DER, serialization.PublicFormat.SubjectPublicKeyInfo)
     assert cert.public_key().public_bytes(*fmt) == key.public_key().public_bytes(*fmt)
-    assert is_registered(home) and load_config(home) == config
+    assert is_registered(home) and load_config(home)["worker_id"] == config["worker_id"]
     assert not [p for p in home.iterdir() if p.name.endswith(".tmp")]
 
 
