@@ -76,6 +76,15 @@ def build_parser() -> argparse.ArgumentParser:
 
     token_cli.add_parser(sub, _data_dir)
 
+    p = sub.add_parser("server-cert", help="re-issue the server certificate with new names")
+    p.add_argument(
+        "--hostname",
+        action="append",
+        required=True,
+        help="name or address agents and admins use (repeatable)",
+    )
+    _data_dir(p)
+
     p = sub.add_parser("stop", help="stop a primary serving this data dir (SIGTERM)")
     _data_dir(p)
 
@@ -205,6 +214,22 @@ def _worker_line(w: dict) -> str:
     return f"{w['name']}  {w['state']}  tags={tags}  slots={w['slots_used']}/{w['slots']}"
 
 
+def cmd_server_cert(args) -> int:
+    from agent.home import write_atomic
+    from primary.context import open_primary
+    from primary.initdir import DEFAULT_HOSTNAMES
+
+    primary = open_primary(PrimaryConfig(data_dir=args.data_dir))
+    names = list(dict.fromkeys([*args.hostname, *DEFAULT_HOSTNAMES]))
+    cert, key = primary.ca.issue_server(names)
+    primary.vault.set("server_key", key)  # the key first: a cert without its key is useless
+    write_atomic(primary.data.server_cert, cert.encode(), 0o644)
+    print(f"issued a server certificate for {', '.join(names)}")
+    print("restart the primary (cifleet-primary stop, then serve) to use it; agents keep")
+    print("trusting it, since it comes from the same fleet CA")
+    return 0
+
+
 def cmd_stop(args) -> int:
     pidfile = args.data_dir / "primary.pid"
     try:
@@ -261,6 +286,7 @@ COMMANDS = {
     "secret": cmd_secret,
     "worker": cmd_worker,
     "token": token_cli.run,
+    "server-cert": cmd_server_cert,
     "stop": cmd_stop,
     "demo": cmd_demo,
     "bootstrap-host": cmd_bootstrap_host,

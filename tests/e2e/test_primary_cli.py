@@ -84,3 +84,30 @@ def test_demo_command_runs_the_example_and_says_how_to_stop(tmp_path):
     finally:
         stop = _primary_cli("stop", "--data-dir", str(data))
     assert stop.returncode == 0
+
+
+def test_the_server_certificate_is_reissued_with_new_names(tmp_path):
+    import socket
+    import ssl
+
+    from cryptography import x509
+    from cryptography.hazmat.primitives.serialization import Encoding
+
+    primary = init_primary(tmp_path, "--primary-worker-slots", "0")
+    issued = _primary_cli(
+        "server-cert", "--hostname", "ci.new.example", "--data-dir", str(primary.data_dir)
+    )
+    assert issued.returncode == 0 and "ci.new.example" in issued.stdout
+    primary.start()
+    try:
+        context = ssl.create_default_context(cafile=str(primary.ca_file))
+        with (
+            socket.create_connection(("127.0.0.1", primary.api_port)) as raw,
+            context.wrap_socket(raw, server_hostname="127.0.0.1") as tls,
+        ):
+            served = x509.load_der_x509_certificate(tls.getpeercert(binary_form=True))
+        sans = served.extensions.get_extension_for_class(x509.SubjectAlternativeName).value
+        assert "ci.new.example" in sans.get_values_for_type(x509.DNSName)
+        assert served.public_bytes(Encoding.PEM) == (primary.data_dir / "server.pem").read_bytes()
+    finally:
+        primary.stop()
