@@ -229,3 +229,21 @@ def test_the_queue_survives_a_primary_restart(primary, start_agent):
     runs = [primary.wait_run(r, timeout=60) for r in queued]
     assert [r["state"] for r in runs] == ["success"] * 3
     assert all(primary.job_log(r["id"], "w") == b"kept\n" for r in runs)
+
+
+def test_removing_a_worker_requeues_its_running_run_elsewhere(primary, start_agent):
+    start_agent("removed")
+    start_agent("remaining")
+    primary.client.json("POST", "/api/v1/workers/remaining/lock")  # the run starts on removed
+    primary.pipeline("name: moved\njobs:\n  - name: w\n    steps: ['echo on; sleep 3; echo off']\n")
+    run_id = primary.trigger("moved")
+    wait_for(lambda: primary.job_log(run_id, "w") == b"on\n", 20, "the job to start")
+    primary.client.json("POST", "/api/v1/workers/remaining/unlock")
+    primary.client.json("DELETE", "/api/v1/workers/removed")
+    run = primary.wait_run(run_id, timeout=30)
+    assert run["state"] == "success" and run["worker_name"] == "remaining"
+    assert [(a["worker_name"], a["outcome"]) for a in run["attempts"]] == [
+        ("removed", "lost"),
+        ("remaining", "success"),
+    ]
+    assert primary.job_log(run_id, "w") == b"on\noff\n"
