@@ -7,7 +7,7 @@ import signal
 import sys
 from pathlib import Path
 
-from primary import token_cli
+from primary import token_cli, user_cli
 from primary.config import PrimaryConfig
 from primary.initdir import InitError, initialise, new_worker_secret
 from primary.vault import VaultError
@@ -75,6 +75,7 @@ def build_parser() -> argparse.ArgumentParser:
     _data_dir(p)
 
     token_cli.add_parser(sub, _data_dir)
+    user_cli.add_parser(sub, _data_dir)
 
     p = sub.add_parser("server-cert", help="re-issue the server certificate with new names")
     p.add_argument(
@@ -286,6 +287,7 @@ COMMANDS = {
     "secret": cmd_secret,
     "worker": cmd_worker,
     "token": token_cli.run,
+    "user": user_cli.run,
     "server-cert": cmd_server_cert,
     "stop": cmd_stop,
     "demo": cmd_demo,

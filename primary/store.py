@@ -114,6 +114,16 @@ MIGRATIONS: list[str] = [
     ALTER TABLE workers ADD COLUMN prev_cert_serial TEXT;
     ALTER TABLE workers ADD COLUMN prev_cert_not_after REAL;
     """,
+    # 5: people who log in to the web UI, with the same roles as API tokens.
+    """
+    CREATE TABLE users (
+        name TEXT PRIMARY KEY,
+        role TEXT NOT NULL,
+        password_hash TEXT NOT NULL,    -- scrypt$N$r$p$salt$hash
+        created_at REAL NOT NULL,
+        disabled_at REAL
+    );
+    """,
 ]
 
 

@@ -49,3 +49,26 @@ def test_a_viewer_reads_but_changes_nothing_and_revoked_tokens_stop_working(prim
     # Stored as hashes only: neither token appears in the store's files.
     stored = b"".join(p.read_bytes() for p in primary.data_dir.glob("cifleet.db*"))
     assert token.encode() not in stored and primary.token.encode() not in stored
+
+
+def test_users_are_created_with_the_password_on_stdin(primary):
+    def user_cli(*args, stdin=""):
+        return subprocess.run(
+            [str(BIN / "cifleet-primary"), "user", *args, "--data-dir", str(primary.data_dir)],
+            input=stdin,
+            capture_output=True,
+            text=True,
+            timeout=30,
+        )
+
+    assert user_cli("create", "ada", "--role", "admin", stdin="a long passphrase\n").returncode == 0
+    short = user_cli("create", "bob", stdin="short\n")
+    assert short.returncode == 2 and "at least 12 characters" in short.stderr
+    assert user_cli("list").stdout == "ada  admin  active\n"
+    from primary.store import Store
+    from primary.users import check_password
+
+    store = Store(primary.data_dir / "cifleet.db")
+    assert check_password(store, "ada", "a long passphrase") == "admin"
+    assert user_cli("disable", "ada").returncode == 0
+    assert check_password(store, "ada", "a long passphrase") is None
