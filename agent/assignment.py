@@ -19,6 +19,7 @@ class Job:
     env: dict[str, str] = field(default_factory=dict)
     timeout: float | None = None  # seconds; None: no limit
     needs: list[str] = field(default_factory=list)
+    secrets: list[str] = field(default_factory=list)  # names put into this job's environment
 
 
 @dataclass(frozen=True)
@@ -40,6 +41,9 @@ class Assignment:
     env: dict[str, str] = field(default_factory=dict)
     clean_workspace: bool = False  # empty the workspace before anything else
     files: list[StaticFile] = field(default_factory=list)
+    # Pipeline secrets' values: into the environment of the jobs that name them, and
+    # masked as *** in every job's log.
+    secrets: dict[str, str] = field(default_factory=dict, repr=False)
 
     @property
     def key(self) -> tuple[int, int]:
@@ -71,7 +75,11 @@ def parse_assignment(data: Any) -> Assignment:
     files = [_parse_file(f) for f in files_data]
     if len({f.path for f in files}) != len(files):
         raise ValueError("duplicate static file paths")
-    return Assignment(run_id, attempt, pipeline, jobs, _env(data.get("env")), clean, files)
+    secrets = _env(data.get("secrets"))
+    for job in jobs:
+        if set(job.secrets) - set(secrets):
+            raise ValueError(f"job {job.name}: names secrets the assignment does not carry")
+    return Assignment(run_id, attempt, pipeline, jobs, _env(data.get("env")), clean, files, secrets)
 
 
 def _parse_file(data: Any) -> StaticFile:
@@ -102,7 +110,10 @@ def _parse_job(data: Any) -> Job:
     needs = data.get("needs") or []
     if not isinstance(needs, list) or not all(isinstance(n, str) for n in needs):
         raise ValueError(f"job {name}: needs must be a list of job names")
-    return Job(name, list(steps), _env(data.get("env")), timeout, list(needs))
+    secrets = data.get("secrets") or []
+    if not isinstance(secrets, list) or not all(isinstance(n, str) for n in secrets):
+        raise ValueError(f"job {name}: secrets must be a list of names")
+    return Job(name, list(steps), _env(data.get("env")), timeout, list(needs), list(secrets))
 
 
 def _env(data: Any) -> dict[str, str]:

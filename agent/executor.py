@@ -20,6 +20,7 @@ from typing import Protocol
 
 from agent.assignment import Assignment, Job
 from agent.calls import Cancelled
+from agent.masking import MaskingPipe
 from agent.procs import kill_groups
 from agent.workspace import PrepareFailed
 
@@ -89,6 +90,7 @@ def job_env(
     )
     env.update(assignment.env)
     env.update(job.env)
+    env.update({name: assignment.secrets[name] for name in job.secrets})
     return env
 
 
@@ -194,6 +196,14 @@ class RunExecutor:
         # O_APPEND: every process writes at the current end, so output interleaves exactly
         # as written even when stdout and stderr (and background children) share the file.
         fd = os.open(path, os.O_WRONLY | os.O_APPEND | os.O_CREAT | os.O_CLOEXEC, 0o600)
+        # With secrets, output passes through a masking pipe first (same order, *** for
+        # each secret value); without, it goes straight to the file.
+        masking = (
+            MaskingPipe(fd, [v.encode() for v in self.assignment.secrets.values()])
+            if self.assignment.secrets
+            else None
+        )
+        out = masking.write_fd if masking else fd
         env = job_env(self.assignment, job, self.workspace, self._base_env)
         deadline = time.monotonic() + job.timeout if job.timeout else None
         pgids: list[int] = []
@@ -206,8 +216,8 @@ class RunExecutor:
                         cwd=self.workspace,
                         env=env,
                         stdin=subprocess.DEVNULL,
-                        stdout=fd,
-                        stderr=fd,
+                        stdout=out,
+                        stderr=out,
                         start_new_session=True,
                     )
                 except OSError as e:
@@ -234,6 +244,8 @@ class RunExecutor:
         finally:
             # Background processes a step started live until the end of the job, no longer.
             kill_groups(pgids, self._kill_grace)
+            if masking:
+                masking.finish()
             os.close(fd)
         return JobResult(state, exit_code, os.stat(path).st_size)
 

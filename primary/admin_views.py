@@ -2,7 +2,7 @@
 
 from flask import Blueprint, Response, jsonify, request
 
-from primary import pipelines, runs, static_files, workers
+from primary import pipeline_secrets, pipelines, runs, static_files, workers
 from primary.auth import primary_of_app, require_role
 from primary.errors import BadRequest, NotFound
 from primary.initdir import new_worker_secret
@@ -207,3 +207,23 @@ def delete_file(name: str, path: str):
 @require_role()
 def delete_worker(worker_id: str):
     return jsonify(workers.delete_worker(primary_of_app(), worker_id))
+
+
+@bp.get("/pipelines/<name>/secrets")
+@require_role(*VIEW)
+def list_secrets(name: str):
+    return jsonify({"secrets": pipeline_secrets.names(primary_of_app(), name)})
+
+
+@bp.put("/pipelines/<name>/secrets/<secret>")
+@require_role()
+def set_secret(name: str, secret: str):
+    value = request.get_data(cache=False)
+    return jsonify(pipeline_secrets.set_secret(primary_of_app(), name, secret, value))
+
+
+@bp.delete("/pipelines/<name>/secrets/<secret>")
+@require_role()
+def delete_secret(name: str, secret: str):
+    pipeline_secrets.delete_secret(primary_of_app(), name, secret)
+    return "", 204

@@ -17,7 +17,7 @@ from agent.protocol import (
     JOB_RUNNING,
     NAME_RE,
 )
-from primary import static_files
+from primary import pipeline_secrets, static_files
 from primary.context import Primary
 from primary.errors import ApiError, BadRequest, Forbidden, NotFound, conflict
 from primary.logs import LogGap
@@ -168,6 +168,7 @@ def _answer(primary: Primary, worker: dict, held: set[tuple[int, int]], body: di
                 "jobs": spec["jobs"],
                 "clean_workspace": bool(run["clean_workspace"]),
                 "files": static_files.manifest(primary, spec["name"]),
+                "secrets": pipeline_secrets.values_for(primary, spec),
             }
         )
     cancel = []

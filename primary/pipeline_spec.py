@@ -12,8 +12,8 @@ from agent.protocol import NAME_RE
 
 DEFAULT_JOB_TIMEOUT = 3600
 MAX_JOB_TIMEOUT = 7 * 24 * 3600
-PIPELINE_KEYS = {"name", "tags", "env", "jobs", "retries_on_lost"}
-JOB_KEYS = {"name", "steps", "env", "timeout", "needs"}
+PIPELINE_KEYS = {"name", "tags", "env", "secrets", "jobs", "retries_on_lost"}
+JOB_KEYS = {"name", "steps", "env", "secrets", "timeout", "needs"}
 
 
 class SpecError(ValueError):
@@ -68,6 +68,7 @@ def validate_pipeline(data: Any, lines: dict[str, int] | None = None) -> dict[st
     name = _name(data.get("name"), "name", fail)
     tags = _names(data.get("tags", []), "tags", fail)
     env = _env(data.get("env", {}), "env", fail)
+    secrets = _secret_names(data.get("secrets", []), "secrets", fail)
     retries = data.get("retries_on_lost", 1)
     if not isinstance(retries, int) or isinstance(retries, bool) or not 0 <= retries <= 10:
         raise fail("retries_on_lost", "must be a whole number from 0 to 10")
@@ -113,6 +114,11 @@ def validate_pipeline(data: Any, lines: dict[str, int] | None = None) -> dict[st
                 "name": job_name,
                 "steps": list(steps),
                 "env": _env(raw.get("env", {}), f"{where}.env", fail),
+                # Pipeline-wide secrets go to every job; the values come with the assignment.
+                "secrets": sorted(
+                    set(secrets)
+                    | set(_secret_names(raw.get("secrets", []), f"{where}.secrets", fail))
+                ),
                 "timeout": timeout,
                 "needs": needs,
             }
@@ -161,6 +167,14 @@ def _names(value: Any, field: str, fail) -> list[str]:
     if len(set(names)) != len(names):
         raise fail(field, "has duplicates")
     return names
+
+
+def _secret_names(value: Any, field: str, fail) -> list[str]:
+    if not isinstance(value, list) or not all(
+        isinstance(v, str) and v.isidentifier() and v.isascii() for v in value
+    ):
+        raise fail(field, "must be a list of environment variable names")
+    return list(value)
 
 
 def _env(value: Any, field: str, fail) -> dict[str, str]:

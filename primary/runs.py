@@ -3,9 +3,9 @@
 import json
 import time
 
-from primary import pipelines
+from primary import pipeline_secrets, pipelines
 from primary.context import Primary
-from primary.errors import NotFound, conflict
+from primary.errors import BadRequest, NotFound, conflict
 from primary.scheduler import end_run, plan
 from primary.timestamps import iso
 
@@ -30,6 +30,12 @@ def notify(primary: Primary) -> None:
 
 def create_run(primary: Primary, pipeline_name: str) -> int:
     spec = pipelines.get_spec(primary, pipeline_name)
+    unset = pipeline_secrets.missing(primary, spec)
+    if unset:
+        raise BadRequest(
+            f"secrets: {', '.join(unset)} not set for pipeline {pipeline_name!r} "
+            f"(PUT /api/v1/pipelines/{pipeline_name}/secrets/NAME)"
+        )
     now = time.time()
     with primary.store.transaction() as conn:
         cur = conn.execute(
