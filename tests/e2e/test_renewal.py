@@ -46,3 +46,26 @@ jobs:
         if agent is not None:
             agent.stop()
         primary.stop()
+
+
+def test_an_expired_certificate_is_refused(tmp_path):
+    import time
+
+    import pytest
+    from test_mutual_tls import _post_poll
+
+    primary = init_primary(
+        tmp_path, "--primary-worker-slots", "0", "--worker-cert-days", "0.0001"
+    )  # 8.6 s
+    primary.start()
+    try:
+        assert register_agent(primary, tmp_path, "lapsed").returncode == 0
+        home = tmp_path / "lapsed"
+        cert, key = str(home / "worker.crt"), str(home / "worker.key")
+        assert _post_poll(primary, cert, key)[0] == 200
+        expires = x509.load_pem_x509_certificate((home / "worker.crt").read_bytes())
+        time.sleep(max(0.0, expires.not_valid_after_utc.timestamp() - time.time()) + 1)
+        with pytest.raises(OSError):  # the TLS handshake fails: no application answer
+            _post_poll(primary, cert, key)
+    finally:
+        primary.stop()
