@@ -2,7 +2,7 @@
 worker's record on the primary.
 
 Exit codes: 0 ok, 2 usage/registration/config error, 3 the primary no longer knows this
-worker (a service manager should not restart it then).
+worker (a service manager should not restart it then). `check` adds 4: not registered.
 """
 
 import argparse
@@ -58,7 +58,22 @@ def _parser() -> argparse.ArgumentParser:
 
     run = sub.add_parser("run", help="run the worker loop until stopped")
     run.add_argument("--home", required=True, type=Path, metavar="DIR", help="agent home")
+    run.add_argument(
+        "--daemon",
+        action="store_true",
+        help="detach (for hosts without systemd); needs --pidfile and --log-file",
+    )
+    run.add_argument("--pidfile", type=Path, metavar="F", help="with --daemon: write the pid here")
+    run.add_argument("--log-file", type=Path, metavar="F", help="with --daemon: append logs here")
     run.set_defaults(func=_run)
+
+    chk = sub.add_parser(
+        "check",
+        help="is this home registered and its certificate accepted? "
+        "(exit 0 yes, 3 refused or expired, 4 not registered, 2 other error)",
+    )
+    chk.add_argument("--home", required=True, type=Path, metavar="DIR", help="agent home")
+    chk.set_defaults(func=_check)
 
     upd = sub.add_parser(
         "update-worker", help="change this worker's record on the primary (drain, tags, slots)"
@@ -100,6 +115,32 @@ def _register(args: argparse.Namespace) -> int:
 
 
 def _run(args: argparse.Namespace) -> int:
+    from agent.home import ConfigError, load_config
+    from agent.service import daemonize, pidfile_process_alive, remove_pidfile
+
+    if args.daemon:
+        if args.pidfile is None or args.log_file is None:
+            return _fail("--daemon needs --pidfile and --log-file")
+        pid = pidfile_process_alive(args.pidfile)
+        if pid is not None:
+            print(f"already running (pid {pid}); nothing changed")
+            return 0
+        try:
+            load_config(args.home)  # report a bad home here, before detaching
+        except ConfigError as e:
+            return _fail(str(e))
+        try:
+            daemonize(args.pidfile, args.log_file)
+        except OSError as e:
+            return _fail(f"cannot start the daemon: {e}")
+    try:
+        return _run_agent(args.home)
+    finally:
+        if args.daemon:
+            remove_pidfile(args.pidfile)
+
+
+def _run_agent(home: Path) -> int:
     from agent.home import ConfigError
     from agent.worker import Agent
 
@@ -109,14 +150,22 @@ def _run(args: argparse.Namespace) -> int:
         format="%(asctime)s %(levelname)s %(name)s: %(message)s",
     )
     try:
-        agent = Agent(args.home)
+        agent = Agent(home)
     except ConfigError as e:
         return _fail(str(e))
     except (ssl.SSLError, OSError) as e:
-        return _fail(f"cannot load the worker certificate or key from {args.home}: {e}")
+        return _fail(f"cannot load the worker certificate or key from {home}: {e}")
     _install_signal_handlers(agent)
     agent.run()
     return EXIT_UNKNOWN_WORKER if agent.unknown_worker else 0
+
+
+def _check(args: argparse.Namespace) -> int:
+    from agent.service import CHECK_OK, check
+
+    code, message = check(args.home)
+    print(message, file=sys.stdout if code == CHECK_OK else sys.stderr)
+    return code
 
 
 def _update_worker(args: argparse.Namespace) -> int:

@@ -249,7 +249,15 @@ def cmd_stop(args) -> int:
 
 
 def cmd_bootstrap_host(args) -> int:
-    from primary.bootstrap import BootstrapError, Target, bootstrap, password_from
+    try:
+        from primary.bootstrap import BootstrapError, Target, bootstrap, password_from
+    except ImportError as exc:
+        print(
+            f"cifleet-primary bootstrap-host needs the controller extra "
+            f"(pip install -e '.[controller]'): {exc}",
+            file=sys.stderr,
+        )
+        return 2
 
     try:
         target = Target.parse(args.target, args.port)

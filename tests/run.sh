@@ -6,7 +6,10 @@ cd "$(dirname "$0")/.."
 
 # System packages the suite uses, as "command:package"; each is installed only when its
 # command is missing (as root, or with sudo when present).
-needed=(git:git)
+# sshd/ssh-keygen: the playbook tests serve their "hosts" over a real local sshd;
+# systemd-analyze verifies the unit file the role renders.
+needed=(git:git sshd:openssh-server ssh:openssh-client ssh-keygen:openssh-client
+        systemd-analyze:systemd)
 packages=()
 for pair in "${needed[@]}"; do
   command -v "${pair%%:*}" >/dev/null 2>&1 || packages+=("${pair##*:}")
@@ -19,8 +22,10 @@ fi
 
 python3 -m venv .venv
 .venv/bin/python -m pip install -q --upgrade pip
-.venv/bin/python -m pip install -q -e '.[primary,test]'
+.venv/bin/python -m pip install -q -e '.[primary,controller,test]'
 .venv/bin/ruff check .
 .venv/bin/ruff format --check .
+.venv/bin/yamllint --strict .
+PATH="$PWD/.venv/bin:$PATH" ANSIBLE_CONFIG="$PWD/ansible.cfg" .venv/bin/ansible-lint --nocolor -q
 # pytest exits 5 when it collected nothing; set -e turns that, like any failure, into ours.
 .venv/bin/python -m pytest -q "$@"

@@ -1,0 +1,288 @@
+"""Fixtures for the playbook tests: a real sshd on loopback serving three "hosts"
+(127.0.0.2-4, one port), a real primary, and a generated inventory.
+
+Every host lives in its own folder under the session's tmp dir (install, home, config,
+logs, pidfile), so the role's paths point there and nothing touches the real system.
+"""
+
+import contextlib
+import json
+import os
+import re
+import shutil
+import signal
+import socket
+import subprocess
+import sys
+import time
+from dataclasses import dataclass
+from pathlib import Path
+
+import pytest
+from fleet import Primary, init_primary, wait_for
+
+REPO = Path(__file__).resolve().parents[2]
+BIN = Path(sys.executable).parent
+SSHD = shutil.which("sshd") or "/usr/sbin/sshd"
+ADDRESSES = ("127.0.0.2", "127.0.0.3", "127.0.0.4")
+HOST_TAGS = {"w2": ["alpha", "linux"], "w3": ["beta", "linux"], "w4": ["gamma", "linux"]}
+
+
+def pytest_configure(config):
+    config.addinivalue_line("markers", "ansible: playbook tests against a real sshd and primary")
+
+
+def _skip_reason() -> str | None:
+    if os.geteuid() != 0:
+        return "the playbook tests connect as root to a local sshd; run them as root"
+    if not Path(SSHD).exists():
+        return "sshd is not installed (tests/run.sh installs openssh-server)"
+    if shutil.which("ansible-playbook", path=str(BIN)) is None:
+        return "ansible-core is not installed in the venv"
+    return None
+
+
+def free_port_on(addresses) -> int:
+    """A port free on every address (sshd has no Port=0)."""
+    for _ in range(50):
+        with socket.socket() as s:
+            s.bind((addresses[0], 0))
+            port = s.getsockname()[1]
+        ok = True
+        for addr in addresses[1:]:
+            with socket.socket() as s:
+                try:
+                    s.bind((addr, port))
+                except OSError:
+                    ok = False
+        if ok:
+            return port
+    raise RuntimeError("no free port on all loopback addresses")
+
+
+@dataclass
+class Sshd:
+    port: int
+    client_key: Path
+    known_hosts: Path
+    proc: subprocess.Popen
+    root: Path
+
+
+def start_sshd(root: Path, addresses, extra: tuple[str, ...] = ()) -> Sshd:
+    root.mkdir(mode=0o700, parents=True, exist_ok=True)
+    host_key, client_key = root / "host_ed25519", root / "client_ed25519"
+    for key in (host_key, client_key):
+        if not key.exists():
+            subprocess.run(
+                ["ssh-keygen", "-q", "-t", "ed25519", "-N", "", "-f", str(key)], check=True
+            )
+    authorized = root / "authorized_keys"
+    authorized.write_text((root / "client_ed25519.pub").read_text())
+    authorized.chmod(0o600)
+    # sshd refuses to start without its privilege separation folder.
+    Path("/run/sshd").mkdir(mode=0o755, exist_ok=True)
+    port = free_port_on(addresses)
+    host_pub = (root / "host_ed25519.pub").read_text().split()
+    known_hosts = root / "known_hosts"
+    known_hosts.write_text(
+        "".join(f"[{a}]:{port} {host_pub[0]} {host_pub[1]}\n" for a in addresses)
+    )
+    args = [
+        SSHD,
+        "-D",
+        "-e",
+        "-f",
+        "/dev/null",
+        f"-oHostKey={host_key}",
+        f"-oPidFile={root / 'sshd.pid'}",
+        # sshd keeps the first value it gets for an option: the caller's come first.
+        *extra,
+        f"-oPort={port}",  # port before the addresses: ListenAddress uses the port seen so far
+        *[f"-oListenAddress={a}" for a in addresses],
+        "-oUsePAM=no",
+        "-oPermitRootLogin=prohibit-password",
+        "-oPasswordAuthentication=no",
+        "-oKbdInteractiveAuthentication=no",
+        "-oStrictModes=no",
+        f"-oAuthorizedKeysFile={authorized} .ssh/authorized_keys",
+        "-oSubsystem=sftp internal-sftp",
+        "-oMaxStartups=50",
+        "-oMaxSessions=50",
+    ]
+    log = open(root / "sshd.log", "ab")  # noqa: SIM115 - owned by the child process
+    proc = subprocess.Popen(args, stdin=subprocess.DEVNULL, stdout=log, stderr=log)
+    log.close()
+
+    def listening():
+        if proc.poll() is not None:
+            raise AssertionError(f"sshd exited: {(root / 'sshd.log').read_text()}")
+        with socket.socket() as s:
+            return s.connect_ex((addresses[-1], port)) == 0
+
+    wait_for(listening, 15, "sshd to listen")
+    return Sshd(port, client_key, known_hosts, proc, root)
+
+
+def stop_sshd(sshd: Sshd) -> None:
+    if sshd.proc.poll() is None:
+        sshd.proc.send_signal(signal.SIGTERM)
+        try:
+            sshd.proc.wait(10)
+        except subprocess.TimeoutExpired:
+            sshd.proc.kill()
+            sshd.proc.wait(5)
+
+
+@pytest.fixture(scope="session")
+def sshd(tmp_path_factory):
+    reason = _skip_reason()
+    if reason:
+        pytest.skip(reason)
+    server = start_sshd(tmp_path_factory.mktemp("sshd"), ADDRESSES)
+    yield server
+    stop_sshd(server)
+
+
+@dataclass
+class Host:
+    name: str
+    address: str
+    root: Path
+    tags: list[str]
+
+    @property
+    def home(self) -> Path:
+        return self.root / "home"
+
+    @property
+    def pidfile(self) -> Path:
+        return self.root / "run" / "agent.pid"
+
+    @property
+    def log(self) -> Path:
+        return self.root / "log" / "agent.log"
+
+    def agent_pid(self) -> int | None:
+        try:
+            pid = int(self.pidfile.read_text())
+            os.kill(pid, 0)
+            return pid
+        except (OSError, ValueError):
+            return None
+
+
+@dataclass
+class Lab:
+    primary: Primary
+    hosts: dict[str, Host]
+    inventory: Path
+    root: Path
+    env: dict
+
+    def playbook(self, name: str, *args: str, check: bool = True) -> subprocess.CompletedProcess:
+        result = subprocess.run(
+            [
+                str(BIN / "ansible-playbook"),
+                "-i",
+                str(self.inventory),
+                str(REPO / "playbooks" / name),
+                *args,
+            ],
+            capture_output=True,
+            text=True,
+            env=self.env,
+            timeout=600,
+            cwd=self.root,
+        )
+        with open(self.root / "ansible-output.log", "a") as f:
+            f.write(f"=== {name} {args}\n{result.stdout}\n{result.stderr}\n")
+        if check:
+            assert result.returncode == 0, result.stdout[-6000:] + result.stderr[-3000:]
+        return result
+
+
+def recap(output: str) -> dict[str, dict[str, int]]:
+    """The PLAY RECAP as {host: {"ok": n, "changed": n, ...}}."""
+    hosts = {}
+    for line in output.split("PLAY RECAP", 1)[1].splitlines():
+        m = re.match(r"^(\S+)\s+:\s+(.*)$", line.strip())
+        if m:
+            hosts[m.group(1)] = {k: int(v) for k, v in re.findall(r"(\w+)=(\d+)", m.group(2))}
+    return hosts
+
+
+def write_inventory(
+    path: Path, sshd: Sshd, primary: Primary, hosts: dict[str, Host], wheelhouse: Path
+):
+    python = "/usr/bin/python3" if Path("/usr/bin/python3").exists() else sys.executable
+    lines = ["[workers]"]
+    for h in hosts.values():
+        lines.append(
+            f"{h.name} ansible_host={h.address} "
+            f"cifleet_worker_tags='{json.dumps(h.tags)}' "
+            f"cifleet_worker_install_dir={h.root}/opt "
+            f"cifleet_worker_home={h.home} "
+            f"cifleet_worker_config_dir={h.root}/etc "
+            f"cifleet_worker_log_dir={h.root}/log "
+            f"cifleet_worker_pidfile={h.pidfile}"
+        )
+    lines += [
+        "",
+        "[workers:vars]",
+        "ansible_user=root",
+        f"ansible_port={sshd.port}",
+        f"ansible_ssh_private_key_file={sshd.client_key}",
+        # Host keys stay checked: known_hosts holds the generated host key.
+        "ansible_ssh_common_args='-o StrictHostKeyChecking=yes "
+        f"-o UserKnownHostsFile={sshd.known_hosts}'",
+        f"ansible_python_interpreter={python}",
+        f"cifleet_worker_python={python}",
+        f"cifleet_worker_primary_url={primary.url}",
+        f"cifleet_worker_ca_file={primary.ca_file}",
+        "cifleet_worker_secret_source=api",
+        f"cifleet_worker_admin_token_file={primary.data_dir / 'admin.token'}",
+        f"cifleet_worker_source_dir={REPO}",
+        f"cifleet_worker_wheelhouse={wheelhouse}",
+        f"cifleet_worker_controller_python={sys.executable}",
+        "cifleet_worker_user=root",
+        "cifleet_worker_group=root",
+        "cifleet_worker_create_user=false",
+        "cifleet_worker_service_manager=none",
+        "cifleet_worker_stop_timeout=30",
+        "cifleet_worker_wait_for_runs_timeout=60",
+    ]
+    path.write_text("\n".join(lines) + "\n")
+
+
+@pytest.fixture(scope="session")
+def lab(sshd, tmp_path_factory):
+    """A primary, three hosts and an inventory; every agent is stopped afterwards."""
+    root = tmp_path_factory.mktemp("lab")
+    primary = init_primary(root, "--primary-worker-slots", "0", "--heartbeat-timeout", "10")
+    primary.start()
+    hosts = {}
+    for (name, tags), address in zip(HOST_TAGS.items(), ADDRESSES, strict=True):
+        hosts[name] = Host(name, address, root / "hosts" / name, tags)
+        hosts[name].root.mkdir(parents=True)
+    inventory = root / "inventory"
+    write_inventory(inventory, sshd, primary, hosts, root / "wheelhouse")
+    env = {
+        **os.environ,
+        "ANSIBLE_CONFIG": str(REPO / "ansible.cfg"),
+        "ANSIBLE_ROLES_PATH": str(REPO / "roles"),
+        "ANSIBLE_LOCAL_TEMP": str(root / "ansible-local"),
+        "ANSIBLE_NOCOLOR": "1",
+        "ANSIBLE_FORCE_COLOR": "0",
+        "PATH": f"{BIN}:{os.environ.get('PATH', '')}",
+    }
+    yield Lab(primary, hosts, inventory, root, env)
+    for h in hosts.values():
+        pid = h.agent_pid()
+        if pid:
+            with contextlib.suppress(ProcessLookupError):
+                os.kill(pid, signal.SIGQUIT)
+    deadline = time.monotonic() + 20
+    while any(h.agent_pid() for h in hosts.values()) and time.monotonic() < deadline:
+        time.sleep(0.1)
+    primary.stop()
