@@ -3,7 +3,7 @@
 from flask import Blueprint, Response, current_app, g, jsonify, request
 
 from agent.protocol import MAX_LOG_CHUNK_BYTES
-from primary import dispatch, static_files, workers
+from primary import dispatch, long_poll, static_files, workers
 from primary.auth import primary_of_app, require_worker
 from primary.errors import ApiError, BadRequest
 from primary.register_views import json_body
@@ -23,7 +23,7 @@ def _attempt(body: dict) -> int:
 def poll():
     ext = current_app.extensions
     return jsonify(
-        dispatch.poll(
+        long_poll.poll(
             primary_of_app(), ext["cifleet.poll_gate"], g.worker, json_body(), ext["cifleet.stop"]
         )
     )

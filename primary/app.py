@@ -66,7 +66,7 @@ def create_agent_app(primary: Primary, stop: threading.Event | None = None) -> F
     `stop` ends held polls early when the primary shuts down."""
     app = _base_app(primary, "cifleet.agent")
     from primary import agent_views
-    from primary.dispatch import PollGate
+    from primary.long_poll import PollGate
 
     app.extensions["cifleet.poll_gate"] = PollGate(
         primary.config.agent_threads - AGENT_THREADS_RESERVED
