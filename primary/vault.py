@@ -4,6 +4,7 @@ The data key lives in `vault.key` (0600) beside it, or in the CIFLEET_VAULT_KEY 
 variable (hex) so an operator can keep it off the disk. It is not derived from the CA key.
 """
 
+import copy
 import fcntl
 import json
 import os
@@ -93,9 +94,10 @@ class Vault:
             self._stamp = stamp
 
     def get(self, name: str) -> Any:
+        """A copy: a caller changing what it got must not change the vault behind set()."""
         with self._lock:
             self._refresh()
-            return self._data[name]
+            return copy.deepcopy(self._data[name])
 
     def set(self, name: str, value: Any) -> None:
         lock_path = self._path.with_name(self._path.name + ".lock")
