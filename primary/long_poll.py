@@ -140,7 +140,7 @@ class PollGate:
     agent listener and starve log and status requests."""
 
     def __init__(self, limit: int):
-        self._slots = threading.BoundedSemaphore(max(limit, 0)) if limit > 0 else None
+        self._slots = threading.BoundedSemaphore(limit) if limit > 0 else None
 
     def try_hold(self) -> bool:
         return self._slots is not None and self._slots.acquire(blocking=False)
@@ -152,16 +152,11 @@ class PollGate:
 
 def poll(primary: Primary, gate: PollGate, worker: dict, body: dict, stop: threading.Event) -> dict:
     now = time.time()
-    was_inactive = (
-        worker["last_contact"] is None
-        or now - worker["last_contact"] > primary.config.heartbeat_timeout
-    )
     _touch(primary, worker, body, now)
     held = _held_runs(body)
     _renew_leases(primary, worker, held, now)
     event = primary.waiters.arm(worker["id"])
-    if was_inactive or primary.store.query_one("SELECT 1 FROM runs WHERE state = 'queued' LIMIT 1"):
-        plan(primary)
+    plan(primary)  # a worker back from inactive, or with a free slot, may take queued runs
     answer = _answer(primary, worker, held, body)
     if answer["assignments"] or answer["cancel"] or not body.get("wait") or stop.is_set():
         return answer

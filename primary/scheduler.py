@@ -231,14 +231,9 @@ def lose(conn, run, why: str, now: float) -> None:
 
 def load_candidates(primary: Primary, now: float) -> list[Candidate]:
     from agent import __version__
+    from primary.workers import slots_used
 
-    used = {
-        r["worker_id"]: r["n"]
-        for r in primary.store.query(
-            "SELECT worker_id, COUNT(*) AS n FROM runs WHERE state IN ('assigned', 'running')"
-            " GROUP BY worker_id"
-        )
-    }
+    used = slots_used(primary)
     candidates = []
     for w in primary.store.query("SELECT * FROM workers"):
         load = json.loads(w["load"]) if w["load"] else {}

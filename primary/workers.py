@@ -154,7 +154,8 @@ def describe(primary: Primary, row: dict, used: int, now: float) -> dict:
     }
 
 
-def _slots_used(primary: Primary) -> dict[str, int]:
+def slots_used(primary: Primary) -> dict[str, int]:
+    """Runs each worker holds (assigned or running): the slots it has in use."""
     rows = primary.store.query(
         "SELECT worker_id, COUNT(*) AS n FROM runs WHERE state IN ('assigned', 'running')"
         " GROUP BY worker_id"
@@ -163,7 +164,7 @@ def _slots_used(primary: Primary) -> dict[str, int]:
 
 
 def list_workers(primary: Primary) -> list[dict]:
-    used = _slots_used(primary)
+    used = slots_used(primary)
     now = time.time()
     rows = primary.store.query("SELECT * FROM workers ORDER BY name")
     return [describe(primary, dict(r), used.get(r["id"], 0), now) for r in rows]
@@ -175,7 +176,7 @@ def get_worker(primary: Primary, worker_id: str) -> dict:
     )
     if row is None:
         raise NotFound(f"no worker {worker_id!r}")
-    return describe(primary, dict(row), _slots_used(primary).get(row["id"], 0), time.time())
+    return describe(primary, dict(row), slots_used(primary).get(row["id"], 0), time.time())
 
 
 def _worker_row(conn, worker_id: str):
