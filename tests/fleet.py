@@ -3,10 +3,12 @@ each started as a subprocess on free loopback ports, stopped as a process group.
 
 import contextlib
 import functools
+import http.client
 import json
 import os
 import signal
 import socket
+import ssl
 import subprocess
 import sys
 import time
@@ -217,3 +219,46 @@ def init_primary(root: Path, *serve_args: str) -> Primary:
         serve_args=list(serve_args),
         log_path=root / "primary.log",
     )
+
+
+class AgentPeer:
+    """The agent protocol spoken by hand over mutual TLS, with a given certificate (or
+    none): for tests of what the agent port accepts and refuses."""
+
+    def __init__(self, primary: Primary, cert: Path | None = None, key: Path | None = None):
+        self.primary = primary
+        self.context = ssl.create_default_context(cafile=str(primary.ca_file))
+        if cert is not None:
+            self.context.load_cert_chain(str(cert), str(key))
+
+    @classmethod
+    def of_home(cls, primary: Primary, home: Path) -> "AgentPeer":
+        return cls(primary, home / "worker.crt", home / "worker.key")
+
+    def call(self, method: str, path: str, body: bytes | dict = b"") -> tuple[int, dict]:
+        raw = json.dumps(body).encode() if isinstance(body, dict) else body
+        conn = http.client.HTTPSConnection(
+            "127.0.0.1", self.primary.agent_port, context=self.context, timeout=30
+        )
+        try:
+            conn.request(method, path, body=raw, headers={"Content-Type": "application/json"})
+            response = conn.getresponse()
+            data = response.read()
+            return response.status, json.loads(data) if data.startswith(b"{") else {}
+        finally:
+            conn.close()
+
+    def poll(self) -> tuple[int, dict]:
+        """A poll that does not wait; (status, answer)."""
+        from agent import __version__
+
+        return self.call(
+            "POST",
+            "/agent/v1/poll",
+            {"wait": False, "runs": [], "version": __version__, "slots": 1},
+        )
+
+    def answer(self) -> dict:
+        status, answer = self.poll()
+        assert status == 200, answer
+        return answer

@@ -6,8 +6,7 @@ import http.client
 import json
 
 import pytest
-from fleet import register_agent
-from test_isolation import Worker
+from fleet import AgentPeer, register_agent
 
 REGISTER = "/api/v1/workers/register"
 
@@ -116,7 +115,7 @@ def _declared_length(port: int, context, path: str, length: int, headers: dict) 
 
 
 def test_oversize_bodies_are_refused_from_their_declared_length(primary):
-    before = _store_digest_empty(primary)
+    before = _pipelines(primary)
     status, body = _declared_length(
         primary.api_port,
         primary.client.context,
@@ -125,10 +124,10 @@ def test_oversize_bodies_are_refused_from_their_declared_length(primary):
         {"Authorization": f"Bearer {primary.token}", "Content-Type": "application/yaml"},
     )
     assert status == 413 and body["code"] == "too_large"
-    assert _store_digest_empty(primary) == before
+    assert _pipelines(primary) == before
 
 
-def _store_digest_empty(primary) -> str:
+def _pipelines(primary) -> str:
     return json.dumps(primary.client.json("GET", "/api/v1/pipelines"))
 
 
@@ -162,11 +161,11 @@ def test_registration_fields_are_validated_before_anything_is_stored(primary):
 
 def test_agent_log_offsets_and_sizes_are_checked(primary, fleet_root):
     assert register_agent(primary, fleet_root, "hostile").returncode == 0
-    worker = Worker(primary, fleet_root / "hostile")
-    worker.poll()
+    worker = AgentPeer.of_home(primary, fleet_root / "hostile")
+    worker.answer()
     primary.pipeline("name: base\njobs:\n  - name: j\n    steps: ['true']\n")
     run_id = primary.trigger("base")
-    [a] = worker.poll()["assignments"]
+    [a] = worker.answer()["assignments"]
     assert worker.call("POST", f"/agent/v1/runs/{run_id}/start", {"attempt": 1})[0] == 200
     log = f"/agent/v1/runs/{run_id}/jobs/j/log?attempt=1"
     assert worker.call("POST", log + "&offset=-1", b"x")[0] == 400

@@ -1,46 +1,16 @@
 """A worker may read and write only the runs assigned to it (403 otherwise); its own attempt
 that was taken back is refused as stale (409). Driven by hand over real mutual TLS."""
 
-import http.client
-import json
-import ssl
-
-from fleet import register_agent
-
-
-class Worker:
-    def __init__(self, primary, home):
-        self.primary = primary
-        self.context = ssl.create_default_context(cafile=str(primary.ca_file))
-        self.context.load_cert_chain(str(home / "worker.crt"), str(home / "worker.key"))
-
-    def call(self, method: str, path: str, body: bytes | dict = b"") -> tuple[int, dict]:
-        raw = json.dumps(body).encode() if isinstance(body, dict) else body
-        conn = http.client.HTTPSConnection(
-            "127.0.0.1", self.primary.agent_port, context=self.context, timeout=30
-        )
-        try:
-            conn.request(method, path, body=raw, headers={"Content-Type": "application/json"})
-            response = conn.getresponse()
-            data = response.read()
-            return response.status, json.loads(data) if data.startswith(b"{") else {}
-        finally:
-            conn.close()
-
-    def poll(self) -> dict:
-        status, answer = self.call(
-            "POST", "/agent/v1/poll", {"wait": False, "runs": [], "version": "0.1.0", "slots": 1}
-        )
-        assert status == 200, answer
-        return answer
+from fleet import AgentPeer, register_agent
 
 
 def test_workers_only_touch_their_own_runs(primary, fleet_root):
     for name in ("iso-a", "iso-b"):
         assert register_agent(primary, fleet_root, name).returncode == 0
-    a, b = Worker(primary, fleet_root / "iso-a"), Worker(primary, fleet_root / "iso-b")
-    b.poll()  # both active; iso-a sorts first, so it is chosen
-    a.poll()
+    a = AgentPeer.of_home(primary, fleet_root / "iso-a")
+    b = AgentPeer.of_home(primary, fleet_root / "iso-b")
+    b.answer()  # both active; iso-a sorts first, so it is chosen
+    a.answer()
     primary.pipeline("name: mine\njobs:\n  - name: j\n    steps: ['true']\n")
     primary.client.json(
         "PUT",
@@ -49,7 +19,7 @@ def test_workers_only_touch_their_own_runs(primary, fleet_root):
         content_type="application/octet-stream",
     )
     run_id = primary.trigger("mine")
-    [assignment] = a.poll()["assignments"]
+    [assignment] = a.answer()["assignments"]
     assert (assignment["run_id"], assignment["attempt"]) == (run_id, 1)
 
     for method, path, body in [
@@ -65,7 +35,7 @@ def test_workers_only_touch_their_own_runs(primary, fleet_root):
 
     # iso-a is drained before it confirmed: the assignment is taken back and goes to iso-b.
     primary.client.json("POST", "/api/v1/workers/iso-a/drain")
-    [again] = b.poll()["assignments"]
+    [again] = b.answer()["assignments"]
     assert (again["run_id"], again["attempt"]) == (run_id, 2)
     status, body_ = a.call("POST", f"/agent/v1/runs/{run_id}/start", {"attempt": 1})
     assert status == 409 and body_["code"] == "stale_attempt"

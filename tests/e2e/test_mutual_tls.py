@@ -2,7 +2,6 @@
 registration admits only the worker secret."""
 
 import datetime
-import http.client
 import json
 import sqlite3
 import ssl
@@ -13,40 +12,22 @@ from cryptography import x509
 from cryptography.hazmat.primitives import hashes, serialization
 from cryptography.hazmat.primitives.asymmetric import ec
 from cryptography.x509.oid import NameOID
-from fleet import BIN, register_agent
+from fleet import BIN, AgentPeer, register_agent
 
 from primary.ca import CertificateAuthority, create_ca
-
-
-def _post_poll(primary, cert: str | None, key: str | None) -> tuple[int, dict]:
-    context = ssl.create_default_context(cafile=str(primary.ca_file))
-    if cert:
-        context.load_cert_chain(cert, key)
-    conn = http.client.HTTPSConnection("127.0.0.1", primary.agent_port, context=context, timeout=10)
-    try:
-        conn.request(
-            "POST",
-            "/agent/v1/poll",
-            body=json.dumps({"wait": False, "runs": []}),
-            headers={"Content-Type": "application/json"},
-        )
-        response = conn.getresponse()
-        return response.status, json.loads(response.read())
-    finally:
-        conn.close()
 
 
 def test_registered_worker_is_admitted(primary, fleet_root):
     assert register_agent(primary, fleet_root, "w1").returncode == 0
     home = fleet_root / "w1"
-    status, body = _post_poll(primary, str(home / "worker.crt"), str(home / "worker.key"))
+    status, body = AgentPeer.of_home(primary, home).poll()
     assert status == 200
     assert body == {"assignments": [], "cancel": [], "delete_workspaces": [], "slots": 1}
 
 
 def test_client_without_certificate_is_refused(primary):
     with pytest.raises((ssl.SSLError, ConnectionError, OSError)):
-        _post_poll(primary, None, None)
+        AgentPeer(primary).poll()
 
 
 def test_certificate_from_another_ca_is_refused(primary, fleet_root):
@@ -71,18 +52,18 @@ def test_certificate_from_another_ca_is_refused(primary, fleet_root):
         )
     )
     with pytest.raises((ssl.SSLError, ConnectionError, OSError)):
-        _post_poll(primary, str(fleet_root / "intruder.crt"), str(fleet_root / "intruder.key"))
+        AgentPeer(primary, fleet_root / "intruder.crt", fleet_root / "intruder.key").poll()
 
 
 def test_certificate_of_a_worker_gone_from_the_store_is_refused(primary, fleet_root):
     assert register_agent(primary, fleet_root, "w1").returncode == 0
     home = fleet_root / "w1"
     cert, key = str(home / "worker.crt"), str(home / "worker.key")
-    assert _post_poll(primary, cert, key)[0] == 200
+    assert AgentPeer(primary, cert, key).poll()[0] == 200
     worker_id = json.loads((home / "config.json").read_text())["worker_id"]
     with sqlite3.connect(primary.data_dir / "cifleet.db") as db:
         assert db.execute("DELETE FROM workers WHERE id = ?", (worker_id,)).rowcount == 1
-    status, body = _post_poll(primary, cert, key)
+    status, body = AgentPeer(primary, cert, key).poll()
     assert status == 403 and body["code"] == "unknown_worker"
 
 
@@ -157,7 +138,7 @@ def test_deleted_worker_is_refused_at_once_and_its_agent_stops(primary, start_ag
     cert, key = str(agent.home / "worker.crt"), str(agent.home / "worker.key")
     answer = primary.client.json("DELETE", "/api/v1/workers/leaving")
     assert answer["deleted"] is True and answer["name"] == "leaving"
-    status, body = _post_poll(primary, cert, key)
+    status, body = AgentPeer(primary, cert, key).poll()
     assert status == 403 and body["code"] == "unknown_worker"
     assert primary.workers() == []
     # Its held poll was answered at once; the next one was refused, so the agent stopped.

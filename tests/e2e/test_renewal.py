@@ -2,7 +2,7 @@
 mutual TLS, without interrupting a running job — also past the old certificate's expiry."""
 
 from cryptography import x509
-from fleet import Agent, init_primary, register_agent
+from fleet import Agent, AgentPeer, init_primary, register_agent
 
 
 def test_the_agent_renews_its_certificate_during_a_job(tmp_path):
@@ -52,7 +52,6 @@ def test_an_expired_certificate_is_refused(tmp_path):
     import time
 
     import pytest
-    from test_mutual_tls import _post_poll
 
     primary = init_primary(
         tmp_path, "--primary-worker-slots", "0", "--worker-cert-days", "0.0001"
@@ -62,10 +61,10 @@ def test_an_expired_certificate_is_refused(tmp_path):
         assert register_agent(primary, tmp_path, "lapsed").returncode == 0
         home = tmp_path / "lapsed"
         cert, key = str(home / "worker.crt"), str(home / "worker.key")
-        assert _post_poll(primary, cert, key)[0] == 200
+        assert AgentPeer(primary, cert, key).poll()[0] == 200
         expires = x509.load_pem_x509_certificate((home / "worker.crt").read_bytes())
         time.sleep(max(0.0, expires.not_valid_after_utc.timestamp() - time.time()) + 1)
         with pytest.raises(OSError):  # the TLS handshake fails: no application answer
-            _post_poll(primary, cert, key)
+            AgentPeer(primary, cert, key).poll()
     finally:
         primary.stop()

@@ -50,7 +50,7 @@ def test_capacity_is_never_exceeded_and_runs_start_in_queue_order(primary, start
 
 def test_killed_agent_loses_its_run_which_finishes_elsewhere(primary, start_agent):
     a = start_agent("doomed")
-    b = start_agent("survivor")
+    start_agent("survivor")
     primary.pipeline("""
 name: fragile
 jobs:
@@ -73,7 +73,6 @@ jobs:
     lost_log = primary.data_dir / "logs" / str(run_id) / "1" / "work.log"
     assert lost_log.read_bytes().startswith(b"attempt 1\n")
     assert primary.worker("doomed")["state"] == "inactive"
-    del b
 
 
 def test_drain_lets_the_run_finish_and_starts_nothing_more(primary, start_agent):
