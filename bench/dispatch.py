@@ -40,6 +40,12 @@ def start_agents(primary, root: Path, count: int, slots: int) -> list[Agent]:
     return agents
 
 
+def stop_all(primary, agents: list[Agent]) -> None:
+    for agent in agents:
+        agent.stop()
+    primary.stop()
+
+
 def cpu_seconds(pid: int) -> float:
     """CPU time of a process and its reaped children (the agents' job processes)."""
     times = psutil.Process(pid).cpu_times()
@@ -70,9 +76,7 @@ def bench_latency(root: Path, runs: int) -> dict:
             stamp = int(marks.read_text().splitlines()[before])
             latencies.append((stamp - started) / 1e6)
     finally:
-        for agent in agents:
-            agent.stop()
-        primary.stop()
+        stop_all(primary, agents)
     return {
         "runs": runs,
         "p50_ms": round(statistics.median(latencies), 2),
@@ -108,9 +112,7 @@ def bench_throughput(root: Path, runs: int, agents_n: int = 4, slots: int = 4) -
             "agents": round(sum(cpu_seconds(a.proc.pid) for a in agents), 1),
         }
     finally:
-        for agent in agents:
-            agent.stop()
-        primary.stop()
+        stop_all(primary, agents)
     return {
         "runs": runs,
         "agents": agents_n,
