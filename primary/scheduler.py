@@ -229,32 +229,41 @@ def lose(conn, run, why: str, now: float) -> None:
         end_run(conn, run["id"], "lost", now, f"lost: {why}")
 
 
-def load_candidates(primary: Primary, now: float) -> list[Candidate]:
+def candidate_from_row(row, used: int, now: float, heartbeat_timeout: float) -> Candidate:
+    """What the planner (and the worker list, through `state_word`) knows of a worker row."""
     from agent import __version__
+
+    load = json.loads(row["load"]) if row["load"] else {}
+    cpus = max(int(load.get("cpus") or 1), 1)
+    return Candidate(
+        id=row["id"],
+        name=row["name"],
+        tags=tuple(json.loads(row["tags"])),
+        slots=row["slots"],
+        used=used,
+        active=row["last_contact"] is not None and now - row["last_contact"] <= heartbeat_timeout,
+        locked=bool(row["locked"]),
+        draining=bool(row["draining"]) or bool(load.get("draining")),
+        version_ok=row["version"] == __version__,
+        load1_per_cpu=float(load.get("load1") or 0.0) / cpus,
+        load5_per_cpu=float(load.get("load5") or 0.0) / cpus,
+    )
+
+
+def state_word(c: Candidate) -> str:
+    """One word for people: inactive, version mismatch, locked, draining or active."""
+    return _unavailable(c) or "active"
+
+
+def load_candidates(primary: Primary, now: float) -> list[Candidate]:
     from primary.workers import slots_used
 
     used = slots_used(primary)
-    candidates = []
-    for w in primary.store.query("SELECT * FROM workers"):
-        load = json.loads(w["load"]) if w["load"] else {}
-        cpus = max(int(load.get("cpus") or 1), 1)
-        candidates.append(
-            Candidate(
-                id=w["id"],
-                name=w["name"],
-                tags=tuple(json.loads(w["tags"])),
-                slots=w["slots"],
-                used=used.get(w["id"], 0),
-                active=w["last_contact"] is not None
-                and now - w["last_contact"] <= primary.config.heartbeat_timeout,
-                locked=bool(w["locked"]),
-                draining=bool(w["draining"]) or bool(load.get("draining")),
-                version_ok=w["version"] == __version__,
-                load1_per_cpu=float(load.get("load1") or 0.0) / cpus,
-                load5_per_cpu=float(load.get("load5") or 0.0) / cpus,
-            )
-        )
-    return candidates
+    timeout = primary.config.heartbeat_timeout
+    return [
+        candidate_from_row(w, used.get(w["id"], 0), now, timeout)
+        for w in primary.store.query("SELECT * FROM workers")
+    ]
 
 
 def plan(primary: Primary) -> int:

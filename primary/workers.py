@@ -121,19 +121,10 @@ def _same_serial(a: str, b: str) -> bool:
 
 
 def worker_state(primary: Primary, row: dict, now: float) -> str:
-    """One word for people: inactive, version mismatch, locked, draining or active."""
-    from agent import __version__
+    """One word for people, derived exactly as the planner sees the worker."""
+    from primary.scheduler import candidate_from_row, state_word
 
-    if row["last_contact"] is None or now - row["last_contact"] > primary.config.heartbeat_timeout:
-        return "inactive"
-    if row["version"] != __version__:
-        return "version mismatch"
-    if row["locked"]:
-        return "locked"
-    load = json.loads(row["load"]) if row["load"] else {}
-    if row["draining"] or load.get("draining"):
-        return "draining"
-    return "active"
+    return state_word(candidate_from_row(row, 0, now, primary.config.heartbeat_timeout))
 
 
 def describe(primary: Primary, row: dict, used: int, now: float) -> dict:

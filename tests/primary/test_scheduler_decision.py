@@ -2,7 +2,15 @@
 
 import pytest
 
-from primary.scheduler import Candidate, Home, choose_worker, tags_match
+from agent import __version__
+from primary.scheduler import (
+    Candidate,
+    Home,
+    candidate_from_row,
+    choose_worker,
+    state_word,
+    tags_match,
+)
 
 
 def w(name, tags=(), slots=1, used=0, active=True, **kw) -> Candidate:
@@ -141,3 +149,46 @@ def test_a_moved_pipeline_never_goes_back_to_the_home_it_leaves():
     decision = choose_worker((), candidates, Home(HOME))
     assert decision.worker_name == "other"
     assert "home: passed over, the home being left" in decision.reasons
+
+
+def _row(**changes) -> dict:
+    row = {
+        "id": "w1",
+        "name": "one",
+        "tags": '["linux"]',
+        "slots": 2,
+        "last_contact": 1000.0,
+        "locked": 0,
+        "draining": 0,
+        "version": __version__,
+        "load": '{"cpus": 4, "load1": 2.0, "load5": 6.0}',
+    }
+    return {**row, **changes}
+
+
+@pytest.mark.parametrize(
+    "changes, word",
+    [
+        ({}, "active"),
+        ({"last_contact": None}, "inactive"),
+        ({"last_contact": 969.0}, "inactive"),  # 31 s ago, timeout 30 s
+        ({"last_contact": None, "locked": 1}, "inactive"),  # not heard of beats locked
+        ({"version": "0.0.0-old"}, "version mismatch"),
+        ({"version": "0.0.0-old", "locked": 1}, "version mismatch"),
+        ({"locked": 1, "draining": 1}, "locked"),
+        ({"draining": 1}, "draining"),
+        ({"load": '{"draining": true}'}, "draining"),  # the agent says it drains (SIGTERM)
+    ],
+)
+def test_the_state_people_see_is_the_one_the_planner_uses(changes, word):
+    candidate = candidate_from_row(_row(**changes), used=1, now=1000.0, heartbeat_timeout=30.0)
+    assert state_word(candidate) == word
+    chosen = choose_worker(("linux",), [candidate], None).worker_id
+    assert (chosen is not None) == (word == "active")
+
+
+def test_a_row_becomes_a_candidate_with_its_load_per_core():
+    candidate = candidate_from_row(_row(), used=1, now=1000.0, heartbeat_timeout=30.0)
+    assert candidate.tags == ("linux",)
+    assert (candidate.slots, candidate.used) == (2, 1)
+    assert (candidate.load1_per_cpu, candidate.load5_per_cpu) == (0.5, 1.5)
