@@ -1,6 +1,6 @@
 """Flask application factories: one app per listener, sharing one Primary.
 
-The public app (admin API, registration, health, later the UI) and the agent app (mutual
+The public app (admin API, registration, health, the web UI) and the agent app (mutual
 TLS only) are separate WSGI apps, so no agent route is reachable on the public port and no
 admin route on the agent port.
 """
@@ -54,10 +54,11 @@ def create_app(config: PrimaryConfig | Primary) -> Flask:
     app.extensions["cifleet.registration_limiter"] = FailureLimiter(
         primary.config.registration_failures, primary.config.registration_window
     )
-    from primary import admin_views, register_views
+    from primary import admin_views, register_views, ui
 
     app.register_blueprint(register_views.bp)
     app.register_blueprint(admin_views.bp)
+    ui.init_app(app, primary)
     return app
 
 

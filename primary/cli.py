@@ -9,7 +9,7 @@ from pathlib import Path
 
 from primary import token_cli, user_cli
 from primary.config import PrimaryConfig
-from primary.initdir import InitError, initialise, new_worker_secret
+from primary.initdir import InitError, initialise
 from primary.vault import VaultError
 
 
@@ -168,7 +168,9 @@ def cmd_secret(args) -> int:
     if args.action == "show":
         print(primary.vault.get("worker_secret"))
     else:
-        primary.vault.set("worker_secret", new_worker_secret())
+        from primary.workers import rotate_secret
+
+        rotate_secret(primary)
         print("the worker secret was rotated; registered workers stay connected")
         print("show the new one with: cifleet-primary secret show --data-dir DIR")
     return 0

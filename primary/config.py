@@ -31,6 +31,9 @@ class PrimaryConfig:
     # Failed registrations (wrong secret, bad request) allowed per source address and window.
     registration_failures: int = 10
     registration_window: float = 300.0
+    # Failed web UI logins allowed per source address and window.
+    login_failures: int = 10
+    login_window: float = 300.0
     max_request_bytes: int = 8 << 20
     max_static_file_bytes: int = 256 << 20
     extra: dict = field(default_factory=dict)

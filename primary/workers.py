@@ -11,6 +11,7 @@ from agent.protocol import CODE_UNKNOWN_WORKER, NAME_RE
 from primary.ca import CsrError
 from primary.context import Primary
 from primary.errors import BadRequest, Forbidden, NotFound, Unauthorized, conflict
+from primary.initdir import new_worker_secret
 from primary.timestamps import iso
 
 MAX_SLOTS = 64
@@ -23,6 +24,14 @@ def check_secret(primary: Primary, secret: Any) -> None:
         err = Unauthorized("the worker secret is missing or wrong")
         err.code = "bad_secret"
         raise err
+
+
+def rotate_secret(primary: Primary) -> str:
+    """Replace the worker secret; registered workers stay connected (they use certificates).
+    Returns the new secret."""
+    secret = new_worker_secret()
+    primary.vault.set("worker_secret", secret)
+    return secret
 
 
 def _validate_registration(body: dict) -> tuple[str, list[str], int, str, str]:
@@ -177,6 +186,15 @@ def _worker_row(conn, worker_id: str):
     if row is None:
         raise NotFound(f"no worker {worker_id!r}")
     return row
+
+
+# Admin actions on a worker's flags, by name: (flag, on).
+FLAG_ACTIONS = {
+    "lock": ("locked", True),
+    "unlock": ("locked", False),
+    "drain": ("draining", True),
+    "flood": ("draining", False),
+}
 
 
 def set_flag(primary: Primary, worker_id: str, flag: str, on: bool) -> dict:

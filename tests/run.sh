@@ -7,9 +7,10 @@ cd "$(dirname "$0")/.."
 # System packages the suite uses, as "command:package"; each is installed only when its
 # command is missing (as root, or with sudo when present).
 # sshd/ssh-keygen: the playbook tests serve their "hosts" over a real local sshd;
-# systemd-analyze verifies the unit file the role renders.
+# systemd-analyze verifies the unit file the role renders; chromium runs the UI tests
+# (driven by Playwright from the `test` extra; `playwright install` is never run).
 needed=(git:git sshd:openssh-server ssh:openssh-client ssh-keygen:openssh-client
-        systemd-analyze:systemd)
+        systemd-analyze:systemd chromium:chromium)
 packages=()
 for pair in "${needed[@]}"; do
   command -v "${pair%%:*}" >/dev/null 2>&1 || packages+=("${pair##*:}")

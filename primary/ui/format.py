@@ -1,0 +1,57 @@
+"""Small pure formatters the templates use (registered as Jinja filters)."""
+
+import datetime
+
+from flask import Flask
+
+
+def ago(iso_time: str | None, now: datetime.datetime | None = None) -> str:
+    """'never', 'just now', '42 s ago', '5 min ago', '3 h ago' or '2 d ago'."""
+    if not iso_time:
+        return "never"
+    then = datetime.datetime.fromisoformat(iso_time)
+    now = now or datetime.datetime.now(datetime.UTC)
+    seconds = int((now - then).total_seconds())
+    if seconds < 2:
+        return "just now"
+    for unit, size in (("d", 86400), ("h", 3600), ("min", 60)):
+        if seconds >= size:
+            return f"{seconds // size} {unit} ago"
+    return f"{seconds} s ago"
+
+
+def load_text(load: dict | None) -> str:
+    """A worker's reported load: '0.52 / 2 CPUs, mem 41%'; '–' before its first poll."""
+    if not load or "load1" not in load:
+        return "–"
+    cpus = int(load.get("cpus") or 1)
+    text = f"{float(load['load1']):.2f} / {cpus} CPU{'s' if cpus != 1 else ''}"
+    if "memory_percent" in load:
+        text += f", mem {float(load['memory_percent']):.0f}%"
+    return text
+
+
+def duration(seconds: float | None) -> str:
+    """'850 ms', '12.3 s', '4 min 05 s', '2 h 03 min'; '' when unknown."""
+    if seconds is None:
+        return ""
+    if seconds < 1:
+        return f"{seconds * 1000:.0f} ms"
+    if seconds < 60:
+        return f"{seconds:.1f} s"
+    minutes, secs = divmod(int(seconds), 60)
+    if minutes < 60:
+        return f"{minutes} min {secs:02d} s"
+    hours, minutes = divmod(minutes, 60)
+    return f"{hours} h {minutes:02d} min"
+
+
+def badge_class(state: str) -> str:
+    """CSS class of a state badge: 'version mismatch' -> 'badge badge-version-mismatch'."""
+    return "badge badge-" + state.replace(" ", "-").replace("_", "-")
+
+
+def install_filters(app: Flask) -> None:
+    app.jinja_env.filters.update(
+        ago=ago, load_text=load_text, duration=duration, badge_class=badge_class
+    )

@@ -1,0 +1,102 @@
+// cifleet UI: parts of a page that refresh themselves, forms posted in place, copy buttons.
+// Plain JavaScript, no build step. Markup hooks:
+//   <div data-refresh-url="/x/fragment" data-refresh-ms="2000">  replaced by the fragment
+//   <form method="post" data-inline>   posted with fetch(); the JSON {message} or {error}
+//                                      is shown in #messages, the enclosing region refreshed
+//   <form data-confirm="Really?">      asks before submitting
+//   <button data-copy="element-id">    copies that element's value or text
+(function () {
+  "use strict";
+  const FETCH_HEADERS = { "X-Requested-With": "fetch" };
+
+  function csrfToken() {
+    return document.querySelector('meta[name="csrf-token"]').content;
+  }
+
+  function say(text, isError) {
+    const box = document.getElementById("messages");
+    if (!box || !text) return;
+    const p = document.createElement("p");
+    p.className = isError ? "flash flash-error" : "flash";
+    p.textContent = text;
+    box.replaceChildren(p);
+  }
+
+  // Someone typing or with an editor open in the region: do not replace it under them.
+  function busy(region) {
+    const active = document.activeElement;
+    if (region.querySelector("details[open]")) return true;
+    return !!active && region.contains(active) && /^(INPUT|TEXTAREA|SELECT)$/.test(active.tagName);
+  }
+
+  async function refresh(region) {
+    const response = await fetch(region.dataset.refreshUrl, {
+      headers: FETCH_HEADERS, credentials: "same-origin", cache: "no-store",
+    });
+    if (response.status === 401) { location.reload(); return; } // the session ended: log in
+    if (!response.ok) return;
+    const html = await response.text();
+    if (busy(region)) return;
+    const focusedId = region.contains(document.activeElement) ? document.activeElement.id : "";
+    region.innerHTML = html;
+    if (focusedId) document.getElementById(focusedId)?.focus(); // keyboard users keep their place
+    region.dispatchEvent(new CustomEvent("cifleet:refreshed", { bubbles: true }));
+  }
+
+  function startRefresh(region) {
+    const interval = Number(region.dataset.refreshMs) || 2000;
+    const tick = async () => {
+      if (!document.hidden) {
+        try { await refresh(region); } catch (e) { /* a network blip: the next tick retries */ }
+      }
+      setTimeout(tick, interval);
+    };
+    setTimeout(tick, interval);
+  }
+
+  async function postInline(form) {
+    const response = await fetch(form.action, {
+      method: "POST", body: new FormData(form), headers: FETCH_HEADERS, credentials: "same-origin",
+    });
+    if (response.status === 401) { location.reload(); return; }
+    let body = {};
+    try { body = await response.json(); } catch (e) { /* not JSON: use the status below */ }
+    say(response.ok ? body.message : body.error || `failed: HTTP ${response.status}`, !response.ok);
+    if (!response.ok) return;
+    if (form.contains(document.activeElement)) document.activeElement.blur();
+    const details = form.closest("details");
+    if (details) details.open = false;
+    const region = form.closest("[data-refresh-url]");
+    if (region) await refresh(region);
+  }
+
+  document.addEventListener("submit", (event) => {
+    const form = event.target;
+    if (form.dataset.confirm && !window.confirm(form.dataset.confirm)) {
+      event.preventDefault();
+      return;
+    }
+    if (form.hasAttribute("data-inline")) {
+      event.preventDefault();
+      postInline(form).catch(() => say("the primary did not answer; try again", true));
+    }
+  });
+
+  document.addEventListener("click", async (event) => {
+    const button = event.target.closest("[data-copy]");
+    if (!button) return;
+    const source = document.getElementById(button.dataset.copy);
+    const text = "value" in source ? source.value : source.textContent;
+    try {
+      await navigator.clipboard.writeText(text);
+    } catch (e) {
+      if (source.select) { source.select(); document.execCommand("copy"); }
+    }
+    const label = button.dataset.label || (button.dataset.label = button.textContent);
+    button.textContent = "Copied";
+    setTimeout(() => { button.textContent = label; }, 1500);
+  });
+
+  document.querySelectorAll("[data-refresh-url]").forEach(startRefresh);
+  window.cifleet = { csrfToken, refresh, say, fetchHeaders: FETCH_HEADERS };
+})();

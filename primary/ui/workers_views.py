@@ -1,0 +1,59 @@
+"""Workers page: the fleet table (refreshed in place) and the admin actions on a worker."""
+
+from flask import Blueprint, render_template, request, url_for
+
+from primary import workers
+from primary.auth import primary_of_app
+from primary.errors import NotFound
+from primary.ui.fleet import parse_tags, workers_with_homes
+from primary.ui.respond import done
+from primary.ui.session import require_admin
+
+bp = Blueprint("workers", __name__, url_prefix="/workers")
+ACTION_WORDS = {"lock": "locked", "unlock": "unlocked", "drain": "draining", "flood": "flooded"}
+
+
+@bp.get("")
+def index():
+    return render_template("workers.html", workers=workers_with_homes(primary_of_app()))
+
+
+@bp.get("/table")
+def table():
+    """The table alone, for the page's periodic refresh."""
+    return render_template("workers_table.html", workers=workers_with_homes(primary_of_app()))
+
+
+@bp.post("/<worker_id>/flags/<action>")
+@require_admin
+def flag(worker_id: str, action: str):
+    if action not in workers.FLAG_ACTIONS:
+        raise NotFound(f"no worker action {action!r}; use lock, unlock, drain or flood")
+    name, on = workers.FLAG_ACTIONS[action]
+    worker = workers.set_flag(primary_of_app(), worker_id, name, on)
+    return done(f"{worker['name']}: {ACTION_WORDS[action]}", url_for(".index"), worker=worker)
+
+
+@bp.post("/<worker_id>/tags")
+@require_admin
+def tags(worker_id: str):
+    new_tags = parse_tags(request.form.get("tags", ""))
+    worker = workers.set_tags(primary_of_app(), worker_id, new_tags)
+    shown = ", ".join(worker["tags"]) or "none"
+    return done(f"{worker['name']}: tags {shown}", url_for(".index"), worker=worker)
+
+
+@bp.get("/<worker_id>/deregister")
+@require_admin
+def deregister_confirm(worker_id: str):
+    primary = primary_of_app()
+    worker = workers.get_worker(primary, worker_id)
+    homes = next(w["homes"] for w in workers_with_homes(primary) if w["id"] == worker["id"])
+    return render_template("worker_deregister.html", worker=worker, homes=homes)
+
+
+@bp.post("/<worker_id>/deregister")
+@require_admin
+def deregister(worker_id: str):
+    removed = workers.delete_worker(primary_of_app(), worker_id)
+    return done(f"{removed['name']} was de-registered", url_for(".index"))
