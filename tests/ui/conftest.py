@@ -106,16 +106,20 @@ def browser(playwright_driver, primary):
 @pytest.fixture
 def new_page(browser, primary, request, tmp_path):
     """Makes pages, each in its own browser context (its own cookies); at the end of the
-    test a screenshot of every page is saved to tmp_path/screenshots/."""
+    test a screenshot of every page is saved to tmp_path/screenshots/, and the test fails
+    if a page had a script error or a Content-Security-Policy violation."""
     from playwright.sync_api import expect
 
     expect.set_options(timeout=EXPECT_TIMEOUT_MS)
     pages = []
+    errors: list[str] = []
 
     def make():
         context = browser.new_context(viewport=VIEWPORT, base_url=primary.url)
         context.set_default_timeout(EXPECT_TIMEOUT_MS)
         page = context.new_page()
+        page.on("pageerror", lambda exc: errors.append(f"script error: {exc}"))
+        page.on("console", lambda msg: _console_error(msg, errors))
         pages.append(page)
         return page
 
@@ -125,6 +129,14 @@ def new_page(browser, primary, request, tmp_path):
     for i, page in enumerate(pages):
         page.screenshot(path=folder / f"{request.node.name}-{i}.png")
         page.context.close()
+    assert not errors, "\n".join(errors)
+
+
+def _console_error(msg, errors: list[str]) -> None:
+    # A refused request (403, 400 ...) is logged as "Failed to load resource": the tests
+    # make those on purpose. Anything else at error level is a defect of the page.
+    if msg.type == "error" and not msg.text.startswith("Failed to load resource"):
+        errors.append(f"console: {msg.text}")
 
 
 @pytest.fixture
