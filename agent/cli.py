@@ -156,7 +156,10 @@ def _run_agent(home: Path) -> int:
     except (ssl.SSLError, OSError) as e:
         return _fail(f"cannot load the worker certificate or key from {home}: {e}")
     _install_signal_handlers(agent)
-    agent.run()
+    try:
+        agent.run()
+    except ConfigError as e:  # another agent runs with this home
+        return _fail(str(e))
     return EXIT_UNKNOWN_WORKER if agent.unknown_worker else 0
 
 

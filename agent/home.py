@@ -8,9 +8,11 @@
 <home>/files/<pipeline>.json         static files fetched into that workspace: path -> sha256
 <home>/trash/                        deleted workspaces, being removed in the background
 <home>/spool/<run_id>-<attempt>/<job>.log   output not yet acknowledged by the primary
+<home>/agent.lock   held (flock) by the one agent process running with this home
 """
 
 import contextlib
+import fcntl
 import json
 import os
 import tempfile
@@ -25,6 +27,7 @@ WORKSPACES_DIR = "workspaces"
 SPOOL_DIR = "spool"
 FILES_DIR = "files"
 TRASH_DIR = "trash"
+LOCK_FILE = "agent.lock"
 
 CONFIG_KEYS = ("worker_id", "name", "tags", "slots", "primary_url", "agent_url")
 
@@ -109,3 +112,20 @@ def wipe_identity(home: Path) -> list[Path]:
             path.unlink()
             wiped.append(path)
     return wiped
+
+
+def lock_home(home: Path) -> int:
+    """Take the home's lock, held while the returned descriptor is open (the process's
+    lifetime at most): one agent process per home, so what it finds of an earlier process
+    there (jobs, spool) is that process's leftovers. ConfigError if another agent holds it.
+    """
+    fd = os.open(Path(home) / LOCK_FILE, os.O_RDWR | os.O_CREAT | os.O_CLOEXEC, 0o600)
+    try:
+        fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+    except BlockingIOError:
+        holder = os.pread(fd, 32, 0).decode(errors="replace").strip() or "unknown"
+        os.close(fd)
+        raise ConfigError(f"another agent (pid {holder}) is running with the home {home}") from None
+    os.ftruncate(fd, 0)
+    os.pwrite(fd, f"{os.getpid()}\n".encode(), 0)
+    return fd

@@ -9,6 +9,7 @@ import os
 import signal
 import time
 from collections.abc import Iterable
+from pathlib import Path
 
 import psutil
 
@@ -81,3 +82,33 @@ def _proc_alive(proc: psutil.Process) -> bool:
         return proc.is_running() and proc.status() != psutil.STATUS_ZOMBIE
     except psutil.Error:
         return False
+
+
+def end_orphaned_jobs(workspaces: Path, grace: float) -> list[int]:
+    """End the job processes an earlier agent process of this home left behind, and return
+    their pids: every process whose CIFLEET_WORKSPACE is inside `workspaces`.
+
+    An agent that was killed (kill -9, out of memory) stops nothing: its jobs run on, in
+    their own sessions, unsupervised. Their attempts are over (the primary re-queues them),
+    so left alone they would run beside the next attempt of the same run.
+    """
+    inside = str(workspaces) + os.sep
+    me = os.getpid()
+    found: list[psutil.Process] = []
+    for proc in psutil.process_iter():
+        if proc.pid == me:
+            continue
+        try:
+            workspace = proc.environ().get("CIFLEET_WORKSPACE", "")
+        except psutil.Error:  # gone, a zombie, or not ours to read
+            continue
+        if workspace.startswith(inside):
+            found.append(proc)
+    for proc in found:
+        with contextlib.suppress(psutil.Error):
+            proc.terminate()
+    _, alive = psutil.wait_procs(found, timeout=grace)
+    for proc in alive:
+        with contextlib.suppress(psutil.Error):
+            proc.kill()
+    return [proc.pid for proc in found]

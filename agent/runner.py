@@ -10,6 +10,7 @@ from collections.abc import Callable
 from pathlib import Path
 
 from agent.assignment import Assignment
+from agent.backoff import Backoff
 from agent.calls import call
 from agent.client import ClientPool
 from agent.executor import KILL_GRACE_SECONDS, RunExecutor
@@ -35,6 +36,7 @@ class RunHandle:
         on_done: Callable[["RunHandle"], None],
         on_unknown_worker: Callable[[], None],
         kill_grace: float = KILL_GRACE_SECONDS,
+        backoff: Callable[[], Backoff] = Backoff,
     ) -> None:
         self.assignment = assignment
         self.home = home
@@ -45,7 +47,8 @@ class RunHandle:
         self._pool = pool
         self._client = pool.acquire()
         self._files_client = pool.acquire()
-        self.reporter = RunReporter(self._client, assignment, self.spool_dir, stop)
+        self._backoff = backoff
+        self.reporter = RunReporter(self._client, assignment, self.spool_dir, stop, backoff)
         self.executor = RunExecutor(
             assignment,
             workspace_dir(home, assignment.pipeline),
@@ -91,6 +94,7 @@ class RunHandle:
             stop=self._stop,
             label=f"run {run.run_id} static file {path}",
             cancel=self.executor.cancel_event,
+            backoff=self._backoff,
         )
         if resp.status == 200:
             return resp.body

@@ -7,6 +7,8 @@ the primary as its built-in worker (a thread with its own stop event, no signals
 """
 
 import logging
+import os
+import secrets
 import shutil
 import threading
 import time
@@ -17,10 +19,19 @@ import psutil
 
 from agent import __version__, renewal
 from agent.assignment import parse_assignment
-from agent.backoff import Backoff, short_pause
+from agent.backoff import CAP_SECONDS, Backoff, short_pause
 from agent.client import Client, ClientPool, TransportError, agent_context
 from agent.executor import KILL_GRACE_SECONDS
-from agent.home import SPOOL_DIR, ConfigError, load_config, update_config, wipe_identity
+from agent.home import (
+    SPOOL_DIR,
+    WORKSPACES_DIR,
+    ConfigError,
+    load_config,
+    lock_home,
+    update_config,
+    wipe_identity,
+)
+from agent.procs import end_orphaned_jobs
 from agent.protocol import (
     CODE_UNKNOWN_WORKER,
     MAX_SLOTS,
@@ -36,6 +47,7 @@ log = logging.getLogger(__name__)
 SUPERVISE_SECONDS = 0.2  # how often run() looks at the stop flags
 QUICK_ANSWER_SECONDS = 1.0  # an empty poll answer faster than this gets a pause after it
 FORCE_DELIVERY_SECONDS = 30.0  # after a force stop, how long cancelled runs may take to deliver
+MIN_RETRY_CAP_SECONDS = 1.0
 UNKNOWN_WORKER_MESSAGE = (
     "the primary no longer knows this worker; it was removed or its certificate revoked"
 )
@@ -51,11 +63,17 @@ class Agent:
         force_delivery: float = FORCE_DELIVERY_SECONDS,
     ) -> None:
         """Load the registered home (ConfigError if it is not usable) and its TLS identity."""
-        self.home = Path(home)
+        # Absolute, so the CIFLEET_WORKSPACE of every job names this home wherever it runs.
+        self.home = Path(home).absolute()
         self.config = load_config(self.home)
         self.stop = stop if stop is not None else threading.Event()
         self.slots: int = self.config["slots"]
         self.unknown_worker = False  # set when the primary answered 403 unknown_worker
+        # Names this agent process to the primary: a new one means the runs the previous
+        # process held are gone (see run()).
+        self.session = secrets.token_hex(8)
+        # The longest pause between retries to the primary; see _adopt_heartbeat.
+        self._retry_cap = CAP_SECONDS
         self._agent_url: str = self.config["agent_url"]
         self._context = agent_context(self.home)
         self._kill_grace = kill_grace
@@ -105,15 +123,19 @@ class Agent:
             self._agent_url,
             self.slots,
         )
-        self._clear_old_spool()
-        empty_trash(self.home)
-        poller = threading.Thread(target=self._poll_loop, name="poll", daemon=True)
-        poller.start()
+        lock = lock_home(self.home)  # ConfigError when another agent runs with this home
         try:
-            self._supervise()
+            self._end_leftovers()
+            empty_trash(self.home)
+            poller = threading.Thread(target=self._poll_loop, name="poll", daemon=True)
+            poller.start()
+            try:
+                self._supervise()
+            finally:
+                self.stop.set()
+                self._shutdown(poller)
         finally:
-            self.stop.set()
-            self._shutdown(poller)
+            os.close(lock)
             if self.unknown_worker:
                 # De-registered (or revoked): this identity is useless now and must not
                 # linger on the host. Registering again needs the worker secret.
@@ -123,9 +145,17 @@ class Agent:
                     ", ".join(str(p) for p in wiped) or "nothing (already gone)",
                 )
 
-    def _clear_old_spool(self) -> None:
-        # Output a previous agent process could not deliver: those attempts are over (the
-        # primary has marked them lost), and nothing here can resume them.
+    def _end_leftovers(self) -> None:
+        """What an earlier agent process of this home left when it died: its jobs, still
+        running, and output it could not deliver. Those attempts are over (the primary
+        re-queues them when this process first polls), and nothing here can resume them."""
+        ended = end_orphaned_jobs(self.home / WORKSPACES_DIR, self._kill_grace)
+        if ended:
+            log.warning(
+                "ended %d process(es) of jobs an earlier agent process left running: %s",
+                len(ended),
+                " ".join(map(str, ended)),
+            )
         spool = self.home / SPOOL_DIR
         for leftover in sorted(spool.iterdir()) if spool.is_dir() else []:
             log.warning("removing undelivered output of an earlier run: %s", leftover)
@@ -212,6 +242,7 @@ class Agent:
                 problem = f"poll refused: HTTP {resp.status}: {resp.message}"
             log.log(logging.DEBUG if failing else logging.WARNING, "%s; retrying", problem)
             failing = True
+            backoff.cap = self._retry_cap
             self.stop.wait(backoff.next_delay())
 
     def _renew_certificate(self) -> None:
@@ -239,6 +270,7 @@ class Agent:
             "draining": self.draining,
             "load": load_report(),
             "runs": [{"run_id": r, "attempt": a} for r, a in self.held_runs()],
+            "session": self.session,
             "workspaces": list_workspaces(self.home),
             "wait": True,
         }
@@ -247,6 +279,7 @@ class Agent:
         """Act on a poll answer; True if it changed anything (then poll again at once)."""
         acted = False
         self._adopt_slots(answer.get("slots"))
+        self._adopt_heartbeat(answer.get("heartbeat_timeout"))
         # Before the assignments: a pipeline whose cache was cleared may come back here in
         # the same answer, and its new run must find the old workspace gone.
         self._delete_workspaces(answer.get("delete_workspaces"))
@@ -277,6 +310,15 @@ class Agent:
         except (ConfigError, OSError) as e:  # keep working with the new count anyway
             log.warning("cannot save slots=%d in the agent home: %s", slots, e)
 
+    def _adopt_heartbeat(self, seconds: Any) -> None:
+        """Retry the primary at least four times per heartbeat timeout: after an outage (a
+        restart, a full disk) it then hears this worker again before its leases expire."""
+        if isinstance(seconds, int | float) and not isinstance(seconds, bool) and seconds > 0:
+            self._retry_cap = min(CAP_SECONDS, max(MIN_RETRY_CAP_SECONDS, seconds / 4))
+
+    def _new_backoff(self) -> Backoff:
+        return Backoff(cap=self._retry_cap)
+
     def _delete_workspaces(self, names: Any) -> None:
         with self._lock:
             busy = {handle.assignment.pipeline for handle in self._runs.values()}
@@ -306,6 +348,7 @@ class Agent:
                 self._run_done,
                 self._unknown_worker,
                 self._kill_grace,
+                self._new_backoff,
             )
             self._runs[assignment.key] = handle
         handle.start()

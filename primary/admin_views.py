@@ -120,6 +120,19 @@ def job_log(run_id: int, job: str):
     return _log_response(chunks, complete, end, run["attempt"])
 
 
+@bp.get("/runs/<int:run_id>/attempts/<int:attempt>/jobs/<job>/log")
+@require_role(*VIEW)
+def attempt_job_log(run_id: int, attempt: int, job: str):
+    """One job's output in one attempt: also that of an attempt lost or taken back."""
+    primary = primary_of_app()
+    info = runs.attempt_log(primary, run_id, attempt, job)
+    end = info["size"]
+    chunks = primary.logs.iter_bytes(run_id, attempt, job, min(_offset(), end), end)
+    response = _log_response(chunks, info["complete"], end, attempt)
+    response.headers["X-Attempt-Outcome"] = info["outcome"] or "current"
+    return response
+
+
 @bp.get("/runs/<int:run_id>/log")
 @require_role(*VIEW)
 def run_log_view(run_id: int):

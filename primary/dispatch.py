@@ -7,6 +7,7 @@ so a worker that comes back late cannot overwrite anything.
 """
 
 import json
+import logging
 import time
 
 from agent.protocol import (
@@ -17,10 +18,20 @@ from agent.protocol import (
     JOB_RUNNING,
 )
 from primary.context import Primary
-from primary.errors import ApiError, BadRequest, Forbidden, NotFound, conflict
+from primary.errors import (
+    ApiError,
+    BadRequest,
+    Forbidden,
+    NotFound,
+    StorageFull,
+    StorageUnavailable,
+    conflict,
+)
 from primary.logs import LogGap
 from primary.runs import notify
 from primary.scheduler import end_run, lose, plan, requeue
+
+log = logging.getLogger("cifleet.primary")
 
 ACTIVE_STATES = ("assigned", "running")
 
@@ -209,9 +220,38 @@ def finish_run(primary: Primary, worker: dict, run_id: int, attempt: int) -> dic
 # -- leases ---------------------------------------------------------------------------------
 
 
+def _end_gone_run(conn, run, gone: str, why: str, now: float) -> None:
+    """A running run whose agent is gone: cancelled if a cancel was asked for (nothing is
+    left to confirm it), else lost (re-queued while retries_on_lost allows)."""
+    if run["cancel_requested"]:
+        end_run(
+            conn, run["id"], "cancelled", now, f"cancelled; {gone} before it confirmed the cancel"
+        )
+    else:
+        lose(conn, run, why, now)
+
+
 def expire_leases(primary: Primary, now: float | None = None) -> int:
     """Take back unconfirmed assignments and mark runs whose worker went silent as lost
-    (re-queued while retries_on_lost allows). Returns how many runs changed."""
+    (re-queued while retries_on_lost allows). Returns how many runs changed.
+
+    After the store failed a write (disk full, read-only), the contacts and lease renewals
+    of that time were lost with it, not the workers: every lease gets a heartbeat timeout
+    from the moment the store takes writes again, as after a restart, before any expires.
+    """
+    if primary.store.take_write_failure():
+        try:
+            leases = grace_after_restart(primary)
+        except (StorageFull, StorageUnavailable):
+            return 0  # still failing: logged by the store, which marks it again; next sweep
+        if leases:
+            log.warning(
+                "the store takes writes again; %d lease(s) now run %g s (the heartbeat"
+                " timeout) from now, so no run is lost for contacts it could not record",
+                leases,
+                primary.config.heartbeat_timeout,
+            )
+        return 0
     now = time.time() if now is None else now
     changed = 0
     with primary.store.transaction() as conn:
@@ -226,25 +266,52 @@ def expire_leases(primary: Primary, now: float | None = None) -> int:
                 reason = f"taken back: {name} did not confirm the assignment in time"
                 requeue(conn, run["id"], reason, now)
                 continue
-            if run["cancel_requested"]:
-                why = f"cancelled; {name} stopped answering before it confirmed the cancel"
-                end_run(conn, run["id"], "cancelled", now, why)
-                continue
             silent = primary.config.heartbeat_timeout
-            lose(conn, run, f"{name} stopped answering (no contact for {silent:g} s)", now)
+            why = f"{name} stopped answering (no contact for {silent:g} s)"
+            _end_gone_run(conn, run, f"{name} stopped answering", why, now)
     if changed:
         plan(primary)
         notify(primary)
     return changed
 
 
-def grace_after_restart(primary: Primary) -> None:
-    """After the primary was down, give agents a full heartbeat timeout to reconnect before
-    their runs' leases can expire."""
+def adopt_session(
+    primary: Primary, worker: dict, session: str, held: set[tuple[int, int]], now: float
+) -> None:
+    """A poll from a new agent process on this worker (its session changed). The runs the
+    old process was running there ended with it (an agent ends the jobs an earlier process
+    of its home left behind before it polls), so they are lost now, not a heartbeat timeout
+    later. Assigned runs stay: the new process is handed them in this poll's answer."""
+    changed = 0
+    with primary.store.transaction() as conn:
+        row = conn.execute("SELECT session FROM workers WHERE id = ?", (worker["id"],)).fetchone()
+        if row is None or row["session"] == session:
+            return
+        conn.execute("UPDATE workers SET session = ? WHERE id = ?", (session, worker["id"]))
+        if row["session"] is None:
+            return  # the first session we hear of: nothing to compare with
+        name = worker["name"]
+        for run in conn.execute(
+            "SELECT * FROM runs WHERE worker_id = ? AND state = 'running'", (worker["id"],)
+        ).fetchall():
+            if (run["id"], run["attempt"]) in held:
+                continue
+            why = f"the agent on {name} restarted; its jobs ended with the old agent process"
+            _end_gone_run(conn, run, f"the agent on {name} restarted", why, now)
+            changed += 1
+    if changed:
+        plan(primary)
+        notify(primary)
+
+
+def grace_after_restart(primary: Primary) -> int:
+    """After the primary could not hear its workers (it was down, or could not store what
+    it heard), give agents a full heartbeat timeout to reconnect before their runs' leases
+    can expire. Returns how many leases that covers."""
     expires = time.time() + primary.config.heartbeat_timeout
     with primary.store.transaction() as conn:
-        conn.execute(
+        return conn.execute(
             "UPDATE runs SET lease_expires = MAX(lease_expires, ?)"
             " WHERE state IN ('assigned', 'running')",
             (expires,),
-        )
+        ).rowcount

@@ -5,10 +5,15 @@ have, so a resend never duplicates, and refuse a chunk that starts beyond our en
 is answered instead of swallowed.
 """
 
+import logging
 import os
 import threading
 from collections.abc import Iterator
 from pathlib import Path
+
+from primary.errors import storage_error
+
+log = logging.getLogger("cifleet.primary")
 
 READ_CHUNK = 1 << 20
 
@@ -44,9 +49,15 @@ class LogStore:
             fresh = data[size - offset :]
             if not fresh:
                 return size
-            path.parent.mkdir(parents=True, exist_ok=True)
-            with open(path, "ab") as f:
-                f.write(fresh)
+            try:
+                path.parent.mkdir(parents=True, exist_ok=True)
+                with open(path, "ab") as f:
+                    f.write(fresh)
+            except OSError as exc:
+                # Part of the chunk may be on disk: harmless, the agent resends from the size
+                # we acknowledged and the bytes we already have are skipped.
+                log.error("cannot store the log %s: %s", path, exc)
+                raise storage_error(exc, f"the log of run {run_id} job {job}") from exc
             return size + len(fresh)
 
     def iter_bytes(

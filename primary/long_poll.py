@@ -10,7 +10,7 @@ import threading
 import time
 
 from agent.protocol import NAME_RE
-from primary import pipeline_secrets, static_files
+from primary import dispatch, pipeline_secrets, static_files
 from primary.context import Primary
 from primary.dispatch import ACTIVE_STATES
 from primary.scheduler import plan
@@ -132,6 +132,9 @@ def _answer(primary: Primary, worker: dict, held: set[tuple[int, int]], body: di
         "cancel": cancel,
         "delete_workspaces": _stale_workspaces(primary, worker, body),
         "slots": slots["slots"] if slots else worker["slots"],
+        # The agent retries a failed poll sooner than this, so that a primary back from an
+        # outage hears it before the leases of its runs can expire.
+        "heartbeat_timeout": primary.config.heartbeat_timeout,
     }
 
 
@@ -154,6 +157,9 @@ def poll(primary: Primary, gate: PollGate, worker: dict, body: dict, stop: threa
     now = time.time()
     _touch(primary, worker, body, now)
     held = _held_runs(body)
+    session = body.get("session")
+    if isinstance(session, str) and 0 < len(session) <= 64 and session != worker["session"]:
+        dispatch.adopt_session(primary, worker, session, held, now)
     _renew_leases(primary, worker, held, now)
     event = primary.waiters.arm(worker["id"])
     plan(primary)  # a worker back from inactive, or with a free slot, may take queued runs

@@ -92,6 +92,11 @@ def describe_run(primary: Primary, run: dict, jobs: list[dict] | None = None) ->
                 "assigned_at": iso(a["assigned_at"]),
                 "ended_at": iso(a["ended_at"]),
                 "outcome": a["outcome"],
+                "reason": a["reason"],
+                # What the primary has of each job's output in this attempt.
+                "log_sizes": {
+                    j["name"]: primary.logs.size(run["id"], a["attempt"], j["name"]) for j in jobs
+                },
             }
             for a in primary.store.query(
                 "SELECT * FROM attempts WHERE run_id = ? ORDER BY attempt", (run["id"],)
@@ -113,6 +118,32 @@ def describe_run(primary: Primary, run: dict, jobs: list[dict] | None = None) ->
 
 def get_run(primary: Primary, run_id: int) -> dict:
     return describe_run(primary, _run_row(primary, run_id))
+
+
+def attempt_log(primary: Primary, run_id: int, attempt: int, job: str) -> dict:
+    """Where one job's log of one attempt stands: {"size", "complete", "outcome"}.
+
+    An attempt that ended (lost, taken back, or the run's final state) has a complete log,
+    partial or not: the primary refuses every later write from it.
+    """
+    row = primary.store.query_one(
+        "SELECT outcome, ended_at FROM attempts WHERE run_id = ? AND attempt = ?",
+        (run_id, attempt),
+    )
+    if row is None:
+        _run_row(primary, run_id)  # 404 for an unknown run first
+        raise NotFound(f"run {run_id} has no attempt {attempt}")
+    state = primary.store.query_one(
+        "SELECT state FROM jobs WHERE run_id = ? AND name = ?", (run_id, job)
+    )
+    if state is None:
+        raise NotFound(f"run {run_id} has no job {job!r}")
+    ended = row["ended_at"] is not None
+    return {
+        "size": primary.logs.size(run_id, attempt, job),
+        "complete": ended or state["state"] not in ("pending", "running"),
+        "outcome": row["outcome"],
+    }
 
 
 def list_runs(

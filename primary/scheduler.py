@@ -196,8 +196,36 @@ def end_attempt(conn, run_id: int, outcome: str, now: float) -> None:
     )
 
 
+def keep_attempt_view(conn, run_id: int, reason: str) -> None:
+    """Copy what the run log shows of the current attempt (placement, prepare notes, job
+    states) into its attempts row: the next assignment replaces them on the run, and the run
+    log keeps showing the old attempt as it was (primary.runlog)."""
+    run = conn.execute(
+        "SELECT attempt, placement, prepare_notes FROM runs WHERE id = ?", (run_id,)
+    ).fetchone()
+    jobs = [
+        {
+            "name": j["name"],
+            "state": j["state"],
+            "exit_code": j["exit_code"],
+            "started": j["started_at"] is not None,
+        }
+        for j in conn.execute(
+            "SELECT name, state, exit_code, started_at FROM jobs WHERE run_id = ?"
+            " ORDER BY position",
+            (run_id,),
+        )
+    ]
+    conn.execute(
+        "UPDATE attempts SET reason = ?, placement = ?, prepare_notes = ?, jobs = ?"
+        " WHERE run_id = ? AND attempt = ?",
+        (reason, run["placement"], run["prepare_notes"], json.dumps(jobs), run_id, run["attempt"]),
+    )
+
+
 def requeue(conn, run_id: int, reason: str, now: float, lost: bool = False) -> None:
     """Put a run back in the queue; the next plan() decides again."""
+    keep_attempt_view(conn, run_id, reason)
     end_attempt(conn, run_id, "lost" if lost else "taken back", now)
     conn.execute(
         "UPDATE runs SET state = 'queued', worker_id = NULL, worker_name = NULL,"

@@ -5,11 +5,16 @@ database can be put behind it later. One connection per thread; WAL lets readers
 writer commits.
 """
 
+import logging
 import sqlite3
 import threading
 from collections.abc import Iterator
 from contextlib import contextmanager
 from pathlib import Path
+
+from primary.errors import ApiError, StorageFull, StorageUnavailable
+
+log = logging.getLogger("cifleet.primary")
 
 # Each entry moves the schema one version up; never edit a released entry, append a new one.
 MIGRATIONS: list[str] = [
@@ -124,6 +129,16 @@ MIGRATIONS: list[str] = [
         disabled_at REAL
     );
     """,
+    # 6: faults. The agent process a worker runs (a new one means the old one's runs are
+    # gone), and what the run log showed of an attempt that was lost or taken back, so the
+    # log still shows it after the next attempt replaced the run's placement and job states.
+    """
+    ALTER TABLE workers ADD COLUMN session TEXT;
+    ALTER TABLE attempts ADD COLUMN reason TEXT;
+    ALTER TABLE attempts ADD COLUMN placement TEXT;     -- JSON list, as runs.placement
+    ALTER TABLE attempts ADD COLUMN prepare_notes TEXT; -- JSON list, as runs.prepare_notes
+    ALTER TABLE attempts ADD COLUMN jobs TEXT;          -- JSON: [{name, state, exit_code, started}]
+    """,
 ]
 
 
@@ -135,6 +150,7 @@ class Store:
         # here keeps them out of SQLite's busy handler, which sleeps with backoff (up to
         # 100 ms a try) when two transactions collide.
         self._write_lock = threading.Lock()
+        self._write_failed = False  # see take_write_failure
 
     def connection(self) -> sqlite3.Connection:
         conn = getattr(self._local, "conn", None)
@@ -153,16 +169,50 @@ class Store:
 
     @contextmanager
     def transaction(self) -> Iterator[sqlite3.Connection]:
-        """A write transaction; the write lock is taken at BEGIN so no upgrade can deadlock."""
+        """A write transaction; the write lock is taken at BEGIN so no upgrade can deadlock.
+
+        A full or unwritable disk raises StorageFull or StorageUnavailable (and is logged);
+        nothing of the transaction is kept, a failed COMMIT included.
+        """
         conn = self.connection()
         with self._write_lock:
-            conn.execute("BEGIN IMMEDIATE")
             try:
-                yield conn
-            except BaseException:
-                conn.execute("ROLLBACK")
-                raise
-            conn.execute("COMMIT")
+                conn.execute("BEGIN IMMEDIATE")
+                try:
+                    yield conn
+                    conn.execute("COMMIT")
+                except BaseException:
+                    self._rollback(conn)
+                    raise
+            except sqlite3.OperationalError as exc:
+                failure = self._storage_failure(exc)
+                if failure is None:
+                    raise
+                raise failure from exc
+
+    def _rollback(self, conn: sqlite3.Connection) -> None:
+        # SQLite has already rolled back after some errors (a full disk among them); a second
+        # ROLLBACK would fail and hide the error that matters.
+        if conn.in_transaction:
+            conn.execute("ROLLBACK")
+
+    def _storage_failure(self, exc: sqlite3.OperationalError) -> ApiError | None:
+        """StorageFull / StorageUnavailable for a disk that is full or cannot be written."""
+        code = exc.sqlite_errorcode & 0xFF  # the primary result code
+        if code not in (sqlite3.SQLITE_FULL, sqlite3.SQLITE_IOERR, sqlite3.SQLITE_READONLY):
+            return None
+        log.error("cannot write the store %s: %s (%s)", self.path, exc, exc.sqlite_errorname)
+        self._write_failed = True
+        what = "the change (nothing was written)"
+        if code == sqlite3.SQLITE_FULL:
+            return StorageFull(f"the primary's disk is full: could not store {what}")
+        return StorageUnavailable(f"the primary cannot write its store: could not store {what}")
+
+    def take_write_failure(self) -> bool:
+        """Whether a write failed for lack of storage since the last call (then clears it)."""
+        with self._write_lock:  # the flag is set under it, in transaction()
+            failed, self._write_failed = self._write_failed, False
+        return failed
 
     def query(self, sql: str, params: tuple | dict = ()) -> list[sqlite3.Row]:
         return self.connection().execute(sql, params).fetchall()

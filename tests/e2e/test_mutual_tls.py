@@ -22,7 +22,13 @@ def test_registered_worker_is_admitted(primary, fleet_root):
     home = fleet_root / "w1"
     status, body = AgentPeer.of_home(primary, home).poll()
     assert status == 200
-    assert body == {"assignments": [], "cancel": [], "delete_workspaces": [], "slots": 1}
+    assert body == {
+        "assignments": [],
+        "cancel": [],
+        "delete_workspaces": [],
+        "slots": 1,
+        "heartbeat_timeout": 6.0,
+    }
 
 
 def test_client_without_certificate_is_refused(primary):
