@@ -11,10 +11,14 @@ import socket
 import ssl
 import subprocess
 import sys
+import threading
 import time
 from collections.abc import Callable
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from pathlib import Path
+
+import psutil
 
 from primary.client import AdminClient
 
@@ -262,3 +266,142 @@ class AgentPeer:
         status, answer = self.poll()
         assert status == 200, answer
         return answer
+
+
+# -- Faults: hosts that die, networks that stop, many agents at once (tests/faults). ---------
+
+
+def kill_host(agent: Agent) -> None:
+    """SIGKILL an agent and every process under it (its jobs), as a host crash would: nothing
+    stops cleanly or reports anything. Everything is frozen first, so no job starts while
+    the tree is being listed."""
+
+    def freeze(procs: list) -> None:
+        for proc in procs:
+            with contextlib.suppress(psutil.Error):
+                proc.suspend()
+
+    try:
+        root = psutil.Process(agent.proc.pid)
+    except psutil.NoSuchProcess:
+        return
+    freeze([root])
+    tree = [root]
+    while True:
+        try:
+            found = [p for p in root.children(recursive=True) if p not in tree]
+        except psutil.Error:
+            found = []
+        if not found:
+            break
+        freeze(found)
+        tree += found
+    for proc in tree:
+        with contextlib.suppress(psutil.Error):
+            proc.kill()
+    agent.proc.wait(10)
+    psutil.wait_procs(tree, timeout=10)
+
+
+def job_processes(run_id: int, attempt: int | None = None) -> list:
+    """Live processes of a run's jobs on this machine (by their CIFLEET_* environment)."""
+    found = []
+    for proc in psutil.process_iter():
+        try:
+            env = proc.environ()
+            if proc.status() == psutil.STATUS_ZOMBIE:
+                continue
+        except psutil.Error:
+            continue
+        if env.get("CIFLEET_RUN_ID") == str(run_id) and (
+            attempt is None or env.get("CIFLEET_RUN_ATTEMPT") == str(attempt)
+        ):
+            found.append(proc)
+    return found
+
+
+def register_agents(
+    primary: Primary, root: Path, names: list[str], slots: int = 1, parallel: int = 8
+) -> list[Agent]:
+    """Register many agents at once (each `cifleet-agent register` is its own process)."""
+    secret = primary.secret()
+    with ThreadPoolExecutor(parallel) as pool:
+        results = list(
+            pool.map(lambda n: register_agent(primary, root, n, "", slots, secret), names)
+        )
+    for name, result in zip(names, results, strict=True):
+        assert result.returncode == 0, f"registering {name}: {result.stderr}"
+    return [Agent(name=n, home=root / n, log_path=root / f"{n}.log") for n in names]
+
+
+class TcpProxy:
+    """A TCP forwarder from a free loopback port to `target_port`, for network faults.
+
+    cut() blackholes both directions without closing anything: bytes already sent wait (as
+    TCP would keep retransmitting them), new connections are accepted but lead nowhere, and
+    no FIN or RST gets through. heal() lets everything flow again, late bytes included.
+    """
+
+    def __init__(self, target_port: int) -> None:
+        self.target_port = target_port
+        self._flowing = threading.Event()
+        self._flowing.set()
+        self._sockets: list[socket.socket] = []
+        self._listener = socket.create_server(("127.0.0.1", 0))
+        self.port = self._listener.getsockname()[1]
+        threading.Thread(target=self._accept, name="proxy-accept", daemon=True).start()
+
+    @property
+    def cut_now(self) -> bool:
+        return not self._flowing.is_set()
+
+    def cut(self) -> None:
+        self._flowing.clear()
+
+    def heal(self) -> None:
+        self._flowing.set()
+
+    def close(self) -> None:
+        self._flowing.set()
+        for sock in [self._listener, *self._sockets]:
+            with contextlib.suppress(OSError):
+                sock.close()
+
+    def _accept(self) -> None:
+        while True:
+            try:
+                client, _ = self._listener.accept()
+            except OSError:
+                return
+            self._sockets.append(client)
+            threading.Thread(target=self._connect, args=(client,), daemon=True).start()
+
+    def _connect(self, client: socket.socket) -> None:
+        self._flowing.wait()
+        try:
+            upstream = socket.create_connection(("127.0.0.1", self.target_port))
+        except OSError:
+            client.close()
+            return
+        self._sockets.append(upstream)
+        for src, dst in ((client, upstream), (upstream, client)):
+            threading.Thread(target=self._pump, args=(src, dst), daemon=True).start()
+
+    def _pump(self, src: socket.socket, dst: socket.socket) -> None:
+        try:
+            while data := src.recv(65536):
+                self._flowing.wait()
+                dst.sendall(data)
+        except OSError:
+            pass
+        self._flowing.wait()  # not even a FIN crosses a cut
+        with contextlib.suppress(OSError):
+            dst.shutdown(socket.SHUT_WR)
+
+
+def point_agent_at(agent: Agent, port: int) -> None:
+    """Make the agent reach the primary's agent port through `port` (a proxy) instead: the
+    server certificate names 127.0.0.1, so TLS still verifies."""
+    config = agent.config()
+    config["agent_url"] = f"https://127.0.0.1:{port}"
+    (agent.home / "config.json").write_text(json.dumps(config, indent=2) + "\n")
