@@ -11,50 +11,12 @@ submitting threads): wall time from the first submit to the last run finished, r
 import argparse
 import json
 import statistics
-import sys
 import tempfile
 import time
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
-import psutil
-
-sys.path.insert(0, str(Path(__file__).resolve().parent.parent / "tests"))
-from fleet import Agent, init_primary, register_agent, wait_for  # noqa: E402
-
-
-def start_agents(primary, root: Path, count: int, slots: int) -> list[Agent]:
-    agents = []
-    for i in range(count):
-        name = f"bench-{i}"
-        result = register_agent(primary, root, name, slots=slots)
-        assert result.returncode == 0, result.stderr
-        agent = Agent(name=name, home=root / name, log_path=root / f"{name}.log")
-        agent.start()
-        agents.append(agent)
-    wait_for(
-        lambda: all((w := primary.worker(a.name)) and w["state"] == "active" for a in agents),
-        60,
-        "agents to be active",
-    )
-    return agents
-
-
-def stop_all(primary, agents: list[Agent]) -> None:
-    for agent in agents:
-        agent.stop()
-    primary.stop()
-
-
-def cpu_seconds(pid: int) -> float:
-    """CPU time of a process and its reaped children (the agents' job processes)."""
-    times = psutil.Process(pid).cpu_times()
-    return round(times.user + times.system + times.children_user + times.children_system, 1)
-
-
-def percentile(values: list[float], fraction: float) -> float:
-    ordered = sorted(values)
-    return ordered[min(len(ordered) - 1, round(fraction * (len(ordered) - 1)))]
+from common import cpu_seconds, init_primary, percentile, start_agents, stop_all, wait_for
 
 
 def bench_latency(root: Path, runs: int) -> dict:
@@ -108,7 +70,7 @@ def bench_throughput(root: Path, runs: int, agents_n: int = 4, slots: int = 4) -
         status = primary.client.json("GET", "/api/v1/status")["runs"]
         # Where the two cores went: the primary, the agents (with their job processes).
         cpu = {
-            "primary": cpu_seconds(primary.proc.pid),
+            "primary": round(cpu_seconds(primary.proc.pid), 1),
             "agents": round(sum(cpu_seconds(a.proc.pid) for a in agents), 1),
         }
     finally:

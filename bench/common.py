@@ -1,0 +1,114 @@
+"""What the benchmark scripts share: real primaries and agents (tests/fleet.py), process
+sampling, percentiles. Each bench script stays runnable alone and returns a dict of figures.
+"""
+
+import importlib.util
+import sys
+import threading
+import time
+from pathlib import Path
+
+import psutil
+
+
+def _load_fleet():
+    """tests/fleet.py, loaded by path: putting tests/ on sys.path would let its agent/ and
+    primary/ test folders shadow the real packages."""
+    spec = importlib.util.spec_from_file_location(
+        "fleet", Path(__file__).resolve().parent.parent / "tests" / "fleet.py"
+    )
+    module = importlib.util.module_from_spec(spec)
+    sys.modules["fleet"] = module
+    spec.loader.exec_module(module)
+    return module
+
+
+_fleet = _load_fleet()
+Agent, Primary = _fleet.Agent, _fleet.Primary
+init_primary, register_agent, wait_for = _fleet.init_primary, _fleet.register_agent, _fleet.wait_for
+
+__all__ = [
+    "Agent",
+    "Primary",
+    "Sampler",
+    "cpu_seconds",
+    "init_primary",
+    "percentile",
+    "start_agents",
+    "stop_all",
+    "wait_for",
+]
+
+
+def start_agents(primary: Primary, root: Path, count: int, slots: int) -> list[Agent]:
+    """Register and start `count` agent processes; return once all are active."""
+    agents = []
+    for i in range(count):
+        name = f"bench-{i}"
+        result = register_agent(primary, root, name, slots=slots)
+        assert result.returncode == 0, result.stderr
+        agent = Agent(name=name, home=root / name, log_path=root / f"{name}.log")
+        agent.start()
+        agents.append(agent)
+    wait_for(
+        lambda: all((w := primary.worker(a.name)) and w["state"] == "active" for a in agents),
+        60,
+        "agents to be active",
+    )
+    return agents
+
+
+def stop_all(primary: Primary, agents: list[Agent]) -> None:
+    for agent in agents:
+        agent.stop()
+    primary.stop()
+
+
+def cpu_seconds(pid: int) -> float:
+    """CPU time of a process and its reaped children (the agents' job processes)."""
+    times = psutil.Process(pid).cpu_times()
+    return times.user + times.system + times.children_user + times.children_system
+
+
+def percentile(values: list[float], fraction: float) -> float:
+    ordered = sorted(values)
+    return ordered[min(len(ordered) - 1, round(fraction * (len(ordered) - 1)))]
+
+
+class Sampler:
+    """CPU % of one core and RSS of one process over a window, sampled in a thread.
+
+    CPU % is the process's CPU time used in the window divided by the window's wall time
+    (100 = one core busy); RSS is sampled every `interval` seconds (max and last).
+    """
+
+    def __init__(self, pid: int, interval: float = 0.5):
+        self._proc = psutil.Process(pid)
+        self._interval = interval
+        self._stop = threading.Event()
+        self._rss: list[int] = []
+        self._thread = threading.Thread(target=self._sample, daemon=True)
+
+    def _cpu(self) -> float:
+        times = self._proc.cpu_times()
+        return times.user + times.system
+
+    def _sample(self) -> None:
+        while not self._stop.wait(self._interval):
+            self._rss.append(self._proc.memory_info().rss)
+
+    def measure(self, seconds: float) -> dict:
+        cpu0, t0 = self._cpu(), time.monotonic()
+        self._rss.append(self._proc.memory_info().rss)
+        self._thread.start()
+        time.sleep(seconds)
+        self._stop.set()
+        self._thread.join()
+        cpu1, t1 = self._cpu(), time.monotonic()
+        self._rss.append(self._proc.memory_info().rss)
+        return {
+            "seconds": round(t1 - t0, 1),
+            "cpu_percent_of_one_core": round(100 * (cpu1 - cpu0) / (t1 - t0), 2),
+            "rss_mb_max": round(max(self._rss) / 1e6, 1),
+            "rss_mb_last": round(self._rss[-1] / 1e6, 1),
+        }

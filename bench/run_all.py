@@ -1,0 +1,92 @@
+"""Every benchmark, one JSON object. Figures, not pass/fail.
+
+    .venv/bin/python bench/run_all.py            # the sizes the README quotes (about 8 min)
+    .venv/bin/python bench/run_all.py --quick    # small sizes, to check the benches work
+    .venv/bin/python bench/run_all.py --only logs,footprint
+
+Each benchmark is also a script of its own (dispatch.py, logs.py, idle_fleet.py,
+footprint.py) with its own options. On a shared or busy machine the figures are noise: the
+output records the load average before and after, so a loaded run can be told apart.
+"""
+
+import argparse
+import json
+import logging
+import os
+import platform
+import subprocess
+import tempfile
+import time
+from pathlib import Path
+
+from dispatch import bench_latency, bench_throughput
+from footprint import bench_footprint
+from idle_fleet import bench_idle_fleet
+from logs import bench_logs
+
+FULL = {
+    "latency_runs": 50,
+    "throughput_runs": 1000,
+    "log_megabytes": 50,
+    "log_repeat": 3,
+    "fleet_sizes": (100, 500, 1000),
+    "fleet_window": 30.0,
+    "footprint_window": 30.0,
+}
+QUICK = {
+    "latency_runs": 10,
+    "throughput_runs": 100,
+    "log_megabytes": 10,
+    "log_repeat": 1,
+    "fleet_sizes": (20, 50),
+    "fleet_window": 5.0,
+    "footprint_window": 5.0,
+}
+BENCHES = {
+    "dispatch_latency": lambda root, s: bench_latency(root, s["latency_runs"]),
+    "throughput": lambda root, s: bench_throughput(root, s["throughput_runs"]),
+    "logs": lambda root, s: bench_logs(root, s["log_megabytes"], s["log_repeat"]),
+    "idle_fleet": lambda root, s: bench_idle_fleet(root, s["fleet_sizes"], s["fleet_window"]),
+    "agent_footprint": lambda root, s: bench_footprint(root, s["footprint_window"]),
+}
+
+
+def machine() -> dict:
+    repo = Path(__file__).resolve().parent.parent
+    commit = subprocess.run(
+        ["git", "-C", str(repo), "rev-parse", "--short", "HEAD"], capture_output=True, text=True
+    ).stdout.strip()
+    return {
+        "cpus": os.cpu_count(),
+        "python": platform.python_version(),
+        "commit": commit or None,
+        "load_average_before": [round(x, 2) for x in os.getloadavg()],
+    }
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser()
+    parser.add_argument("--quick", action="store_true", help="small sizes, a quick check")
+    parser.add_argument("--only", help=f"comma-separated, of: {', '.join(BENCHES)}")
+    args = parser.parse_args()
+    names = args.only.split(",") if args.only else list(BENCHES)
+    unknown = [n for n in names if n not in BENCHES]
+    if unknown:
+        parser.error(f"unknown benchmark(s): {', '.join(unknown)}")
+    sizes = QUICK if args.quick else FULL
+    result = {"machine": machine(), "sizes": "quick" if args.quick else "full"}
+    started = time.monotonic()
+    with tempfile.TemporaryDirectory(prefix="cifleet-bench-") as tmp:
+        # The idle fleet's agents run in this process; their warnings are not figures.
+        logging.basicConfig(filename=Path(tmp) / "agents.log", level=logging.WARNING)
+        for name in names:
+            root = Path(tmp) / name
+            root.mkdir()
+            result[name] = BENCHES[name](root, sizes)
+    result["machine"]["load_average_after"] = [round(x, 2) for x in os.getloadavg()]
+    result["machine"]["seconds"] = round(time.monotonic() - started)
+    print(json.dumps(result, indent=2))
+
+
+if __name__ == "__main__":
+    main()
