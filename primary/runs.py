@@ -147,8 +147,13 @@ def attempt_log(primary: Primary, run_id: int, attempt: int, job: str) -> dict:
 
 
 def list_runs(
-    primary: Primary, pipeline: str | None = None, state: str | None = None, limit: int = 100
+    primary: Primary,
+    pipeline: str | None = None,
+    state: str | None = None,
+    limit: int = 100,
+    worker: str | None = None,
 ) -> list[dict]:
+    """Newest first. `worker`: a worker name; the runs that had an attempt on it."""
     sql, params = "SELECT * FROM runs WHERE 1=1", []
     if pipeline:
         sql += " AND pipeline = ?"
@@ -156,6 +161,9 @@ def list_runs(
     if state:
         sql += " AND state = ?"
         params.append(state)
+    if worker:
+        sql += " AND id IN (SELECT run_id FROM attempts WHERE worker_name = ?)"
+        params.append(worker)
     sql += " ORDER BY id DESC LIMIT ?"
     params.append(limit)
     return [describe_run(primary, dict(r)) for r in primary.store.query(sql, tuple(params))]
