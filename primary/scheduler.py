@@ -79,7 +79,10 @@ def _unavailable(c: Candidate) -> str | None:
 
 
 def _lowest_load(
-    pipeline_tags: tuple[str, ...], candidates: list[Candidate], exclude: str | None = None
+    pipeline_tags: tuple[str, ...],
+    candidates: list[Candidate],
+    exclude: str | None = None,
+    skip_overloaded: bool = False,
 ) -> tuple[Candidate | None, list[str], int]:
     """The usable candidate with the lowest score, a reason per candidate, and how many
     candidates matched the tags."""
@@ -96,6 +99,8 @@ def _lowest_load(
             why = f"busy ({c.used}/{c.slots} slots in use)"
         if why is None and c.id == exclude:
             why = "the home being left"
+        if why is None and skip_overloaded and _overloaded(c):
+            why = "overloaded too"
         if why:
             reasons.append(f"{c.name}: passed over, {why}")
             continue
@@ -108,7 +113,9 @@ def _lowest_load(
     return best, reasons, matched
 
 
-def _home_verdict(pipeline_tags: tuple[str, ...], home: Candidate | None, h: Home) -> str:
+def _home_verdict(
+    pipeline_tags: tuple[str, ...], home: Candidate | None, h: Home, overload_counts: bool = True
+) -> str:
     """`keep`, `wait`, or the rule that moves the pipeline away from its home."""
     if h.cache_cleared:
         return "cache cleared"
@@ -120,7 +127,7 @@ def _home_verdict(pipeline_tags: tuple[str, ...], home: Candidate | None, h: Hom
         return "home runs another agent version"
     if not tags_match(pipeline_tags, home.tags):
         return "tags changed"
-    if home.load5_per_cpu > OVERLOAD_LOAD5_PER_CPU:
+    if overload_counts and _overloaded(home):
         return "home overloaded"
     if home.locked or home.draining:
         # Usually brief maintenance: keep the home and its cache for when it comes back.
@@ -128,6 +135,24 @@ def _home_verdict(pipeline_tags: tuple[str, ...], home: Candidate | None, h: Hom
     if home.used >= home.slots:
         return "wait" if h.waited < h.busy_wait else "overflow: home busy"
     return "keep"
+
+
+def _overloaded(c: Candidate) -> bool:
+    return c.load5_per_cpu > OVERLOAD_LOAD5_PER_CPU
+
+
+def _lighter_worker_free(
+    pipeline_tags: tuple[str, ...], candidates: list[Candidate], home: Candidate
+) -> bool:
+    """Whether another worker that is not overloaded could take the run now."""
+    return any(
+        c.id != home.id
+        and tags_match(pipeline_tags, c.tags)
+        and not _unavailable(c)
+        and c.used < c.slots
+        and not _overloaded(c)
+        for c in candidates
+    )
 
 
 def choose_worker(
@@ -138,12 +163,18 @@ def choose_worker(
     h = home or Home(worker_id=None)
     home_c = next((c for c in candidates if c.id == h.worker_id), None)
     verdict = _home_verdict(pipeline_tags, home_c, h)
+    kept = "kept home"
+    if verdict == "home overloaded" and not _lighter_worker_free(pipeline_tags, candidates, home_c):
+        # Overload is a reason to move, not to stop, and moving costs the cache: with no less
+        # loaded worker free (agents on one host all report its load), the home rules apply.
+        verdict = _home_verdict(pipeline_tags, home_c, h, overload_counts=False)
+        kept = "kept home: overloaded, but no less loaded worker can take it"
     if verdict == "keep":
         reasons = [
             f"{home_c.name}: home of this pipeline (its cache is there), "
             f"{home_c.slots - home_c.used}/{home_c.slots} slots free"
         ]
-        return Decision(home_c.id, home_c.name, "kept home", tuple(reasons))
+        return Decision(home_c.id, home_c.name, kept, tuple(reasons))
     if verdict == "wait":
         return Decision(
             None,
@@ -154,7 +185,9 @@ def choose_worker(
             f"moving elsewhere if it is still busy after {h.busy_wait:g} s",
         )
     exclude = h.worker_id if verdict not in ("first run", "cache cleared") else None
-    best, reasons, matched = _lowest_load(pipeline_tags, candidates, exclude)
+    best, reasons, matched = _lowest_load(
+        pipeline_tags, candidates, exclude, skip_overloaded=verdict == "home overloaded"
+    )
     if best is not None:
         if verdict.startswith("overflow"):
             # A busy home keeps its cache and stays home; this one run goes elsewhere, from
@@ -163,19 +196,6 @@ def choose_worker(
         rule = verdict if verdict in ("first run", "cache cleared") else f"moved: {verdict}"
         return Decision(
             best.id, best.name, rule, tuple(reasons), new_home=True, clean_workspace=True
-        )
-    if (
-        verdict == "home overloaded"
-        and home_c is not None
-        and not _unavailable(home_c)
-        and home_c.used < home_c.slots
-    ):
-        # Overload is a reason to move, not to stop: with nowhere else to go, stay home.
-        return Decision(
-            home_c.id,
-            home_c.name,
-            "kept home: overloaded, but no other worker can take it",
-            tuple(reasons),
         )
     if matched == 0:
         if pipeline_tags:

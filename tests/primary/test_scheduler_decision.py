@@ -139,8 +139,36 @@ def test_an_overloaded_home_still_runs_it_when_no_other_worker_can():
         (), [w("home", slots=2, load5_per_cpu=3.0), w("busy", used=1)], Home(HOME)
     )
     assert decision.worker_name == "home"
-    assert decision.rule == "kept home: overloaded, but no other worker can take it"
+    assert decision.rule == "kept home: overloaded, but no less loaded worker can take it"
     assert decision.clean_workspace is False and decision.new_home is False
+
+
+def test_an_overloaded_home_stays_when_every_other_worker_is_as_loaded():
+    # Agents on one host report the same load: moving would cost the cache for nothing.
+    candidates = [w("home", slots=2, load5_per_cpu=2.0), w("other", slots=2, load5_per_cpu=2.0)]
+    decision = choose_worker((), candidates, Home(HOME))
+    assert decision.worker_name == "home"
+    assert decision.rule == "kept home: overloaded, but no less loaded worker can take it"
+
+
+def test_an_overloaded_home_moves_only_to_a_worker_that_is_not_overloaded():
+    candidates = [
+        w("home", slots=2, load5_per_cpu=2.0),
+        w("big", slots=8, load5_per_cpu=1.5),  # the best score by slots, but overloaded
+        w("small", slots=1),
+    ]
+    decision = choose_worker((), candidates, Home(HOME))
+    assert (decision.worker_name, decision.rule) == ("small", "moved: home overloaded")
+    assert "big: passed over, overloaded too" in decision.reasons
+
+
+def test_an_overloaded_busy_home_with_no_lighter_worker_is_waited_for_then_overflows():
+    candidates = [w("home", slots=1, used=1, load5_per_cpu=2.0), w("other", load5_per_cpu=2.0)]
+    waiting = choose_worker((), candidates, Home(HOME, waited=1, busy_wait=5))
+    assert waiting.worker_id is None and waiting.waiting.startswith("waiting: home worker home")
+    overflow = choose_worker((), candidates, Home(HOME, waited=6, busy_wait=5))
+    assert (overflow.worker_name, overflow.rule) == ("other", "overflow: home busy")
+    assert overflow.new_home is False
 
 
 def test_a_moved_pipeline_never_goes_back_to_the_home_it_leaves():
