@@ -139,6 +139,15 @@ MIGRATIONS: list[str] = [
     ALTER TABLE attempts ADD COLUMN prepare_notes TEXT; -- JSON list, as runs.prepare_notes
     ALTER TABLE attempts ADD COLUMN jobs TEXT;          -- JSON: [{name, state, exit_code, started}]
     """,
+    # 7: web UI sessions, so logging out (or a restart) ends a session for good: a copied
+    # cookie of an ended session is refused. Only a hash of the session id is kept.
+    """
+    CREATE TABLE ui_sessions (
+        sid_hash TEXT PRIMARY KEY,
+        user_name TEXT NOT NULL,
+        created_at REAL NOT NULL
+    );
+    """,
 ]
 
 

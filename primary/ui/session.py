@@ -8,15 +8,15 @@ after a restart, never in the repo or on a command line; deleting it logs everyo
 """
 
 import functools
+import hashlib
 import hmac
 import secrets
-import threading
 import time
 from collections.abc import Callable
 from dataclasses import dataclass
 from datetime import timedelta
 
-from flask import Flask, current_app, g, request, session
+from flask import Flask, g, request, session
 
 from primary.context import Primary
 from primary.errors import Forbidden
@@ -25,6 +25,8 @@ from primary.store import Store
 SESSION_KEY_NAME = "ui_session_key"
 # Idle time after which a session ends: the cookie's timestamp is renewed on every request.
 SESSION_LIFETIME = timedelta(hours=12)
+# Age after which a session ends however busy it was: a stolen cookie does not live forever.
+SESSION_MAX_AGE = timedelta(days=7)
 CSRF_FIELD = "csrf_token"
 CSRF_HEADER = "X-CSRF-Token"
 # Sent by the UI's own fetch() calls: they get JSON errors and a 401 instead of a redirect.
@@ -54,7 +56,6 @@ def session_key(primary: Primary) -> bytes:
 
 def configure(app: Flask, primary: Primary) -> None:
     app.secret_key = session_key(primary)
-    app.extensions["cifleet.ui_ended_sessions"] = EndedSessions()
     app.config.update(
         SESSION_COOKIE_NAME="cifleet_session",
         SESSION_COOKIE_SECURE=True,
@@ -66,34 +67,41 @@ def configure(app: Flask, primary: Primary) -> None:
     )
 
 
-def active_role(store: Store, name: str) -> str | None:
-    """The role of a user who may log in now, or None (unknown or disabled)."""
-    row = store.query_one("SELECT role FROM users WHERE name = ? AND disabled_at IS NULL", (name,))
+def _sid_hash(sid: str) -> str:
+    return hashlib.sha256(sid.encode()).hexdigest()
+
+
+def start_session(store: Store, name: str, now: float) -> str:
+    """A new session id for `name`, recorded in the store; sessions past their absolute
+    age are forgotten on the way."""
+    sid = secrets.token_urlsafe(32)
+    with store.transaction() as conn:
+        conn.execute(
+            "DELETE FROM ui_sessions WHERE created_at < ?",
+            (now - SESSION_MAX_AGE.total_seconds(),),
+        )
+        conn.execute(
+            "INSERT INTO ui_sessions (sid_hash, user_name, created_at) VALUES (?, ?, ?)",
+            (_sid_hash(sid), name, now),
+        )
+    return sid
+
+
+def end_session(store: Store, sid: str) -> None:
+    with store.transaction() as conn:
+        conn.execute("DELETE FROM ui_sessions WHERE sid_hash = ?", (_sid_hash(sid),))
+
+
+def session_role(store: Store, name: str, sid: str, now: float) -> str | None:
+    """The role of the user of a live session: recorded, not ended, younger than
+    SESSION_MAX_AGE, and its user still enabled. None otherwise."""
+    row = store.query_one(
+        "SELECT u.role FROM ui_sessions s JOIN users u ON u.name = s.user_name"
+        " WHERE s.sid_hash = ? AND s.user_name = ? AND s.created_at >= ?"
+        " AND u.disabled_at IS NULL",
+        (_sid_hash(sid), name, now - SESSION_MAX_AGE.total_seconds()),
+    )
     return row["role"] if row else None
-
-
-class EndedSessions:
-    """Ids of sessions ended by logging out, kept until their cookies would have expired
-    anyway, so a copy of a logged-out cookie is refused too. In memory: a restart forgets
-    them (the cookie then still ends after SESSION_LIFETIME idle)."""
-
-    def __init__(self) -> None:
-        self._until: dict[str, float] = {}
-        self._lock = threading.Lock()
-
-    def end(self, sid: str) -> None:
-        now = time.monotonic()
-        with self._lock:
-            self._until = {s: t for s, t in self._until.items() if t > now}
-            self._until[sid] = now + SESSION_LIFETIME.total_seconds()
-
-    def __contains__(self, sid: str) -> bool:
-        with self._lock:
-            return self._until.get(sid, 0.0) > time.monotonic()
-
-
-def _ended() -> EndedSessions:
-    return current_app.extensions["cifleet.ui_ended_sessions"]
 
 
 def current_user() -> User | None:
@@ -103,25 +111,29 @@ def current_user() -> User | None:
 
         name, sid = session.get("user"), session.get("sid")
         role = None
-        if isinstance(name, str) and isinstance(sid, str) and sid not in _ended():
-            role = active_role(primary_of_app().store, name)
+        if isinstance(name, str) and isinstance(sid, str):
+            role = session_role(primary_of_app().store, name, sid, time.time())
         g.ui_user = User(name, role) if role else None
     return g.ui_user
 
 
 def login_user(name: str) -> None:
     """Start a fresh session: nothing from before the login survives (no fixation)."""
+    from primary.auth import primary_of_app
+
     session.clear()
     session.permanent = True
     session["user"] = name
-    session["sid"] = secrets.token_urlsafe(16)
+    session["sid"] = start_session(primary_of_app().store, name, time.time())
     session["csrf"] = secrets.token_urlsafe(32)
     g.pop("ui_user", None)
 
 
 def logout_user() -> None:
+    from primary.auth import primary_of_app
+
     if isinstance(session.get("sid"), str):
-        _ended().end(session["sid"])
+        end_session(primary_of_app().store, session["sid"])
     session.clear()
     g.pop("ui_user", None)
 

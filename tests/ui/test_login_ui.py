@@ -1,6 +1,7 @@
 """Login, logout, the session cookie and CSRF, in a real browser against a real primary."""
 
 import re
+import sqlite3
 import subprocess
 
 import pytest
@@ -109,3 +110,24 @@ def test_a_session_outlives_a_restart_and_ends_when_the_user_is_disabled(page, p
     assert disabled.returncode == 0, disabled.stderr
     page.reload()
     expect(page).to_have_url(re.compile(r"/login\?next=/workers$"))
+
+
+def test_a_copied_cookie_of_a_logged_out_session_stays_refused_after_a_restart(
+    new_page, primary, login
+):
+    from playwright.sync_api import expect
+
+    page = new_page()
+    login(page, "admin")
+    copied = [c for c in page.context.cookies() if c["name"] == "cifleet_session"]
+    page.get_by_role("button", name="Log out").click()
+    expect(page.get_by_text("You are logged out.")).to_be_visible()
+    primary.stop()
+    primary.start()  # the ended session is in the store, not only in memory
+
+    thief = new_page()
+    thief.context.add_cookies(copied)
+    thief.goto("/workers")
+    expect(thief).to_have_url(re.compile(r"/login\?next=/workers$"))
+    with sqlite3.connect(primary.data_dir / "cifleet.db") as db:
+        assert db.execute("SELECT COUNT(*) FROM ui_sessions").fetchone() == (0,)
