@@ -5,7 +5,6 @@ from flask import Blueprint, Response, jsonify, request
 from primary import pipeline_secrets, pipelines, runs, static_files, workers
 from primary.auth import primary_of_app, require_role
 from primary.errors import BadRequest, NotFound
-from primary.initdir import new_worker_secret
 from primary.runlog import run_log
 from primary.runs import RUN_STATES
 
@@ -34,9 +33,7 @@ def worker_secret():
 @bp.post("/worker-secret/rotate")
 @require_role()
 def rotate_worker_secret():
-    secret = new_worker_secret()
-    primary_of_app().vault.set("worker_secret", secret)
-    return jsonify({"secret": secret})
+    return jsonify({"secret": workers.rotate_secret(primary_of_app())})
 
 
 @bp.get("/workers")
@@ -159,15 +156,9 @@ def status():
 @bp.post("/workers/<worker_id>/<action>")
 @require_role()
 def worker_action(worker_id: str, action: str):
-    flags = {
-        "lock": ("locked", True),
-        "unlock": ("locked", False),
-        "drain": ("draining", True),
-        "flood": ("draining", False),
-    }
-    if action not in flags:
+    if action not in workers.FLAG_ACTIONS:
         raise NotFound(f"no worker action {action!r}; use lock, unlock, drain or flood")
-    flag, on = flags[action]
+    flag, on = workers.FLAG_ACTIONS[action]
     return jsonify(workers.set_flag(primary_of_app(), worker_id, flag, on))
 
 
