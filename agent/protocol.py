@@ -26,7 +26,8 @@ POLL_HOLD_SECONDS = 25.0
 POLL_CLIENT_TIMEOUT_SECONDS = POLL_HOLD_SECONDS + 15.0
 
 # Largest log chunk the agent sends in one request, and the largest the primary accepts.
-LOG_CHUNK_BYTES = 1 << 20
+# Fewer, larger chunks: the primary streams each to disk, so size costs it no memory.
+LOG_CHUNK_BYTES = 4 << 20
 MAX_LOG_CHUNK_BYTES = 4 << 20
 
 # Most lines one prepare call carries (the primary refuses more).

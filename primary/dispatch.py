@@ -9,6 +9,7 @@ so a worker that comes back late cannot overwrite anything.
 import json
 import logging
 import time
+from collections.abc import Callable
 
 from agent.protocol import (
     CODE_LOG_GAP,
@@ -27,7 +28,7 @@ from primary.errors import (
     StorageUnavailable,
     conflict,
 )
-from primary.logs import LogGap
+from primary.logs import LogGap, ShortBody
 from primary.runs import notify
 from primary.scheduler import end_run, lose, plan, requeue
 
@@ -115,20 +116,30 @@ def start_run(primary: Primary, worker: dict, run_id: int, attempt: int) -> dict
 
 
 def append_log(
-    primary: Primary, worker: dict, run_id: int, job: str, attempt: int, offset: int, data: bytes
+    primary: Primary,
+    worker: dict,
+    run_id: int,
+    job: str,
+    attempt: int,
+    offset: int,
+    length: int,
+    read: Callable[[int], bytes],
 ) -> dict:
+    """Store a chunk of `length` bytes at `offset`, read from the request body as it comes."""
     if offset < 0:
         raise BadRequest("offset: must be 0 or more")
     run = current_run(primary, worker, run_id, attempt)
     row = _job(primary, run_id, job)
-    if row["state"] in JOB_FINAL_STATES and offset + len(data) > primary.logs.size(
+    if row["state"] in JOB_FINAL_STATES and offset + length > primary.logs.size(
         run_id, attempt, job
     ):
         raise conflict("job_finished", f"job {job!r} already finished; its log is closed")
     try:
-        size = primary.logs.append(run["id"], attempt, job, offset, data)
+        size = primary.logs.append_from(run["id"], attempt, job, offset, length, read)
     except LogGap as gap:
         raise LogGapError(str(gap), size=gap.size) from None
+    except ShortBody as short:
+        raise BadRequest(str(short)) from None
     notify(primary)
     return {"size": size}
 
@@ -164,6 +175,9 @@ def job_status(primary: Primary, worker: dict, run_id: int, job: str, body: dict
                 raise conflict(CODE_LOG_INCOMPLETE, "the log is not complete yet", size=stored)
             if log_size < stored:
                 raise BadRequest(f"log_size {log_size} is less than the {stored} bytes stored")
+            # The agent deletes its copy once the run is finished: from here on ours is the
+            # only one, so it goes to disk before the job can be final.
+            primary.logs.sync(run_id, attempt, job)
         with primary.store.transaction() as conn:
             conn.execute(
                 "UPDATE jobs SET state = ?, exit_code = ?, finished_at = ?,"

@@ -5,10 +5,12 @@ have, so a resend never duplicates, and refuse a chunk that starts beyond our en
 is answered instead of swallowed.
 """
 
+import io
 import logging
 import os
 import threading
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
 from pathlib import Path
 
 from primary.errors import storage_error
@@ -16,12 +18,59 @@ from primary.errors import storage_error
 log = logging.getLogger("cifleet.primary")
 
 READ_CHUNK = 1 << 20
+# Pieces a log chunk is received and written in: large enough that per-piece overhead does
+# not matter, small enough that no chunk is ever held whole (measured in bench/logs.py).
+WRITE_PIECE = 256 << 10
 
 
 class LogGap(Exception):
     def __init__(self, size: int):
         super().__init__(f"offset is beyond the stored log ({size} bytes)")
         self.size = size
+
+
+class ShortBody(Exception):
+    """The chunk ended before its announced length (the sender went away)."""
+
+
+def _pieces(read: Callable[[int], bytes], length: int) -> Iterator[bytes]:
+    while length > 0:
+        piece = read(min(length, WRITE_PIECE))
+        if not piece:
+            raise ShortBody(f"the chunk ended {length} bytes before its announced length")
+        length -= len(piece)
+        yield piece
+
+
+def _open_append(path: Path) -> io.FileIO:
+    path.parent.mkdir(parents=True, exist_ok=True)
+    return open(path, "ab", buffering=0)  # noqa: SIM115 - closed by append_from
+
+
+def _write_all(f: io.FileIO, data: bytes) -> None:
+    view = memoryview(data)
+    while view:
+        view = view[f.write(view) :]
+
+
+@contextmanager
+def _storing(path: Path, run_id: int, job: str) -> Iterator[None]:
+    """Turn a failure to write the log into the storage error the agent is answered."""
+    try:
+        yield
+    except OSError as exc:
+        # Part of the chunk may be on disk: harmless, the agent resends from the size we
+        # acknowledged and the bytes we already have are skipped.
+        log.error("cannot store the log %s: %s", path, exc)
+        raise storage_error(exc, f"the log of run {run_id} job {job}") from exc
+
+
+def _fsync(node: Path) -> None:
+    fd = os.open(node, os.O_RDONLY)
+    try:
+        os.fsync(fd)
+    finally:
+        os.close(fd)
 
 
 class LogStore:
@@ -41,24 +90,58 @@ class LogStore:
 
     def append(self, run_id: int, attempt: int, job: str, offset: int, data: bytes) -> int:
         """Store `data` found at `offset` of the job's output; return the stored size."""
+        return self.append_from(run_id, attempt, job, offset, len(data), io.BytesIO(data).read)
+
+    def append_from(
+        self,
+        run_id: int,
+        attempt: int,
+        job: str,
+        offset: int,
+        length: int,
+        read: Callable[[int], bytes],
+    ) -> int:
+        """Store the `length` bytes `read` yields, found at `offset` of the job's output,
+        piece by piece as they arrive (a request body is never held whole); return the
+        stored size.
+
+        LogGap before anything is read when `offset` is beyond our end. ShortBody when
+        `read` ends early: the pieces that came are kept, since they are the job's own bytes
+        at their offsets and a resend skips them.
+        """
         path = self.path(run_id, attempt, job)
         with self._locks[hash((run_id, attempt, job)) % len(self._locks)]:
             size = self.size(run_id, attempt, job)
             if offset > size:
                 raise LogGap(size)
-            fresh = data[size - offset :]
-            if not fresh:
-                return size
+            known = size - offset  # the leading bytes of this chunk we already have
+            f = None
             try:
-                path.parent.mkdir(parents=True, exist_ok=True)
-                with open(path, "ab") as f:
-                    f.write(fresh)
-            except OSError as exc:
-                # Part of the chunk may be on disk: harmless, the agent resends from the size
-                # we acknowledged and the bytes we already have are skipped.
-                log.error("cannot store the log %s: %s", path, exc)
-                raise storage_error(exc, f"the log of run {run_id} job {job}") from exc
-            return size + len(fresh)
+                for piece in _pieces(read, length):
+                    if known >= len(piece):
+                        known -= len(piece)
+                        continue
+                    piece, known = piece[known:], 0
+                    with _storing(path, run_id, job):
+                        if f is None:
+                            f = _open_append(path)
+                        _write_all(f, piece)
+                    size += len(piece)
+            finally:
+                if f is not None:
+                    f.close()
+            return size
+
+    def sync(self, run_id: int, attempt: int, job: str) -> None:
+        """Put the job's log on disk, with the directory entries that lead to it (written
+        bytes survive a crash of the primary from the moment they are written; this makes
+        them survive one of its host too). Once per job, before its final status."""
+        path = self.path(run_id, attempt, job)
+        if not path.exists():
+            return
+        with _storing(path, run_id, job):
+            for node in (path, path.parent, path.parent.parent, self.root):
+                _fsync(node)
 
     def iter_bytes(
         self, run_id: int, attempt: int, job: str, offset: int, end: int | None = None

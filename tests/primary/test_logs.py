@@ -1,8 +1,10 @@
 """Log storage by offset: resends never duplicate, gaps are refused."""
 
+import io
+
 import pytest
 
-from primary.logs import LogGap, LogStore
+from primary.logs import LogGap, LogStore, ShortBody
 
 
 def test_append_by_offset(tmp_path):
@@ -17,3 +19,31 @@ def test_append_by_offset(tmp_path):
     assert b"".join(logs.iter_bytes(1, 1, "job", 6)) == b"world"
     assert b"".join(logs.iter_bytes(1, 1, "job", 0, 5)) == b"hello"
     assert logs.size(1, 2, "job") == 0  # attempts are kept apart
+
+
+def test_append_from_streams_pieces_and_skips_what_it_has(tmp_path):
+    logs = LogStore(tmp_path)
+    data = bytes(range(256)) * 3000  # 768,000 bytes: three pieces of WRITE_PIECE and a bit
+    assert logs.append(1, 1, "job", 0, data[:300_000]) == 300_000
+    # A resend from 0 whose known part spans more than one piece: only the rest is written.
+    body = io.BytesIO(data)
+    assert logs.append_from(1, 1, "job", 0, len(data), body.read) == len(data)
+    assert body.read() == b""  # the whole body was consumed
+    assert logs.path(1, 1, "job").read_bytes() == data
+
+
+def test_a_short_chunk_keeps_the_bytes_that_came(tmp_path):
+    logs = LogStore(tmp_path)
+    with pytest.raises(ShortBody):
+        logs.append_from(1, 1, "job", 0, 1000, io.BytesIO(b"x" * 600).read)
+    assert logs.path(1, 1, "job").read_bytes() == b"x" * 600
+    assert logs.append(1, 1, "job", 0, b"x" * 1000) == 1000  # the resend completes it
+
+
+def test_sync_puts_an_existing_log_on_disk_and_ignores_a_missing_one(tmp_path):
+    logs = LogStore(tmp_path)
+    logs.sync(1, 1, "job")  # nothing was written: nothing to sync, no file made
+    assert not logs.path(1, 1, "job").exists()
+    logs.append(1, 1, "job", 0, b"done\n")
+    logs.sync(1, 1, "job")
+    assert logs.path(1, 1, "job").read_bytes() == b"done\n"
