@@ -10,8 +10,6 @@ import ssl
 import sys
 from pathlib import Path
 
-from cryptography import x509
-
 from agent.client import Client, TransportError, agent_context
 from agent.home import CERT_FILE, ConfigError, is_registered, load_config
 from agent.protocol import CODE_UNKNOWN_WORKER, WORKER_PATH
@@ -35,6 +33,8 @@ def check(home: Path) -> tuple[int, str]:
         config = load_config(home)
     except ConfigError as e:
         return CHECK_NOT_REGISTERED, str(e)
+    from cryptography import x509  # here, not at the top: `run` imports this module too
+
     try:
         cert = x509.load_pem_x509_certificate((Path(home) / CERT_FILE).read_bytes())
     except (OSError, ValueError) as e:
