@@ -45,3 +45,12 @@ class Backoff:
 def short_pause(low: float = 0.5, high: float = 1.0) -> float:
     """A small jittered pause, e.g. between polls the primary answered at once with nothing."""
     return random.uniform(low, high)
+
+
+def poll_pause(poll_after: object, longest: float) -> float:
+    """The pause after a poll answered at once with nothing: the `poll_after` the primary
+    asked for (it had no thread to hold the poll on), at most `longest`, jittered so the
+    agents it turned away do not come back together; else a short pause."""
+    if isinstance(poll_after, int | float) and not isinstance(poll_after, bool) and poll_after > 0:
+        return random.uniform(0.5, 1.0) * min(poll_after, longest)
+    return short_pause()

@@ -19,7 +19,7 @@ import psutil
 
 from agent import __version__, renewal
 from agent.assignment import parse_assignment
-from agent.backoff import CAP_SECONDS, Backoff, short_pause
+from agent.backoff import CAP_SECONDS, Backoff, poll_pause
 from agent.client import Client, ClientPool, TransportError, agent_context
 from agent.executor import KILL_GRACE_SECONDS
 from agent.home import (
@@ -37,6 +37,7 @@ from agent.protocol import (
     MAX_SLOTS,
     MIN_SLOTS,
     POLL_CLIENT_TIMEOUT_SECONDS,
+    POLL_HOLD_SECONDS,
     POLL_PATH,
 )
 from agent.runner import RunHandle
@@ -235,9 +236,12 @@ class Agent:
                         log.info("connected to the primary again")
                     failing = False
                     backoff.reset()
-                    took_work = self._handle_answer(resp.json())
+                    answer = resp.json()
+                    took_work = self._handle_answer(answer)
                     if not took_work and time.monotonic() - started < QUICK_ANSWER_SECONDS:
-                        self.stop.wait(short_pause())  # never busy-loop on a quick answer
+                        # Never busy-loop on a quick answer.
+                        pause = poll_pause(answer.get("poll_after"), POLL_HOLD_SECONDS)
+                        self.stop.wait(pause)
                     continue
                 problem = f"poll refused: HTTP {resp.status}: {resp.message}"
             log.log(logging.DEBUG if failing else logging.WARNING, "%s; retrying", problem)

@@ -60,6 +60,12 @@ def build_parser() -> argparse.ArgumentParser:
         help="slots of the built-in worker; 0 turns it off",
     )
     p.add_argument("--agent-threads", type=int, default=128)
+    p.add_argument(
+        "--max-agent-threads",
+        type=int,
+        default=2048,
+        help="the agent listener grows to this many threads, one per agent in a long poll",
+    )
     p.add_argument("--public-threads", type=int, default=16)
     p.add_argument("--worker-cert-days", type=float, default=30.0)
 
@@ -155,6 +161,7 @@ def cmd_serve(args) -> int:
         home_busy_wait=args.home_busy_wait,
         primary_worker_slots=args.primary_worker_slots,
         agent_threads=args.agent_threads,
+        max_agent_threads=args.max_agent_threads,
         public_threads=args.public_threads,
         worker_cert_days=args.worker_cert_days,
     )

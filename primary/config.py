@@ -20,9 +20,12 @@ class PrimaryConfig:
     home_busy_wait: float = 5.0
     worker_cert_days: float = 30.0
     # Threads of each listener. Every agent waiting in a long poll holds one agent-port thread;
-    # polls beyond (agent_threads - AGENT_THREADS_RESERVED) are answered without holding.
+    # the agent listener starts with agent_threads and grows as held polls need them, up to
+    # max_agent_threads; polls beyond (max_agent_threads - AGENT_THREADS_RESERVED) are
+    # answered at once and told when to poll again.
     public_threads: int = 16
     agent_threads: int = 128
+    max_agent_threads: int = 2048
     # Idle keep-alive connections each listener keeps open. cheroot's default is 10, past
     # which every connection is closed after its response and the next request pays a
     # TLS handshake: a fleet needs room for a poll and a few report connections per agent.

@@ -8,6 +8,7 @@ for work, so a wake in between is never lost.
 import json
 import threading
 import time
+from collections.abc import Callable
 
 from agent.protocol import NAME_RE
 from primary import dispatch, pipeline_secrets, static_files
@@ -140,17 +141,45 @@ def _answer(primary: Primary, worker: dict, held: set[tuple[int, int]], body: di
 
 class PollGate:
     """Caps how many polls may be held at once, so held polls never take every thread of the
-    agent listener and starve log and status requests."""
+    agent listener and starve log and status requests.
 
-    def __init__(self, limit: int):
-        self._slots = threading.BoundedSemaphore(limit) if limit > 0 else None
+    A held poll needs a thread, so when every hold is taken the gate asks `grow` for more
+    threads (it returns how many it added: 0 at the listener's maximum). Beyond that, polls
+    are answered at once with a `poll_after` pause for the agent to keep.
+    """
+
+    def __init__(self, limit: int, grow: Callable[[], int] | None = None):
+        self._limit = max(limit, 0)
+        self._held = 0
+        self.grow = grow
+        self._lock = threading.Lock()
+        self._growing = threading.Lock()  # one grower at a time; the others wait for it
+
+    def _take(self) -> bool:
+        with self._lock:
+            if self._held < self._limit:
+                self._held += 1
+                return True
+            return False
 
     def try_hold(self) -> bool:
-        return self._slots is not None and self._slots.acquire(blocking=False)
+        if self._take():
+            return True
+        if self.grow is None:
+            return False
+        with self._growing:
+            while not self._take():
+                added = self.grow()
+                if added <= 0:
+                    return False
+                with self._lock:
+                    self._limit += added
+            return True
 
     def release(self) -> None:
-        assert self._slots is not None
-        self._slots.release()
+        with self._lock:
+            assert self._held > 0
+            self._held -= 1
 
 
 def poll(primary: Primary, gate: PollGate, worker: dict, body: dict, stop: threading.Event) -> dict:
@@ -167,7 +196,8 @@ def poll(primary: Primary, gate: PollGate, worker: dict, body: dict, stop: threa
     if answer["assignments"] or answer["cancel"] or not body.get("wait") or stop.is_set():
         return answer
     if not gate.try_hold():
-        return answer
+        # No thread to hold it on: the agent waits as long as a held poll would have.
+        return {**answer, "poll_after": primary.config.poll_hold_seconds}
     try:
         event.wait(primary.config.poll_hold_seconds)
     finally:

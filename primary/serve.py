@@ -1,9 +1,9 @@
 """`cifleet-primary serve`: two TLS listeners, background loops, the built-in worker.
 
-Threads: each listener is a cheroot server with a fixed pool (public_threads,
-agent_threads). A held long poll occupies one agent-port thread; idle keep-alive
-connections wait in cheroot's selector, not on a thread. Signal handlers only set the stop
-event; the main thread does the shutdown.
+Threads: each listener is a cheroot server with a pool of threads (public_threads; the
+agent listener starts with agent_threads and grows to max_agent_threads). A held long poll
+occupies one agent-port thread; idle keep-alive connections wait in cheroot's selector, not
+on a thread. Signal handlers only set the stop event; the main thread does the shutdown.
 """
 
 import json
@@ -30,6 +30,31 @@ SWEEP_INTERVAL = 1.0
 # cheroot's socket timeout for accepted connections: bounds a TLS handshake and the wait for
 # a request on an idle keep-alive connection.
 SOCKET_TIMEOUT = 20
+# Connections waiting to be accepted on the agent port: a whole fleet reconnects at once
+# after a primary restart, and a full backlog makes each agent wait out a SYN retry.
+AGENT_LISTEN_BACKLOG = 1024
+
+
+class AgentPool:
+    """The agent listener's threads, grown on demand up to `max_agent_threads`: a held long
+    poll occupies one, and an idle thread costs about 20 KiB of memory and no CPU, so a
+    thread per connected agent is cheaper than making agents poll again and again."""
+
+    def __init__(self, server: wsgi.Server, size: int, maximum: int):
+        self._server = server
+        self.size = size
+        self._maximum = maximum
+
+    def grow(self) -> int:
+        """Double the pool (at most to the maximum); return how many threads were added.
+        Doubling: a fleet connecting at once waits for a few growth steps, not dozens."""
+        added = min(self.size, self._maximum - self.size)
+        if added <= 0:
+            return 0
+        self._server.requests.grow(added)
+        self.size += added
+        log.info("agent listener: %d threads (held polls took them all)", self.size)
+        return added
 
 
 def _ssl_adapter(primary: Primary, key_file: Path, require_client_cert: bool) -> BuiltinSSLAdapter:
@@ -50,14 +75,18 @@ def build_servers(primary: Primary, stop: threading.Event) -> tuple[wsgi.Server,
         server_name="cifleet",
         timeout=SOCKET_TIMEOUT,
     )
+    agent_app = create_agent_app(primary, stop)
     agent = wsgi.Server(
         (config.bind, config.agent_port),
-        create_agent_app(primary, stop),
+        agent_app,
         numthreads=config.agent_threads,
+        max=max(config.max_agent_threads, config.agent_threads),
         server_name="cifleet",
         timeout=SOCKET_TIMEOUT,
-        request_queue_size=128,
+        request_queue_size=AGENT_LISTEN_BACKLOG,
     )
+    pool = AgentPool(agent, config.agent_threads, config.max_agent_threads)
+    agent_app.extensions["cifleet.poll_gate"].grow = pool.grow
     public.keep_alive_conn_limit = config.keepalive_connections
     agent.keep_alive_conn_limit = config.keepalive_connections
     # The server key lives in the vault; ssl can only load it from a file, so it exists on

@@ -126,6 +126,7 @@ class FakePrimary:
         self.file_requests: list[tuple[int, int, str]] = []  # (run_id, attempt, path)
         self.file_error: tuple[int, dict] | None = None  # the answer to file requests, if set
         self.slots: int | None = None  # the poll answer's "slots", when set
+        self.poll_after: float | None = None  # the poll answer's "poll_after", when set
         # Workspaces this worker is no longer the home of: the answer lists those the
         # poll reported, as the primary recomputes it on every poll.
         self.not_home: set[str] = set()
@@ -265,6 +266,8 @@ class FakePrimary:
                     )
                     if self.slots is not None:
                         answer["slots"] = self.slots
+                    if self.poll_after is not None:
+                        answer["poll_after"] = self.poll_after
                     return 200, answer
                 self.lock.wait(0.02)
 

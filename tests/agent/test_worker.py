@@ -73,6 +73,16 @@ def test_no_busy_loop_on_quick_empty_answers(fake_primary, running_agent):
     assert 2 <= len(fake_primary.polls) <= 8
 
 
+def test_a_quick_answer_with_poll_after_is_kept(fake_primary, running_agent):
+    # A primary with no thread to hold the poll on asks for a pause of 4 s: the agent waits
+    # 2 to 4 s (jittered) instead of its usual 0.5 to 1 s, so in 3 s it polls at most twice.
+    fake_primary.hold = 0.0
+    fake_primary.poll_after = 4.0
+    running_agent()
+    time.sleep(3.0)
+    assert 1 <= len(fake_primary.polls) <= 2
+
+
 def test_drain_finishes_the_current_run_then_returns(agent_home, fake_primary, running_agent):
     fake_primary.hold = 5.0
     fake_primary.assignments.append(assignment(3, ("a", "sleep 1.5; echo done")))

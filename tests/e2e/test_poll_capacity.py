@@ -1,0 +1,70 @@
+"""Held long polls and the agent listener's threads: the pool grows while agents need
+threads to wait on, and past its maximum a poll is answered at once with poll_after."""
+
+import time
+from concurrent.futures import ThreadPoolExecutor
+
+import pytest
+from fleet import AgentPeer, init_primary
+
+from agent import __version__
+from agent.registration import register
+
+HOLD = 3.0  # --heartbeat-timeout 6: polls are held for half of it
+
+
+@pytest.fixture
+def small_primary(fleet_root, request):
+    """A primary whose agent listener starts with 10 threads (8 of them kept for short
+    requests, so 2 polls can be held) and may grow to the test's maximum."""
+    p = init_primary(
+        fleet_root,
+        "--heartbeat-timeout",
+        str(2 * HOLD),
+        "--primary-worker-slots",
+        "0",
+        "--agent-threads",
+        "10",
+        "--max-agent-threads",
+        str(request.param),
+    )
+    p.start()
+    yield p
+    p.stop()
+
+
+def waiting_polls(primary, root, count: int) -> list[tuple[float, dict]]:
+    """`count` registered agents each send one waiting poll, all at once: (seconds until
+    answered, answer) for each."""
+    secret = primary.secret()
+    homes = [root / f"w{i}" for i in range(count)]
+    for i, home in enumerate(homes):
+        register(primary.url, primary.ca_file, secret, f"w{i}", [], 1, home)
+    body = {"wait": True, "runs": [], "version": __version__, "slots": 1}
+
+    def poll(home):
+        started = time.monotonic()
+        status, answer = AgentPeer.of_home(primary, home).call("POST", "/agent/v1/poll", body)
+        assert status == 200, answer
+        return time.monotonic() - started, answer
+
+    with ThreadPoolExecutor(count) as pool:
+        return list(pool.map(poll, homes))
+
+
+@pytest.mark.parametrize("small_primary", [10], indirect=True)
+def test_past_the_maximum_a_poll_is_answered_at_once_with_poll_after(small_primary, fleet_root):
+    results = waiting_polls(small_primary, fleet_root, 3)
+    turned_away = [answer for _, answer in results if "poll_after" in answer]
+    held = [took for took, answer in results if "poll_after" not in answer]
+    assert len(turned_away) == 1
+    assert turned_away[0]["poll_after"] == HOLD  # as long as a held poll would have taken
+    assert len(held) == 2 and min(held) >= HOLD - 0.5
+
+
+@pytest.mark.parametrize("small_primary", [40], indirect=True)
+def test_the_pool_grows_so_every_poll_is_held(small_primary, fleet_root):
+    results = waiting_polls(small_primary, fleet_root, 6)
+    assert all("poll_after" not in answer for _, answer in results)
+    assert min(took for took, _ in results) >= HOLD - 0.5
+    assert "agent listener: 20 threads" in small_primary.log_path.read_text()
