@@ -67,6 +67,24 @@ def build_parser() -> argparse.ArgumentParser:
         help="the agent listener grows to this many threads, one per agent in a long poll",
     )
     p.add_argument("--public-threads", type=int, default=16)
+    p.add_argument(
+        "--log-streams",
+        type=int,
+        default=8,
+        help="live log streams of the web UI open at once (each holds a public thread)",
+    )
+    p.add_argument(
+        "--log-stream-seconds",
+        type=float,
+        default=25.0,
+        help="a live log stream ends after this long; the browser resumes where it stopped",
+    )
+    p.add_argument(
+        "--max-static-file-bytes",
+        type=int,
+        default=256 << 20,
+        help="largest static file a pipeline may have",
+    )
     p.add_argument("--worker-cert-days", type=float, default=30.0)
 
     p = sub.add_parser("secret", help="show or rotate the worker secret")
@@ -163,6 +181,9 @@ def cmd_serve(args) -> int:
         agent_threads=args.agent_threads,
         max_agent_threads=args.max_agent_threads,
         public_threads=args.public_threads,
+        log_streams=args.log_streams,
+        log_stream_seconds=args.log_stream_seconds,
+        max_static_file_bytes=args.max_static_file_bytes,
         worker_cert_days=args.worker_cert_days,
     )
     return serve(config)

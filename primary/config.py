@@ -24,6 +24,11 @@ class PrimaryConfig:
     # max_agent_threads; polls beyond (max_agent_threads - AGENT_THREADS_RESERVED) are
     # answered at once and told when to poll again.
     public_threads: int = 16
+    # Web UI live logs (primary/ui/log_stream.py): each open stream holds a public-port
+    # thread, so at most log_streams are open (keep it well below public_threads) and each
+    # ends after log_stream_seconds (the browser reconnects and resumes where it stopped).
+    log_streams: int = 8
+    log_stream_seconds: float = 25.0
     agent_threads: int = 128
     max_agent_threads: int = 2048
     # Idle keep-alive connections each listener keeps open. cheroot's default is 10, past

@@ -139,8 +139,16 @@ def _error_page(status: int, message: str, code: str, headers: dict):
 
 
 # Child blueprints, one per page family. Imported here, after `bp` exists.
-from primary.ui import auth_views, settings_views, workers_views  # noqa: E402
+from primary.ui import (  # noqa: E402
+    auth_views,
+    pipelines_views,
+    runs_views,
+    settings_views,
+    workers_views,
+)
 
 bp.register_blueprint(auth_views.bp)
 bp.register_blueprint(workers_views.bp)
+bp.register_blueprint(pipelines_views.bp)
+bp.register_blueprint(runs_views.bp)
 bp.register_blueprint(settings_views.bp)

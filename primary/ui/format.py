@@ -51,7 +51,37 @@ def badge_class(state: str) -> str:
     return "badge badge-" + state.replace(" ", "-").replace("_", "-")
 
 
+def seconds_between(
+    start: str | None, end: str | None, now: datetime.datetime | None = None
+) -> float | None:
+    """Seconds from one ISO time to another, or to now while `end` is None (a job that is
+    still running); None before it started."""
+    if not start:
+        return None
+    ended = (
+        datetime.datetime.fromisoformat(end) if end else now or datetime.datetime.now(datetime.UTC)
+    )
+    return max(0.0, (ended - datetime.datetime.fromisoformat(start)).total_seconds())
+
+
+def bytes_text(size: int) -> str:
+    """'812 B', '4.2 KiB', '17.0 MiB', '1.3 GiB'."""
+    if size < 1024:
+        return f"{size} B"
+    value = float(size)
+    for unit in ("KiB", "MiB", "GiB"):  # noqa: B007 - the unit it stopped at is shown
+        value /= 1024
+        if value < 1024:
+            break
+    return f"{value:.1f} {unit}"
+
+
 def install_filters(app: Flask) -> None:
     app.jinja_env.filters.update(
-        ago=ago, load_text=load_text, duration=duration, badge_class=badge_class
+        ago=ago,
+        load_text=load_text,
+        duration=duration,
+        badge_class=badge_class,
+        seconds_between=seconds_between,
+        bytes_text=bytes_text,
     )

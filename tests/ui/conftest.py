@@ -25,7 +25,7 @@ from pathlib import Path
 import pytest
 from cryptography import x509
 from cryptography.hazmat.primitives import serialization
-from fleet import BIN, Primary
+from fleet import BIN, Primary, init_primary
 
 CHROMIUM = "/usr/bin/chromium"
 CHROMIUM_ARGS = [
@@ -222,3 +222,42 @@ def csrf_of():
         return token
 
     return token_of
+
+
+@pytest.fixture
+def primary(fleet_root, request) -> Primary:
+    """tests/conftest.py's primary, plus serve flags a test may give:
+    @pytest.mark.parametrize("primary", [("--log-streams", "1")], indirect=True)."""
+    p = init_primary(
+        fleet_root,
+        "--heartbeat-timeout",
+        "6",
+        "--primary-worker-slots",
+        "0",
+        *getattr(request, "param", ()),
+    )
+    p.start()
+    yield p
+    p.stop()
+
+
+@pytest.fixture
+def session_get(primary):
+    """session_get(page, path, headers) -> (status, headers, body): a GET from outside the
+    browser with the page's session cookie, read to its end (an event stream ends by
+    itself: at the end of a finished run's log, or after --log-stream-seconds)."""
+
+    def get(page, path: str, headers: dict | None = None) -> tuple[int, dict, bytes]:
+        cookies = "; ".join(f"{c['name']}={c['value']}" for c in page.context.cookies())
+        context = ssl.create_default_context(cafile=str(primary.ca_file))
+        conn = http.client.HTTPSConnection(
+            "127.0.0.1", primary.api_port, context=context, timeout=60
+        )
+        try:
+            conn.request("GET", path, headers={"Cookie": cookies, **(headers or {})})
+            response = conn.getresponse()
+            return response.status, dict(response.getheaders()), response.read()
+        finally:
+            conn.close()
+
+    return get

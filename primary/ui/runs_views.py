@@ -1,0 +1,150 @@
+"""Runs pages: the list with filters, a run with its jobs and attempts, its live log (SSE,
+primary/ui/log_stream.py), its raw logs, and Cancel."""
+
+from flask import Blueprint, Response, current_app, render_template, request, url_for
+
+from primary import pipelines, runs, workers
+from primary.auth import primary_of_app
+from primary.errors import BadRequest
+from primary.runlog import run_log
+from primary.ui import log_stream
+from primary.ui.respond import done
+from primary.ui.run_info import prepare_lines, tail_start
+from primary.ui.session import require_admin
+
+bp = Blueprint("runs", __name__, url_prefix="/runs")
+SLOTS = "cifleet.ui_log_streams"
+# A run page opens its log at most this far from the end (the raw log has all of it).
+TAIL_BYTES = 1 << 20
+
+
+@bp.record_once
+def _make_slots(state) -> None:
+    config = state.app.extensions["cifleet"].config
+    state.app.extensions[SLOTS] = log_stream.StreamSlots(config.log_streams)
+
+
+def _filters() -> dict[str, str]:
+    """The list's filters from the query string; a state that does not exist is refused."""
+    chosen = {key: request.args.get(key, "").strip() for key in ("pipeline", "state", "worker")}
+    if chosen["state"] and chosen["state"] not in runs.RUN_STATES:
+        raise BadRequest(f"state: must be one of {', '.join(runs.RUN_STATES)}")
+    return chosen
+
+
+def _listed(chosen: dict[str, str], limit: int = 100) -> list[dict]:
+    return runs.list_runs(
+        primary_of_app(),
+        chosen["pipeline"] or None,
+        chosen["state"] or None,
+        limit,
+        worker=chosen["worker"] or None,
+    )
+
+
+@bp.get("")
+def index():
+    primary = primary_of_app()
+    chosen = _filters()
+    return render_template(
+        "runs.html",
+        runs=_listed(chosen),
+        chosen=chosen,
+        pipeline_names=[p["name"] for p in pipelines.list_pipelines(primary)],
+        worker_names=sorted(w["name"] for w in workers.list_workers(primary)),
+        states=runs.RUN_STATES,
+        table_url=url_for(".table", **{k: v for k, v in chosen.items() if v}),
+    )
+
+
+@bp.get("/table")
+def table():
+    """The table alone, for the periodic refresh (also the pipeline page's recent runs)."""
+    limit = request.args.get("limit", "100")
+    if not limit.isdigit() or not 1 <= int(limit) <= 100:
+        raise BadRequest("limit: must be a whole number from 1 to 100")
+    return render_template("runs_table.html", runs=_listed(_filters(), int(limit)))
+
+
+def _summary_context(run_id: int) -> dict:
+    primary = primary_of_app()
+    run = runs.get_run(primary, run_id)
+    return {
+        "run": run,
+        "prepare": prepare_lines(primary, run),
+        "final": run["state"] in runs.FINAL_STATES,
+    }
+
+
+@bp.get("/<int:run_id>")
+def show(run_id: int):
+    context = _summary_context(run_id)
+    start = tail_start(primary_of_app(), context["run"], TAIL_BYTES)
+    return render_template("run_show.html", **context, start=start)
+
+
+@bp.get("/<int:run_id>/summary")
+def summary(run_id: int):
+    """State and jobs, for the refresh when the log stream says the state changed."""
+    return render_template("run_summary.html", **_summary_context(run_id))
+
+
+@bp.get("/<int:run_id>/history")
+def history(run_id: int):
+    """Prepare environment and attempts, refreshed like the summary."""
+    return render_template("run_history.html", **_summary_context(run_id))
+
+
+def _start_offset() -> int:
+    """Where a stream starts: the browser's Last-Event-ID on a reconnect, else `?offset=`."""
+    raw = request.headers.get("Last-Event-ID") or request.args.get("offset") or "0"
+    if not raw.isdigit():
+        raise BadRequest("offset: must be a whole number of bytes")
+    return int(raw)
+
+
+@bp.get("/<int:run_id>/events")
+def events(run_id: int):
+    primary = primary_of_app()
+    runs.get_run(primary, run_id)  # 404 before a stream starts
+    offset = _start_offset()
+    slots: log_stream.StreamSlots = current_app.extensions[SLOTS]
+    if not slots.take():
+        return Response(
+            log_stream.busy_answer(slots.size),
+            503,
+            {"Retry-After": str(log_stream.BUSY_RETRY_MS // 1000)},
+            mimetype="text/event-stream",
+        )
+    stream = log_stream.follow(primary, run_id, offset, primary.config.log_stream_seconds)
+    response = Response(stream, mimetype="text/event-stream")
+    response.call_on_close(slots.give_back)
+    response.headers["X-Accel-Buffering"] = "no"  # a proxy in front must not hold events
+    return response
+
+
+@bp.get("/<int:run_id>/log")
+def raw_log(run_id: int):
+    """The whole run log, exactly the bytes of GET /api/v1/runs/ID/log."""
+    chunks, _ = run_log(primary_of_app(), run_id, 0)
+    return Response(chunks, mimetype="text/plain")
+
+
+@bp.get("/<int:run_id>/attempts/<int:attempt>/jobs/<job>/log")
+def attempt_log(run_id: int, attempt: int, job: str):
+    """One job's output in one attempt, also of an attempt that was lost or taken back."""
+    primary = primary_of_app()
+    info = runs.attempt_log(primary, run_id, attempt, job)
+    chunks = primary.logs.iter_bytes(run_id, attempt, job, 0, info["size"])
+    return Response(chunks, mimetype="text/plain")
+
+
+@bp.post("/<int:run_id>/cancel")
+@require_admin
+def cancel(run_id: int):
+    run = runs.cancel_run(primary_of_app(), run_id)
+    if run["state"] == "cancelled":
+        message = f"run {run_id} was cancelled"
+    else:
+        message = f"run {run_id}: cancelling; its worker is told to stop"
+    return done(message, url_for(".show", run_id=run_id), state=run["state"])

@@ -1,0 +1,325 @@
+"""Runs pages in a real browser with a real agent: a run triggered from the UI whose log
+grows in the page while its job runs (the test decides when the job goes on, by creating
+files it waits for), ANSI colours, auto-scroll, resuming after the stream ends, the cap on
+open streams, Cancel, filters, and what a viewer may not do."""
+
+import json
+import re
+import signal
+
+import pytest
+from fleet import wait_for
+
+pytestmark = pytest.mark.e2e
+
+SGR = re.compile(r"\x1b\[[0-9;]*m")
+# Streams end after 3 s here, so every test below sees the browser reconnect and resume.
+SHORT_STREAMS = ("--log-stream-seconds", "3")
+
+
+def pipeline_yaml(name: str, jobs: dict[str, list[str]], tags: tuple[str, ...] = ()) -> str:
+    lines = [f"name: {name}"]
+    if tags:
+        lines.append(f"tags: [{', '.join(tags)}]")
+    lines.append("jobs:")
+    for job, steps in jobs.items():
+        lines += [f"  - name: {job}", "    steps:"]
+        lines += [f"      - {json.dumps(step)}" for step in steps]  # JSON strings are YAML
+    return "\n".join(lines) + "\n"
+
+
+def wait_file(path) -> str:
+    return f"while [ ! -e {path} ]; do sleep 0.1; done"
+
+
+def run_from_pipeline_page(page, name: str) -> int:
+    from playwright.sync_api import expect
+
+    page.goto(f"/pipelines/{name}")
+    page.get_by_role("button", name="Run").click()
+    expect(page).to_have_url(re.compile(r"/runs/\d+$"))
+    return int(page.url.rsplit("/", 1)[1])
+
+
+def stored_log(primary, run_id: int) -> bytes:
+    status, _, body = primary.client.request("GET", f"/api/v1/runs/{run_id}/log")
+    assert status == 200
+    return body
+
+
+def parse_events(stream: bytes) -> list[dict]:
+    """text/event-stream -> [{"event", "id", "data"}] (comments and retry lines skipped)."""
+    events = []
+    for block in stream.decode().split("\n\n"):
+        fields = dict(line.split(": ", 1) for line in block.split("\n") if ": " in line)
+        if "event" in fields:
+            events.append(
+                {
+                    "event": fields["event"],
+                    "id": fields.get("id"),
+                    "data": json.loads(fields["data"]),
+                }
+            )
+    return events
+
+
+def at_bottom(log) -> bool:
+    return log.evaluate("el => el.scrollHeight - el.scrollTop - el.clientHeight < 4")
+
+
+@pytest.mark.parametrize("primary", [SHORT_STREAMS], indirect=True)
+def test_a_run_started_in_the_ui_shows_its_log_growing_in_colour_and_resumes_exactly(
+    page, login, primary, start_agent, tmp_path, shot, session_get
+):
+    from playwright.sync_api import expect
+
+    start_agent("builder-1")
+    go_on, finish = tmp_path / "go-on", tmp_path / "finish"
+    steps = [
+        'for i in $(seq 1 60); do echo "early line $i"; done',
+        r"printf 'naïve ✓ \033[33mwarning\033[0m: '",
+        r"printf '\033[1;31mred bold\033[0m, \033[32mgreen\033[0m\n'",
+        wait_file(go_on),
+        'for i in $(seq 1 40); do echo "late line $i"; done',
+        wait_file(finish),
+        "echo last line",
+    ]
+    primary.pipeline(pipeline_yaml("live", {"build": steps, "test": ["echo tested"]}))
+    login(page, "admin")
+    run_id = run_from_pipeline_page(page, "live")
+
+    log = page.locator("#log")
+    expect(log).to_contain_text("early line 60")
+    expect(log.locator("span.ansi-fg-31.ansi-bold")).to_have_text("red bold")
+    expect(log.locator("span.ansi-fg-33")).to_have_text("warning")
+    expect(page.locator("#run-state")).to_have_text("running")
+    expect(page.locator('tr[data-job="build"] [data-state]')).to_have_text("running")
+    assert primary.run(run_id)["jobs"][0]["state"] == "running"  # it waits for go-on
+    assert "late line" not in log.text_content()
+    assert at_bottom(log)  # it followed the output
+    shot(page, "run")
+
+    # The stream ends every 3 s; the browser reconnects with Last-Event-ID.
+    wait_for(lambda: int(log.get_attribute("data-connections") or 0) >= 2, 30, "a reconnect")
+
+    # Scrolled up by the user: new output does not pull the view down.
+    log.hover()
+    page.mouse.wheel(0, -100_000)
+    expect(page.get_by_role("button", name="Follow the end")).to_be_visible()
+    top = log.evaluate("el => el.scrollTop")
+    go_on.touch()
+    expect(log).to_contain_text("late line 40")
+    assert log.evaluate("el => el.scrollTop") == top == 0
+
+    # Back at the bottom: it follows again.
+    page.mouse.wheel(0, 100_000)
+    expect(page.get_by_role("button", name="Follow the end")).to_be_hidden()
+    finish.touch()
+    expect(log).to_have_attribute("data-complete", "true", timeout=60_000)
+    expect(page.locator("#run-state")).to_have_text("success")
+    expect(page.locator('tr[data-job="test"] [data-state]')).to_have_text("success")
+    assert at_bottom(log)
+    assert int(log.get_attribute("data-connections")) >= 3
+
+    # Every byte once, across all the reconnects: the page's text is the stored log with
+    # the colour codes turned into spans.
+    body = stored_log(primary, run_id)
+    shown = log.text_content()
+    assert shown == SGR.sub("", body.decode())
+    assert shown.count("early line 7\n") == 1 and shown.count("late line 7\n") == 1
+    assert "last line\n" in shown and "naïve ✓ warning: red bold, green\n" in shown
+
+    # Resuming from a byte offset (what Last-Event-ID carries) sends exactly the rest.
+    middle = body.index(b"late line 1\n")
+    status, headers, stream = session_get(
+        page, f"/runs/{run_id}/events", {"Last-Event-ID": str(middle)}
+    )
+    assert status == 200 and headers["Content-Type"].startswith("text/event-stream")
+    events = parse_events(stream)
+    logs = [e for e in events if e["event"] == "log"]
+    assert "".join(e["data"]["text"] for e in logs) == body[middle:].decode()
+    assert int(logs[-1]["id"]) == len(body)
+    assert events[-1]["event"] == "end"
+    assert events[0]["event"] == "state" and events[0]["data"]["state"] == "success"
+
+
+@pytest.mark.parametrize("primary", [SHORT_STREAMS], indirect=True)
+def test_bytes_that_are_not_utf8_are_shown_replaced_and_the_raw_log_is_exact(
+    page, login, primary, start_agent, session_get
+):
+    from playwright.sync_api import expect
+
+    start_agent("builder-1")
+    # "é" is C3 A9: its two bytes come a second apart, so they may reach the primary in
+    # different chunks; FF is no UTF-8 at all.
+    steps = [r"printf 'caf\303'", "sleep 1", r"printf '\251 \377 end\n'"]
+    primary.pipeline(pipeline_yaml("bytes", {"emit": steps}))
+    run_id = primary.trigger("bytes")
+    login(page, "viewer")
+    page.goto(f"/runs/{run_id}")
+    log = page.locator("#log")
+    expect(log).to_have_attribute("data-complete", "true", timeout=60_000)
+    body = stored_log(primary, run_id)
+    assert b"caf\xc3\xa9 \xff end\n" in body
+    assert log.text_content() == body.decode("utf-8", "replace")
+    assert "café \ufffd end" in log.text_content()
+    status, headers, raw = session_get(page, f"/runs/{run_id}/log")
+    assert (status, raw) == (200, body)
+
+
+@pytest.mark.parametrize("primary", [("--log-streams", "1")], indirect=True)
+def test_streams_past_the_cap_are_refused_with_a_retry_and_get_in_later(
+    new_page, login, primary, start_agent, tmp_path, session_get
+):
+    from playwright.sync_api import expect
+
+    start_agent("builder-1")
+    finish = tmp_path / "finish"
+    steps = ['for i in $(seq 1 30); do echo "line $i"; done', wait_file(finish), "echo done"]
+    primary.pipeline(pipeline_yaml("held", {"build": steps}))
+    run_id = primary.trigger("held")
+    first = new_page()
+    login(first, "viewer")
+    first.goto(f"/runs/{run_id}")
+    expect(first.locator("#log")).to_contain_text("line 30")
+
+    status, headers, body = session_get(first, f"/runs/{run_id}/events")
+    assert status == 503 and headers["Retry-After"] == "5"
+    assert body.startswith(b"retry: 5000\n")
+
+    second = new_page()
+    login(second, "viewer")
+    second.goto(f"/runs/{run_id}")
+    expect(second.locator("#log-status")).to_contain_text("live log unavailable")
+    assert second.locator("#log").text_content() == ""
+
+    first.goto("/workers")  # leaves: its stream ends at its next write, a heartbeat later
+    expect(second.locator("#log")).to_contain_text("line 30", timeout=60_000)
+    finish.touch()
+    expect(second.locator("#log")).to_have_attribute("data-complete", "true", timeout=60_000)
+    assert second.locator("#log").text_content() == stored_log(primary, run_id).decode()
+
+
+def test_a_lost_attempt_stays_in_the_log_and_its_partial_output_is_linked(
+    page, login, primary, start_agent, tmp_path, session_get
+):
+    from playwright.sync_api import expect
+
+    first = start_agent("builder-1")
+    finish = tmp_path / "finish"
+    steps = ['echo "attempt $CIFLEET_RUN_ATTEMPT started"', wait_file(finish), "echo finished"]
+    primary.pipeline(pipeline_yaml("fragile", {"build": steps}))
+    run_id = primary.trigger("fragile")
+    login(page, "viewer")
+    page.goto(f"/runs/{run_id}")
+    log = page.locator("#log")
+    expect(log).to_contain_text("attempt 1 started")
+
+    first.stop(signal.SIGKILL)  # the worker dies; after the heartbeat timeout the run is lost
+    expect(log).to_contain_text("=== attempt 1 on builder-1: lost", timeout=60_000)
+    start_agent("builder-2")  # ... and re-queued (retries_on_lost: 1 by default) to another
+    expect(log).to_contain_text("attempt 2 started", timeout=60_000)
+    finish.touch()
+    expect(log).to_have_attribute("data-complete", "true", timeout=60_000)
+    expect(page.locator("#run-state")).to_have_text("success")
+    assert log.text_content() == stored_log(primary, run_id).decode()
+
+    lost = page.locator('#run-history tr[data-attempt="1"]')
+    expect(lost).to_contain_text("builder-1")
+    expect(lost.locator(".badge")).to_have_text("lost")
+    lost.get_by_role("link", name="build").click()
+    assert page.locator("body").inner_text() == "attempt 1 started\n"  # its partial output
+    status, _, body = primary.client.request(
+        "GET", f"/api/v1/runs/{run_id}/attempts/1/jobs/build/log"
+    )
+    assert (status, body) == (200, b"attempt 1 started\n")
+    assert session_get(page, f"/runs/{run_id}/attempts/1/jobs/build/log")[2] == body
+
+
+def test_cancel_a_running_run_after_confirming(page, login, primary, start_agent):
+    from playwright.sync_api import expect
+
+    start_agent("builder-1")
+    primary.pipeline(pipeline_yaml("slow", {"build": ["echo started", "sleep 300"]}))
+    login(page, "admin")
+    run_id = run_from_pipeline_page(page, "slow")
+    expect(page.locator("#log")).to_contain_text("started")
+    expect(page.locator("#run-state")).to_have_text("running")
+
+    page.once("dialog", lambda dialog: dialog.dismiss())
+    page.get_by_role("button", name="Cancel run").click()
+    page.wait_for_timeout(500)  # a dismissed confirmation sends nothing; give it a chance to
+    assert primary.run(run_id)["cancel_requested"] is False
+
+    page.once("dialog", lambda dialog: dialog.accept())
+    page.get_by_role("button", name="Cancel run").click()
+    expect(page.locator("#messages")).to_contain_text(f"run {run_id}")
+    expect(page.locator("#run-state")).to_have_text("cancelled", timeout=30_000)
+    expect(page.locator("#log")).to_have_attribute("data-complete", "true")
+    expect(page.get_by_role("button", name="Cancel run")).to_have_count(0)
+    run = primary.run(run_id)
+    assert (run["state"], run["jobs"][0]["state"]) == ("cancelled", "cancelled")
+    expect(page.locator("#log")).to_contain_text(f"=== run {run_id}: cancelled")
+
+
+def test_the_runs_list_filters_by_pipeline_state_and_worker(
+    page, login, primary, start_agent, shot
+):
+    from playwright.sync_api import expect
+
+    start_agent("worker-a", tags="a")
+    start_agent("worker-b", tags="b")
+    primary.pipeline(pipeline_yaml("alpha", {"ok": ["true"]}, tags=("a",)))
+    primary.pipeline(pipeline_yaml("beta", {"broken": ["echo oops; exit 3"]}, tags=("b",)))
+    alpha = [primary.wait_run(primary.trigger("alpha"))["id"] for _ in range(2)]
+    beta = primary.wait_run(primary.trigger("beta"))["id"]
+    assert primary.run(beta)["state"] == "failed"
+    login(page, "viewer")
+    page.goto("/runs")
+    rows = page.locator("#runs tr[data-run]")
+
+    def shown() -> list[int]:
+        return [int(r.get_attribute("data-run")) for r in rows.all()]
+
+    expect(rows).to_have_count(3)
+    assert shown() == [beta, alpha[1], alpha[0]]  # newest first
+    expect(page.locator(f'tr[data-run="{beta}"] [data-state]')).to_have_text("failed")
+    shot(page, "runs")
+
+    for field, value, expected in [
+        ("pipeline", "alpha", alpha[::-1]),
+        ("state", "failed", [beta]),
+        ("worker", "worker-b", [beta]),
+        ("worker", "worker-a", alpha[::-1]),
+    ]:
+        page.goto("/runs")
+        page.locator(f"#filter-{field}").select_option(value)
+        page.get_by_role("button", name="Filter").click()
+        expect(rows).to_have_count(len(expected))
+        assert shown() == expected, (field, value)
+        expect(page.locator(f"#filter-{field}")).to_have_value(value)
+
+    page.goto("/runs?pipeline=alpha&state=failed")
+    expect(page.locator("#runs")).to_contain_text("No runs.")
+    page.goto("/runs?state=exploded")
+    expect(page.locator("main")).to_contain_text("state: must be one of")
+
+
+def test_a_viewer_sees_no_cancel_button_and_their_cancel_is_refused(
+    new_page, login, primary, start_agent, session_post, csrf_of
+):
+    from playwright.sync_api import expect
+
+    start_agent("builder-1")
+    primary.pipeline(pipeline_yaml("slow", {"build": ["echo started", "sleep 300"]}))
+    run_id = primary.trigger("slow")
+    viewer = new_page()
+    login(viewer, "viewer")
+    viewer.goto(f"/runs/{run_id}")
+    expect(viewer.locator("#log")).to_contain_text("started")
+    expect(viewer.locator("#run-state")).to_have_text("running")
+    expect(viewer.locator("main button:not(#log-follow), main form")).to_have_count(0)
+    status, body = session_post(viewer, f"/runs/{run_id}/cancel", {"csrf_token": csrf_of(viewer)})
+    assert (status, "only an admin may do this" in body) == (403, True)
+    run = primary.run(run_id)
+    assert (run["state"], run["cancel_requested"]) == ("running", False)
