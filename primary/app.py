@@ -47,10 +47,12 @@ def _base_app(primary: Primary, name: str) -> Flask:
     return app
 
 
-def create_app(config: PrimaryConfig | Primary) -> Flask:
-    """The public-port app. Starts no threads and opens no sockets."""
+def create_app(config: PrimaryConfig | Primary, stop: threading.Event | None = None) -> Flask:
+    """The public-port app. Starts no threads and opens no sockets. `stop` ends the web
+    UI's live log streams early when the primary shuts down."""
     primary = config if isinstance(config, Primary) else open_primary(config)
     app = _base_app(primary, "cifleet.public")
+    app.extensions["cifleet.stop"] = stop or threading.Event()
     app.extensions["cifleet.registration_limiter"] = FailureLimiter(
         primary.config.registration_failures, primary.config.registration_window
     )

@@ -70,7 +70,7 @@ def build_servers(primary: Primary, stop: threading.Event) -> tuple[wsgi.Server,
     config = primary.config
     public = wsgi.Server(
         (config.bind, config.api_port),
-        create_app(primary),
+        create_app(primary, stop),
         numthreads=config.public_threads,
         server_name="cifleet",
         timeout=SOCKET_TIMEOUT,

@@ -105,10 +105,13 @@ def read_log(primary: Primary, run_id: int, offset: int) -> tuple[bytes, bool, b
     return bytes(piece), False, True
 
 
-def follow(primary: Primary, run_id: int, offset: int, seconds: float) -> Iterator[bytes]:
+def follow(
+    primary: Primary, run_id: int, offset: int, seconds: float, stop: threading.Event
+) -> Iterator[bytes]:
     """The events of one stream: the run's state whenever it changed, its log from `offset`
     as it grows, and `end` once the run is final and all of its log was sent. Ends after
-    `seconds`; the browser then reconnects from the last id."""
+    `seconds` (the browser then reconnects from the last id), or within WAKE_TIMEOUT of
+    `stop` (the primary shuts down: cheroot waits for its threads)."""
     deadline = time.monotonic() + seconds
     yield f"retry: {RETRY_MS}\n\n".encode()
     sent_state = None
@@ -129,7 +132,7 @@ def follow(primary: Primary, run_id: int, offset: int, seconds: float) -> Iterat
             yield sse_event("end", {"offset": offset}, offset)
             return
         now = time.monotonic()
-        if now >= deadline:
+        if now >= deadline or stop.is_set():
             return
         if more:
             continue  # a backlog: send the rest without waiting

@@ -116,7 +116,8 @@ def events(run_id: int):
             {"Retry-After": str(log_stream.BUSY_RETRY_MS // 1000)},
             mimetype="text/event-stream",
         )
-    stream = log_stream.follow(primary, run_id, offset, primary.config.log_stream_seconds)
+    seconds, stop = primary.config.log_stream_seconds, current_app.extensions["cifleet.stop"]
+    stream = log_stream.follow(primary, run_id, offset, seconds, stop)
     response = Response(stream, mimetype="text/event-stream")
     response.call_on_close(slots.give_back)
     response.headers["X-Accel-Buffering"] = "no"  # a proxy in front must not hold events

@@ -323,3 +323,21 @@ def test_a_viewer_sees_no_cancel_button_and_their_cancel_is_refused(
     assert (status, "only an admin may do this" in body) == (403, True)
     run = primary.run(run_id)
     assert (run["state"], run["cancel_requested"]) == ("running", False)
+
+
+def test_the_primary_shuts_down_cleanly_while_a_page_follows_a_log(
+    page, login, primary, start_agent
+):
+    """An open stream holds a listener thread, which cheroot waits for: the stream ends
+    when the primary stops, so SIGTERM ends it (not the SIGKILL of fleet's stop, later)."""
+    from playwright.sync_api import expect
+
+    start_agent("builder-1")
+    primary.pipeline(pipeline_yaml("slow", {"build": ["echo started", "sleep 300"]}))
+    run_id = primary.trigger("slow")
+    login(page, "viewer")
+    page.goto(f"/runs/{run_id}")
+    expect(page.locator("#log")).to_contain_text("started")
+    expect(page.locator("#log-status")).to_have_text("following the log as it grows")
+    primary.stop()
+    assert primary.proc.returncode == 0
