@@ -113,7 +113,7 @@ def save():
         if len(text.encode()) > MAX_DEFINITION_BYTES:
             raise BadRequest(f"the definition is larger than {MAX_DEFINITION_BYTES} bytes")
         pipeline, created = pipelines.save_pipeline(primary_of_app(), text)
-    except BadRequest as err:
+    except ApiError as err:  # invalid, or the store could not take it (disk full)
         return _edit_again(text, editing, err)
     word = "created" if created else "saved"
     return done(f"pipeline {pipeline['name']} {word}", url_for(".show", name=pipeline["name"]))
@@ -133,7 +133,7 @@ def _edit_again(text: str, editing: str | None, err: ApiError):
         error_line=line,
         error_text=shown,
     )
-    return page, 400
+    return page, err.status
 
 
 @bp.get("/<name>/cache/clear")

@@ -103,6 +103,11 @@ def test_a_definition_is_created_and_edited_in_the_browser_and_mistakes_keep_the
 
     page.get_by_role("link", name="Edit definition").click()
     expect(page.get_by_label("Definition")).to_have_value(fixed)
+    too_big = "# " + "x" * (1 << 20) + "\n" + fixed  # the admin API's limit is 1 MiB too
+    page.get_by_label("Definition").fill(too_big)
+    page.get_by_role("button", name="Save").click()
+    expect(error).to_contain_text("the definition is larger than 1048576 bytes")
+    assert page.get_by_label("Definition").input_value() == too_big
     page.get_by_label("Definition").fill(fixed.replace("./ship", "./ship --now"))
     page.get_by_role("button", name="Save").click()
     expect(page.locator("#messages")).to_have_text("pipeline deploy saved")
