@@ -109,19 +109,25 @@ class RunReporter:
         Raises Stale, UnknownWorker, Refused or Stopped when delivery cannot complete.
         """
         i = 0
+        reported_start = None  # the job whose running status went with the prepare notes
         while True:
             event = self._event(i)
             kind = event[0]
             if kind == "prepared":
-                resp = self._call(
-                    RUN_PREPARE_PATH.format(run_id=self._run.run_id),
-                    {"attempt": self._run.attempt, "lines": fit_lines(event[1])},
-                )
+                # The executor's next event follows at once (the first job starts, or the
+                # run ends); a first job's running status goes with the notes.
+                following = self._event(i + 1)
+                reported_start = following[1] if following[0] == "started" else None
+                body = {"attempt": self._run.attempt, "lines": fit_lines(event[1])}
+                if reported_start is not None:
+                    body["job_started"] = reported_start
+                resp = self._call(self._run_path(RUN_PREPARE_PATH), body)
                 if resp.status != 200:
                     raise Refused(f"prepare: HTTP {resp.status}: {resp.message}")
             elif kind == "started":
                 job = event[1]
-                self._status(job, {"state": "running"})
+                if job != reported_start:
+                    self._status(job, {"state": "running"})
                 # Ship output while the job runs, until its final event is queued; wait a
                 # tick only when there was nothing to send.
                 sent = True
@@ -129,18 +135,21 @@ class RunReporter:
                     sent = self._ship_chunk(job, limit=None)
             elif kind == "finished":
                 _, job, state, exit_code, log_size = event
-                if log_size is None:
-                    self._status(job, {"state": state})
-                else:
-                    self._final_status(job, state, exit_code, log_size)
+                status = {"state": state}
+                if log_size is not None:
+                    status.update(exit_code=exit_code, log_size=log_size)
+                # As above, the next event follows at once: after the last job it is the
+                # end of the run, and this final status goes with finish.
+                if self._event(i + 1)[0] == "run_finished":
+                    body = {"job": {"name": job, **status}}
+                    self._final(job, log_size, self._run_path(RUN_FINISH_PATH), body, "finish")
+                    return
+                path = self._job_path(JOB_STATUS_PATH, job)
+                self._final(job, log_size, path, status, f"job {job} status")
             elif kind == "abort":
                 raise event[1]
             else:
-                resp = self._call(
-                    RUN_FINISH_PATH.format(run_id=self._run.run_id), {"attempt": self._run.attempt}
-                )
-                if resp.status != 200:
-                    raise Refused(f"finish: HTTP {resp.status}: {resp.message}")
+                self._final(None, None, self._run_path(RUN_FINISH_PATH), {}, "finish")
                 return
             i += 1
 
@@ -157,20 +166,22 @@ class RunReporter:
                 waited += TICK_SECONDS
             return self._events[i]
 
-    def _final_status(self, job: str, state: str, exit_code: int | None, log_size: int) -> None:
-        body = {"state": state, "exit_code": exit_code, "log_size": log_size}
+    def _final(
+        self, job: str | None, log_size: int | None, path: str, body: dict, what: str
+    ) -> None:
+        """POST `body` to `path` (a final job status, or finish) once the primary has the
+        first `log_size` bytes of `job`'s log; it answers 409 log_incomplete with its size
+        when it has not, and the rest is sent from there."""
         while True:
-            while self._acked.get(job, 0) < log_size:
+            while job is not None and log_size is not None and self._acked.get(job, 0) < log_size:
                 self._ship_chunk(job, limit=log_size)
-            resp = self._call(
-                self._job_path(JOB_STATUS_PATH, job), {"attempt": self._run.attempt, **body}
-            )
+            resp = self._call(path, {"attempt": self._run.attempt, **body})
             if resp.status == 200:
                 return
-            if resp.status == 409 and resp.code == CODE_LOG_INCOMPLETE:
+            if job is not None and resp.status == 409 and resp.code == CODE_LOG_INCOMPLETE:
                 self._acked[job] = _size(resp)
                 continue
-            raise Refused(f"job {job} status: HTTP {resp.status}: {resp.message}")
+            raise Refused(f"{what}: HTTP {resp.status}: {resp.message}")
 
     def _status(self, job: str, body: dict[str, Any]) -> None:
         resp = self._call(
@@ -219,6 +230,9 @@ class RunReporter:
 
     def _job_path(self, template: str, job: str) -> str:
         return template.format(run_id=self._run.run_id, job=job)
+
+    def _run_path(self, template: str) -> str:
+        return template.format(run_id=self._run.run_id)
 
     def _call(
         self, path: str, payload: dict[str, Any] | bytes, content_type: str = "application/json"

@@ -65,7 +65,10 @@ def job_status(run_id: int, job: str):
 @bp.post("/runs/<int:run_id>/finish")
 @require_worker
 def finish(run_id: int):
-    return jsonify(dispatch.finish_run(primary_of_app(), g.worker, run_id, _attempt(json_body())))
+    body = json_body()
+    return jsonify(
+        dispatch.finish_run(primary_of_app(), g.worker, run_id, _attempt(body), body.get("job"))
+    )
 
 
 @bp.post("/runs/<int:run_id>/prepare")
@@ -74,7 +77,12 @@ def prepare(run_id: int):
     body = json_body()
     return jsonify(
         dispatch.prepare_notes(
-            primary_of_app(), g.worker, run_id, _attempt(body), body.get("lines")
+            primary_of_app(),
+            g.worker,
+            run_id,
+            _attempt(body),
+            body.get("lines"),
+            body.get("job_started"),
         )
     )
 

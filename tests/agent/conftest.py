@@ -229,9 +229,21 @@ class FakePrimary:
                 self.started.append(run_id)
                 return 200, {"state": "running"}
             if m.group(2) == "prepare":
-                self.prepares.setdefault(run_id, []).append(json.loads(body))
+                notes = json.loads(body)
+                first_job = notes.pop("job_started", None)
+                self.prepares.setdefault(run_id, []).append(notes)
+                if first_job is not None:  # its running status came with the notes
+                    self.statuses.setdefault((run_id, first_job), []).append(
+                        {"attempt": attempt, "state": "running"}
+                    )
                 return 200, {}
             if m.group(2) == "finish":
+                last_job = json.loads(body).get("job")
+                if last_job is not None:  # its final status came with finish
+                    status = {k: v for k, v in last_job.items() if k != "name"}
+                    code, answer = self._status(run_id, last_job["name"], attempt, status)
+                    if code != 200:
+                        return code, answer
                 self.finished.append(run_id)
                 return 200, {"state": "success"}
             stored = self.logs.setdefault((run_id, job), bytearray())
@@ -242,14 +254,16 @@ class FakePrimary:
                 stored[offset:] = body  # bytes it already has are the same bytes
                 return 200, {"size": len(stored)}
             status = json.loads(body)
-            if "log_size" in status and status["log_size"] > len(stored):
-                return 409, {
-                    "error": "incomplete",
-                    "code": CODE_LOG_INCOMPLETE,
-                    "size": len(stored),
-                }
-            self.statuses.setdefault((run_id, job), []).append(status)
-            return 200, {"state": status["state"]}
+            del status["attempt"]
+            return self._status(run_id, job, attempt, status)
+
+    def _status(self, run_id: int, job: str, attempt: int, status: dict) -> tuple[int, dict]:
+        """A job status, sent on its own or with prepare or finish (under self.lock)."""
+        stored = self.logs.setdefault((run_id, job), bytearray())
+        if "log_size" in status and status["log_size"] > len(stored):
+            return 409, {"error": "incomplete", "code": CODE_LOG_INCOMPLETE, "size": len(stored)}
+        self.statuses.setdefault((run_id, job), []).append({"attempt": attempt, **status})
+        return 200, {"state": status["state"]}
 
     def _poll(self, body: dict) -> tuple[int, dict]:
         deadline = time.monotonic() + (self.hold if body.get("wait") else 0)

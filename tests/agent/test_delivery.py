@@ -21,12 +21,12 @@ def job(name, *steps, **kw):
     return {"name": name, "steps": list(steps), **kw}
 
 
-def setup(agent_home, fake, run, tmp_path):
+def setup(agent_home, fake, run, tmp_path, prepare=None):
     stop = threading.Event()
     client = Client(fake.url, agent_context(agent_home))
     spool = tmp_path / "spool" / f"{run.run_id}-{run.attempt}"
     reporter = RunReporter(client, run, spool, stop)
-    executor = RunExecutor(run, tmp_path / "ws", spool, reporter, kill_grace=1.0)
+    executor = RunExecutor(run, tmp_path / "ws", spool, reporter, kill_grace=1.0, prepare=prepare)
     return reporter, executor, stop
 
 
@@ -72,6 +72,24 @@ def test_everything_arrives_in_order_and_byte_exact(agent_home, fake_primary, tm
     assert fake_primary.states(1, "c") == ["skipped"]
     # finish is the last call, after every final status
     assert fake_primary.calls[-1] == "/agent/v1/runs/1/finish"
+
+
+def test_a_one_job_run_takes_three_calls(agent_home, fake_primary, tmp_path):
+    # The job's running status goes with the prepare notes, its final status with finish.
+    run = assignment(6, job("a", "printf done"))
+    reporter, executor, _ = setup(agent_home, fake_primary, run, tmp_path, prepare=lambda _: None)
+    t, errors = run_both(reporter, executor)
+    t.join(15)
+    assert not errors
+    calls = [c for c in fake_primary.calls if c.startswith("/agent/v1/runs/6/")]
+    assert calls == [
+        "/agent/v1/runs/6/start",
+        "/agent/v1/runs/6/prepare",
+        "/agent/v1/runs/6/jobs/a/log",
+        "/agent/v1/runs/6/finish",
+    ]
+    assert fake_primary.states(6, "a") == ["running", "success"]
+    assert fake_primary.log(6, "a") == b"done"
 
 
 def test_output_reaches_the_primary_while_the_job_runs(agent_home, fake_primary, tmp_path):
