@@ -303,21 +303,44 @@ def kill_host(agent: Agent) -> None:
     psutil.wait_procs(tree, timeout=10)
 
 
-def job_processes(run_id: int, attempt: int | None = None) -> list:
-    """Live processes of a run's jobs on this machine (by their CIFLEET_* environment)."""
+def workspace_processes(root: Path) -> list[psutil.Process]:
+    """Live job processes whose CIFLEET_WORKSPACE is under `root` (an agent home, or a
+    test's whole fleet root): never another test's jobs, which run under its own root."""
+    inside = str(root) + "/"
     found = []
     for proc in psutil.process_iter():
         try:
-            env = proc.environ()
             if proc.status() == psutil.STATUS_ZOMBIE:
                 continue
+            if proc.environ().get("CIFLEET_WORKSPACE", "").startswith(inside):
+                found.append(proc)
         except psutil.Error:
             continue
-        if env.get("CIFLEET_RUN_ID") == str(run_id) and (
-            attempt is None or env.get("CIFLEET_RUN_ATTEMPT") == str(attempt)
-        ):
-            found.append(proc)
     return found
+
+
+def job_processes(root: Path, run_id: int, attempt: int | None = None) -> list[psutil.Process]:
+    """Live processes of a run's jobs run by agents under `root` (by their CIFLEET_* env:
+    every fresh primary numbers its runs from 1, so the run id alone is not this test's)."""
+    found = []
+    for proc in workspace_processes(root):
+        with contextlib.suppress(psutil.Error):
+            env = proc.environ()
+            if env.get("CIFLEET_RUN_ID") == str(run_id) and (
+                attempt is None or env.get("CIFLEET_RUN_ATTEMPT") == str(attempt)
+            ):
+                found.append(proc)
+    return found
+
+
+def kill_workspace_processes(root: Path) -> None:
+    """SIGKILL the job processes under `root` that their agent left running (an agent
+    stopped or killed alone ends nothing that runs in its jobs' own sessions)."""
+    procs = workspace_processes(root)
+    for proc in procs:
+        with contextlib.suppress(psutil.Error):
+            proc.kill()
+    psutil.wait_procs(procs, timeout=10)
 
 
 def register_agents(

@@ -1,12 +1,10 @@
 """Helpers of the fault-injection tests: a fleet torn down whatever state a test left it
 in, and the event files the tests' steps append to."""
 
-import contextlib
 from dataclasses import dataclass
 from pathlib import Path
 
-import psutil
-from fleet import Agent, Primary, kill_host, register_agent, wait_for
+from fleet import Agent, Primary, kill_host, kill_workspace_processes, register_agent, wait_for
 
 # Seconds without contact before a worker is inactive and its runs' leases expire. Short, so
 # losses are seen quickly; long enough that a loaded 2-core machine never loses a live one.
@@ -50,21 +48,7 @@ class Fleet:
             if agent.proc is not None and agent.proc.poll() is None:
                 kill_host(agent)
         # Jobs an agent killed alone (not as a host) left running, if the test did not end them.
-        for name in self.agents:
-            for proc in workspace_processes(self.root / name):
-                with contextlib.suppress(psutil.Error):
-                    proc.kill()
-
-
-def workspace_processes(home: Path) -> list[psutil.Process]:
-    """Live job processes of an agent home (their CIFLEET_WORKSPACE is inside it)."""
-    inside = str(home / "workspaces") + "/"
-    found = []
-    for proc in psutil.process_iter():
-        with contextlib.suppress(psutil.Error):
-            if proc.environ().get("CIFLEET_WORKSPACE", "").startswith(inside):
-                found.append(proc)
-    return found
+        kill_workspace_processes(self.root)
 
 
 # -- A long job: attempt 1 writes numbered lines for a minute; later attempts five. -----
@@ -175,22 +159,31 @@ def executions(events: list[Event]) -> dict[int, list[Execution]]:
     return by_run
 
 
+@dataclass(frozen=True)
+class Kill:
+    """A kill -9 of a worker at `ns`: of its host (the agent and its jobs) or, if not
+    `host`, of the agent alone (its jobs run on)."""
+
+    ns: int
+    host: bool
+
+
 def assert_never_twice_at_once(
-    by_run: dict[int, list[Execution]], kills: dict[str, list[int]] | None = None
+    by_run: dict[int, list[Execution]], kills: dict[str, list[Kill]] | None = None
 ) -> None:
     """No run executed on two workers (or twice on one) at the same time. An execution that
-    never ended was ended by a kill of its worker (`kills`: worker -> kill times, ns): the
-    first one after it started."""
+    never ended was ended by a host kill of its worker (`kills`: worker -> kills), the first
+    one after it started; a kill of the agent alone ends no job."""
     kills = kills or {}
     for run, runs in by_run.items():
         for earlier, later in zip(runs, runs[1:], strict=False):
             end = earlier.end
             if end is None:
-                after = [k for k in kills.get(earlier.worker, []) if k > earlier.start]
-                end = min(after, default=None)
+                host_kills = [k.ns for k in kills.get(earlier.worker, []) if k.host]
+                end = min((ns for ns in host_kills if ns > earlier.start), default=None)
             assert end is not None, (
                 f"run {run}: attempt {earlier.attempt} on {earlier.worker} never ended and its "
-                f"worker was not killed, yet attempt {later.attempt} ran on {later.worker}"
+                f"host was not killed, yet attempt {later.attempt} ran on {later.worker}"
             )
             assert end <= later.start, (
                 f"run {run} ran twice at once: attempt {earlier.attempt} on {earlier.worker} "

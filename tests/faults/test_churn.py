@@ -12,7 +12,7 @@ import signal
 import time
 
 import pytest
-from fault_fleet import assert_never_twice_at_once, event, executions, read_events
+from fault_fleet import Kill, assert_never_twice_at_once, event, executions, read_events
 from fleet import kill_host, register_agents, wait_for
 
 pytestmark = pytest.mark.faults
@@ -58,7 +58,7 @@ def test_churn_loses_no_run_and_runs_none_twice_at_once(serve, fleet_of):
         return sum(runs[s] for s in ("queued", "assigned", "running"))
 
     rng = random.Random(SEED)
-    kills: dict[str, list[int]] = {}
+    kills: dict[str, list[Kill]] = {}
     restart_at: dict[str, float] = {}
     ids: list[int] = []
     for _ in range(KILLS):  # runs arrive in batches, so the kills meet busy agents
@@ -70,12 +70,13 @@ def test_churn_loses_no_run_and_runs_none_twice_at_once(serve, fleet_of):
                 fleet.agents[name].start()
                 del restart_at[name]
         victim = fleet.agents[rng.choice(sorted(set(names) - set(restart_at)))]
-        if rng.random() < 0.5:
+        host = rng.random() < 0.5
+        if host:
             kill_host(victim)  # the agent and its jobs
         else:
             os.kill(victim.proc.pid, signal.SIGKILL)  # the agent alone: its jobs run on
             victim.proc.wait(10)
-        kills.setdefault(victim.name, []).append(time.time_ns())
+        kills.setdefault(victim.name, []).append(Kill(time.time_ns(), host))
         if rng.random() < 0.5:
             victim.start()  # at once: it finds its jobs (if it was killed alone) still running
         else:
@@ -105,7 +106,7 @@ def test_churn_loses_no_run_and_runs_none_twice_at_once(serve, fleet_of):
         hit += 1
         for a in lost:  # lost only to a kill of its worker while it held the run
             held = (_ns(a["assigned_at"]), _ns(a["ended_at"]))
-            assert any(held[0] <= k <= held[1] for k in kills.get(a["worker_name"], [])), (
+            assert any(held[0] <= k.ns <= held[1] for k in kills.get(a["worker_name"], [])), (
                 f"run {run_id} attempt {a['attempt']} lost on {a['worker_name']}, not killed then"
             )
     print(

@@ -32,14 +32,16 @@ def test_a_cut_off_worker_is_replaced_and_its_late_writes_are_refused(serve, fle
     run = wait_lost_then_done(primary, run_id, lost_on="cut-off", done_on="steady")
     lost_size = run["attempts"][0]["log_sizes"]["work"]
     # Behind the cut attempt 1 runs on: the agent cannot tell a dead primary from a cut.
-    assert job_processes(run_id, attempt=1)
+    assert job_processes(cut_off.home, run_id, attempt=1)
 
     wait_for(lambda: time.monotonic() - cut_at >= 2 * HEARTBEAT, 3 * HEARTBEAT, "the cut")
     proxy.heal()
     fleet.wait_active("cut-off")
     # The late writes meet 409 stale_attempt: the agent ends the job, drops the run, and
     # nothing it sent after the loss was stored.
-    wait_for(lambda: not job_processes(run_id, attempt=1), 60, "the stale attempt to end")
+    wait_for(
+        lambda: not job_processes(cut_off.home, run_id, attempt=1), 60, "the stale attempt to end"
+    )
     wait_for(
         lambda: (
             f"run {run_id} attempt 1 was taken back by the primary; dropping it"

@@ -32,7 +32,7 @@ def test_a_host_crash_loses_the_attempt_and_the_run_finishes_elsewhere(serve, fl
     primary.client.json("POST", "/api/v1/workers/survivor/unlock")
 
     kill_host(doomed)  # the agent and its job die together, mid-output
-    assert not job_processes(run_id), "a dead host runs nothing"
+    assert not job_processes(fleet.root, run_id), "a dead host runs nothing"
 
     run = wait_lost_then_done(primary, run_id, lost_on="doomed", done_on="survivor")
 
@@ -84,7 +84,7 @@ def test_a_killed_agent_ends_its_orphaned_jobs_when_it_restarts(serve, fleet_of)
 
     os.kill(crashy.proc.pid, signal.SIGKILL)
     crashy.proc.wait(10)
-    orphans = job_processes(run_id, attempt=1)
+    orphans = job_processes(crashy.home, run_id, attempt=1)
     assert orphans, "the job outlives its agent"
     ticks = len(read_events(events_file))
     wait_for(lambda: len(read_events(events_file)) > ticks + 3, 10, "the orphan to keep going")
@@ -100,7 +100,7 @@ def test_a_killed_agent_ends_its_orphaned_jobs_when_it_restarts(serve, fleet_of)
         "lost: the agent on crashy restarted; its jobs ended with the old agent process"
     ), run["attempts"][0]["reason"]
     assert primary.job_log(run_id, "work") == lines(2, 5)
-    assert not job_processes(run_id, attempt=1), "the orphaned job was ended"
+    assert not job_processes(fleet.root, run_id, attempt=1), "the orphaned job was ended"
     assert re.search(
         r"ended \d+ process\(es\) of jobs an earlier agent process left running: [\d ]+\n",
         fleet.log("crashy"),
