@@ -1,6 +1,7 @@
 """Log storage by offset: resends never duplicate, gaps are refused."""
 
 import io
+import os
 
 import pytest
 
@@ -40,10 +41,25 @@ def test_a_short_chunk_keeps_the_bytes_that_came(tmp_path):
     assert logs.append(1, 1, "job", 0, b"x" * 1000) == 1000  # the resend completes it
 
 
-def test_sync_puts_an_existing_log_on_disk_and_ignores_a_missing_one(tmp_path):
+def test_sync_fsyncs_the_log_and_the_directories_that_lead_to_it(tmp_path, monkeypatch):
+    synced: list[str] = []
+    real_fsync = os.fsync
+
+    def recording_fsync(fd: int) -> None:
+        synced.append(os.readlink(f"/proc/self/fd/{fd}"))
+        real_fsync(fd)
+
+    monkeypatch.setattr(os, "fsync", recording_fsync)
     logs = LogStore(tmp_path)
     logs.sync(1, 1, "job")  # nothing was written: nothing to sync, no file made
+    assert synced == []
     assert not logs.path(1, 1, "job").exists()
     logs.append(1, 1, "job", 0, b"done\n")
     logs.sync(1, 1, "job")
+    assert synced == [
+        str(tmp_path / "1/1/job.log"),
+        str(tmp_path / "1/1"),
+        str(tmp_path / "1"),
+        str(tmp_path),
+    ]
     assert logs.path(1, 1, "job").read_bytes() == b"done\n"
