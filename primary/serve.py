@@ -37,7 +37,7 @@ AGENT_LISTEN_BACKLOG = 1024
 
 class AgentPool:
     """The agent listener's threads, grown on demand up to `max_agent_threads`: a held long
-    poll occupies one, and an idle thread costs about 20 KiB of memory and no CPU, so a
+    poll occupies one, and an idle thread costs little memory (docs/design.md) and no CPU, so a
     thread per connected agent is cheaper than making agents poll again and again."""
 
     def __init__(self, server: wsgi.Server, size: int, maximum: int):
