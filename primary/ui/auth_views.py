@@ -1,6 +1,7 @@
 """Log in and out of the web UI."""
 
 import math
+from urllib.parse import urlsplit
 
 from flask import Blueprint, current_app, flash, redirect, render_template, request, url_for
 
@@ -13,9 +14,14 @@ LOGIN_FAILED = "wrong name or password"
 
 
 def _safe_next(target: str | None) -> str:
-    """Where to go after logging in: only a path on this site, never another host."""
-    if target and target.startswith("/") and not target.startswith(("//", "/\\")):
-        return target
+    """Where to go after logging in: only a path on this site, never another host.
+    Browsers drop tabs and newlines from URLs and read a backslash as a slash, so
+    `/<TAB>/evil.example` would become `//evil.example`: such targets are refused whole."""
+    plain = bool(target) and all(ch.isprintable() and ch != "\\" for ch in target)
+    if plain and target.startswith("/") and not target.startswith("//"):
+        parts = urlsplit(target)
+        if not parts.scheme and not parts.netloc:
+            return target
     return url_for("ui.workers.index")
 
 

@@ -11,7 +11,7 @@ from primary.auth import primary_of_app
 from primary.errors import ApiError, BadRequest
 from primary.ui.respond import done
 from primary.ui.run_info import last_runs, worker_names
-from primary.ui.session import require_admin
+from primary.ui.session import current_user, require_admin
 
 bp = Blueprint("pipelines", __name__, url_prefix="/pipelines")
 # As the admin API takes them (POST /api/v1/pipelines).
@@ -36,7 +36,10 @@ def _upload_limit(endpoint: str | None, values: dict | None) -> None:
     # An upload may be as large as a static file may be, not just the usual request limit.
     # Set here because these preprocessors run before the parent blueprint's CSRF check,
     # which is what first reads (and so limits) the multipart body.
-    if endpoint == "ui.pipelines.upload":
+    # Only for an admin: anyone else is refused, and must not make the primary read (and
+    # spool) a large body before the refusal.
+    user = current_user()
+    if endpoint == "ui.pipelines.upload" and user is not None and user.is_admin:
         limit = primary_of_app().config.max_static_file_bytes
         request.max_content_length = limit + MULTIPART_SLACK
 

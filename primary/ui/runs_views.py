@@ -1,6 +1,8 @@
 """Runs pages: the list with filters, a run with its jobs and attempts, its live log (SSE,
 primary/ui/log_stream.py), its raw logs, and Cancel."""
 
+import re
+
 from flask import Blueprint, Response, current_app, render_template, request, url_for
 
 from primary import pipelines, runs, workers
@@ -16,6 +18,8 @@ bp = Blueprint("runs", __name__, url_prefix="/runs")
 SLOTS = "cifleet.ui_log_streams"
 # A run page opens its log at most this far from the end (the raw log has all of it).
 TAIL_BYTES = 1 << 20
+# ASCII digits only: str.isdigit() also takes "²", which int() then refuses.
+WHOLE_NUMBER = re.compile(r"[0-9]{1,18}")
 
 
 @bp.record_once
@@ -61,7 +65,7 @@ def index():
 def table():
     """The table alone, for the periodic refresh (also the pipeline page's recent runs)."""
     limit = request.args.get("limit", "100")
-    if not limit.isdigit() or not 1 <= int(limit) <= 100:
+    if not WHOLE_NUMBER.fullmatch(limit) or not 1 <= int(limit) <= 100:
         raise BadRequest("limit: must be a whole number from 1 to 100")
     return render_template("runs_table.html", runs=_listed(_filters(), int(limit)))
 
@@ -98,7 +102,7 @@ def history(run_id: int):
 def _start_offset() -> int:
     """Where a stream starts: the browser's Last-Event-ID on a reconnect, else `?offset=`."""
     raw = request.headers.get("Last-Event-ID") or request.args.get("offset") or "0"
-    if not raw.isdigit():
+    if not WHOLE_NUMBER.fullmatch(raw):
         raise BadRequest("offset: must be a whole number of bytes")
     return int(raw)
 

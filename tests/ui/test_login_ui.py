@@ -61,6 +61,17 @@ def test_a_login_goes_only_to_a_path_on_this_site(page, users):
     expect(page).to_have_url(re.compile(r"^https://127\.0\.0\.1:\d+/workers$"))
 
 
+@pytest.mark.parametrize(
+    "target",
+    ["//example.com/x", "/%09/example.com/x", "/%5Cexample.com/x", "/%0D%0Ax", "https://e.com/"],
+)
+def test_a_logged_in_user_is_never_sent_off_site(page, login, session_get, target):
+    # Browsers drop a tab from a URL, so "/<TAB>/example.com" would become "//example.com".
+    login(page, "viewer")
+    status, headers, _ = session_get(page, f"/login?next={target}")
+    assert (status, headers["Location"]) == (302, "/workers")
+
+
 def test_posts_without_the_csrf_token_are_refused(page, login, session_post, csrf_of):
     from playwright.sync_api import expect
 

@@ -5,6 +5,8 @@ cache, static files (upload, sha256, delete), and what a viewer may not do."""
 import hashlib
 import os
 import re
+import socket
+import ssl
 
 import pytest
 
@@ -258,3 +260,24 @@ def test_a_viewer_sees_no_controls_and_their_posts_are_refused(
     assert pipeline["home_worker_id"] is not None
     files = primary.client.json("GET", "/api/v1/pipelines/build/files")["files"]
     assert [f["path"] for f in files] == ["conf.ini"]
+
+
+def test_a_viewers_large_upload_is_refused_before_its_body_is_read(page, login, primary):
+    # An admin may upload a static file up to --max-static-file-bytes; anyone else gets
+    # only the usual request limit, checked against Content-Length before the form (which
+    # carries the CSRF token) is parsed and spooled.
+    login(page, "viewer")
+    cookies = "; ".join(f"{c['name']}={c['value']}" for c in page.context.cookies())
+    context = ssl.create_default_context(cafile=str(primary.ca_file))
+    raw = socket.create_connection(("127.0.0.1", primary.api_port), timeout=30)
+    with context.wrap_socket(raw, server_hostname="127.0.0.1") as tls:
+        tls.sendall(
+            (
+                "POST /pipelines/build/files HTTP/1.1\r\nHost: 127.0.0.1\r\n"
+                f"Cookie: {cookies}\r\n"
+                "Content-Type: multipart/form-data; boundary=b\r\n"
+                f"Content-Length: {100 << 20}\r\n\r\n--b\r\n"
+            ).encode()
+        )  # ... and nothing more: a server that waited for 100 MiB would time out
+        answer = tls.recv(4096).decode("latin-1")
+    assert answer.startswith("HTTP/1.1 413 "), answer[:200]
