@@ -1,7 +1,7 @@
 """Fixtures that start real processes: a primary and agents on loopback."""
 
 import pytest
-from fleet import Agent, Primary, init_primary, register_agent, wait_for
+from fleet import Agent, Primary, init_primary, kill_workspace_processes, register_agent, wait_for
 
 
 @pytest.fixture
@@ -20,7 +20,8 @@ def primary(fleet_root) -> Primary:
 
 @pytest.fixture
 def start_agent(primary, fleet_root):
-    """Register and start an agent; every agent is stopped after the test."""
+    """Register and start an agent; every agent is stopped after the test, and the jobs it
+    left running (they run in their own sessions) are killed."""
     agents: list[Agent] = []
 
     def start(name: str, tags: str = "", slots: int = 1) -> Agent:
@@ -39,3 +40,4 @@ def start_agent(primary, fleet_root):
     yield start
     for agent in agents:
         agent.stop()
+        kill_workspace_processes(agent.home)

@@ -29,7 +29,9 @@ def pipeline_yaml(name: str, jobs: dict[str, list[str]], tags: tuple[str, ...] =
 
 
 def wait_file(path) -> str:
-    return f"while [ ! -e {path} ]; do sleep 0.1; done"
+    # Bounded (two minutes), so a test that never touches the file leaves no endless job;
+    # the step fails if the file never came.
+    return f"for i in $(seq 1200); do [ -e {path} ] && break; sleep 0.1; done; [ -e {path} ]"
 
 
 def run_from_pipeline_page(page, name: str) -> int:
@@ -246,14 +248,24 @@ def test_cancel_a_running_run_after_confirming(page, login, primary, start_agent
     expect(page.locator("#log")).to_contain_text("started")
     expect(page.locator("#run-state")).to_have_text("running")
 
-    page.once("dialog", lambda dialog: dialog.dismiss())
+    cancel_posts = []
+
+    def record_cancel_post(request) -> None:
+        if request.method == "POST" and request.url.endswith(f"/runs/{run_id}/cancel"):
+            cancel_posts.append(request.url)
+
+    page.on("request", record_cancel_post)
+    dismissed = []
+    page.once("dialog", lambda dialog: (dismissed.append(dialog.message), dialog.dismiss()))
     page.get_by_role("button", name="Cancel run").click()
-    page.wait_for_timeout(500)  # a dismissed confirmation sends nothing; give it a chance to
+    assert dismissed == [f"Cancel run {run_id} of slow?"]
     assert primary.run(run_id)["cancel_requested"] is False
 
     page.once("dialog", lambda dialog: dialog.accept())
     page.get_by_role("button", name="Cancel run").click()
     expect(page.locator("#messages")).to_contain_text(f"run {run_id}")
+    # A POST of the dismissed click would have gone out before this one: there was none.
+    assert len(cancel_posts) == 1, cancel_posts
     expect(page.locator("#run-state")).to_have_text("cancelled", timeout=30_000)
     expect(page.locator("#log")).to_have_attribute("data-complete", "true")
     expect(page.get_by_role("button", name="Cancel run")).to_have_count(0)
@@ -341,3 +353,17 @@ def test_the_primary_shuts_down_cleanly_while_a_page_follows_a_log(
     expect(page.locator("#log-status")).to_have_text("following the log as it grows")
     primary.stop()
     assert primary.proc.returncode == 0
+
+
+def test_numbers_in_queries_must_be_ascii_digits(page, login, primary, session_get):
+    # "²" passes str.isdigit() but not int(): it must be a 400, not a 500.
+    login(page, "viewer")
+    primary.pipeline("name: one\njobs:\n  - name: j\n    steps:\n      - echo hi\n")
+    run_id = primary.trigger("one")
+    for path, headers in [
+        ("/runs/table?limit=%C2%B2", {}),
+        (f"/runs/{run_id}/events?offset=%C2%B2", {}),
+        (f"/runs/{run_id}/events", {"Last-Event-ID": "\u00b2".encode().decode("latin-1")}),
+    ]:
+        status, _, body = session_get(page, path, headers)
+        assert status == 400, (path, status, body[:200])
