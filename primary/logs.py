@@ -35,7 +35,12 @@ class ShortBody(Exception):
 
 def _pieces(read: Callable[[int], bytes], length: int) -> Iterator[bytes]:
     while length > 0:
-        piece = read(min(length, WRITE_PIECE))
+        try:
+            piece = read(min(length, WRITE_PIECE))
+        except OSError as exc:  # the sender reset the connection or stalled past the timeout
+            raise ShortBody(
+                f"the chunk ended {length} bytes before its announced length ({exc})"
+            ) from exc
         if not piece:
             raise ShortBody(f"the chunk ended {length} bytes before its announced length")
         length -= len(piece)
@@ -108,29 +113,47 @@ class LogStore:
         LogGap before anything is read when `offset` is beyond our end. ShortBody when
         `read` ends early: the pieces that came are kept, since they are the job's own bytes
         at their offsets and a resend skips them.
+
+        Each piece is read with no lock held and written under the job's lock: a sender
+        that stalls holds up nobody else (its resend from another connection included).
+        A log only grows, so a piece never starts beyond the end once the first did not.
         """
         path = self.path(run_id, attempt, job)
-        with self._locks[hash((run_id, attempt, job)) % len(self._locks)]:
+        lock = self._locks[hash((run_id, attempt, job)) % len(self._locks)]
+        with lock:
             size = self.size(run_id, attempt, job)
-            if offset > size:
-                raise LogGap(size)
-            known = size - offset  # the leading bytes of this chunk we already have
-            f = None
-            try:
-                for piece in _pieces(read, length):
-                    if known >= len(piece):
-                        known -= len(piece)
-                        continue
-                    piece, known = piece[known:], 0
-                    with _storing(path, run_id, job):
-                        if f is None:
-                            f = _open_append(path)
-                        _write_all(f, piece)
-                    size += len(piece)
-            finally:
-                if f is not None:
-                    f.close()
-            return size
+        if offset > size:
+            raise LogGap(size)
+        at = offset  # where the next piece starts in the job's output
+        f = None
+        try:
+            for piece in _pieces(read, length):
+                with lock:
+                    size = self.size(run_id, attempt, job)
+                    known = size - at  # the leading bytes of this piece we already have
+                    if known < len(piece):
+                        with _storing(path, run_id, job):
+                            if f is None:
+                                f = _open_append(path)
+                            _write_all(f, piece[known:])
+                        size += len(piece) - known
+                at += len(piece)
+        except ShortBody as short:
+            log.warning(
+                "a log chunk of run %d attempt %d job %s (offset %d) came short: %s; the log "
+                "keeps what came and has %d bytes",
+                run_id,
+                attempt,
+                job,
+                offset,
+                short,
+                self.size(run_id, attempt, job),
+            )
+            raise
+        finally:
+            if f is not None:
+                f.close()
+        return size
 
     def sync(self, run_id: int, attempt: int, job: str) -> None:
         """Put the job's log on disk, with the directory entries that lead to it (written
