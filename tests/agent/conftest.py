@@ -116,6 +116,7 @@ class FakePrimary:
         self.secret = "s3cret"
         self.registrations: list[dict] = []
         self.polls: list[dict] = []
+        self.poll_times: list[float] = []  # time.monotonic() of each poll's arrival
         self.calls: list[str] = []
         self.logs: dict[tuple[int, str], bytearray] = {}
         self.statuses: dict[tuple[int, str], list[dict]] = {}
@@ -268,6 +269,7 @@ class FakePrimary:
     def _poll(self, body: dict) -> tuple[int, dict]:
         deadline = time.monotonic() + (self.hold if body.get("wait") else 0)
         with self.lock:
+            self.poll_times.append(time.monotonic())
             self.polls.append(body)
             while True:
                 held = {(r["run_id"], r["attempt"]) for r in body["runs"]}
