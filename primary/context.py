@@ -1,5 +1,6 @@
 """The primary's subsystems, opened once per process and shared by both listeners."""
 
+import contextlib
 import threading
 from dataclasses import dataclass, field
 
@@ -7,6 +8,7 @@ from primary import vault as vault_mod
 from primary.ca import CertificateAuthority
 from primary.config import PrimaryConfig
 from primary.datadir import DataDir
+from primary.errors import ApiError
 from primary.logs import LogStore
 from primary.store import Store
 
@@ -65,6 +67,20 @@ def open_primary(config: PrimaryConfig) -> Primary:
     store = Store(data.store)
     store.migrate()
     ca = CertificateAuthority(data.ca_cert.read_text(), vault.get("ca_key"))
-    return Primary(
-        config=config, data=data, store=store, vault=vault, ca=ca, logs=LogStore(data.logs)
-    )
+    logs = LogStore(data.logs)
+    store.commit_listeners.append(lambda notes: _sync_closed_logs(logs, notes))
+    return Primary(config=config, data=data, store=store, vault=vault, ca=ca, logs=logs)
+
+
+def _sync_closed_logs(logs: LogStore, notes: list) -> None:
+    """Put on disk the partial logs of attempts closed without their worker (lost, taken
+    back): the API shows them as complete from now on. A failure is logged (by the log
+    store) and does not undo the change that committed."""
+    from primary.scheduler import ClosedAttempt
+
+    for note in notes:
+        if not isinstance(note, ClosedAttempt):
+            continue
+        for job in note.jobs:
+            with contextlib.suppress(ApiError):
+                logs.sync(note.run_id, note.attempt, job)

@@ -12,6 +12,7 @@ import time
 from dataclasses import dataclass
 
 from primary.context import Primary
+from primary.store import after_commit
 
 
 @dataclass(frozen=True)
@@ -207,13 +208,30 @@ def choose_worker(
     return Decision(None, None, "none", tuple(reasons), waiting)
 
 
-def end_attempt(conn, run_id: int, outcome: str, now: float) -> None:
-    """Close the run's current attempt with its outcome (a final state, taken back, lost)."""
-    conn.execute(
+@dataclass(frozen=True)
+class ClosedAttempt:
+    """An attempt closed without its worker (lost, taken back, ended for it): no final job
+    status put its logs on disk, so they are synced once the closing commits."""
+
+    run_id: int
+    attempt: int
+    jobs: tuple[str, ...]
+
+
+def end_attempt(conn, run_id: int, outcome: str, now: float, sync_logs: bool = True) -> None:
+    """Close the run's current attempt with its outcome (a final state, taken back, lost).
+    `sync_logs`: note it (store.after_commit) so its partial logs go to disk; not needed
+    when its worker finished it, having reported every job's final status."""
+    closed = conn.execute(
         "UPDATE attempts SET ended_at = ?, outcome = ? WHERE run_id = ? AND ended_at IS NULL"
-        " AND attempt = (SELECT attempt FROM runs WHERE id = ?)",
+        " AND attempt = (SELECT attempt FROM runs WHERE id = ?) RETURNING attempt",
         (now, outcome, run_id, run_id),
-    )
+    ).fetchall()
+    if closed and sync_logs:
+        jobs = conn.execute(
+            "SELECT name FROM jobs WHERE run_id = ? ORDER BY position", (run_id,)
+        ).fetchall()
+        after_commit(ClosedAttempt(run_id, closed[0]["attempt"], tuple(j["name"] for j in jobs)))
 
 
 def keep_attempt_view(conn, run_id: int, reason: str) -> None:
@@ -259,7 +277,7 @@ def end_run(
     conn, run_id: int, state: str, now: float, reason: str | None = None, by_worker: bool = False
 ) -> None:
     """Give a run its final state (and its current attempt the same outcome)."""
-    end_attempt(conn, run_id, state, now)
+    end_attempt(conn, run_id, state, now, sync_logs=not by_worker)
     conn.execute(
         "UPDATE runs SET state = ?, finished_at = ?, lease_expires = NULL,"
         " reason = COALESCE(?, reason), finished_by_worker = ? WHERE id = ?",

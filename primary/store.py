@@ -8,13 +8,24 @@ writer commits.
 import logging
 import sqlite3
 import threading
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from pathlib import Path
 
 from primary.errors import ApiError, StorageFull, StorageUnavailable
 
 log = logging.getLogger("cifleet.primary")
+
+# What the running transaction of each thread noted for after its commit (after_commit).
+_notes = threading.local()
+
+
+def after_commit(note: object) -> None:
+    """Note something for the store's commit listeners, from inside a transaction of this
+    thread: they get a transaction's notes once it has committed and the write lock is free
+    (slow work, such as fsyncs, holds up no writer), and none if it rolled back."""
+    _notes.items.append(note)
+
 
 # Each entry moves the schema one version up; never edit a released entry, append a new one.
 MIGRATIONS: list[str] = [
@@ -160,6 +171,8 @@ class Store:
         # 100 ms a try) when two transactions collide.
         self._write_lock = threading.Lock()
         self._write_failed = False  # see take_write_failure
+        # Called with the notes (after_commit) of each committed transaction that made any.
+        self.commit_listeners: list[Callable[[list], None]] = []
 
     def connection(self) -> sqlite3.Connection:
         conn = getattr(self._local, "conn", None)
@@ -184,20 +197,28 @@ class Store:
         nothing of the transaction is kept, a failed COMMIT included.
         """
         conn = self.connection()
-        with self._write_lock:
-            try:
-                conn.execute("BEGIN IMMEDIATE")
+        notes: list = []
+        _notes.items = notes
+        try:
+            with self._write_lock:
                 try:
-                    yield conn
-                    conn.execute("COMMIT")
-                except BaseException:
-                    self._rollback(conn)
-                    raise
-            except sqlite3.OperationalError as exc:
-                failure = self._storage_failure(exc)
-                if failure is None:
-                    raise
-                raise failure from exc
+                    conn.execute("BEGIN IMMEDIATE")
+                    try:
+                        yield conn
+                        conn.execute("COMMIT")
+                    except BaseException:
+                        self._rollback(conn)
+                        raise
+                except sqlite3.OperationalError as exc:
+                    failure = self._storage_failure(exc)
+                    if failure is None:
+                        raise
+                    raise failure from exc
+        finally:
+            _notes.items = None
+        if notes:
+            for listener in self.commit_listeners:
+                listener(notes)
 
     def _rollback(self, conn: sqlite3.Connection) -> None:
         # SQLite has already rolled back after some errors (a full disk among them); a second
