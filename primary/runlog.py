@@ -17,6 +17,15 @@ from primary.runs import FINAL_STATES, _run_row, job_rows
 Part = bytes | tuple[int, str, int]
 
 
+def prepare_lines(
+    placement: list[str], worker_name: str | None, prepare_notes: str | None
+) -> list[str]:
+    """An attempt's Prepare environment lines: where it went and why (`placement`), then
+    what its worker did before the first job (`prepare_notes`, JSON as stored)."""
+    notes = json.loads(prepare_notes) if prepare_notes else []
+    return placement + [f"on {worker_name}: {note}" for note in notes]
+
+
 def _attempt_parts(
     primary: Primary,
     run_id: int,
@@ -30,9 +39,7 @@ def _attempt_parts(
     per job that started. `jobs`: {name, state, exit_code, started} in execution order."""
     parts: list[Part] = []
     if placement and attempt:
-        lines = json.loads(placement)
-        if prepare_notes:
-            lines += [f"on {worker_name}: {note}" for note in json.loads(prepare_notes)]
+        lines = prepare_lines(json.loads(placement), worker_name, prepare_notes)
         parts.append(
             f"=== Prepare environment (attempt {attempt})\n".encode()
             + "".join(f"    {line}\n" for line in lines).encode()

@@ -1,10 +1,9 @@
 """Read helpers for the Pipelines and Runs pages: what only the UI shows, on top of the
 services (primary/runs.py, pipelines.py, workers.py)."""
 
-import json
-
 from primary import workers
 from primary.context import Primary
+from primary.runlog import prepare_lines as attempt_prepare_lines
 from primary.runlog import run_log
 from primary.runs import FINAL_STATES
 
@@ -36,8 +35,8 @@ def prepare_lines(primary: Primary, run: dict) -> list[str]:
     """The Prepare environment section of the run's current attempt: where it went and why,
     then what the worker did before the first job (as in the run log)."""
     row = primary.store.query_one("SELECT prepare_notes FROM runs WHERE id = ?", (run["id"],))
-    notes = json.loads(row["prepare_notes"]) if row and row["prepare_notes"] else []
-    return run["placement"] + [f"on {run['worker_name']}: {note}" for note in notes]
+    notes = row["prepare_notes"] if row else None
+    return attempt_prepare_lines(run["placement"], run["worker_name"], notes)
 
 
 def worker_names(primary: Primary) -> dict[str, str]:
