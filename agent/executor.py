@@ -115,8 +115,11 @@ class RunExecutor:
         self._prepare = prepare
         self._cancel = threading.Event()
 
-    def cancel(self) -> None:
-        """Kill the running job (reported cancelled) and skip the rest. Any thread may call."""
+    def cancel(self, grace: float | None = None) -> None:
+        """Kill the running job (reported cancelled) and skip the rest. Any thread may call.
+        `grace`: a shorter SIGTERM grace for this kill (a fenced run must end in time)."""
+        if grace is not None:
+            self._kill_grace = min(self._kill_grace, grace)
         self._cancel.set()
 
     @property

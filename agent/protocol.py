@@ -38,6 +38,11 @@ CODE_STALE_ATTEMPT = "stale_attempt"  # 409: this attempt was taken back; stop t
 CODE_LOG_GAP = "log_gap"  # 416: offset beyond what is stored; resend from "size"
 CODE_LOG_INCOMPLETE = "log_incomplete"  # 409: final job status before all log bytes arrived
 CODE_UNKNOWN_WORKER = "unknown_worker"  # 403: certificate no longer belongs to a worker
+# 507 / 503: the primary heard the call but could not store it. It lets no lease expire for
+# contacts it could not record (a heartbeat timeout of grace once it can write again), so a
+# poll answered so still counts as a renewal for the agent's fence.
+CODE_STORAGE_FULL = "storage_full"
+CODE_STORAGE_UNAVAILABLE = "storage_unavailable"
 
 # Job states the agent reports. Run states are derived by the primary.
 JOB_RUNNING = "running"

@@ -19,7 +19,7 @@ from typing import Any
 
 from agent.assignment import Assignment
 from agent.backoff import Backoff
-from agent.calls import Refused, Stale, Stopped, UnknownWorker, call
+from agent.calls import Cancelled, Refused, Stale, Stopped, UnknownWorker, call
 from agent.client import Client, Response
 from agent.executor import log_path
 from agent.protocol import (
@@ -35,11 +35,15 @@ from agent.protocol import (
 )
 
 # Delivery ends with these; agent.runner catches them from here.
-__all__ = ["Refused", "RunReporter", "Stale", "Stopped", "UnknownWorker"]
+__all__ = ["Fenced", "Refused", "RunReporter", "Stale", "Stopped", "UnknownWorker"]
 
 log = logging.getLogger(__name__)
 
 TICK_SECONDS = 0.05  # how often a running job's spool file is checked for new bytes
+
+
+class Fenced(Exception):
+    """The agent lost contact with the primary and stopped this run (agent.fence)."""
 
 
 class RunReporter:
@@ -59,6 +63,12 @@ class RunReporter:
         self._events: list[tuple[Any, ...]] = []
         self._cond = threading.Condition()
         self._acked: dict[str, int] = {}  # job → bytes the primary has acknowledged
+        self._fenced = threading.Event()  # set by fence(): stop delivering, report nothing
+
+    def fence(self) -> None:
+        """Stop delivery where it is (Fenced is raised): the run is dropped, not reported."""
+        self._fenced.set()
+        self._client.abort()  # a request blackholed by a cut would hold delivery up
 
     # -- Sink: called from the executor's thread; never blocks on the network.
 
@@ -160,6 +170,8 @@ class RunReporter:
             while len(self._events) <= i:
                 if self._stop.is_set():
                     raise Stopped()
+                if self._fenced.is_set():
+                    raise Fenced()
                 if wait is not None and waited >= wait:
                     return None
                 self._cond.wait(TICK_SECONDS)
@@ -238,16 +250,22 @@ class RunReporter:
         self, path: str, payload: dict[str, Any] | bytes, content_type: str = "application/json"
     ) -> Response:
         """POST until the primary answers; retry transport errors and 5xx with backoff."""
-        return call(
-            self._client,
-            "POST",
-            path,
-            payload,
-            stop=self._stop,
-            label=f"run {self._run.run_id}",
-            content_type=content_type,
-            backoff=self._new_backoff,
-        )
+        if self._fenced.is_set():
+            raise Fenced()
+        try:
+            return call(
+                self._client,
+                "POST",
+                path,
+                payload,
+                stop=self._stop,
+                label=f"run {self._run.run_id}",
+                content_type=content_type,
+                cancel=self._fenced,
+                backoff=self._new_backoff,
+            )
+        except Cancelled:
+            raise Fenced() from None
 
 
 def fit_lines(lines: list[str], limit: int = MAX_PREPARE_LINES) -> list[str]:

@@ -5,6 +5,7 @@ jobs once the primary confirmed the start."""
 import logging
 import shutil
 import threading
+import time
 import urllib.parse
 from collections.abc import Callable
 from pathlib import Path
@@ -16,7 +17,7 @@ from agent.client import ClientPool
 from agent.executor import KILL_GRACE_SECONDS, RunExecutor
 from agent.home import SPOOL_DIR
 from agent.protocol import RUN_FILE_PATH
-from agent.reporter import Refused, RunReporter, Stale, Stopped, UnknownWorker
+from agent.reporter import Fenced, Refused, RunReporter, Stale, Stopped, UnknownWorker
 from agent.workspace import PrepareFailed, prepare_workspace, workspace_dir
 
 log = logging.getLogger(__name__)
@@ -58,6 +59,11 @@ class RunHandle:
             prepare=self._prepare,
         )
         self._on_done = on_done
+        # Monotonic send time of the last request that renewed this run's lease and
+        # succeeded (its start, then polls that listed it); None until the start is
+        # confirmed. The agent fences the run when it gets too old (agent.fence).
+        self.contact: float | None = None
+        self.fenced = False
         self._on_unknown_worker = on_unknown_worker
         name = f"run-{assignment.run_id}.{assignment.attempt}"
         self._thread = threading.Thread(target=self._deliver, name=name, daemon=True)
@@ -74,6 +80,19 @@ class RunHandle:
         """Kill the running job; the run is still reported (jobs cancelled/skipped)."""
         self.executor.cancel()
         self._files_client.abort()  # a fetch in flight would otherwise hold the cancel up
+
+    def note_contact(self, sent: float) -> None:
+        """A poll sent at `sent` (monotonic) that listed this run succeeded."""
+        if self.contact is not None:
+            self.contact = max(self.contact, sent)
+
+    def fence(self, grace: float) -> None:
+        """Lost contact: kill the job within `grace` and drop the run without reporting it
+        (the primary counts the attempt lost). Its spooled output stays on disk."""
+        self.fenced = True
+        self.reporter.fence()
+        self.executor.cancel(grace)
+        self._files_client.abort()
 
     def join(self, timeout: float | None = None) -> bool:
         self._thread.join(timeout)
@@ -119,11 +138,13 @@ class RunHandle:
         run = self.assignment
         keep_spool = False
         try:
+            sent = time.monotonic()
             if not self.reporter.start_run():
                 log.info(
                     "run %s attempt %s was taken back before it started", run.run_id, run.attempt
                 )
                 return
+            self.contact = sent  # the start set the lease: H from no earlier than `sent`
             log.info("run %s attempt %s (%s): started", run.run_id, run.attempt, run.pipeline)
             self._exec_thread.start()
             self.reporter.deliver()
@@ -140,6 +161,8 @@ class RunHandle:
             log.error("run %s attempt %s: dropping it: %s", run.run_id, run.attempt, e)
         except Stopped:
             # Stopping before delivery was done: leave the output on disk.
+            keep_spool = True
+        except Fenced:
             keep_spool = True
         except Exception:
             log.exception("run %s: delivery failed; dropping it", run.run_id)

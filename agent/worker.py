@@ -22,6 +22,7 @@ from agent.assignment import parse_assignment
 from agent.backoff import CAP_SECONDS, Backoff, poll_pause
 from agent.client import Client, ClientPool, TransportError, agent_context
 from agent.executor import KILL_GRACE_SECONDS
+from agent.fence import busy_poll_hold, fence_after, fence_due, fence_kill_grace
 from agent.home import (
     SPOOL_DIR,
     WORKSPACES_DIR,
@@ -33,6 +34,8 @@ from agent.home import (
 )
 from agent.procs import end_orphaned_jobs
 from agent.protocol import (
+    CODE_STORAGE_FULL,
+    CODE_STORAGE_UNAVAILABLE,
     CODE_UNKNOWN_WORKER,
     MAX_SLOTS,
     MIN_SLOTS,
@@ -75,6 +78,10 @@ class Agent:
         self.session = secrets.token_hex(8)
         # The longest pause between retries to the primary; see _adopt_heartbeat.
         self._retry_cap = CAP_SECONDS
+        self._heartbeat: float | None = None  # the primary's heartbeat timeout, once heard
+        # Runs this agent fenced (agent.fence) whose jobs are dead: each next poll tells the
+        # primary they are lost, until one gets through.
+        self._abandoned: set[tuple[int, int]] = set()
         self._agent_url: str = self.config["agent_url"]
         self._context = agent_context(self.home)
         self._kill_grace = kill_grace
@@ -107,9 +114,10 @@ class Agent:
         return self._drain_requested or self._force_requested
 
     def held_runs(self) -> list[tuple[int, int]]:
-        """(run_id, attempt) of every run this agent holds: executing or still delivering."""
+        """(run_id, attempt) of every run this agent holds: executing or still delivering.
+        Fenced runs are not held any more, even while their jobs are being killed."""
         with self._lock:
-            return sorted(self._runs)
+            return sorted(key for key, handle in self._runs.items() if not handle.fenced)
 
     # -- The loop.
 
@@ -166,6 +174,7 @@ class Agent:
         drain_seen = force_seen = False
         force_deadline = None
         while not self.stop.wait(SUPERVISE_SECONDS):
+            self._fence_silent_runs()
             if self._force_requested and not force_seen:
                 force_seen = drain_seen = True
                 log.info("force stop: cancelling %d run(s)", len(self.held_runs()))
@@ -185,6 +194,29 @@ class Agent:
             if force_deadline is not None and time.monotonic() > force_deadline:
                 log.warning("force stop: gave up waiting for delivery")
                 return
+
+    def _fence_silent_runs(self) -> None:
+        """Stop the runs whose lease the primary may soon count as expired: it would then
+        run them elsewhere while their jobs still ran here (see agent.fence)."""
+        heartbeat, now = self._heartbeat, time.monotonic()
+        with self._lock:
+            due = [
+                h
+                for h in self._runs.values()
+                if not h.fenced and fence_due(h.contact, now, heartbeat)
+            ]
+        if not due or heartbeat is None:
+            return
+        log.warning(
+            "no contact with the primary for %.1f s: stopping runs %s so they cannot run twice"
+            " (the primary re-queues them after %g s without contact)",
+            now - max(h.contact or now for h in due),
+            ", ".join(f"{h.key[0]} (attempt {h.key[1]})" for h in due),
+            heartbeat,
+        )
+        grace = fence_kill_grace(heartbeat, self._kill_grace)
+        for handle in due:
+            handle.fence(grace)
 
     def _shutdown(self, poller: threading.Thread) -> None:
         self._interrupt_poll()
@@ -217,10 +249,11 @@ class Agent:
         while not self.stop.is_set():
             if time.time() >= self._renew_at:
                 self._renew_certificate()
-            started = time.monotonic()
+            body = self._poll_body()
+            started = time.monotonic()  # the send time: the primary renews no earlier
             try:
                 resp = self._poll_client.post_json(
-                    POLL_PATH, self._poll_body(), timeout=POLL_CLIENT_TIMEOUT_SECONDS
+                    POLL_PATH, body, timeout=POLL_CLIENT_TIMEOUT_SECONDS
                 )
             except TransportError as e:
                 if self._poll_interrupted:  # we broke it ourselves: poll again at once
@@ -236,18 +269,44 @@ class Agent:
                         log.info("connected to the primary again")
                     failing = False
                     backoff.reset()
+                    self._contact_made(body, started)
                     answer = resp.json()
                     took_work = self._handle_answer(answer)
-                    if not took_work and time.monotonic() - started < QUICK_ANSWER_SECONDS:
+                    if not took_work and time.monotonic() - started < self._quick_answer():
                         # Never busy-loop on a quick answer.
                         pause = poll_pause(answer.get("poll_after"), POLL_HOLD_SECONDS)
                         self.stop.wait(pause)
                     continue
+                if resp.code in (CODE_STORAGE_FULL, CODE_STORAGE_UNAVAILABLE):
+                    self._leases_kept(body, started)
                 problem = f"poll refused: HTTP {resp.status}: {resp.message}"
             log.log(logging.DEBUG if failing else logging.WARNING, "%s; retrying", problem)
             failing = True
             backoff.cap = self._retry_cap
             self.stop.wait(backoff.next_delay())
+
+    def _contact_made(self, body: dict[str, Any], sent: float) -> None:
+        """A poll sent at `sent` succeeded: it renewed the leases of the runs it listed, and
+        the primary now knows the abandoned runs it listed are lost."""
+        self._leases_kept(body, sent)
+        with self._lock:
+            self._abandoned -= {(r["run_id"], r["attempt"]) for r in body["abandoned"]}
+
+    def _leases_kept(self, body: dict[str, Any], sent: float) -> None:
+        """The primary heard the poll sent at `sent`: the leases of the runs it listed last
+        at least a heartbeat timeout from then (renewed, or frozen by a storage failure)."""
+        with self._lock:
+            for item in body["runs"]:
+                handle = self._runs.get((item["run_id"], item["attempt"]))
+                if handle is not None:
+                    handle.note_contact(sent)
+
+    def _quick_answer(self) -> float:
+        """An empty answer faster than this was not held: pause before the next poll. Below
+        the primary's hold for an agent with runs, whose polls must keep renewing leases."""
+        if self._heartbeat is None:
+            return QUICK_ANSWER_SECONDS
+        return min(QUICK_ANSWER_SECONDS, busy_poll_hold(self._heartbeat) / 2)
 
     def _renew_certificate(self) -> None:
         """New key and certificate, without interrupting runs."""
@@ -274,6 +333,7 @@ class Agent:
             "draining": self.draining,
             "load": load_report(),
             "runs": [{"run_id": r, "attempt": a} for r, a in self.held_runs()],
+            "abandoned": [{"run_id": r, "attempt": a} for r, a in sorted(self._abandoned)],
             "session": self.session,
             "workspaces": list_workspaces(self.home),
             "wait": True,
@@ -319,6 +379,13 @@ class Agent:
         restart, a full disk) it then hears this worker again before its leases expire."""
         if isinstance(seconds, int | float) and not isinstance(seconds, bool) and seconds > 0:
             self._retry_cap = min(CAP_SECONDS, max(MIN_RETRY_CAP_SECONDS, seconds / 4))
+            if seconds != self._heartbeat:
+                log.info(
+                    "heartbeat timeout %g s: runs stop after %g s without contact",
+                    seconds,
+                    fence_after(seconds),
+                )
+            self._heartbeat = float(seconds)
 
     def _new_backoff(self) -> Backoff:
         return Backoff(cap=self._retry_cap)
@@ -361,6 +428,13 @@ class Agent:
     def _run_done(self, handle: RunHandle) -> None:
         with self._lock:
             self._runs.pop(handle.key, None)
+            if handle.fenced:  # its job is dead now: the primary may run it elsewhere
+                self._abandoned.add(handle.key)
+        if handle.fenced:
+            log.warning(
+                "run %s attempt %s: stopped for lack of contact; the primary will re-queue it",
+                *handle.key,
+            )
 
     def _unknown_worker(self) -> None:
         if not self.unknown_worker:

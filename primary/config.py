@@ -54,5 +54,14 @@ class PrimaryConfig:
 
         return min(POLL_HOLD_SECONDS, self.heartbeat_timeout / 2)
 
+    @property
+    def busy_poll_hold_seconds(self) -> float:
+        """Hold the polls of an agent that holds runs much shorter: they renew the runs'
+        leases, and an agent stops its runs (fences) when renewals stop succeeding for half
+        the heartbeat timeout. The budget is in agent/fence.py."""
+        from agent.fence import busy_poll_hold
+
+        return min(self.poll_hold_seconds, busy_poll_hold(self.heartbeat_timeout))
+
 
 AGENT_THREADS_RESERVED = 8

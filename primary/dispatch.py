@@ -343,6 +343,33 @@ def adopt_session(
         notify(primary)
 
 
+def abandon_runs(
+    primary: Primary, worker: dict, abandoned: set[tuple[int, int]], now: float
+) -> None:
+    """Runs the agent stopped because it could not reach the primary (it fences them: see
+    agent/fence.py) are lost now, if their lease has not expired already. It reports them
+    once their jobs are dead, so re-queueing them at once runs nothing twice."""
+    if not abandoned:
+        return
+    changed = 0
+    name = worker["name"]
+    with primary.store.transaction() as conn:
+        for run_id, attempt in sorted(abandoned):
+            run = conn.execute(
+                "SELECT * FROM runs WHERE id = ? AND attempt = ? AND worker_id = ?"
+                " AND state = 'running'",
+                (run_id, attempt, worker["id"]),
+            ).fetchone()
+            if run is None:
+                continue  # already lost (its lease expired), or not this worker's
+            why = f"{name} lost contact with the primary and stopped the job"
+            _end_gone_run(conn, run, f"{name} lost contact and stopped the job", why, now)
+            changed += 1
+    if changed:
+        plan(primary)
+        notify(primary)
+
+
 def grace_after_restart(primary: Primary) -> int:
     """After the primary could not hear its workers (it was down, or could not store what
     it heard), give agents a full heartbeat timeout to reconnect before their runs' leases

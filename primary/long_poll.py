@@ -42,9 +42,10 @@ def _touch(primary: Primary, worker: dict, body: dict, now: float) -> None:
         )
 
 
-def _held_runs(body: dict) -> set[tuple[int, int]]:
+def _listed_runs(body: dict, field: str = "runs") -> set[tuple[int, int]]:
+    """The (run_id, attempt) pairs listed in body[field]."""
     held = set()
-    for item in body.get("runs") or []:
+    for item in body.get(field) or []:
         if (
             isinstance(item, dict)
             and isinstance(item.get("run_id"), int)
@@ -185,21 +186,24 @@ class PollGate:
 def poll(primary: Primary, gate: PollGate, worker: dict, body: dict, stop: threading.Event) -> dict:
     now = time.time()
     _touch(primary, worker, body, now)
-    held = _held_runs(body)
+    held = _listed_runs(body)
     session = body.get("session")
     if isinstance(session, str) and 0 < len(session) <= 64 and session != worker["session"]:
         dispatch.adopt_session(primary, worker, session, held, now)
     _renew_leases(primary, worker, held, now)
+    dispatch.abandon_runs(primary, worker, _listed_runs(body, "abandoned"), now)
     event = primary.waiters.arm(worker["id"])
     plan(primary)  # a worker back from inactive, or with a free slot, may take queued runs
     answer = _answer(primary, worker, held, body)
     if answer["assignments"] or answer["cancel"] or not body.get("wait") or stop.is_set():
         return answer
+    # An agent with runs must be heard often: its polls renew their leases (agent/fence.py).
+    hold = primary.config.busy_poll_hold_seconds if held else primary.config.poll_hold_seconds
     if not gate.try_hold():
         # No thread to hold it on: the agent waits as long as a held poll would have.
-        return {**answer, "poll_after": primary.config.poll_hold_seconds}
+        return {**answer, "poll_after": hold}
     try:
-        event.wait(primary.config.poll_hold_seconds)
+        event.wait(hold)
     finally:
         gate.release()
     if stop.is_set():

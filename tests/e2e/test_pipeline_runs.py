@@ -133,7 +133,12 @@ jobs:
 
 
 def test_primary_restart_mid_run_loses_nothing(primary, start_agent):
-    start_agent("agent-a")
+    # Agents stop their jobs after half the heartbeat timeout without the primary (they
+    # fence, agent/fence.py): a timeout long enough that the restart stays well within it.
+    primary.stop()
+    primary.serve_args += ["--heartbeat-timeout", "24"]
+    primary.start()
+    agent = start_agent("agent-a")
     primary.pipeline("""
 name: steady
 jobs:
@@ -143,13 +148,16 @@ jobs:
     run_id = primary.trigger("steady")
     wait_for(lambda: b"line 5\n" in primary.job_log(run_id, "count"), 30, "line 5")
     primary.stop()
-    time.sleep(2)  # the agent keeps running the job and spools its output meanwhile
+    # The agent keeps running the job and spools its output meanwhile.
+    spool = agent.home / "spool" / f"{run_id}-1" / "count.log"
+    wait_for(lambda: b"line 10\n" in spool.read_bytes(), 30, "the job to go on without it")
     primary.start()
     run = primary.wait_run(run_id, timeout=60)
     assert run["state"] == "success"
     assert run["attempt"] == 1  # the same attempt finished: it was never lost
     expected = b"".join(b"line %d\n" % i for i in range(1, 41))
     assert primary.job_log(run_id, "count") == expected
+    assert "no contact with the primary" not in agent.log_path.read_text()
 
 
 def test_invalid_pipeline_is_refused_and_nothing_is_stored(primary):
