@@ -13,7 +13,7 @@ from pathlib import Path
 from agent.assignment import Assignment
 from agent.backoff import Backoff
 from agent.calls import call
-from agent.client import ClientPool
+from agent.client import Client, ClientPool
 from agent.executor import KILL_GRACE_SECONDS, RunExecutor
 from agent.home import SPOOL_DIR
 from agent.protocol import RUN_FILE_PATH
@@ -47,7 +47,8 @@ class RunHandle:
         # the executor thread fetches static files. Both are borrowed warm from the pool.
         self._pool = pool
         self._client = pool.acquire()
-        self._files_client = pool.acquire()
+        self._files_client: Client | None = pool.acquire()  # None once back in the pool
+        self._files_lock = threading.Lock()
         self._backoff = backoff
         self.reporter = RunReporter(self._client, assignment, self.spool_dir, stop, backoff)
         self.executor = RunExecutor(
@@ -79,7 +80,7 @@ class RunHandle:
     def cancel(self) -> None:
         """Kill the running job; the run is still reported (jobs cancelled/skipped)."""
         self.executor.cancel()
-        self._files_client.abort()  # a fetch in flight would otherwise hold the cancel up
+        self._abort_fetch()  # a fetch in flight would otherwise hold the cancel up
 
     def note_contact(self, sent: float) -> None:
         """A poll sent at `sent` (monotonic) that listed this run succeeded."""
@@ -92,7 +93,15 @@ class RunHandle:
         self.fenced = True
         self.reporter.fence()
         self.executor.cancel(grace)
-        self._files_client.abort()
+        self._abort_fetch()
+
+    def _abort_fetch(self) -> None:
+        """Break a static-file fetch in flight, while the executor still holds its client:
+        once back in the pool it may be another run's, and the primary repeats a cancel
+        until the agent lets go of a run it has finished."""
+        with self._files_lock:
+            if self._files_client is not None:
+                self._files_client.abort()
 
     def join(self, timeout: float | None = None) -> bool:
         self._thread.join(timeout)
@@ -132,7 +141,9 @@ class RunHandle:
             log.exception("run %s: the executor failed", self.assignment.run_id)
             self.reporter.fail(f"the executor failed: {e}")
         finally:
-            self._pool.release(self._files_client)
+            with self._files_lock:
+                client, self._files_client = self._files_client, None
+            self._pool.release(client)
 
     def _deliver(self) -> None:
         run = self.assignment

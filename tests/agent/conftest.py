@@ -150,6 +150,11 @@ class FakePrimary:
         self.port = 0
         self.server: ThreadingHTTPServer | None = None
         self.connections: set = set()
+        self.accepted = 0  # connections accepted so far (each a TLS handshake)
+        # Like the primary: keep telling the agent to cancel a run it finished until the
+        # agent's polls stop listing it; and hold each finish answer back this long.
+        self.cancel_finished = False
+        self.finish_delay = 0.0
         self.start()
 
     @property
@@ -273,7 +278,10 @@ class FakePrimary:
             self.polls.append(body)
             while True:
                 held = {(r["run_id"], r["attempt"]) for r in body["runs"]}
-                cancel = [{"run_id": r, "attempt": a} for r, a in sorted(held & self.cancels)]
+                gone = held & self.cancels
+                if self.cancel_finished:
+                    gone |= {(r, a) for r, a in held if r in self.finished}
+                cancel = [{"run_id": r, "attempt": a} for r, a in sorted(gone)]
                 if self.assignments or cancel or time.monotonic() >= deadline:
                     assignments, self.assignments = self.assignments, []
                     answer = {"assignments": assignments, "cancel": cancel}
@@ -334,11 +342,14 @@ def _handler(fake: FakePrimary):
             super().setup()
             with fake.lock:
                 fake.connections.add(self.connection)
+                fake.accepted += 1
 
         def do_POST(self) -> None:
             url = urlsplit(self.path)
             body = self.rfile.read(int(self.headers.get("Content-Length") or 0))
             status, answer = fake.handle(url.path, parse_qs(url.query), body)
+            if url.path.endswith("/finish"):
+                time.sleep(fake.finish_delay)
             self.send_response(status)
             if isinstance(answer, bytes):  # a static file
                 data = answer

@@ -1,5 +1,6 @@
 """The whole agent loop against the fake primary: polls, assignments, cancel, drain, stop."""
 
+import hashlib
 import threading
 import time
 
@@ -83,6 +84,31 @@ def test_a_quick_answer_with_poll_after_is_kept(fake_primary, running_agent):
     fake_primary.wait_for(lambda: len(fake_primary.poll_times) >= 3, timeout=60)
     first, second, third = fake_primary.poll_times[:3]
     assert second - first >= 2.0 and third - second >= 2.0, fake_primary.poll_times
+
+
+def test_a_cancel_for_a_finished_run_leaves_the_pooled_connections_alone(
+    fake_primary, running_agent
+):
+    # The cancel comes while the finish answer is on its way, when the run has already
+    # given its static-file connection back to the pool, where the next run takes it.
+    # Runs one after another (each fetching a changed file) then need no new connection.
+    fake_primary.hold = 0.05
+    fake_primary.cancel_finished = True
+    fake_primary.finish_delay = 0.5
+    running_agent()
+    for run_id in range(1, 6):
+        data = str(run_id).encode()
+        fake_primary.files = {"f": data}
+        run = assignment(run_id, ("a", "true"))
+        run["files"] = [{"path": "f", "sha256": hashlib.sha256(data).hexdigest(), "size": 1}]
+        fake_primary.assignments.append(run)
+        fake_primary.wait_for(
+            lambda r=run_id: r in fake_primary.finished and not fake_primary.polls[-1]["runs"]
+        )
+        if run_id == 1:
+            warm = fake_primary.accepted  # the poll's connection and the run's two
+    assert len(fake_primary.file_requests) == 5
+    assert fake_primary.accepted == warm
 
 
 def test_drain_finishes_the_current_run_then_returns(agent_home, fake_primary, running_agent):
