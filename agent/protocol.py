@@ -22,7 +22,7 @@ WORKER_PATH = "/agent/v1/worker"  # the worker changes its own record (update-wo
 REGISTER_PATH = "/api/v1/workers/register"
 
 # The primary holds a poll open at most this long; the agent's read timeout must exceed it.
-POLL_HOLD_SECONDS = 25.0
+POLL_HOLD_SECONDS = 30.0
 POLL_CLIENT_TIMEOUT_SECONDS = POLL_HOLD_SECONDS + 15.0
 
 # Largest log chunk the agent sends in one request, and the largest the primary accepts.

@@ -1,7 +1,7 @@
 """An idle fleet: N agents long-polling one primary. What does holding them cost the primary?
 
     .venv/bin/python bench/idle_fleet.py [--agents 100,500,1000] [--window 30]
-        [--heartbeat-timeout 30]
+        [--heartbeat-timeout 60]
 
 For each N, a fresh primary; N agents registered over HTTPS the way `cifleet-agent register`
 does it (agent.registration.register: a key and CSR each, so each has its own certificate),
@@ -16,7 +16,7 @@ over `--window` seconds, with no other requests than the agents' polls. The benc
 own CPU is shown too: on a 2-core machine it competes with the primary for the cores.
 
 An idle agent costs the primary one poll per hold time, and the hold is half the heartbeat
-timeout (at most 25 s): `--heartbeat-timeout` shows what a longer hold saves.
+timeout (at most 30 s): `--heartbeat-timeout` shows what a longer or shorter hold costs.
 """
 
 import argparse
@@ -111,7 +111,7 @@ def main() -> None:
     parser.add_argument("--agents", default="100,500,1000", help="fleet sizes, comma-separated")
     parser.add_argument("--window", type=float, default=30.0, help="seconds measured per size")
     parser.add_argument("--settle", type=float, default=5.0, help="seconds before measuring")
-    parser.add_argument("--heartbeat-timeout", type=float, help="the primary's (default 30)")
+    parser.add_argument("--heartbeat-timeout", type=float, help="the primary's (default 60)")
     args = parser.parse_args()
     sizes = tuple(int(n) for n in args.agents.split(","))
     with tempfile.TemporaryDirectory(prefix="cifleet-bench-") as tmp:

@@ -38,7 +38,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument(
         "--heartbeat-timeout",
         type=float,
-        default=30.0,
+        default=60.0,
         help="seconds without contact before a worker is inactive and its runs lost",
     )
     p.add_argument(
