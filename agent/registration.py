@@ -15,7 +15,7 @@ import warnings
 from pathlib import Path
 from typing import Any
 
-from agent import __version__
+from agent import __version__, keys
 from agent.client import Client, TransportError
 from agent.home import (
     CA_FILE,
@@ -64,22 +64,22 @@ def register(
     _check_request(primary_url, secret, name, tags, slots)
     ca_pems = _read_ca(Path(ca_file))
 
-    key = _new_key()
+    key = keys.new_key()
     body = {
         "secret": secret,
         "name": name,
         "tags": list(tags),
         "slots": slots,
         "version": __version__,
-        "csr": _csr_pem(key, name),
+        "csr": keys.csr_pem(key, name),
     }
     resp = _post(primary_url, Path(ca_file), body)
     answer = _check_answer(resp, name)
-    if not _same_ca(answer["ca_certificate"], ca_pems):
+    if not keys.same_ca(answer["ca_certificate"], ca_pems):
         raise RegistrationError(
             f"the primary sent a CA certificate that differs from the one in {ca_file}"
         )
-    if not _cert_matches_key(answer["certificate"], key):
+    if not keys.cert_matches_key(answer["certificate"], key):
         raise RegistrationError("the certificate the primary issued is not for our key")
 
     config = {
@@ -94,7 +94,7 @@ def register(
     _write_home(
         home,
         [
-            (KEY_FILE, _key_pem(key)),
+            (KEY_FILE, keys.key_pem(key)),
             (CERT_FILE, answer["certificate"].encode()),
             (CA_FILE, answer["ca_certificate"].encode()),
             # Last: its presence is what makes the home count as registered.
@@ -139,7 +139,7 @@ def _read_ca(ca_file: Path) -> list[bytes]:
             certs = x509.load_pem_x509_certificates(data)
     except ValueError:
         raise RegistrationError(f"CA file {ca_file} holds no PEM certificate") from None
-    return [_der(c) for c in certs]
+    return [keys.der(c) for c in certs]
 
 
 def _post(primary_url: str, ca_file: Path, body: dict[str, Any]):
@@ -206,56 +206,3 @@ def _write_home(home: Path, files: list[tuple[str, bytes]]) -> None:
         for path in written:
             path.unlink(missing_ok=True)
         raise
-
-
-def _new_key():
-    from cryptography.hazmat.primitives.asymmetric import ec
-
-    return ec.generate_private_key(ec.SECP256R1())
-
-
-def _key_pem(key) -> bytes:
-    from cryptography.hazmat.primitives import serialization
-
-    return key.private_bytes(
-        serialization.Encoding.PEM, serialization.PrivateFormat.PKCS8, serialization.NoEncryption()
-    )
-
-
-def _csr_pem(key, name: str) -> str:
-    from cryptography import x509
-    from cryptography.hazmat.primitives import hashes, serialization
-    from cryptography.x509.oid import NameOID
-
-    # The primary ignores the subject; the name only helps a human reading the CSR.
-    subject = x509.Name([x509.NameAttribute(NameOID.COMMON_NAME, name)])
-    csr = x509.CertificateSigningRequestBuilder().subject_name(subject).sign(key, hashes.SHA256())
-    return csr.public_bytes(serialization.Encoding.PEM).decode()
-
-
-def _der(cert) -> bytes:
-    from cryptography.hazmat.primitives import serialization
-
-    return cert.public_bytes(serialization.Encoding.DER)
-
-
-def _same_ca(ca_pem: str, expected_ders: list[bytes]) -> bool:
-    from cryptography import x509
-
-    try:
-        certs = x509.load_pem_x509_certificates(ca_pem.encode())
-    except ValueError:
-        return False
-    return bool(certs) and all(_der(c) in expected_ders for c in certs)
-
-
-def _cert_matches_key(cert_pem: str, key) -> bool:
-    from cryptography import x509
-    from cryptography.hazmat.primitives import serialization
-
-    try:
-        cert = x509.load_pem_x509_certificate(cert_pem.encode())
-    except ValueError:
-        return False
-    fmt = (serialization.Encoding.DER, serialization.PublicFormat.SubjectPublicKeyInfo)
-    return cert.public_key().public_bytes(*fmt) == key.public_key().public_bytes(*fmt)

@@ -10,6 +10,7 @@ import os
 import time
 from pathlib import Path
 
+from agent import keys
 from agent.client import Client
 from agent.home import CERT_FILE, KEY_FILE, load_config, update_config, write_atomic
 from agent.protocol import RENEW_PATH
@@ -43,16 +44,14 @@ def next_renewal(home: Path) -> float:
 
 def renew(home: Path, client: Client) -> float:
     """Get and install a new certificate for a new key; return the next renewal time."""
-    from agent.registration import _cert_matches_key, _csr_pem, _key_pem, _new_key
-
-    key = _new_key()
-    resp = client.post_json(RENEW_PATH, {"csr": _csr_pem(key, load_config(home)["name"])})
+    key = keys.new_key()
+    resp = client.post_json(RENEW_PATH, {"csr": keys.csr_pem(key, load_config(home)["name"])})
     if resp.status != 200:
         raise RenewalError(f"HTTP {resp.status}: {resp.message}")
     cert = str(resp.json().get("certificate", ""))
-    if not _cert_matches_key(cert, key):
+    if not keys.cert_matches_key(cert, key):
         raise RenewalError("the primary's certificate is not for the new key")
-    install(home, _key_pem(key), cert.encode())
+    install(home, keys.key_pem(key), cert.encode())
     nxt = renew_after(cert.encode(), time.time())
     update_config(home, renew_after=nxt)
     return nxt

@@ -11,10 +11,15 @@ import threading
 from flask import Flask, jsonify
 from werkzeug.exceptions import HTTPException
 
+from primary import ui
+from primary.api import admin as admin_views
+from primary.api import agent as agent_views
+from primary.api import register as register_views
+from primary.api.long_poll import PollGate
+from primary.api.ratelimit import FailureLimiter
 from primary.config import AGENT_THREADS_RESERVED, PrimaryConfig
 from primary.context import Primary, open_primary
 from primary.errors import ApiError
-from primary.ratelimit import FailureLimiter
 
 log = logging.getLogger("cifleet.primary")
 
@@ -56,8 +61,6 @@ def create_app(config: PrimaryConfig | Primary, stop: threading.Event | None = N
     app.extensions["cifleet.registration_limiter"] = FailureLimiter(
         primary.config.registration_failures, primary.config.registration_window
     )
-    from primary import admin_views, register_views, ui
-
     app.register_blueprint(register_views.bp)
     app.register_blueprint(admin_views.bp)
     ui.init_app(app, primary)
@@ -68,9 +71,6 @@ def create_agent_app(primary: Primary, stop: threading.Event | None = None) -> F
     """The agent-port app (served only behind a TLS listener that requires client certs).
     `stop` ends held polls early when the primary shuts down."""
     app = _base_app(primary, "cifleet.agent")
-    from primary import agent_views
-    from primary.long_poll import PollGate
-
     app.extensions["cifleet.poll_gate"] = PollGate(
         primary.config.agent_threads - AGENT_THREADS_RESERVED
     )

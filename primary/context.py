@@ -4,13 +4,13 @@ import contextlib
 import threading
 from dataclasses import dataclass, field
 
-from primary import vault as vault_mod
-from primary.ca import CertificateAuthority
 from primary.config import PrimaryConfig
-from primary.datadir import DataDir
 from primary.errors import ApiError
-from primary.logs import LogStore
-from primary.store import Store
+from primary.fleet.ca import CertificateAuthority
+from primary.store import vault as vault_mod
+from primary.store.datadir import DataDir
+from primary.store.logs import ClosedAttempt, LogStore
+from primary.store.sqlite import Store
 
 
 class Waiters:
@@ -76,8 +76,6 @@ def _sync_closed_logs(logs: LogStore, notes: list) -> None:
     """Put on disk the partial logs of attempts closed without their worker (lost, taken
     back): the API shows them as complete from now on. A failure is logged (by the log
     store) and does not undo the change that committed."""
-    from primary.scheduler import ClosedAttempt
-
     for note in notes:
         if not isinstance(note, ClosedAttempt):
             continue

@@ -20,7 +20,7 @@ from pathlib import Path
 
 import psutil
 
-from primary.client import AdminClient
+from primary.cli.client import AdminClient
 
 BIN = Path(sys.executable).parent
 

@@ -12,9 +12,7 @@ from flask import (
     Blueprint,
     Flask,
     current_app,
-    jsonify,
     redirect,
-    render_template,
     request,
     url_for,
 )
@@ -22,11 +20,12 @@ from markupsafe import Markup, escape
 from werkzeug.exceptions import HTTPException
 
 from agent import __version__
+from primary.api.ratelimit import FailureLimiter
 from primary.context import Primary
 from primary.errors import ApiError, Forbidden, Unauthorized
-from primary.ratelimit import FailureLimiter
 from primary.ui import session as ui_session
 from primary.ui.format import install_filters
+from primary.ui.respond import error_page
 
 log = logging.getLogger("cifleet.primary")
 
@@ -118,24 +117,18 @@ def csrf_field() -> Markup:
 
 @bp.errorhandler(ApiError)
 def api_error(err: ApiError):
-    return _error_page(err.status, err.message, err.code, err.headers)
+    return error_page(err.status, err.message, err.code, err.headers)
 
 
 @bp.errorhandler(HTTPException)
 def http_error(err: HTTPException):
-    return _error_page(err.code or 500, err.description or err.name, "http_error", {})
+    return error_page(err.code or 500, err.description or err.name, "http_error", {})
 
 
 @bp.errorhandler(Exception)
 def unexpected(err: Exception):
     log.exception("unhandled error in the UI")
-    return _error_page(500, "internal error; see the primary's log", "internal", {})
-
-
-def _error_page(status: int, message: str, code: str, headers: dict):
-    if ui_session.is_fetch():
-        return jsonify({"error": message, "code": code}), status, headers
-    return render_template("error.html", status=status, message=message), status, headers
+    return error_page(500, "internal error; see the primary's log", "internal", {})
 
 
 # Child blueprints, one per page family. Imported here, after `bp` exists.

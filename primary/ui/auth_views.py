@@ -5,9 +5,9 @@ from urllib.parse import urlsplit
 
 from flask import Blueprint, current_app, flash, redirect, render_template, request, url_for
 
-from primary.auth import primary_of_app
+from primary.api.auth import primary_of_app
+from primary.fleet.users import check_password
 from primary.ui import session as ui_session
-from primary.users import check_password
 
 bp = Blueprint("auth", __name__)
 LOGIN_FAILED = "wrong name or password"

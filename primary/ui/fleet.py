@@ -4,8 +4,8 @@ shows (pipelines by home worker, the commands to add a worker)."""
 import shlex
 from pathlib import Path
 
-from primary import workers
 from primary.context import Primary
+from primary.fleet import workers
 
 
 def homes_by_worker(primary: Primary) -> dict[str, list[str]]:

@@ -1,6 +1,6 @@
 """A run's log and state as Server-Sent Events, for the run page.
 
-Each `log` event carries the text of a byte range of the run log (primary/runlog.py) and
+Each `log` event carries the text of a byte range of the run log (primary/runs/runlog.py) and
 `id:` = the byte offset after it, so a browser that reconnects (EventSource sends the last
 id as `Last-Event-ID`) resumes at exactly the next byte: nothing skipped, nothing repeated.
 Ranges end on UTF-8 character boundaries, so decoding each one on its own (errors
@@ -20,7 +20,7 @@ import time
 from collections.abc import Iterator
 
 from primary.context import Primary
-from primary.runlog import run_log
+from primary.runs.runlog import run_log
 from primary.ui.run_info import run_state
 
 # Bytes of log one event carries at most: a long backlog goes out as several events.

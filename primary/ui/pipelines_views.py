@@ -6,10 +6,11 @@ import os
 from flask import Blueprint, render_template, request, url_for
 from werkzeug.exceptions import RequestEntityTooLarge
 
-from primary import pipelines, runs, static_files
-from primary.auth import primary_of_app
+from primary.api.auth import primary_of_app
 from primary.errors import ApiError, BadRequest
-from primary.ui.respond import done
+from primary.pipelines import pipelines, static_files
+from primary.runs import runs
+from primary.ui.respond import done, error_page
 from primary.ui.run_info import last_runs, worker_names
 from primary.ui.session import current_user, require_admin
 
@@ -53,9 +54,8 @@ def _too_large() -> ApiError:
 
 @bp.errorhandler(RequestEntityTooLarge)
 def _body_too_large(_: RequestEntityTooLarge):
-    from primary.ui import api_error  # the parent's answer (page, or JSON to fetch)
-
-    return api_error(_too_large())
+    err = _too_large()
+    return error_page(err.status, err.message, err.code, err.headers)
 
 
 @bp.get("")

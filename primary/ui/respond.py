@@ -1,7 +1,8 @@
-"""How a UI action answers: JSON to the page's own fetch(), or a flash and a redirect (the
-same form works without JavaScript)."""
+"""How the UI answers: a successful action with JSON to the page's own fetch(), or a
+flash and a redirect (the same form works without JavaScript); an error as the styled
+page, or as JSON to fetch()."""
 
-from flask import flash, jsonify, redirect
+from flask import flash, jsonify, redirect, render_template
 
 from primary.ui.session import is_fetch
 
@@ -13,3 +14,10 @@ def done(message: str, next_url: str, **fields):
         return jsonify({"message": message, **fields})
     flash(message)
     return redirect(next_url, 303)
+
+
+def error_page(status: int, message: str, code: str, headers: dict):
+    """An error as the styled page, or as JSON to the page's own fetch()."""
+    if is_fetch():
+        return jsonify({"error": message, "code": code}), status, headers
+    return render_template("error.html", status=status, message=message), status, headers

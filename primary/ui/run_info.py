@@ -1,11 +1,11 @@
 """Read helpers for the Pipelines and Runs pages: what only the UI shows, on top of the
-services (primary/runs.py, pipelines.py, workers.py)."""
+services (primary/runs/runs.py, primary/pipelines/pipelines.py, primary/fleet/workers.py)."""
 
-from primary import workers
 from primary.context import Primary
-from primary.runlog import prepare_lines as attempt_prepare_lines
-from primary.runlog import run_log
-from primary.runs import FINAL_STATES
+from primary.fleet import workers
+from primary.runs.runlog import prepare_lines as attempt_prepare_lines
+from primary.runs.runlog import run_log
+from primary.runs.runs import FINAL_STATES
 
 
 def run_state(primary: Primary, run_id: int) -> dict:

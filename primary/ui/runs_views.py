@@ -5,10 +5,12 @@ import re
 
 from flask import Blueprint, Response, current_app, render_template, request, url_for
 
-from primary import pipelines, runs, workers
-from primary.auth import primary_of_app
+from primary.api.auth import primary_of_app
 from primary.errors import BadRequest
-from primary.runlog import run_log
+from primary.fleet import workers
+from primary.pipelines import pipelines
+from primary.runs import runs
+from primary.runs.runlog import run_log
 from primary.ui import log_stream
 from primary.ui.respond import done
 from primary.ui.run_info import prepare_lines, tail_start

@@ -20,7 +20,7 @@ from flask import Flask, g, request, session
 
 from primary.context import Primary
 from primary.errors import Forbidden
-from primary.store import Store
+from primary.store.sqlite import Store
 
 SESSION_KEY_NAME = "ui_session_key"
 # Idle time after which a session ends: the cookie's timestamp is renewed on every request.
@@ -107,7 +107,7 @@ def session_role(store: Store, name: str, sid: str, now: float) -> str | None:
 def current_user() -> User | None:
     """The logged-in user of this request, looked up once per request."""
     if "ui_user" not in g:
-        from primary.auth import primary_of_app
+        from primary.api.auth import primary_of_app
 
         name, sid = session.get("user"), session.get("sid")
         role = None
@@ -119,7 +119,7 @@ def current_user() -> User | None:
 
 def login_user(name: str) -> None:
     """Start a fresh session: nothing from before the login survives (no fixation)."""
-    from primary.auth import primary_of_app
+    from primary.api.auth import primary_of_app
 
     session.clear()
     session.permanent = True
@@ -130,7 +130,7 @@ def login_user(name: str) -> None:
 
 
 def logout_user() -> None:
-    from primary.auth import primary_of_app
+    from primary.api.auth import primary_of_app
 
     if isinstance(session.get("sid"), str):
         end_session(primary_of_app().store, session["sid"])

@@ -2,8 +2,8 @@
 
 from flask import Blueprint, render_template, request, url_for
 
-from primary import runs, workers
-from primary.auth import primary_of_app
+from primary.api.auth import primary_of_app
+from primary.fleet import registration, workers
 from primary.ui.fleet import add_worker_commands
 from primary.ui.respond import done
 from primary.ui.session import require_admin
@@ -17,7 +17,7 @@ def _worker_page(secret: str | None = None):
     url = request.host_url.rstrip("/")
     return render_template(
         "settings_worker.html",
-        status=runs.status_counts(primary),
+        status=workers.status_counts(primary),
         commands=add_worker_commands(url, primary.data.ca_cert, primary.data.admin_token),
         primary_url=url,
         secret=secret,
@@ -46,7 +46,7 @@ def rotate_confirm():
 @bp.post("/worker/rotate")
 @require_admin
 def rotate():
-    workers.rotate_secret(primary_of_app())
+    registration.rotate_secret(primary_of_app())
     message = (
         "The worker secret was rotated. Registered workers stay connected;"
         " new ones need the new secret."

@@ -2,9 +2,9 @@
 
 from flask import Blueprint, render_template, request, url_for
 
-from primary import workers
-from primary.auth import primary_of_app
+from primary.api.auth import primary_of_app
 from primary.errors import NotFound
+from primary.fleet import workers
 from primary.ui.fleet import parse_tags, workers_with_homes
 from primary.ui.respond import done
 from primary.ui.session import require_admin

@@ -7,7 +7,7 @@ import ssl
 
 from fleet import AgentPeer, register_agent, wait_for
 
-from primary.logs import WRITE_PIECE
+from primary.store.logs import WRITE_PIECE
 
 
 def _start_run(primary, fleet_root) -> tuple[AgentPeer, int]:

@@ -14,7 +14,7 @@ from cryptography.hazmat.primitives.asymmetric import ec
 from cryptography.x509.oid import NameOID
 from fleet import BIN, AgentPeer, register_agent
 
-from primary.ca import CertificateAuthority, create_ca
+from primary.fleet.ca import CertificateAuthority, create_ca
 
 
 def test_registered_worker_is_admitted(primary, fleet_root):
@@ -187,7 +187,7 @@ def test_a_csr_asking_for_a_ca_or_another_subject_gets_neither(primary):
 
 
 def test_failed_registrations_are_rate_limited_per_address(primary):
-    from primary.client import ApiFailure
+    from primary.cli.client import ApiFailure
 
     body = {
         "secret": "guess",

@@ -161,7 +161,7 @@ jobs:
 
 
 def test_invalid_pipeline_is_refused_and_nothing_is_stored(primary):
-    from primary.client import ApiFailure
+    from primary.cli.client import ApiFailure
 
     cases = [
         # An unclosed list: YAML notices at the end of the stream, on line 5.

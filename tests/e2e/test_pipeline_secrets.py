@@ -3,7 +3,7 @@ them, masked as *** in the stored logs."""
 
 import pytest
 
-from primary.client import ApiFailure
+from primary.cli.client import ApiFailure
 
 DEPLOY_KEY = "dk-4f9a1c77e2"
 DB_PASS = "pw with spaces & symbols $!"

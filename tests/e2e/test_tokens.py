@@ -5,7 +5,7 @@ import subprocess
 import pytest
 from fleet import BIN
 
-from primary.client import AdminClient, ApiFailure
+from primary.cli.client import AdminClient, ApiFailure
 
 
 def _token_cli(primary, *args) -> subprocess.CompletedProcess:
@@ -65,8 +65,8 @@ def test_users_are_created_with_the_password_on_stdin(primary):
     short = user_cli("create", "bob", stdin="short\n")
     assert short.returncode == 2 and "at least 12 characters" in short.stderr
     assert user_cli("list").stdout == "ada  admin  active\n"
-    from primary.store import Store
-    from primary.users import check_password
+    from primary.fleet.users import check_password
+    from primary.store.sqlite import Store
 
     store = Store(primary.data_dir / "cifleet.db")
     assert check_password(store, "ada", "a long passphrase") == "admin"

@@ -6,7 +6,7 @@ import subprocess
 
 from fleet import BIN, wait_for
 
-from primary.client import ApiFailure
+from primary.cli.client import ApiFailure
 
 BLOB = bytes(range(256)) * 4096 + b"\x00tail without newline"  # 1 MiB and a bit, binary
 INI = b"[app]\nname = demo\n"

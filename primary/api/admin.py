@@ -1,0 +1,235 @@
+"""Admin API (public port, bearer token): parse, call the service, render."""
+
+from flask import Blueprint, Response, jsonify, request
+
+from primary.api.auth import primary_of_app, require_role
+from primary.api.parse import json_body
+from primary.errors import BadRequest, NotFound
+from primary.fleet import registration, workers
+from primary.pipelines import pipelines, static_files
+from primary.pipelines import secrets as pipeline_secrets
+from primary.runs import runs
+from primary.runs.runlog import run_log
+from primary.runs.runs import RUN_STATES
+
+bp = Blueprint("admin", __name__, url_prefix="/api/v1")
+VIEW = ("viewer",)
+MAX_PIPELINE_BYTES = 1 << 20
+
+
+def _offset() -> int:
+    raw = request.args.get("offset", "0")
+    try:
+        offset = int(raw)
+    except ValueError:
+        raise BadRequest("offset: must be a whole number") from None
+    if offset < 0:
+        raise BadRequest("offset: must be 0 or more")
+    return offset
+
+
+@bp.get("/worker-secret")
+@require_role()
+def worker_secret():
+    return jsonify({"secret": primary_of_app().vault.get("worker_secret")})
+
+
+@bp.post("/worker-secret/rotate")
+@require_role()
+def rotate_worker_secret():
+    return jsonify({"secret": registration.rotate_secret(primary_of_app())})
+
+
+@bp.get("/workers")
+@require_role(*VIEW)
+def list_workers():
+    return jsonify({"workers": workers.list_workers(primary_of_app())})
+
+
+@bp.get("/workers/<worker_id>")
+@require_role(*VIEW)
+def get_worker(worker_id: str):
+    return jsonify(workers.get_worker(primary_of_app(), worker_id))
+
+
+@bp.post("/pipelines")
+@require_role()
+def save_pipeline():
+    raw = request.get_data(cache=False)
+    if len(raw) > MAX_PIPELINE_BYTES:
+        raise BadRequest(f"the definition is larger than {MAX_PIPELINE_BYTES} bytes")
+    try:
+        text = raw.decode("utf-8")
+    except UnicodeDecodeError as exc:
+        raise BadRequest(f"yaml: the definition is not valid UTF-8 (byte {exc.start})") from None
+    pipeline, created = pipelines.save_pipeline(primary_of_app(), text)
+    return jsonify(pipeline), 201 if created else 200
+
+
+@bp.get("/pipelines")
+@require_role(*VIEW)
+def list_pipelines():
+    return jsonify({"pipelines": pipelines.list_pipelines(primary_of_app())})
+
+
+@bp.get("/pipelines/<name>")
+@require_role(*VIEW)
+def get_pipeline(name: str):
+    return jsonify(pipelines.get_pipeline(primary_of_app(), name))
+
+
+@bp.post("/pipelines/<name>/runs")
+@require_role()
+def trigger_run(name: str):
+    run_id = runs.create_run(primary_of_app(), name)
+    return jsonify({"id": run_id}), 201
+
+
+@bp.get("/runs")
+@require_role(*VIEW)
+def list_runs():
+    state = request.args.get("state")
+    if state and state not in RUN_STATES:
+        raise BadRequest(f"state: must be one of {', '.join(RUN_STATES)}")
+    return jsonify({"runs": runs.list_runs(primary_of_app(), request.args.get("pipeline"), state)})
+
+
+@bp.get("/runs/<int:run_id>")
+@require_role(*VIEW)
+def get_run(run_id: int):
+    return jsonify(runs.get_run(primary_of_app(), run_id))
+
+
+@bp.post("/runs/<int:run_id>/cancel")
+@require_role()
+def cancel_run(run_id: int):
+    return jsonify(runs.cancel_run(primary_of_app(), run_id))
+
+
+@bp.get("/runs/<int:run_id>/jobs/<job>/log")
+@require_role(*VIEW)
+def job_log(run_id: int, job: str):
+    primary = primary_of_app()
+    run = runs.get_run(primary, run_id)
+    match = next((j for j in run["jobs"] if j["name"] == job), None)
+    if match is None:
+        raise NotFound(f"run {run_id} has no job {job!r}")
+    offset = _offset()
+    end = match["log_size"]  # a fixed end: the answer is consistent even while the job writes
+    chunks = primary.logs.iter_bytes(run_id, run["attempt"], job, min(offset, end), end)
+    complete = match["state"] not in ("pending", "running")
+    return _log_response(chunks, complete, end, run["attempt"])
+
+
+@bp.get("/runs/<int:run_id>/attempts/<int:attempt>/jobs/<job>/log")
+@require_role(*VIEW)
+def attempt_job_log(run_id: int, attempt: int, job: str):
+    """One job's output in one attempt: also that of an attempt lost or taken back."""
+    primary = primary_of_app()
+    info = runs.attempt_log(primary, run_id, attempt, job)
+    end = info["size"]
+    chunks = primary.logs.iter_bytes(run_id, attempt, job, min(_offset(), end), end)
+    response = _log_response(chunks, info["complete"], end, attempt)
+    response.headers["X-Attempt-Outcome"] = info["outcome"] or "current"
+    return response
+
+
+@bp.get("/runs/<int:run_id>/log")
+@require_role(*VIEW)
+def run_log_view(run_id: int):
+    chunks, complete = run_log(primary_of_app(), run_id, _offset())
+    return _log_response(chunks, complete, None, None)
+
+
+def _log_response(chunks, complete: bool, size: int | None, attempt: int | None) -> Response:
+    response = Response(chunks, mimetype="application/octet-stream")
+    response.headers["X-Log-Complete"] = "true" if complete else "false"
+    if size is not None:
+        response.headers["X-Log-Size"] = str(size)
+    if attempt is not None:
+        response.headers["X-Run-Attempt"] = str(attempt)
+    return response
+
+
+@bp.get("/status")
+@require_role(*VIEW)
+def status():
+    return jsonify(workers.status_counts(primary_of_app()))
+
+
+@bp.post("/workers/<worker_id>/<action>")
+@require_role()
+def worker_action(worker_id: str, action: str):
+    if action not in workers.FLAG_ACTIONS:
+        raise NotFound(f"no worker action {action!r}; use lock, unlock, drain or flood")
+    flag, on = workers.FLAG_ACTIONS[action]
+    return jsonify(workers.set_flag(primary_of_app(), worker_id, flag, on))
+
+
+@bp.put("/workers/<worker_id>/tags")
+@require_role()
+def worker_tags(worker_id: str):
+    return jsonify(workers.set_tags(primary_of_app(), worker_id, json_body().get("tags")))
+
+
+@bp.post("/pipelines/<name>/cache/clear")
+@require_role()
+def clear_cache(name: str):
+    return jsonify(pipelines.clear_cache(primary_of_app(), name))
+
+
+@bp.get("/pipelines/<name>/files")
+@require_role(*VIEW)
+def list_files(name: str):
+    return jsonify({"files": static_files.list_files(primary_of_app(), name)})
+
+
+@bp.put("/pipelines/<name>/files/<path:path>")
+@require_role()
+def put_file(name: str, path: str):
+    primary = primary_of_app()
+    request.max_content_length = primary.config.max_static_file_bytes
+    return jsonify(static_files.put_file(primary, name, path, request.stream))
+
+
+@bp.get("/pipelines/<name>/files/<path:path>")
+@require_role(*VIEW)
+def get_file(name: str, path: str):
+    info, chunks = static_files.read_file(primary_of_app(), name, path)
+    response = Response(chunks, mimetype="application/octet-stream")
+    response.headers["X-Sha256"] = info["sha256"]
+    response.headers["Content-Length"] = str(info["size"])
+    return response
+
+
+@bp.delete("/pipelines/<name>/files/<path:path>")
+@require_role()
+def delete_file(name: str, path: str):
+    static_files.delete_file(primary_of_app(), name, path)
+    return "", 204
+
+
+@bp.delete("/workers/<worker_id>")
+@require_role()
+def delete_worker(worker_id: str):
+    return jsonify(workers.delete_worker(primary_of_app(), worker_id))
+
+
+@bp.get("/pipelines/<name>/secrets")
+@require_role(*VIEW)
+def list_secrets(name: str):
+    return jsonify({"secrets": pipeline_secrets.names(primary_of_app(), name)})
+
+
+@bp.put("/pipelines/<name>/secrets/<secret>")
+@require_role()
+def set_secret(name: str, secret: str):
+    value = request.get_data(cache=False)
+    return jsonify(pipeline_secrets.set_secret(primary_of_app(), name, secret, value))
+
+
+@bp.delete("/pipelines/<name>/secrets/<secret>")
+@require_role()
+def delete_secret(name: str, secret: str):
+    pipeline_secrets.delete_secret(primary_of_app(), name, secret)
+    return "", 204

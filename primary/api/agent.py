@@ -1,0 +1,118 @@
+"""Agent API (agent port, mutual TLS): parse, call the dispatch service, render."""
+
+from flask import Blueprint, Response, current_app, g, jsonify, request
+
+from agent.protocol import MAX_LOG_CHUNK_BYTES
+from primary.api import long_poll
+from primary.api.auth import primary_of_app, require_worker
+from primary.api.parse import json_body
+from primary.errors import ApiError, BadRequest
+from primary.fleet import registration, workers
+from primary.pipelines import static_files
+from primary.runs import dispatch
+
+bp = Blueprint("agent", __name__, url_prefix="/agent/v1")
+
+
+def _attempt(body: dict) -> int:
+    attempt = body.get("attempt")
+    if not isinstance(attempt, int) or isinstance(attempt, bool):
+        raise BadRequest("attempt: must be a whole number")
+    return attempt
+
+
+@bp.post("/poll")
+@require_worker
+def poll():
+    ext = current_app.extensions
+    return jsonify(
+        long_poll.poll(
+            primary_of_app(), ext["cifleet.poll_gate"], g.worker, json_body(), ext["cifleet.stop"]
+        )
+    )
+
+
+@bp.post("/runs/<int:run_id>/start")
+@require_worker
+def start(run_id: int):
+    return jsonify(dispatch.start_run(primary_of_app(), g.worker, run_id, _attempt(json_body())))
+
+
+@bp.post("/runs/<int:run_id>/jobs/<job>/log")
+@require_worker
+def append_log(run_id: int, job: str):
+    try:
+        attempt = int(request.args["attempt"])
+        offset = int(request.args["offset"])
+    except (KeyError, ValueError):
+        raise BadRequest("attempt and offset query parameters must be whole numbers") from None
+    if request.content_length is None or request.content_length > MAX_LOG_CHUNK_BYTES:
+        err = ApiError(f"a log chunk must have a Content-Length of at most {MAX_LOG_CHUNK_BYTES}")
+        err.status, err.code = 413, "too_large"
+        raise err
+    # Straight from the WSGI input, in pieces, to the file: werkzeug's request.stream adds
+    # copies that cost more CPU than the rest of this request together (bench/logs.py).
+    read = request.environ["wsgi.input"].read
+    length = request.content_length
+    return jsonify(
+        dispatch.append_log(primary_of_app(), g.worker, run_id, job, attempt, offset, length, read)
+    )
+
+
+@bp.post("/runs/<int:run_id>/jobs/<job>/status")
+@require_worker
+def job_status(run_id: int, job: str):
+    return jsonify(dispatch.job_status(primary_of_app(), g.worker, run_id, job, json_body()))
+
+
+@bp.post("/runs/<int:run_id>/finish")
+@require_worker
+def finish(run_id: int):
+    body = json_body()
+    return jsonify(
+        dispatch.finish_run(primary_of_app(), g.worker, run_id, _attempt(body), body.get("job"))
+    )
+
+
+@bp.post("/runs/<int:run_id>/prepare")
+@require_worker
+def prepare(run_id: int):
+    body = json_body()
+    return jsonify(
+        dispatch.prepare_notes(
+            primary_of_app(),
+            g.worker,
+            run_id,
+            _attempt(body),
+            body.get("lines"),
+            body.get("job_started"),
+        )
+    )
+
+
+@bp.get("/runs/<int:run_id>/files/<path:path>")
+@require_worker
+def fetch_file(run_id: int, path: str):
+    try:
+        attempt = int(request.args["attempt"])
+    except (KeyError, ValueError):
+        raise BadRequest("attempt: query parameter must be a whole number") from None
+    primary = primary_of_app()
+    run = dispatch.current_run(primary, g.worker, run_id, attempt)
+    info, chunks = static_files.read_file(primary, run["pipeline"], path)
+    response = Response(chunks, mimetype="application/octet-stream")
+    response.headers["X-Sha256"] = info["sha256"]
+    response.headers["Content-Length"] = str(info["size"])
+    return response
+
+
+@bp.post("/worker")
+@require_worker
+def update_self():
+    return jsonify(workers.update_from_host(primary_of_app(), g.worker, json_body()))
+
+
+@bp.post("/renew")  # RENEW_PATH
+@require_worker
+def renew():
+    return jsonify(registration.renew_certificate(primary_of_app(), g.worker, json_body()))

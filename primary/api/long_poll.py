@@ -1,0 +1,213 @@
+"""The agent's long poll: heartbeat, lease renewal, and the answer (assignments, cancels,
+workspaces to delete, slots), held until there is something to say.
+
+Held polls wait on the worker's event in `Primary.waiters`, armed before the primary looks
+for work, so a wake in between is never lost.
+"""
+
+import json
+import threading
+import time
+from collections.abc import Callable
+
+from agent.protocol import NAME_RE
+from primary.context import Primary
+from primary.pipelines import secrets as pipeline_secrets
+from primary.pipelines import static_files
+from primary.runs import leases
+from primary.runs.dispatch import ACTIVE_STATES
+from primary.runs.scheduler import plan
+
+TOUCH_INTERVAL = 1.0
+
+
+def _touch(primary: Primary, worker: dict, body: dict, now: float) -> None:
+    """Record the contact, load and version. Liveness is judged in seconds, so a poll within
+    a second of the last recorded one writes nothing unless the draining flag changed: one
+    write transaction fewer on the busiest path."""
+    old_load = json.loads(worker["load"]) if worker["load"] else {}
+    if (
+        worker["last_contact"] is not None
+        and now - worker["last_contact"] < TOUCH_INTERVAL
+        and bool(old_load.get("draining")) == bool(body.get("draining"))
+        and body.get("version") == worker["version"]
+    ):
+        return
+    load = body.get("load") if isinstance(body.get("load"), dict) else {}
+    load = {k: v for k, v in load.items() if isinstance(v, int | float) and not isinstance(v, bool)}
+    load["draining"] = bool(body.get("draining"))
+    version = body.get("version") if isinstance(body.get("version"), str) else worker["version"]
+    with primary.store.transaction() as conn:
+        conn.execute(
+            "UPDATE workers SET last_contact = ?, load = ?, version = ? WHERE id = ?",
+            (now, json.dumps(load), version[:64], worker["id"]),
+        )
+
+
+def _listed_runs(body: dict, field: str = "runs") -> set[tuple[int, int]]:
+    """The (run_id, attempt) pairs listed in body[field]."""
+    held = set()
+    for item in body.get(field) or []:
+        if (
+            isinstance(item, dict)
+            and isinstance(item.get("run_id"), int)
+            and isinstance(item.get("attempt"), int)
+        ):
+            held.add((item["run_id"], item["attempt"]))
+    return held
+
+
+def _renew_leases(primary: Primary, worker: dict, held: set[tuple[int, int]], now: float) -> None:
+    if not held:
+        return
+    expires = now + primary.config.heartbeat_timeout
+    with primary.store.transaction() as conn:
+        for run_id, attempt in held:
+            conn.execute(
+                "UPDATE runs SET lease_expires = ? WHERE id = ? AND attempt = ? AND worker_id = ?"
+                " AND state = 'running'",
+                (expires, run_id, attempt, worker["id"]),
+            )
+
+
+def _stale_workspaces(primary: Primary, worker: dict, body: dict) -> list[str]:
+    """Workspaces the agent has for pipelines whose home it no longer is."""
+    names = [n for n in body.get("workspaces") or [] if isinstance(n, str) and NAME_RE.match(n)]
+    if not names:
+        return []
+    marks = ",".join("?" * len(names))
+    homes = {
+        r["name"]: r["home_worker_id"]
+        for r in primary.store.query(
+            f"SELECT name, home_worker_id FROM pipelines WHERE name IN ({marks})", tuple(names)
+        )
+    }
+    busy = {
+        r["pipeline"]
+        for r in primary.store.query(
+            "SELECT DISTINCT pipeline FROM runs WHERE worker_id = ?"
+            " AND state IN ('assigned', 'running')",
+            (worker["id"],),
+        )
+    }
+    return [n for n in names if homes.get(n) != worker["id"] and n not in busy]
+
+
+def _answer(primary: Primary, worker: dict, held: set[tuple[int, int]], body: dict) -> dict:
+    assignments = []
+    for run in primary.store.query(
+        "SELECT id, attempt, spec, clean_workspace FROM runs"
+        " WHERE worker_id = ? AND state = 'assigned' ORDER BY id",
+        (worker["id"],),
+    ):
+        if (run["id"], run["attempt"]) in held:
+            continue
+        spec = json.loads(run["spec"])
+        assignments.append(
+            {
+                "run_id": run["id"],
+                "attempt": run["attempt"],
+                "pipeline": spec["name"],
+                "env": spec["env"],
+                "jobs": spec["jobs"],
+                "clean_workspace": bool(run["clean_workspace"]),
+                "files": static_files.manifest(primary, spec["name"]),
+                "secrets": pipeline_secrets.values_for(primary, spec),
+            }
+        )
+    cancel = []
+    for run_id, attempt in sorted(held):
+        run = primary.store.query_one(
+            "SELECT worker_id, attempt, state, cancel_requested FROM runs WHERE id = ?", (run_id,)
+        )
+        gone = (
+            run is None
+            or run["worker_id"] != worker["id"]
+            or run["attempt"] != attempt
+            or run["state"] not in ACTIVE_STATES
+        )
+        # A run this worker finished is still "held" until the agent sees the finish answer;
+        # telling it to cancel then is harmless, there is nothing left to kill.
+        if gone or run["cancel_requested"]:
+            cancel.append({"run_id": run_id, "attempt": attempt})
+    slots = primary.store.query_one("SELECT slots FROM workers WHERE id = ?", (worker["id"],))
+    return {
+        "assignments": assignments,
+        "cancel": cancel,
+        "delete_workspaces": _stale_workspaces(primary, worker, body),
+        "slots": slots["slots"] if slots else worker["slots"],
+        # The agent retries a failed poll sooner than this, so that a primary back from an
+        # outage hears it before the leases of its runs can expire.
+        "heartbeat_timeout": primary.config.heartbeat_timeout,
+    }
+
+
+class PollGate:
+    """Caps how many polls may be held at once, so held polls never take every thread of the
+    agent listener and starve log and status requests.
+
+    A held poll needs a thread, so when every hold is taken the gate asks `grow` for more
+    threads (it returns how many it added: 0 at the listener's maximum). Beyond that, polls
+    are answered at once with a `poll_after` pause for the agent to keep.
+    """
+
+    def __init__(self, limit: int, grow: Callable[[], int] | None = None):
+        self._limit = max(limit, 0)
+        self._held = 0
+        self.grow = grow
+        self._lock = threading.Lock()
+        self._growing = threading.Lock()  # one grower at a time; the others wait for it
+
+    def _take(self) -> bool:
+        with self._lock:
+            if self._held < self._limit:
+                self._held += 1
+                return True
+            return False
+
+    def try_hold(self) -> bool:
+        if self._take():
+            return True
+        if self.grow is None:
+            return False
+        with self._growing:
+            while not self._take():
+                added = self.grow()
+                if added <= 0:
+                    return False
+                with self._lock:
+                    self._limit += added
+            return True
+
+    def release(self) -> None:
+        with self._lock:
+            assert self._held > 0
+            self._held -= 1
+
+
+def poll(primary: Primary, gate: PollGate, worker: dict, body: dict, stop: threading.Event) -> dict:
+    now = time.time()
+    _touch(primary, worker, body, now)
+    held = _listed_runs(body)
+    session = body.get("session")
+    if isinstance(session, str) and 0 < len(session) <= 64 and session != worker["session"]:
+        leases.adopt_session(primary, worker, session, held, now)
+    _renew_leases(primary, worker, held, now)
+    leases.abandon_runs(primary, worker, _listed_runs(body, "abandoned"), now)
+    event = primary.waiters.arm(worker["id"])
+    plan(primary)  # a worker back from inactive, or with a free slot, may take queued runs
+    answer = _answer(primary, worker, held, body)
+    if answer["assignments"] or answer["cancel"] or not body.get("wait") or stop.is_set():
+        return answer
+    # An agent with runs must be heard often: its polls renew their leases (agent/fence.py).
+    hold = primary.config.busy_poll_hold_seconds if held else primary.config.poll_hold_seconds
+    if not gate.try_hold():
+        # No thread to hold it on: the agent waits as long as a held poll would have.
+        return {**answer, "poll_after": hold}
+    try:
+        event.wait(hold)
+    finally:
+        gate.release()
+    if stop.is_set():
+        return answer
+    return _answer(primary, worker, held, body)

@@ -1,0 +1,42 @@
+"""Public, unauthenticated-by-token routes: health and worker registration."""
+
+import math
+
+from flask import Blueprint, current_app, jsonify, request
+
+from agent import __version__
+from agent.protocol import REGISTER_PATH
+from primary.api.auth import primary_of_app
+from primary.api.parse import json_body
+from primary.errors import ApiError
+from primary.fleet import registration
+
+bp = Blueprint("register", __name__)
+
+
+@bp.get("/healthz")
+def healthz():
+    return jsonify({"status": "ok", "version": __version__})
+
+
+@bp.post(REGISTER_PATH)
+def register():
+    primary = primary_of_app()
+    limiter = current_app.extensions["cifleet.registration_limiter"]
+    source = request.remote_addr or "unknown"
+    wait = limiter.retry_after(source)
+    if wait > 0:
+        err = ApiError(f"too many failed registrations from {source}; try again later")
+        err.status, err.code = 429, "rate_limited"
+        raise err.with_header("Retry-After", str(math.ceil(wait)))
+    try:
+        reply = registration.register(primary, json_body())
+    except ApiError as exc:
+        if exc.status in (400, 401):  # guesses and garbage count; a taken name does not
+            limiter.failed(source)
+        raise
+    # The agent reaches the agent port under the same name it used for us.
+    host = request.host
+    host = host[: host.index("]") + 1] if host.startswith("[") else host.split(":")[0]
+    reply["agent_url"] = f"https://{host}:{primary.config.agent_port}"
+    return jsonify(reply), 201

@@ -1,0 +1,113 @@
+"""`cifleet-primary demo`: the README's first command. Initialises a data dir, starts a
+primary in the background (with its built-in worker), runs an example pipeline, prints its
+log live, then says where to look and how to stop."""
+
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+from primary.cli.client import AdminClient, ApiFailure
+from primary.fleet.initdir import initialise
+from primary.store.datadir import DataDir
+
+EXAMPLE_PIPELINE = """\
+name: hello
+env:
+  GREETING: hello from cifleet
+jobs:
+  - name: build
+    steps:
+      - echo "$GREETING, building in $CIFLEET_WORKSPACE"
+      - for i in 1 2 3; do echo "compiling part $i"; sleep 0.5; done
+  - name: test
+    needs: [build]
+    steps:
+      - echo "running tests on $(uname -n)"
+      - sleep 1; echo "all tests passed"
+  - name: package
+    needs: [test]
+    steps:
+      - echo "packaged run $CIFLEET_RUN_ID" > artifact.txt && cat artifact.txt
+"""
+
+
+def _start_primary(data: DataDir, api_port: int, agent_port: int) -> None:
+    log_path = data.root / "primary.log"
+    with open(log_path, "ab") as log_file:
+        subprocess.Popen(
+            [
+                sys.executable,
+                "-m",
+                "primary",
+                "serve",
+                "--data-dir",
+                str(data.root),
+                "--api-port",
+                str(api_port),
+                "--agent-port",
+                str(agent_port),
+            ],
+            stdin=subprocess.DEVNULL,
+            stdout=log_file,
+            stderr=log_file,
+            start_new_session=True,  # keeps running after the demo command returns
+        )
+
+
+def _wait_for_builtin_worker(client: AdminClient, timeout: float) -> None:
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        workers = client.json("GET", "/api/v1/workers")["workers"]
+        if any(w["name"] == "primary" and w["state"] == "active" for w in workers):
+            return
+        time.sleep(0.2)
+    raise TimeoutError("the built-in worker did not come up; see primary.log in the data dir")
+
+
+def demo(root: Path, api_port: int, agent_port: int) -> int:
+    root = root.absolute()
+    if initialise(root, []):
+        print(f"initialised a primary in {root}")
+    data = DataDir(root)
+    url = f"https://127.0.0.1:{api_port}"
+    client = AdminClient(url, data.ca_cert, data.admin_token.read_text().strip())
+    try:
+        client.wait_healthy(0.5)
+        print(f"a primary is already serving {root}")
+    except TimeoutError:
+        _start_primary(data, api_port, agent_port)
+        client.wait_healthy(30)
+        print(f"started a primary in the background (log: {root / 'primary.log'})")
+    _wait_for_builtin_worker(client, 30)
+    client.json(
+        "POST", "/api/v1/pipelines", raw=EXAMPLE_PIPELINE.encode(), content_type="application/yaml"
+    )
+    run_id = client.json("POST", "/api/v1/pipelines/hello/runs")["id"]
+    print(f"triggered run {run_id} of pipeline 'hello'; its log as it arrives:\n")
+    offset = 0
+    while True:
+        status, headers, body = client.request("GET", f"/api/v1/runs/{run_id}/log?offset={offset}")
+        if status != 200:
+            raise ApiFailure(status, body.decode(errors="replace"))
+        sys.stdout.buffer.write(body)
+        sys.stdout.flush()
+        offset += len(body)
+        if headers.get("x-log-complete") == "true":
+            break
+        time.sleep(0.2)
+    run = client.json("GET", f"/api/v1/runs/{run_id}")
+    token_file = data.admin_token
+    print(f"""
+run {run_id} finished: {run["state"]}
+
+where to look:
+  data folder:  {root}
+  primary log:  {root / "primary.log"}
+  status:       curl --cacert {data.ca_cert} -H "Authorization: Bearer $(cat {token_file})" \\
+                  {url}/api/v1/status
+  this run:     curl --cacert {data.ca_cert} -H "Authorization: Bearer $(cat {token_file})" \\
+                  {url}/api/v1/runs/{run_id}
+how to stop:    .venv/bin/cifleet-primary stop --data-dir {root}
+""")
+    return 0 if run["state"] == "success" else 1

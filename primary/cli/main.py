@@ -1,0 +1,337 @@
+"""`cifleet-primary`: init, serve, secret show|rotate, stop, demo."""
+
+import argparse
+import logging
+import os
+import signal
+import sys
+from pathlib import Path
+
+from primary.cli import tokens as token_cli
+from primary.cli import users as user_cli
+from primary.config import PrimaryConfig
+from primary.fleet.initdir import InitError, initialise
+from primary.store.vault import VaultError
+
+
+def _data_dir(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("--data-dir", type=Path, required=True, help="the primary's data folder")
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(prog="cifleet-primary", description="cifleet CI/CD primary")
+    sub = parser.add_subparsers(dest="command", required=True)
+
+    p = sub.add_parser("init", help="create a data dir: vault, CA, certificates, token, store")
+    _data_dir(p)
+    p.add_argument(
+        "--hostname",
+        action="append",
+        default=[],
+        help="name or address agents use to reach this primary (repeatable)",
+    )
+
+    p = sub.add_parser("serve", help="run the primary (public and agent listeners)")
+    _data_dir(p)
+    p.add_argument("--bind", default="127.0.0.1")
+    p.add_argument("--api-port", type=int, default=8443)
+    p.add_argument("--agent-port", type=int, default=8444)
+    p.add_argument(
+        "--heartbeat-timeout",
+        type=float,
+        default=60.0,
+        help="seconds without contact before a worker is inactive and its runs lost",
+    )
+    p.add_argument(
+        "--confirm-timeout",
+        type=float,
+        default=10.0,
+        help="seconds an agent has to confirm an assignment",
+    )
+    p.add_argument(
+        "--home-busy-wait",
+        type=float,
+        default=5.0,
+        help="seconds a run waits for its pipeline's busy home worker before moving",
+    )
+    p.add_argument(
+        "--primary-worker-slots",
+        type=int,
+        default=1,
+        help="slots of the built-in worker; 0 turns it off",
+    )
+    p.add_argument("--agent-threads", type=int, default=128)
+    p.add_argument(
+        "--max-agent-threads",
+        type=int,
+        default=2048,
+        help="the agent listener grows to this many threads, one per agent in a long poll",
+    )
+    p.add_argument("--public-threads", type=int, default=16)
+    p.add_argument(
+        "--log-streams",
+        type=int,
+        default=8,
+        help="live log streams of the web UI open at once (each holds a public thread)",
+    )
+    p.add_argument(
+        "--log-stream-seconds",
+        type=float,
+        default=25.0,
+        help="a live log stream ends after this long; the browser resumes where it stopped",
+    )
+    p.add_argument(
+        "--max-static-file-bytes",
+        type=int,
+        default=256 << 20,
+        help="largest static file a pipeline may have",
+    )
+    p.add_argument("--worker-cert-days", type=float, default=30.0)
+
+    p = sub.add_parser("secret", help="show or rotate the worker secret")
+    secret_sub = p.add_subparsers(dest="action", required=True)
+    _data_dir(secret_sub.add_parser("show", help="print the worker secret"))
+    _data_dir(secret_sub.add_parser("rotate", help="replace the worker secret"))
+
+    p = sub.add_parser("worker", help="list workers; lock, unlock, drain, flood, tag one")
+    p.add_argument("action", choices=["list", "lock", "unlock", "drain", "flood", "tags"])
+    p.add_argument("name", nargs="?", help="worker name or id")
+    p.add_argument("--tags", help="with `tags`: comma-separated new tags ('' for none)")
+    _data_dir(p)
+
+    token_cli.add_parser(sub, _data_dir)
+    user_cli.add_parser(sub, _data_dir)
+
+    p = sub.add_parser("server-cert", help="re-issue the server certificate with new names")
+    p.add_argument(
+        "--hostname",
+        action="append",
+        required=True,
+        help="name or address agents and admins use (repeatable)",
+    )
+    _data_dir(p)
+
+    p = sub.add_parser("stop", help="stop a primary serving this data dir (SIGTERM)")
+    _data_dir(p)
+
+    p = sub.add_parser(
+        "bootstrap-host",
+        help="prepare a bare host for Ansible: install the controller's SSH key, check python3",
+    )
+    p.add_argument("target", metavar="user@host")
+    p.add_argument("--port", type=int, default=22)
+    p.add_argument("--key", type=Path, metavar="FILE", help="private key to log in with")
+    p.add_argument(
+        "--public-key",
+        type=Path,
+        metavar="FILE",
+        help="public key to install (default ~/.ssh/id_ed25519.pub, id_ecdsa.pub, id_rsa.pub)",
+    )
+    p.add_argument(
+        "--ask-password",
+        action="store_true",
+        help="prompt for the SSH password (or set CIFLEET_BOOTSTRAP_PASSWORD)",
+    )
+    p.add_argument(
+        "--accept-new-host-key",
+        action="store_true",
+        help="accept and record the key of a host not yet in ~/.ssh/known_hosts",
+    )
+
+    p = sub.add_parser("demo", help="init, start a primary in the background, run an example")
+    _data_dir(p)
+    p.add_argument("--api-port", type=int, default=8443)
+    p.add_argument("--agent-port", type=int, default=8444)
+    return parser
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = build_parser().parse_args(argv)
+    logging.basicConfig(
+        level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s"
+    )
+    try:
+        return COMMANDS[args.command](args)
+    except (InitError, VaultError, OSError) as exc:
+        print(f"cifleet-primary: {exc}", file=sys.stderr)
+        return 2
+
+
+def cmd_init(args) -> int:
+    if initialise(args.data_dir, args.hostname):
+        print(f"initialised {args.data_dir.absolute()}")
+        print(f"  fleet CA certificate: {args.data_dir.absolute() / 'ca.pem'}")
+        print(f"  admin API token:      {args.data_dir.absolute() / 'admin.token'}")
+    else:
+        print(f"{args.data_dir.absolute()} is already initialised; nothing changed")
+    return 0
+
+
+def cmd_serve(args) -> int:
+    from primary.cli.serve import serve
+
+    config = PrimaryConfig(
+        data_dir=args.data_dir,
+        bind=args.bind,
+        api_port=args.api_port,
+        agent_port=args.agent_port,
+        heartbeat_timeout=args.heartbeat_timeout,
+        confirm_timeout=args.confirm_timeout,
+        home_busy_wait=args.home_busy_wait,
+        primary_worker_slots=args.primary_worker_slots,
+        agent_threads=args.agent_threads,
+        max_agent_threads=args.max_agent_threads,
+        public_threads=args.public_threads,
+        log_streams=args.log_streams,
+        log_stream_seconds=args.log_stream_seconds,
+        max_static_file_bytes=args.max_static_file_bytes,
+        worker_cert_days=args.worker_cert_days,
+    )
+    return serve(config)
+
+
+def cmd_secret(args) -> int:
+    from primary.context import open_primary
+
+    primary = open_primary(PrimaryConfig(data_dir=args.data_dir))
+    if args.action == "show":
+        print(primary.vault.get("worker_secret"))
+    else:
+        from primary.fleet.registration import rotate_secret
+
+        rotate_secret(primary)
+        print("the worker secret was rotated; registered workers stay connected")
+        print("show the new one with: cifleet-primary secret show --data-dir DIR")
+    return 0
+
+
+def cmd_worker(args) -> int:
+    import json
+
+    from primary.cli.client import AdminClient, ApiFailure
+    from primary.store.datadir import DataDir
+
+    data = DataDir(args.data_dir.absolute())
+    try:
+        url = json.loads(data.serve_info.read_text())["api_url"]
+    except FileNotFoundError:
+        print(f"no primary is serving {data.root}", file=sys.stderr)
+        return 1
+    client = AdminClient(url, data.ca_cert, data.admin_token.read_text().strip())
+    try:
+        if args.action == "list":
+            for w in client.json("GET", "/api/v1/workers")["workers"]:
+                print(_worker_line(w))
+            return 0
+        if not args.name:
+            print(f"cifleet-primary worker {args.action}: name a worker", file=sys.stderr)
+            return 2
+        if args.action == "tags":
+            if args.tags is None:
+                print("cifleet-primary worker tags: give --tags a,b", file=sys.stderr)
+                return 2
+            tags = [t for t in args.tags.split(",") if t]
+            worker = client.json("PUT", f"/api/v1/workers/{args.name}/tags", {"tags": tags})
+        else:
+            worker = client.json("POST", f"/api/v1/workers/{args.name}/{args.action}")
+    except ApiFailure as exc:
+        print(f"cifleet-primary worker {args.action}: {exc}", file=sys.stderr)
+        return 2
+    print(_worker_line(worker))
+    return 0
+
+
+def _worker_line(w: dict) -> str:
+    tags = ",".join(w["tags"]) or "-"
+    return f"{w['name']}  {w['state']}  tags={tags}  slots={w['slots_used']}/{w['slots']}"
+
+
+def cmd_server_cert(args) -> int:
+    from agent.home import write_atomic
+    from primary.context import open_primary
+    from primary.fleet.initdir import DEFAULT_HOSTNAMES
+
+    primary = open_primary(PrimaryConfig(data_dir=args.data_dir))
+    names = list(dict.fromkeys([*args.hostname, *DEFAULT_HOSTNAMES]))
+    cert, key = primary.ca.issue_server(names)
+    primary.vault.set("server_key", key)  # the key first: a cert without its key is useless
+    write_atomic(primary.data.server_cert, cert.encode(), 0o644)
+    print(f"issued a server certificate for {', '.join(names)}")
+    print("restart the primary (cifleet-primary stop, then serve) to use it; agents keep")
+    print("trusting it, since it comes from the same fleet CA")
+    return 0
+
+
+def cmd_stop(args) -> int:
+    pidfile = args.data_dir / "primary.pid"
+    try:
+        pid = int(pidfile.read_text())
+    except (FileNotFoundError, ValueError):
+        print(f"no primary is serving {args.data_dir} (no pid file)", file=sys.stderr)
+        return 1
+    try:
+        os.kill(pid, signal.SIGTERM)
+    except ProcessLookupError:
+        pidfile.unlink(missing_ok=True)
+        print(f"no primary is serving {args.data_dir} (stale pid file removed)", file=sys.stderr)
+        return 1
+    print(f"sent SIGTERM to the primary (pid {pid})")
+    return 0
+
+
+def cmd_bootstrap_host(args) -> int:
+    try:
+        from primary.cli.bootstrap import BootstrapError, Target, bootstrap, password_from
+    except ImportError as exc:
+        print(
+            f"cifleet-primary bootstrap-host needs the controller extra "
+            f"(pip install -e '.[controller]'): {exc}",
+            file=sys.stderr,
+        )
+        return 2
+
+    try:
+        target = Target.parse(args.target, args.port)
+        password = password_from(args.ask_password)
+        if password is None and args.key is None:
+            raise BootstrapError(
+                "give --ask-password (or set CIFLEET_BOOTSTRAP_PASSWORD) or --key FILE"
+            )
+        line, done = bootstrap(
+            target,
+            password=password,
+            key_file=args.key,
+            public_key_file=args.public_key,
+            accept_new_host_key=args.accept_new_host_key,
+        )
+    except BootstrapError as exc:
+        print(f"cifleet-primary bootstrap-host: {exc}", file=sys.stderr)
+        return 2
+    for step in done:
+        print(f"# {step}")
+    print("# add this line to the [workers] group of your inventory:")
+    print(line)
+    return 0
+
+
+def cmd_demo(args) -> int:
+    from primary.cli.demo import demo
+
+    return demo(args.data_dir, args.api_port, args.agent_port)
+
+
+COMMANDS = {
+    "init": cmd_init,
+    "serve": cmd_serve,
+    "secret": cmd_secret,
+    "worker": cmd_worker,
+    "token": token_cli.run,
+    "user": user_cli.run,
+    "server-cert": cmd_server_cert,
+    "stop": cmd_stop,
+    "demo": cmd_demo,
+    "bootstrap-host": cmd_bootstrap_host,
+}
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,163 @@
+"""`cifleet-primary serve`: two TLS listeners, background loops, the built-in worker.
+
+Threads: each listener is a cheroot server with a pool of threads (public_threads; the
+agent listener starts with agent_threads and grows to max_agent_threads). A held long poll
+occupies one agent-port thread; idle keep-alive connections wait in cheroot's selector, not
+on a thread. Signal handlers only set the stop event; the main thread does the shutdown.
+"""
+
+import json
+import logging
+import os
+import signal
+import ssl
+import tempfile
+import threading
+from pathlib import Path
+
+from cheroot import wsgi
+from cheroot.ssl.builtin import BuiltinSSLAdapter
+
+from primary.app import create_agent_app, create_app
+from primary.config import PrimaryConfig
+from primary.context import Primary, open_primary
+from primary.fleet.builtin_worker import local_api_url, start_builtin_worker
+from primary.runs import leases
+from primary.runs.scheduler import plan
+
+log = logging.getLogger("cifleet.primary")
+SWEEP_INTERVAL = 1.0
+# cheroot's socket timeout for accepted connections: bounds a TLS handshake and the wait for
+# a request on an idle keep-alive connection.
+SOCKET_TIMEOUT = 20
+# Connections waiting to be accepted on the agent port: a whole fleet reconnects at once
+# after a primary restart, and a full backlog makes each agent wait out a SYN retry.
+AGENT_LISTEN_BACKLOG = 1024
+
+
+class AgentPool:
+    """The agent listener's threads, grown on demand up to `max_agent_threads`: a held long
+    poll occupies one, and an idle thread costs little memory (docs/design.md) and no CPU, so a
+    thread per connected agent is cheaper than making agents poll again and again."""
+
+    def __init__(self, server: wsgi.Server, size: int, maximum: int):
+        self._server = server
+        self.size = size
+        self._maximum = maximum
+
+    def grow(self) -> int:
+        """Double the pool (at most to the maximum); return how many threads were added.
+        Doubling: a fleet connecting at once waits for a few growth steps, not dozens."""
+        added = min(self.size, self._maximum - self.size)
+        if added <= 0:
+            return 0
+        self._server.requests.grow(added)
+        self.size += added
+        log.info("agent listener: %d threads (held polls took them all)", self.size)
+        return added
+
+
+def _ssl_adapter(primary: Primary, key_file: Path, require_client_cert: bool) -> BuiltinSSLAdapter:
+    chain = str(primary.data.ca_cert) if require_client_cert else None
+    adapter = BuiltinSSLAdapter(str(primary.data.server_cert), str(key_file), chain)
+    adapter.context.minimum_version = ssl.TLSVersion.TLSv1_2
+    if require_client_cert:
+        adapter.context.verify_mode = ssl.CERT_REQUIRED
+    return adapter
+
+
+def build_servers(primary: Primary, stop: threading.Event) -> tuple[wsgi.Server, wsgi.Server]:
+    config = primary.config
+    public = wsgi.Server(
+        (config.bind, config.api_port),
+        create_app(primary, stop),
+        numthreads=config.public_threads,
+        server_name="cifleet",
+        timeout=SOCKET_TIMEOUT,
+    )
+    agent_app = create_agent_app(primary, stop)
+    agent = wsgi.Server(
+        (config.bind, config.agent_port),
+        agent_app,
+        numthreads=config.agent_threads,
+        max=max(config.max_agent_threads, config.agent_threads),
+        server_name="cifleet",
+        timeout=SOCKET_TIMEOUT,
+        request_queue_size=AGENT_LISTEN_BACKLOG,
+    )
+    pool = AgentPool(agent, config.agent_threads, config.max_agent_threads)
+    agent_app.extensions["cifleet.poll_gate"].grow = pool.grow
+    public.keep_alive_conn_limit = config.keepalive_connections
+    agent.keep_alive_conn_limit = config.keepalive_connections
+    # The server key lives in the vault; ssl can only load it from a file, so it exists on
+    # disk (0600, in the 0700 data dir) only while the contexts are built.
+    fd, key_path = tempfile.mkstemp(dir=primary.data.root, prefix=".server-key-")
+    try:
+        with os.fdopen(fd, "w") as f:
+            f.write(primary.vault.get("server_key"))
+        public.ssl_adapter = _ssl_adapter(primary, Path(key_path), require_client_cert=False)
+        agent.ssl_adapter = _ssl_adapter(primary, Path(key_path), require_client_cert=True)
+    finally:
+        os.unlink(key_path)
+    return public, agent
+
+
+def _sweep_leases(primary: Primary, stop: threading.Event) -> None:
+    while not stop.wait(SWEEP_INTERVAL):
+        try:
+            # plan() also runs here so a run waiting for its busy home moves on time.
+            if not leases.expire_leases(primary):
+                plan(primary)
+        except Exception:
+            log.exception("lease sweep failed")
+
+
+def serve(config: PrimaryConfig) -> int:
+    primary = open_primary(config)
+    leases.grace_after_restart(primary)
+    stop = threading.Event()
+    public, agent = build_servers(primary, stop)
+    public.prepare()  # binds now, so a port in use fails here with a clear error
+    agent.prepare()
+    threads = [
+        threading.Thread(target=public.serve, name="public-listener", daemon=True),
+        threading.Thread(target=agent.serve, name="agent-listener", daemon=True),
+        threading.Thread(
+            target=_sweep_leases, args=(primary, stop), name="lease-sweeper", daemon=True
+        ),
+    ]
+    for thread in threads:
+        thread.start()
+
+    def on_signal(signum, frame):
+        stop.set()
+
+    signal.signal(signal.SIGTERM, on_signal)
+    signal.signal(signal.SIGINT, on_signal)
+    primary.data.pidfile.write_text(f"{os.getpid()}\n")
+    primary.data.serve_info.write_text(json.dumps({"api_url": local_api_url(primary)}))
+    log.info(
+        "cifleet primary serving: public https://%s:%d, agent https://%s:%d (mutual TLS), data %s",
+        config.bind,
+        config.api_port,
+        config.bind,
+        config.agent_port,
+        primary.data.root,
+    )
+    worker_stop = threading.Event()
+    builtin = start_builtin_worker(primary, worker_stop)
+    try:
+        while not stop.wait(1.0):
+            pass
+    finally:
+        log.info("stopping")
+        worker_stop.set()
+        primary.waiters.wake_all()  # release held polls now, not after their hold time
+        if builtin is not None:
+            builtin.join(timeout=15)
+        agent.stop()
+        public.stop()
+        primary.data.pidfile.unlink(missing_ok=True)
+        primary.data.serve_info.unlink(missing_ok=True)
+        log.info("stopped")
+    return 0

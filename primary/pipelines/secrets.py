@@ -1,0 +1,62 @@
+"""Pipeline secrets: values kept in the vault, set by admins, named in the pipeline YAML
+(`secrets: [DEPLOY_KEY]`), sent only to the worker running the run, inside its assignment,
+and masked as `***` in the job log by the agent before it is shipped."""
+
+from primary.context import Primary
+from primary.errors import BadRequest, NotFound
+from primary.pipelines.pipelines import get_spec
+
+MAX_SECRET_BYTES = 64 << 10
+VAULT_KEY = "pipeline_secrets"
+
+
+def _all(primary: Primary) -> dict[str, dict[str, str]]:
+    try:
+        return primary.vault.get(VAULT_KEY)
+    except KeyError:
+        return {}
+
+
+def set_secret(primary: Primary, pipeline: str, name: str, value: bytes) -> dict:
+    get_spec(primary, pipeline)
+    if not (name.isidentifier() and name.isascii()):
+        raise BadRequest("name: must be an environment variable name")
+    if not value or len(value) > MAX_SECRET_BYTES:
+        raise BadRequest(f"value: must be 1 to {MAX_SECRET_BYTES} bytes")
+    try:
+        text = value.decode("utf-8")
+    except UnicodeDecodeError:
+        raise BadRequest("value: must be UTF-8 text") from None
+    if "\x00" in text:
+        raise BadRequest("value: must not contain NUL")
+    secrets = _all(primary)
+    secrets.setdefault(pipeline, {})[name] = text
+    primary.vault.set(VAULT_KEY, secrets)
+    return {"pipeline": pipeline, "name": name}
+
+
+def names(primary: Primary, pipeline: str) -> list[str]:
+    get_spec(primary, pipeline)
+    return sorted(_all(primary).get(pipeline, {}))
+
+
+def delete_secret(primary: Primary, pipeline: str, name: str) -> None:
+    secrets = _all(primary)
+    if name not in secrets.get(pipeline, {}):
+        raise NotFound(f"pipeline {pipeline!r} has no secret {name!r}")
+    del secrets[pipeline][name]
+    primary.vault.set(VAULT_KEY, secrets)
+
+
+def missing(primary: Primary, spec: dict) -> list[str]:
+    """Secrets the pipeline names that have no value."""
+    have = _all(primary).get(spec["name"], {})
+    wanted = {n for job in spec["jobs"] for n in job.get("secrets", [])}
+    return sorted(wanted - set(have))
+
+
+def values_for(primary: Primary, spec: dict) -> dict[str, str]:
+    """The values an assignment of this pipeline carries: only the names its jobs use."""
+    have = _all(primary).get(spec["name"], {})
+    wanted = {n for job in spec["jobs"] for n in job.get("secrets", [])}
+    return {n: have[n] for n in sorted(wanted) if n in have}

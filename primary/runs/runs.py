@@ -1,0 +1,198 @@
+"""Runs as admins see them: create, read, cancel, count."""
+
+import json
+import time
+
+from primary.context import Primary
+from primary.errors import BadRequest, NotFound, conflict
+from primary.pipelines import pipelines
+from primary.pipelines import secrets as pipeline_secrets
+from primary.runs.scheduler import plan
+from primary.runs.transitions import end_run
+from primary.timestamps import iso
+
+RUN_STATES = (
+    "queued",
+    "assigned",
+    "running",
+    "success",
+    "failed",
+    "cancelled",
+    "lost",
+    "timed_out",
+)
+FINAL_STATES = ("success", "failed", "cancelled", "lost", "timed_out")
+
+
+def notify(primary: Primary) -> None:
+    """Wake everyone following runs (log tails, later the UI)."""
+    with primary.run_changed:
+        primary.run_changed.notify_all()
+
+
+def create_run(primary: Primary, pipeline_name: str) -> int:
+    spec = pipelines.get_spec(primary, pipeline_name)
+    unset = pipeline_secrets.missing(primary, spec)
+    if unset:
+        raise BadRequest(
+            f"secrets: {', '.join(unset)} not set for pipeline {pipeline_name!r} "
+            f"(PUT /api/v1/pipelines/{pipeline_name}/secrets/NAME)"
+        )
+    now = time.time()
+    with primary.store.transaction() as conn:
+        cur = conn.execute(
+            "INSERT INTO runs (pipeline, spec, tags, state, created_at, queued_at)"
+            " VALUES (?, ?, ?, 'queued', ?, ?)",
+            (spec["name"], json.dumps(spec), json.dumps(spec["tags"]), now, now),
+        )
+        run_id = cur.lastrowid
+        conn.executemany(
+            "INSERT INTO jobs (run_id, name, position, state) VALUES (?, ?, ?, 'pending')",
+            [(run_id, job["name"], i) for i, job in enumerate(spec["jobs"])],
+        )
+    plan(primary)
+    notify(primary)
+    return run_id
+
+
+def _run_row(primary: Primary, run_id: int) -> dict:
+    row = primary.store.query_one("SELECT * FROM runs WHERE id = ?", (run_id,))
+    if row is None:
+        raise NotFound(f"no run {run_id}")
+    return dict(row)
+
+
+def job_rows(primary: Primary, run_id: int) -> list[dict]:
+    return [
+        dict(r)
+        for r in primary.store.query(
+            "SELECT * FROM jobs WHERE run_id = ? ORDER BY position", (run_id,)
+        )
+    ]
+
+
+def describe_run(primary: Primary, run: dict, jobs: list[dict] | None = None) -> dict:
+    jobs = job_rows(primary, run["id"]) if jobs is None else jobs
+    return {
+        "id": run["id"],
+        "pipeline": run["pipeline"],
+        "state": run["state"],
+        "reason": run["reason"],
+        "worker_id": run["worker_id"],
+        "worker_name": run["worker_name"],
+        "attempt": run["attempt"],
+        "cancel_requested": bool(run["cancel_requested"]),
+        "created_at": iso(run["created_at"]),
+        "assigned_at": iso(run["assigned_at"]),
+        "started_at": iso(run["started_at"]),
+        "finished_at": iso(run["finished_at"]),
+        "placement": json.loads(run["placement"]) if run["placement"] else [],
+        "attempts": [
+            {
+                "attempt": a["attempt"],
+                "worker_name": a["worker_name"],
+                "assigned_at": iso(a["assigned_at"]),
+                "ended_at": iso(a["ended_at"]),
+                "outcome": a["outcome"],
+                "reason": a["reason"],
+                # What the primary has of each job's output in this attempt.
+                "log_sizes": {
+                    j["name"]: primary.logs.size(run["id"], a["attempt"], j["name"]) for j in jobs
+                },
+            }
+            for a in primary.store.query(
+                "SELECT * FROM attempts WHERE run_id = ? ORDER BY attempt", (run["id"],)
+            )
+        ],
+        "jobs": [
+            {
+                "name": j["name"],
+                "state": j["state"],
+                "exit_code": j["exit_code"],
+                "started_at": iso(j["started_at"]),
+                "finished_at": iso(j["finished_at"]),
+                "log_size": primary.logs.size(run["id"], run["attempt"], j["name"]),
+            }
+            for j in jobs
+        ],
+    }
+
+
+def get_run(primary: Primary, run_id: int) -> dict:
+    return describe_run(primary, _run_row(primary, run_id))
+
+
+def attempt_log(primary: Primary, run_id: int, attempt: int, job: str) -> dict:
+    """Where one job's log of one attempt stands: {"size", "complete", "outcome"}.
+
+    An attempt that ended (lost, taken back, or the run's final state) has a complete log,
+    partial or not: the primary refuses every later write from it.
+    """
+    row = primary.store.query_one(
+        "SELECT outcome, ended_at FROM attempts WHERE run_id = ? AND attempt = ?",
+        (run_id, attempt),
+    )
+    if row is None:
+        _run_row(primary, run_id)  # 404 for an unknown run first
+        raise NotFound(f"run {run_id} has no attempt {attempt}")
+    state = primary.store.query_one(
+        "SELECT state FROM jobs WHERE run_id = ? AND name = ?", (run_id, job)
+    )
+    if state is None:
+        raise NotFound(f"run {run_id} has no job {job!r}")
+    ended = row["ended_at"] is not None
+    return {
+        "size": primary.logs.size(run_id, attempt, job),
+        "complete": ended or state["state"] not in ("pending", "running"),
+        "outcome": row["outcome"],
+    }
+
+
+def list_runs(
+    primary: Primary,
+    pipeline: str | None = None,
+    state: str | None = None,
+    limit: int = 100,
+    worker: str | None = None,
+) -> list[dict]:
+    """Newest first. `worker`: a worker name; the runs that had an attempt on it."""
+    sql, params = "SELECT * FROM runs WHERE 1=1", []
+    if pipeline:
+        sql += " AND pipeline = ?"
+        params.append(pipeline)
+    if state:
+        sql += " AND state = ?"
+        params.append(state)
+    if worker:
+        sql += " AND id IN (SELECT run_id FROM attempts WHERE worker_name = ?)"
+        params.append(worker)
+    sql += " ORDER BY id DESC LIMIT ?"
+    params.append(limit)
+    return [describe_run(primary, dict(r)) for r in primary.store.query(sql, tuple(params))]
+
+
+def cancel_run(primary: Primary, run_id: int) -> dict:
+    now = time.time()
+    worker_to_wake = None
+    with primary.store.transaction() as conn:
+        run = conn.execute("SELECT * FROM runs WHERE id = ?", (run_id,)).fetchone()
+        if run is None:
+            raise NotFound(f"no run {run_id}")
+        if run["state"] in FINAL_STATES:
+            raise conflict("already_finished", f"run {run_id} already finished ({run['state']})")
+        if run["state"] in ("queued", "assigned"):
+            # Not started yet: nothing runs, so it ends here; an agent holding the assignment
+            # is refused at `start` and told to drop it on its next poll.
+            end_run(conn, run_id, "cancelled", now, "cancelled before it started")
+            conn.execute(
+                "UPDATE jobs SET state = 'skipped' WHERE run_id = ? AND state = 'pending'",
+                (run_id,),
+            )
+        else:
+            conn.execute("UPDATE runs SET cancel_requested = 1 WHERE id = ?", (run_id,))
+        worker_to_wake = run["worker_id"]
+    if worker_to_wake:
+        primary.waiters.wake(worker_to_wake)
+    plan(primary)
+    notify(primary)
+    return get_run(primary, run_id)
