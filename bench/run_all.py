@@ -45,6 +45,7 @@ QUICK = {
 BENCHES = {
     "dispatch_latency": lambda root, s: bench_latency(root, s["latency_runs"]),
     "throughput": lambda root, s: bench_throughput(root, s["throughput_runs"]),
+    "throughput_one_slot": lambda root, s: bench_throughput(root, s["throughput_runs"], 4, 1),
     "logs": lambda root, s: bench_logs(root, s["log_megabytes"], s["log_repeat"]),
     "idle_fleet": lambda root, s: bench_idle_fleet(root, s["fleet_sizes"], s["fleet_window"]),
     "agent_footprint": lambda root, s: bench_footprint(root, s["footprint_window"]),
