@@ -90,7 +90,7 @@ class FleetCollector(Collector):
             GaugeMetricFamily("cifleet_workers", "Registered workers, by state.", labels=["state"]),
             GaugeMetricFamily(
                 "cifleet_worker_state",
-                "1 for the state each worker is in, 0 for the others.",
+                "Always 1, labelled with the state each worker is in.",
                 labels=["worker", "state"],
             ),
             GaugeMetricFamily("cifleet_worker_slots", "Slots of each worker.", labels=["worker"]),
@@ -126,8 +126,8 @@ class FleetCollector(Collector):
             word = state_word(candidate).replace(" ", "_")
             counts[word] += 1
             name = row["name"]
-            for each in WORKER_STATES:
-                state.add_metric([name, each], 1 if each == word else 0)
+            # One series per worker, not one per state: a scrape's cost is its series.
+            state.add_metric([name, word], 1)
             slots.add_metric([name], row["slots"])
             used.add_metric([name], candidate.used)
             contact.add_metric([name], row["last_contact"] or 0)
