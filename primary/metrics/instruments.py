@@ -95,8 +95,9 @@ class Metrics:
         self._pipelines_lock = threading.Lock()
         # Every series of a bounded label set exists from the start, at 0: rate() and
         # increase() then see the first event too.
-        for outcome in ("commit", "rollback"):
-            self.store_transactions.labels(outcome)
+        # Looked up once: a transaction's observation is on every write's path.
+        self._committed = self.store_transactions.labels("commit")
+        self._rolled_back = self.store_transactions.labels("rollback")
         for port in PORTS:
             for cause in REFUSAL_CAUSES:
                 self.connections_refused.labels(port, cause)
@@ -125,7 +126,7 @@ class Metrics:
 
     def transaction_done(self, seconds: float, committed: bool) -> None:
         """A store transaction observer."""
-        self.store_transactions.labels("commit" if committed else "rollback").observe(seconds)
+        (self._committed if committed else self._rolled_back).observe(seconds)
 
     # -- The agent protocol.
 
