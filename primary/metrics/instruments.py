@@ -25,10 +25,10 @@ from prometheus_client import (
 
 from primary.metrics.causes import HANDSHAKE_CAUSES, PORTS, REFUSAL_CAUSES, bounded
 from primary.runs.events import FirstStepStarted, RunEnded
+from primary.runs.runs import FINAL_STATES
 
-FINAL_STATES = ("success", "failed", "cancelled", "lost", "timed_out")
 # Seconds. Dispatch is milliseconds on an idle fleet and minutes behind a queue.
-DISPATCH_BUCKETS = (0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10, 30, 60, 300, 900, 3600)
+DISPATCH_BUCKETS = (0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10, 30, 60, 300, 900, 3600)
 RUN_BUCKETS = (1, 5, 15, 30, 60, 120, 300, 600, 1200, 1800, 3600, 7200, 14400, 43200)
 STORE_BUCKETS = (0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 10)
 
