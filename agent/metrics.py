@@ -163,8 +163,11 @@ class MetricsServer:
                 request = _read_request(conn, deadline)
                 if request is not None:
                     _send(conn, self._answer(request), deadline)
+                conn.shutdown(socket.SHUT_WR)  # the answer goes out before the close
         except OSError:
             pass  # the client went away or ran out of time
+        except Exception:
+            log.exception("metrics: cannot answer a scrape")
         finally:
             self._clients.release()
 
