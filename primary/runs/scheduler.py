@@ -35,8 +35,9 @@ def plan(primary: Primary) -> int:
         return 0  # the common case: do not take the write lock for nothing
     with primary.plan_lock, primary.store.transaction() as conn:
         queued = conn.execute(
-            "SELECT r.id, r.tags, r.reason, r.queued_at, r.pipeline, p.home_worker_id,"
-            " p.cache_cleared FROM runs r LEFT JOIN pipelines p ON p.name = r.pipeline"
+            "SELECT r.id, r.tags, r.reason, r.queued_at, r.pipeline, r.run_as_root,"
+            " p.home_worker_id, p.cache_cleared"
+            " FROM runs r LEFT JOIN pipelines p ON p.name = r.pipeline"
             " WHERE r.state = 'queued' ORDER BY r.id"
         ).fetchall()
         if not queued:
@@ -57,7 +58,10 @@ def plan(primary: Primary) -> int:
                 home_id, cleared, now - (run["queued_at"] or now), primary.config.home_busy_wait
             )
             decision = choose_worker(
-                tuple(json.loads(run["tags"])), list(candidates.values()), home
+                tuple(json.loads(run["tags"])),
+                list(candidates.values()),
+                home,
+                bool(run["run_as_root"]),
             )
             if decision.worker_id is None:
                 if run["reason"] != decision.waiting:

@@ -78,7 +78,7 @@ CASES = [
         400,
         "tags",
     ),
-    ("POST", REGISTER, b"{not json", "application/json", 400, "JSON object"),
+    ("POST", REGISTER, b"{not json", "application/json", 400, "not valid JSON"),
     ("POST", REGISTER, b'["a list"]', "application/json", 400, "JSON object"),
 ]
 

@@ -190,6 +190,9 @@ def _row(**changes) -> dict:
         "draining": 0,
         "version": __version__,
         "load": '{"cpus": 4, "load1": 2.0, "load5": 6.0}',
+        "job_identity": None,
+        "root_jobs": 0,
+        "conflict_at": None,
     }
     return {**row, **changes}
 
