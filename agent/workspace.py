@@ -246,9 +246,10 @@ def sync_files(
         try:
             _write_inside(workspace, f.path, data, owner)
         except OSError as e:
-            if e.errno == errno.ELOOP:  # a link stands where a folder of the path should be
+            if e.errno in (errno.ELOOP, errno.ENOTDIR):
                 raise PrepareFailed(
-                    f"static files: refusing the path {f.path!r}: not inside the workspace"
+                    f"static files: cannot write {f.path}: a link or a file stands where a"
+                    " folder of its path should be"
                 ) from None
             raise PrepareFailed(f"static files: cannot write {f.path}: {e.strerror or e}") from None
         record[f.path] = f.sha256
@@ -260,7 +261,8 @@ def sync_files(
 
 def _open_folder(workspace: Path, parts: list[str], owner: Owner, create: bool) -> int:
     """A descriptor of WORKSPACE/parts..., opened one folder at a time without following a
-    link (ELOOP if one stands in the way); missing folders are made, owned by `owner`."""
+    link (ENOTDIR or ELOOP if one stands in the way, or a file); missing folders are made,
+    owned by `owner`."""
     fd = os.open(workspace, _DIR_FLAGS)
     try:
         for part in parts:
