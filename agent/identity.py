@@ -21,6 +21,7 @@ act as this worker. So an agent running as root runs jobs as someone else:
 A pipeline that asks for root (run_as_root, on a worker an admin allowed) runs as root.
 """
 
+import grp
 import logging
 import os
 import pwd
@@ -158,7 +159,9 @@ class JobIdentities:
                     pass  # a registry that cannot be written fails here, not in a run
             except RegistryError as e:
                 raise IdentityError(str(e)) from None
-            overlap = sum(1 for u in range(self.uids[0], self.uids[1] + 1) if _has_entry(u))
+            start, end = self.uids
+            accounts = {p.pw_uid for p in pwd.getpwall()} | {g.gr_gid for g in grp.getgrall()}
+            overlap = sum(1 for u in accounts if start <= u <= end)
             if overlap:
                 log.warning(
                     "job uids %d-%d: %d of them have passwd or group entries and are skipped",
@@ -312,8 +315,6 @@ def _can_traverse(st: os.stat_result, uid: int, gids: tuple[int, ...]) -> bool:
 
 
 def _has_entry(uid: int) -> bool:
-    import grp
-
     try:
         pwd.getpwuid(uid)
         return True

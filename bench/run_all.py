@@ -5,8 +5,9 @@
     .venv/bin/python bench/run_all.py --only logs,footprint
 
 Each benchmark is also a script of its own (dispatch.py, logs.py, idle_fleet.py,
-footprint.py) with its own options. On a shared or busy machine the figures are noise: the
-output records the load average before and after, so a loaded run can be told apart.
+footprint.py, hostile_input.py) with its own options. On a shared or busy machine the
+figures are noise: the output records the load average before and after, so a loaded run
+can be told apart.
 """
 
 import argparse
@@ -15,12 +16,13 @@ import logging
 import os
 import platform
 import subprocess
-import tempfile
 import time
 from pathlib import Path
 
+from common import bench_dir
 from dispatch import bench_latency, bench_throughput
 from footprint import bench_footprint
+from hostile_input import bench_hostile_input
 from idle_fleet import bench_idle_fleet
 from logs import bench_logs
 
@@ -32,6 +34,7 @@ FULL = {
     "fleet_sizes": (100, 500, 1000),
     "fleet_window": 30.0,
     "footprint_window": 30.0,
+    "hostile_repeat": 5,
 }
 QUICK = {
     "latency_runs": 10,
@@ -41,6 +44,7 @@ QUICK = {
     "fleet_sizes": (20, 50),
     "fleet_window": 5.0,
     "footprint_window": 5.0,
+    "hostile_repeat": 1,
 }
 BENCHES = {
     "dispatch_latency": lambda root, s: bench_latency(root, s["latency_runs"]),
@@ -48,6 +52,7 @@ BENCHES = {
     "logs": lambda root, s: bench_logs(root, s["log_megabytes"], s["log_repeat"]),
     "idle_fleet": lambda root, s: bench_idle_fleet(root, s["fleet_sizes"], s["fleet_window"]),
     "agent_footprint": lambda root, s: bench_footprint(root, s["footprint_window"]),
+    "hostile_input": lambda root, s: bench_hostile_input(root, s["hostile_repeat"]),
 }
 
 
@@ -76,7 +81,7 @@ def main() -> None:
     sizes = QUICK if args.quick else FULL
     result = {"machine": machine(), "sizes": "quick" if args.quick else "full"}
     started = time.monotonic()
-    with tempfile.TemporaryDirectory(prefix="cifleet-bench-") as tmp:
+    with bench_dir() as tmp:
         # The idle fleet's agents run in this process; their warnings are not figures.
         logging.basicConfig(filename=Path(tmp) / "agents.log", level=logging.WARNING)
         for name in names:
