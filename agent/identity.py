@@ -139,6 +139,7 @@ class JobIdentities:
         self.work_dir.mkdir(mode=WORK_DIR_MODE, parents=True, exist_ok=True)
         os.chown(self.work_dir, 0, 0)
         os.chmod(self.work_dir, WORK_DIR_MODE)
+        self._close_folders()
         uid, gids = self._probe()
         for folder in reversed(self.work_dir.parents):
             st = os.stat(folder)
@@ -168,6 +169,18 @@ class JobIdentities:
                     *self.uids,
                     overlap,
                 )
+
+    def _close_folders(self) -> None:
+        """Workspaces (and trash) an agent before job identities left open (0755, its own
+        files 0644) are closed to everyone else now, not at their pipeline's next run: a
+        job must not read another pipeline's old workspace meanwhile."""
+        for folder in [*self.work_dir.iterdir(), self.home / "trash"]:
+            try:
+                st = os.lstat(folder)
+            except FileNotFoundError:
+                continue
+            if stat.S_ISDIR(st.st_mode) and stat.S_IMODE(st.st_mode) & 0o077:
+                os.chmod(folder, stat.S_IMODE(st.st_mode) & 0o700)
 
     def _probe(self) -> tuple[int, tuple[int, ...]]:
         """Who must be able to reach the work dir: a uid of the range, or the named user."""

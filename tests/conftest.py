@@ -30,9 +30,18 @@ def fleet_root(tmp_path):
 
 
 @pytest.fixture
-def primary(fleet_root) -> Primary:
-    """A serving primary with a short heartbeat timeout and no built-in worker."""
-    p = init_primary(fleet_root, "--heartbeat-timeout", "6", "--primary-worker-slots", "0")
+def primary(fleet_root, request) -> Primary:
+    """A serving primary with a short heartbeat timeout and no built-in worker, plus serve
+    flags a test may give: @pytest.mark.parametrize("primary", [("--flag", "v")],
+    indirect=True)."""
+    p = init_primary(
+        fleet_root,
+        "--heartbeat-timeout",
+        "6",
+        "--primary-worker-slots",
+        "0",
+        *getattr(request, "param", ()),
+    )
     p.start()
     yield p
     p.stop()

@@ -158,3 +158,17 @@ def test_bad_uid_ranges_are_refused(text, error):
     with pytest.raises(ValueError, match=error):
         parse_uid_range(text)
     assert parse_uid_range("65536-66535") == (65536, 66535)
+
+
+def test_workspaces_left_open_by_an_older_agent_are_closed_at_start(tmp_path, registry):
+    ids = identities(tmp_path, registry)
+    old = ids.work_dir / "old-pipeline"
+    old.mkdir(parents=True, mode=0o755)
+    os.chmod(old, 0o755)
+    (old / "cache.txt").write_text("another pipeline's")
+    legacy_trash = ids.home / "trash"
+    legacy_trash.mkdir(mode=0o755)
+    os.chmod(legacy_trash, 0o755)
+    ids.prepare()
+    assert stat.S_IMODE(os.stat(old).st_mode) == 0o700
+    assert stat.S_IMODE(os.stat(legacy_trash).st_mode) == 0o700

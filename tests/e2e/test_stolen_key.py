@@ -5,8 +5,9 @@ as soon as both are used). Real primary, real agents, real mutual TLS."""
 import shutil
 import subprocess
 
+import pytest
 from cryptography import x509
-from fleet import BIN, Agent, AgentPeer, init_primary, register_agent, wait_for
+from fleet import BIN, AgentPeer, register_agent, wait_for
 
 from agent import __version__, keys
 
@@ -89,78 +90,60 @@ def _renew(peer: AgentPeer, key_dir) -> tuple[int, dict]:
     return status, body
 
 
+# A short switch-over, as an operator may set it (the default is 60 s).
+@pytest.mark.parametrize("primary", [("--cert-switch-over", "2")], indirect=True)
 def test_a_copied_key_that_renews_puts_both_holders_out_and_the_real_agent_keeps_its_key(
-    tmp_path,
+    primary, start_agent, fleet_root
 ):
-    # A short switch-over, as an operator may set it (the default is 60 s).
-    primary = init_primary(
-        tmp_path,
-        "--heartbeat-timeout",
-        "6",
-        "--primary-worker-slots",
-        "0",
-        "--cert-switch-over",
-        "2",
+    agent = start_agent("victim")
+    real_key = (agent.home / "worker.key").read_bytes()
+    primary.pipeline("name: long\njobs:\n  - name: w\n    steps: ['echo on; sleep 300']\n")
+    run_id = primary.trigger("long")
+    wait_for(lambda: primary.run(run_id)["state"] == "running", 30, "the run to start")
+
+    stolen = fleet_root / "stolen"
+    thief = _copy_identity(primary, agent.home, stolen)
+    status, _ = _renew(thief, stolen)
+    assert status == 200
+    thief = AgentPeer.of_home(primary, stolen)
+    assert _poll(thief)[0] == 200  # the copy works, for now
+
+    # The real agent keeps polling with the certificate the thief's renewal superseded:
+    # its first poll after the switch-over puts the worker in conflict.
+    assert agent.proc.wait(60) == CONFLICT_EXIT
+    log = agent.log_path.read_text()
+    assert "the primary refuses every certificate of this worker" in log
+    assert "two agents hold this worker's key" in log
+    assert "removes the worker" in log and "registers this host again" in log
+    assert (agent.home / "worker.key").read_bytes() == real_key  # kept, not wiped
+    assert (agent.home / "config.json").exists()
+
+    status, body = _poll(thief)
+    assert status == 403 and body["code"] == "credentials_conflict", body
+    worker = primary.worker("victim")
+    assert worker["state"] == "credentials in conflict"
+    assert "two agents hold this worker's key" in worker["conflict"]["reason"]
+    run = primary.run(run_id)
+    assert run["state"] == "queued", run
+    assert "the credentials of victim are in conflict" in run["reason"]
+    # Nothing of the worker's is accepted any more, a fresh renewal included.
+    assert _renew(thief, stolen)[1]["code"] == "credentials_conflict"
+    check = subprocess.run(
+        [str(BIN / "cifleet-agent"), "check", "--home", str(agent.home)],
+        capture_output=True,
+        text=True,
+        timeout=30,
     )
-    primary.start()
-    agent = None
-    try:
-        assert register_agent(primary, tmp_path, "victim").returncode == 0
-        agent = Agent(name="victim", home=tmp_path / "victim", log_path=tmp_path / "victim.log")
-        real_key = (agent.home / "worker.key").read_bytes()
-        agent.start()
-        wait_for(lambda: primary.worker("victim")["state"] == "active", 30, "victim active")
-        primary.pipeline("name: long\njobs:\n  - name: w\n    steps: ['echo on; sleep 300']\n")
-        run_id = primary.trigger("long")
-        wait_for(lambda: primary.run(run_id)["state"] == "running", 30, "the run to start")
+    assert check.returncode == 5 and "two agents hold" in check.stderr
 
-        stolen = tmp_path / "stolen"
-        thief = _copy_identity(primary, agent.home, stolen)
-        status, _ = _renew(thief, stolen)
-        assert status == 200
-        thief = AgentPeer.of_home(primary, stolen)
-        assert _poll(thief)[0] == 200  # the copy works, for now
-
-        # The real agent keeps polling with the certificate the thief's renewal superseded:
-        # its first poll after the switch-over puts the worker in conflict.
-        assert agent.proc.wait(60) == CONFLICT_EXIT
-        log = agent.log_path.read_text()
-        assert "the primary refuses every certificate of this worker" in log
-        assert "two agents hold this worker's key" in log
-        assert "removes the worker" in log and "registers this host again" in log
-        assert (agent.home / "worker.key").read_bytes() == real_key  # kept, not wiped
-        assert (agent.home / "config.json").exists()
-
-        status, body = _poll(thief)
-        assert status == 403 and body["code"] == "credentials_conflict", body
-        worker = primary.worker("victim")
-        assert worker["state"] == "credentials in conflict"
-        assert "two agents hold this worker's key" in worker["conflict"]["reason"]
-        run = primary.run(run_id)
-        assert run["state"] == "queued", run
-        assert "the credentials of victim are in conflict" in run["reason"]
-        # Nothing of the worker's is accepted any more, a fresh renewal included.
-        assert _renew(thief, stolen)[1]["code"] == "credentials_conflict"
-        check = subprocess.run(
-            [str(BIN / "cifleet-agent"), "check", "--home", str(agent.home)],
-            capture_output=True,
-            text=True,
-            timeout=30,
-        )
-        assert check.returncode == 5 and "two agents hold" in check.stderr
-
-        # The way out: an admin removes the worker and its host registers again.
-        primary.client.json("DELETE", "/api/v1/workers/victim")
-        for name in ("config.json", "worker.key", "worker.crt"):
-            (agent.home / name).unlink()
-        assert register_agent(primary, tmp_path, "victim").returncode == 0
-        agent.start()
-        run = primary.wait_run(run_id, timeout=60, states=("running",))
-        assert run["worker_name"] == "victim"
-    finally:
-        if agent is not None:
-            agent.stop()
-        primary.stop()
+    # The way out: an admin removes the worker and its host registers again.
+    primary.client.json("DELETE", "/api/v1/workers/victim")
+    for name in ("config.json", "worker.key", "worker.crt"):
+        (agent.home / name).unlink()
+    assert register_agent(primary, fleet_root, "victim").returncode == 0
+    agent.start()
+    run = primary.wait_run(run_id, timeout=60, states=("running",))
+    assert run["worker_name"] == "victim"
 
 
 def test_a_second_renewal_from_a_superseded_certificate_is_a_conflict_at_once(primary, fleet_root):
