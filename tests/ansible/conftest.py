@@ -19,7 +19,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 import pytest
-from fleet import Primary, init_primary, wait_for
+from fleet import Primary, init_primary, passable, wait_for
 
 REPO = Path(__file__).resolve().parents[2]
 BIN = Path(sys.executable).parent
@@ -258,7 +258,7 @@ def write_inventory(
 @pytest.fixture(scope="session")
 def lab(sshd, tmp_path_factory):
     """A primary, three hosts and an inventory; every agent is stopped afterwards."""
-    root = tmp_path_factory.mktemp("lab")
+    root = passable(tmp_path_factory.mktemp("lab"))  # the agents' jobs run as their own uids
     primary = init_primary(root, "--primary-worker-slots", "0", "--heartbeat-timeout", "10")
     primary.start()
     hosts = {}

@@ -35,11 +35,18 @@ def test_add_worker_registers_every_host_active_with_its_tags(lab, added):
 
 def test_a_tagged_pipeline_runs_on_the_host_with_that_tag(lab, added):
     lab.primary.pipeline(
-        'name: on-beta\ntags: [beta]\njobs:\n  - name: hello\n    steps: ["echo hi"]\n'
+        "name: on-beta\ntags: [beta]\njobs:\n  - name: hello\n"
+        '    steps: ["echo hi", "id -u", "cat ../../worker.key || echo no key"]\n'
     )
     run = lab.primary.wait_run(lab.primary.trigger("on-beta"), timeout=60)
     assert run["state"] == "success", run
     assert run["worker_name"] == "w3"
+    # The agent runs as root; the job as a uid of its own, which cannot read the agent's key.
+    workspace = lab.hosts["w3"].home / "workspaces" / "on-beta"
+    uid = workspace.stat().st_uid
+    assert 65536 <= uid <= 66535
+    log = lab.primary.job_log(run["id"], "hello")
+    assert log == b"hi\n%d\ncat: ../../worker.key: Permission denied\nno key\n" % uid
 
 
 def test_a_second_run_changes_nothing(lab, added):
