@@ -1,7 +1,21 @@
-"""Fixtures that start real processes: a primary and agents on loopback."""
+"""Fixtures that start real processes: a primary and agents on loopback; and a guard that
+fails the run when a test left one of its processes running."""
 
 import pytest
 from fleet import Agent, Primary, init_primary, kill_workspace_processes, register_agent, wait_for
+from leftovers import leftover_processes
+
+
+@pytest.fixture(scope="session", autouse=True)
+def no_process_outlives_the_suite(tmp_path_factory):
+    """After every other fixture is torn down: no process this run started (one whose
+    command line or environment names its tmp dir: primaries, agents, jobs, sshd, ssh
+    masters) may still run. Any found is killed, and the run fails."""
+    root = tmp_path_factory.getbasetemp()
+    yield
+    leftovers = leftover_processes(root)
+    if leftovers:
+        pytest.fail("still running after the tests (killed now):\n" + "\n".join(leftovers))
 
 
 @pytest.fixture
@@ -13,9 +27,11 @@ def fleet_root(tmp_path):
 def primary(fleet_root) -> Primary:
     """A serving primary with a short heartbeat timeout and no built-in worker."""
     p = init_primary(fleet_root, "--heartbeat-timeout", "6", "--primary-worker-slots", "0")
-    p.start()
-    yield p
-    p.stop()
+    try:
+        p.start()
+        yield p
+    finally:
+        p.close()
 
 
 @pytest.fixture

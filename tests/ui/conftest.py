@@ -236,9 +236,11 @@ def primary(fleet_root, request) -> Primary:
         "0",
         *getattr(request, "param", ()),
     )
-    p.start()
-    yield p
-    p.stop()
+    try:
+        p.start()
+        yield p
+    finally:
+        p.close()
 
 
 @pytest.fixture
