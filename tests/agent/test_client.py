@@ -34,7 +34,7 @@ def test_the_connection_is_reused(client, fake_primary):
 
 
 def test_abort_breaks_a_long_poll_without_retrying(client, fake_primary):
-    fake_primary.hold = 20.0
+    fake_primary.hold = 300.0  # far longer than the join below waits
     errors = []
 
     def poll():
@@ -47,7 +47,7 @@ def test_abort_breaks_a_long_poll_without_retrying(client, fake_primary):
     t.start()
     fake_primary.wait_for(lambda: fake_primary.polls)  # sent: the client waits for the answer
     client.abort()
-    t.join(3)
+    t.join(30)
     assert not t.is_alive() and len(errors) == 1
     assert len(fake_primary.polls) == 1
 

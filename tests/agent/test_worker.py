@@ -121,15 +121,22 @@ def test_a_cancel_for_a_finished_run_leaves_the_pooled_connections_alone(
     assert fake_primary.accepted == warm
 
 
-def test_drain_finishes_the_current_run_then_returns(agent_home, fake_primary, running_agent):
-    fake_primary.hold = 5.0
-    fake_primary.assignments.append(assignment(3, ("a", "sleep 1.5; echo done")))
+def test_drain_finishes_the_current_run_then_returns(
+    agent_home, fake_primary, running_agent, tmp_path
+):
+    # Polls are held far longer than the test waits: a draining poll can only come because
+    # the drain broke the held one.
+    fake_primary.hold = 300.0
+    go_on = tmp_path / "go-on"  # the run waits for it: it is surely running while draining
+    fake_primary.assignments.append(assignment(3, ("a", f"{wait_file_step(go_on)}; echo done")))
     agent, t = running_agent()
     fake_primary.wait_for(lambda: fake_primary.started == [3])
     agent.request_drain()
-    fake_primary.wait_for(lambda: any(p["draining"] for p in fake_primary.polls), timeout=2)
+    fake_primary.wait_for(lambda: any(p["draining"] for p in fake_primary.polls), timeout=30)
     fake_primary.assignments.append(assignment(4, ("a", "true")))  # refused while draining
-    t.join(15)
+    fake_primary.wait_for(lambda: not fake_primary.assignments)  # handed out (and refused)
+    go_on.touch()
+    t.join(30)
     assert not t.is_alive()
     assert fake_primary.finished == [3] and fake_primary.log(3, "a") == b"done\n"
     assert 4 not in fake_primary.started
@@ -158,14 +165,14 @@ def test_unknown_worker_stops_the_agent(fake_primary, running_agent):
 
 
 def test_external_stop_event_returns_promptly_during_a_long_poll(agent_home, fake_primary):
-    fake_primary.hold = 20.0
+    fake_primary.hold = 300.0  # far longer than the join below waits
     stop = threading.Event()
     agent = Agent(agent_home, stop)
     t = threading.Thread(target=agent.run, daemon=True)
     t.start()
     fake_primary.wait_for(lambda: fake_primary.polls)
     stop.set()
-    t.join(3)
+    t.join(30)
     assert not t.is_alive()
 
 
