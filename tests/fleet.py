@@ -81,22 +81,27 @@ def log_tail(path: Path) -> str:
 
 @dataclass
 class Primary:
-    """A primary's data dir and its ports, reserved until close(): it may be stopped and
-    started again (agents know its ports), and a port it does not listen on refuses."""
+    """A primary's data dir and its ports, reserved when first asked for and held until
+    close(): it may be stopped and started again (agents know its ports), and a port it
+    does not listen on refuses connections."""
 
     data_dir: Path
-    api_ports: PortReservation
-    agent_ports: PortReservation
     serve_args: list[str]
     log_path: Path
     proc: subprocess.Popen | None = None
+    api_ports: PortReservation | None = None
+    agent_ports: PortReservation | None = None
 
     @property
     def api_port(self) -> int:
+        if self.api_ports is None:
+            self.api_ports = reserve_port()
         return self.api_ports.port
 
     @property
     def agent_port(self) -> int:
+        if self.agent_ports is None:
+            self.agent_ports = reserve_port()
         return self.agent_ports.port
 
     @property
@@ -170,8 +175,9 @@ class Primary:
     def close(self) -> None:
         """Stop it, and give its ports back: it is not started again."""
         self.stop()
-        self.api_ports.close()
-        self.agent_ports.close()
+        for ports in (self.api_ports, self.agent_ports):
+            if ports is not None:
+                ports.close()
 
     def pipeline(self, yaml_text: str) -> dict:
         return self.client.json(
@@ -218,6 +224,7 @@ class Agent:
     log_path: Path
     proc: subprocess.Popen | None = None
     env: dict = field(default_factory=dict)
+    args: list[str] = field(default_factory=list)  # more `cifleet-agent run` arguments
 
     def config(self) -> dict:
         return json.loads((self.home / "config.json").read_text())
@@ -225,7 +232,7 @@ class Agent:
     def start(self) -> None:
         log = open(self.log_path, "ab")  # noqa: SIM115 - owned by the child process
         self.proc = subprocess.Popen(
-            [str(BIN / "cifleet-agent"), "run", "--home", str(self.home)],
+            [str(BIN / "cifleet-agent"), "run", "--home", str(self.home), *self.args],
             stdin=subprocess.DEVNULL,
             stdout=log,
             stderr=log,
@@ -281,8 +288,6 @@ def init_primary(root: Path, *serve_args: str) -> Primary:
     )
     return Primary(
         data_dir=data_dir,
-        api_ports=reserve_port(),
-        agent_ports=reserve_port(),
         serve_args=list(serve_args),
         log_path=root / "primary.log",
     )

@@ -8,9 +8,10 @@ cd "$(dirname "$0")/.."
 # command is missing (as root, or with sudo when present).
 # sshd/ssh-keygen: the playbook tests serve their "hosts" over a real local sshd;
 # systemd-analyze verifies the unit file the role renders; chromium runs the UI tests
-# (driven by Playwright from the `test` extra; `playwright install` is never run).
+# (driven by Playwright from the `test` extra; `playwright install` is never run);
+# prometheus scrapes a real primary in tests/ops, whose promtool checks the alert rules.
 needed=(git:git sshd:openssh-server ssh:openssh-client ssh-keygen:openssh-client
-        systemd-analyze:systemd chromium:chromium)
+        systemd-analyze:systemd chromium:chromium prometheus:prometheus promtool:prometheus)
 packages=()
 for pair in "${needed[@]}"; do
   command -v "${pair%%:*}" >/dev/null 2>&1 || packages+=("${pair##*:}")
