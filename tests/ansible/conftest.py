@@ -14,12 +14,13 @@ import signal
 import socket
 import subprocess
 import sys
-import time
 from dataclasses import dataclass
 from pathlib import Path
 
+import psutil
 import pytest
-from fleet import Primary, init_primary, passable, wait_for
+from fleet import Primary, init_primary, log_tail, passable, wait_for
+from ports import PortReservation, reserve_port
 
 REPO = Path(__file__).resolve().parents[2]
 BIN = Path(sys.executable).parent
@@ -42,31 +43,17 @@ def _skip_reason() -> str | None:
     return None
 
 
-def free_port_on(addresses) -> int:
-    """A port free on every address (sshd has no Port=0)."""
-    for _ in range(50):
-        with socket.socket() as s:
-            s.bind((addresses[0], 0))
-            port = s.getsockname()[1]
-        ok = True
-        for addr in addresses[1:]:
-            with socket.socket() as s:
-                try:
-                    s.bind((addr, port))
-                except OSError:
-                    ok = False
-        if ok:
-            return port
-    raise RuntimeError("no free port on all loopback addresses")
-
-
 @dataclass
 class Sshd:
-    port: int
+    ports: PortReservation  # sshd has no Port=0: one port reserved on every address
     client_key: Path
     known_hosts: Path
     proc: subprocess.Popen
     root: Path
+
+    @property
+    def port(self) -> int:
+        return self.ports.port
 
 
 def start_sshd(root: Path, addresses, extra: tuple[str, ...] = ()) -> Sshd:
@@ -82,7 +69,8 @@ def start_sshd(root: Path, addresses, extra: tuple[str, ...] = ()) -> Sshd:
     authorized.chmod(0o600)
     # sshd refuses to start without its privilege separation folder.
     Path("/run/sshd").mkdir(mode=0o755, exist_ok=True)
-    port = free_port_on(addresses)
+    ports = reserve_port(*addresses)
+    port = ports.port
     host_pub = (root / "host_ed25519.pub").read_text().split()
     known_hosts = root / "known_hosts"
     known_hosts.write_text(
@@ -110,21 +98,43 @@ def start_sshd(root: Path, addresses, extra: tuple[str, ...] = ()) -> Sshd:
         "-oMaxStartups=50",
         "-oMaxSessions=50",
     ]
-    log = open(root / "sshd.log", "ab")  # noqa: SIM115 - owned by the child process
+    log_path = root / "sshd.log"
+    log = open(log_path, "ab")  # noqa: SIM115 - owned by the child process
     proc = subprocess.Popen(args, stdin=subprocess.DEVNULL, stdout=log, stderr=log)
     log.close()
+    sshd = Sshd(ports, client_key, known_hosts, proc, root)
 
-    def listening():
+    def listening() -> bool:
         if proc.poll() is not None:
-            raise AssertionError(f"sshd exited: {(root / 'sshd.log').read_text()}")
-        with socket.socket() as s:
-            return s.connect_ex((addresses[-1], port)) == 0
+            raise AssertionError(f"sshd exited with {proc.returncode}")
+        # sshd carries on when some of its addresses fail to bind: that is no start.
+        if "Bind to port" in log_path.read_text(errors="replace"):
+            raise AssertionError("sshd could not bind every address")
+        # Only sshd can listen there: the port is reserved on every address.
+        return all(_accepts(address, port) for address in addresses)
 
-    wait_for(listening, 15, "sshd to listen")
-    return Sshd(port, client_key, known_hosts, proc, root)
+    try:
+        wait_for(listening, 15, "sshd to listen on every address")
+    except BaseException as exc:
+        stop_sshd(sshd)
+        raise AssertionError(
+            f"sshd did not come up ({exc}); {log_path}:\n{log_tail(log_path)}"
+        ) from exc
+    return sshd
+
+
+def _accepts(address: str, port: int) -> bool:
+    with socket.socket() as s:
+        return s.connect_ex((address, port)) == 0
 
 
 def stop_sshd(sshd: Sshd) -> None:
+    """Stop sshd and the sessions it forked (they outlive it otherwise), then give back
+    its port."""
+    try:
+        sessions = psutil.Process(sshd.proc.pid).children(recursive=True)
+    except psutil.NoSuchProcess:
+        sessions = []
     if sshd.proc.poll() is None:
         sshd.proc.send_signal(signal.SIGTERM)
         try:
@@ -132,6 +142,11 @@ def stop_sshd(sshd: Sshd) -> None:
         except subprocess.TimeoutExpired:
             sshd.proc.kill()
             sshd.proc.wait(5)
+    for session in sessions:
+        with contextlib.suppress(psutil.Error):
+            session.kill()
+    psutil.wait_procs(sessions, timeout=10)
+    sshd.ports.close()
 
 
 @pytest.fixture(scope="session")
@@ -257,32 +272,60 @@ def write_inventory(
 
 @pytest.fixture(scope="session")
 def lab(sshd, tmp_path_factory):
-    """A primary, three hosts and an inventory; every agent is stopped afterwards."""
+    """A primary, three hosts and an inventory; every agent is stopped afterwards, and the
+    SSH connections Ansible keeps open (ControlPersist) are closed."""
     root = passable(tmp_path_factory.mktemp("lab"))  # the agents' jobs run as their own uids
     primary = init_primary(root, "--primary-worker-slots", "0", "--heartbeat-timeout", "10")
-    primary.start()
     hosts = {}
     for (name, tags), address in zip(HOST_TAGS.items(), ADDRESSES, strict=True):
         hosts[name] = Host(name, address, root / "hosts" / name, tags)
         hosts[name].root.mkdir(parents=True)
     inventory = root / "inventory"
     write_inventory(inventory, sshd, primary, hosts, root / "wheelhouse")
+    control_dir = root / "ssh-control"
     env = {
         **os.environ,
         "ANSIBLE_CONFIG": str(REPO / "ansible.cfg"),
         "ANSIBLE_ROLES_PATH": str(REPO / "roles"),
         "ANSIBLE_LOCAL_TEMP": str(root / "ansible-local"),
+        # This lab's own, not ~/.ansible/cp: the masters are closed at the end.
+        "ANSIBLE_SSH_CONTROL_PATH_DIR": str(control_dir),
         "ANSIBLE_NOCOLOR": "1",
         "ANSIBLE_FORCE_COLOR": "0",
         "PATH": f"{BIN}:{os.environ.get('PATH', '')}",
     }
-    yield Lab(primary, hosts, inventory, root, env)
-    for h in hosts.values():
-        pid = h.agent_pid()
+    try:
+        primary.start()
+        yield Lab(primary, hosts, inventory, root, env)
+    finally:
+        stop_agents(hosts.values())
+        close_ssh_masters(control_dir)
+        primary.close()
+
+
+def stop_agents(hosts) -> None:
+    """SIGQUIT (stop now) to the agents the playbooks started; SIGKILL to any still up
+    after 20 s."""
+    agents = []
+    for host in hosts:
+        pid = host.agent_pid()
         if pid:
-            with contextlib.suppress(ProcessLookupError):
-                os.kill(pid, signal.SIGQUIT)
-    deadline = time.monotonic() + 20
-    while any(h.agent_pid() for h in hosts.values()) and time.monotonic() < deadline:
-        time.sleep(0.1)
-    primary.stop()
+            with contextlib.suppress(psutil.Error):
+                agents.append(psutil.Process(pid))
+                agents[-1].send_signal(signal.SIGQUIT)
+    _, alive = psutil.wait_procs(agents, timeout=20)
+    for proc in alive:
+        with contextlib.suppress(psutil.Error):
+            proc.kill()
+    psutil.wait_procs(alive, timeout=10)
+
+
+def close_ssh_masters(control_dir: Path) -> None:
+    if not control_dir.is_dir():
+        return
+    for socket_path in control_dir.iterdir():
+        subprocess.run(
+            ["ssh", "-o", f"ControlPath={socket_path}", "-O", "exit", "lab"],
+            capture_output=True,
+            timeout=30,
+        )

@@ -8,6 +8,7 @@ from pathlib import Path
 import paramiko
 import pytest
 from conftest import start_sshd, stop_sshd
+from ports import reserve_port
 
 pytestmark = pytest.mark.ansible
 
@@ -104,22 +105,22 @@ def test_a_wrong_password_is_one_clear_line(password_sshd, controller_home):
     )
 
 
-def test_an_unreachable_host_is_one_clear_line(password_sshd, controller_home):
-    # Nothing listens on 127.0.0.6 at this port.
+def test_an_unreachable_host_is_one_clear_line(controller_home):
     env = {**os.environ, "HOME": str(controller_home), "CIFLEET_BOOTSTRAP_PASSWORD": PASSWORD}
-    result = subprocess.run(
-        [
-            str(BIN / "cifleet-primary"),
-            "bootstrap-host",
-            f"{USER}@127.0.0.6",
-            "--port",
-            str(password_sshd.port),
-        ],
-        capture_output=True,
-        text=True,
-        env=env,
-        timeout=60,
-    )
+    with reserve_port("127.0.0.6") as nobody:  # reserved, and nothing listens: refused
+        result = subprocess.run(
+            [
+                str(BIN / "cifleet-primary"),
+                "bootstrap-host",
+                f"{USER}@127.0.0.6",
+                "--port",
+                str(nobody.port),
+            ],
+            capture_output=True,
+            text=True,
+            env=env,
+            timeout=60,
+        )
     assert result.returncode == 2
     lines = result.stderr.strip().splitlines()
     assert len(lines) == 1 and "cannot reach 127.0.0.6" in lines[0], result.stderr

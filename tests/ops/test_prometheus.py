@@ -85,11 +85,11 @@ def fleet(tmp_path_factory):
         yield primary, agent, prometheus
     finally:
         if prometheus is not None:
-            prometheus.stop()
+            prometheus.close()
         if agent is not None:
             agent.stop()
             kill_workspace_processes(agent.home)
-        primary.stop()
+        primary.close()
 
 
 def eventually(prometheus: Prometheus, expr: str, expected: float, timeout: float = 30):
