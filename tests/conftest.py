@@ -1,7 +1,37 @@
-"""Fixtures that start real processes: a primary and agents on loopback."""
+"""Fixtures that start real processes: a primary and agents on loopback, and a PostgreSQL
+server for the session (started when a test first needs it)."""
 
 import pytest
 from fleet import Agent, Primary, init_primary, kill_workspace_processes, register_agent, wait_for
+from pgcluster import PgCluster
+
+
+@pytest.fixture(scope="session")
+def pg_cluster():
+    """One PostgreSQL server for the whole session, removed at its end (failed or not)."""
+    cluster = PgCluster()
+    try:
+        yield cluster.start()
+    finally:
+        cluster.destroy()
+
+
+@pytest.fixture
+def pg_url(pg_cluster) -> str:
+    """The URL of a new empty database in the session's server."""
+    return pg_cluster.create_database()
+
+
+@pytest.fixture
+def engine(request) -> str:
+    """The store a test's primary uses: sqlite unless the test is parametrised (both_engines)."""
+    return getattr(request, "param", "sqlite")
+
+
+@pytest.fixture
+def store_url(engine, request) -> str | None:
+    """What `init --store` gets for `engine`: None for SQLite, else a new database's URL."""
+    return None if engine == "sqlite" else request.getfixturevalue("pg_url")
 
 
 @pytest.fixture
@@ -10,9 +40,11 @@ def fleet_root(tmp_path):
 
 
 @pytest.fixture
-def primary(fleet_root) -> Primary:
+def primary(fleet_root, store_url) -> Primary:
     """A serving primary with a short heartbeat timeout and no built-in worker."""
-    p = init_primary(fleet_root, "--heartbeat-timeout", "6", "--primary-worker-slots", "0")
+    p = init_primary(
+        fleet_root, "--heartbeat-timeout", "6", "--primary-worker-slots", "0", store=store_url
+    )
     p.start()
     yield p
     p.stop()

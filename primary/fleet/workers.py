@@ -10,7 +10,7 @@ from primary.errors import BadRequest, NotFound
 from primary.fleet.registration import MAX_SLOTS, MAX_TAGS
 from primary.runs.placement import candidate_from_row, state_word
 from primary.runs.runs import RUN_STATES
-from primary.runs.scheduler import plan
+from primary.runs.scheduler import PLANNER_LOCK, plan
 from primary.runs.transitions import lose, requeue, slots_used
 from primary.timestamps import iso
 
@@ -57,7 +57,7 @@ def get_worker(primary: Primary, worker_id: str) -> dict:
 
 def _worker_row(conn, worker_id: str):
     row = conn.execute(
-        "SELECT * FROM workers WHERE id = ? OR name = ?", (worker_id, worker_id)
+        "SELECT * FROM workers WHERE id = ? OR name = ? FOR UPDATE", (worker_id, worker_id)
     ).fetchone()
     if row is None:
         raise NotFound(f"no worker {worker_id!r}")
@@ -79,11 +79,14 @@ def set_flag(primary: Primary, worker_id: str, flag: str, on: bool) -> dict:
 
     assert flag in ("locked", "draining")
     with primary.store.transaction() as conn:
+        conn.lock(PLANNER_LOCK)
         row = _worker_row(conn, worker_id)
         conn.execute(f"UPDATE workers SET {flag} = ? WHERE id = ?", (int(on), row["id"]))
         if on:
             planned = conn.execute(
-                "SELECT id FROM runs WHERE worker_id = ? AND state = 'assigned'", (row["id"],)
+                "SELECT id FROM runs WHERE worker_id = ? AND state = 'assigned'"
+                " ORDER BY id FOR UPDATE",
+                (row["id"],),
             ).fetchall()
             for run in planned:
                 requeue(conn, run["id"], f"re-planned: {row['name']} is {flag}", time.time())
@@ -142,10 +145,11 @@ def delete_worker(primary: Primary, worker_id: str) -> dict:
 
     now = time.time()
     with primary.store.transaction() as conn:
+        conn.lock(PLANNER_LOCK)
         row = _worker_row(conn, worker_id)
         for run in conn.execute(
             "SELECT id, state, spec, lost_count FROM runs WHERE worker_id = ?"
-            " AND state IN ('assigned', 'running')",
+            " AND state IN ('assigned', 'running') ORDER BY id FOR UPDATE",
             (row["id"],),
         ).fetchall():
             if run["state"] == "assigned":

@@ -40,12 +40,11 @@ def create_run(primary: Primary, pipeline_name: str) -> int:
         )
     now = time.time()
     with primary.store.transaction() as conn:
-        cur = conn.execute(
+        run_id = conn.execute(
             "INSERT INTO runs (pipeline, spec, tags, state, created_at, queued_at)"
-            " VALUES (?, ?, ?, 'queued', ?, ?)",
+            " VALUES (?, ?, ?, 'queued', ?, ?) RETURNING id",
             (spec["name"], json.dumps(spec), json.dumps(spec["tags"]), now, now),
-        )
-        run_id = cur.lastrowid
+        ).fetchone()["id"]
         conn.executemany(
             "INSERT INTO jobs (run_id, name, position, state) VALUES (?, ?, ?, 'pending')",
             [(run_id, job["name"], i) for i, job in enumerate(spec["jobs"])],
@@ -175,7 +174,7 @@ def cancel_run(primary: Primary, run_id: int) -> dict:
     now = time.time()
     worker_to_wake = None
     with primary.store.transaction() as conn:
-        run = conn.execute("SELECT * FROM runs WHERE id = ?", (run_id,)).fetchone()
+        run = conn.execute("SELECT * FROM runs WHERE id = ? FOR UPDATE", (run_id,)).fetchone()
         if run is None:
             raise NotFound(f"no run {run_id}")
         if run["state"] in FINAL_STATES:

@@ -16,6 +16,11 @@ from primary.runs.placement import (
 )
 from primary.runs.transitions import slots_used
 
+# One planner at a time across every primary of the store: a decision reads the slot
+# counts the previous one changed. Changes that make a worker take no new runs (lock,
+# drain, removal) take it too, so no assignment slips past them.
+PLANNER_LOCK = "planner"
+
 
 def load_candidates(primary: Primary, now: float) -> list[Candidate]:
     used = slots_used(primary.store)
@@ -34,10 +39,13 @@ def plan(primary: Primary) -> int:
     if not primary.store.query_one("SELECT 1 FROM runs WHERE state = 'queued' LIMIT 1"):
         return 0  # the common case: do not take the write lock for nothing
     with primary.plan_lock, primary.store.transaction() as conn:
+        conn.lock(PLANNER_LOCK)
+        # SKIP LOCKED: a queued run another transaction holds (being cancelled, say) waits
+        # for the next plan, which that transaction's end causes.
         queued = conn.execute(
             "SELECT r.id, r.tags, r.reason, r.queued_at, r.pipeline, p.home_worker_id,"
             " p.cache_cleared FROM runs r LEFT JOIN pipelines p ON p.name = r.pipeline"
-            " WHERE r.state = 'queued' ORDER BY r.id"
+            " WHERE r.state = 'queued' ORDER BY r.id FOR UPDATE OF r SKIP LOCKED"
         ).fetchall()
         if not queued:
             return 0
