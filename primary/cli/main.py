@@ -8,11 +8,13 @@ import sys
 from pathlib import Path
 
 from agent.protocol import NAME_RE
+from primary.cli import store as store_cli
 from primary.cli import tokens as token_cli
 from primary.cli import users as user_cli
 from primary.config import PrimaryConfig
 from primary.errors import ApiError
 from primary.fleet.initdir import InitError, initialise
+from primary.store.engines import has_password
 from primary.store.vault import VaultError
 
 
@@ -121,6 +123,7 @@ def build_parser() -> argparse.ArgumentParser:
     _data_dir(p)
 
     token_cli.add_parser(sub, _data_dir)
+    store_cli.add_parser(sub, _data_dir)
     user_cli.add_parser(sub, _data_dir)
 
     p = sub.add_parser("server-cert", help="re-issue the server certificate with new names")
@@ -182,7 +185,7 @@ def main(argv: list[str] | None = None) -> int:
 
 
 def cmd_init(args) -> int:
-    if args.store is not None and "password" in conninfo_keys(args.store):
+    if args.store is not None and has_password(args.store):
         print(
             "cifleet-primary init: --store: leave the password out of the URL (it would show "
             "in the process list and the data dir's config); put it in ~/.pgpass or the file "
@@ -200,16 +203,6 @@ def cmd_init(args) -> int:
     else:
         print(f"{args.data_dir.absolute()} is already initialised; nothing changed")
     return 0
-
-
-def conninfo_keys(url: str) -> set[str]:
-    """The parameters a PostgreSQL URL sets (user, host, password, ...)."""
-    from psycopg.conninfo import conninfo_to_dict
-
-    try:
-        return set(conninfo_to_dict(url))
-    except Exception:  # psycopg.ProgrammingError: not a URL it can read; init says so
-        return set()
 
 
 def cmd_serve(args) -> int:
@@ -371,6 +364,7 @@ COMMANDS = {
     "secret": cmd_secret,
     "worker": cmd_worker,
     "token": token_cli.run,
+    "store": store_cli.run,
     "user": user_cli.run,
     "server-cert": cmd_server_cert,
     "stop": cmd_stop,

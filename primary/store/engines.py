@@ -9,6 +9,17 @@ def is_postgres_url(location: str) -> bool:
     return location.startswith(("postgresql://", "postgres://"))
 
 
+def has_password(url: str) -> bool:
+    """Whether a PostgreSQL URL carries a password (refused on a command line, where every
+    user of the host can read it, and in the data dir's config)."""
+    from psycopg.conninfo import conninfo_to_dict
+
+    try:
+        return "password" in conninfo_to_dict(url)
+    except Exception:  # psycopg.ProgrammingError: not a URL it reads; connecting says so
+        return False
+
+
 def open_store(location: str) -> Store:
     """The store at `location`: a PostgreSQL URL, or the path of an SQLite file."""
     if is_postgres_url(location):

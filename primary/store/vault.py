@@ -103,6 +103,11 @@ class Vault:
             self._refresh()
             return copy.deepcopy(self._data[name])
 
+    def names(self) -> list[str]:
+        with self._lock:
+            self._refresh()
+            return sorted(self._data)
+
     def set(self, name: str, value: Any) -> None:
         self.update(name, lambda _old: value)
 
