@@ -41,6 +41,8 @@ CONNECT_TIMEOUT = 5  # seconds; libpq's connect_timeout
 SESSION_OPTIONS = (
     "-c statement_timeout=30s -c lock_timeout=10s -c idle_in_transaction_session_timeout=60s"
 )
+# A failing store is logged at most this often (seconds), with the count of failures between.
+LOG_FAILURES_EVERY = 5.0
 # A dead server or a cut network is noticed within about 20 s on an idle connection.
 KEEPALIVES = {"keepalives": 1, "keepalives_idle": 10, "keepalives_interval": 5,
               "keepalives_count": 2}  # fmt: skip
@@ -226,6 +228,8 @@ class PostgresStore:
         self._local = threading.local()
         self._write_failed = False
         self._flag_lock = threading.Lock()
+        self._logged_at = -LOG_FAILURES_EVERY
+        self._unlogged = 0
         self.commit_listeners: list[Callable[[list], None]] = []
         self.pool = ConnectionPool(self.connect, pool_size, POOL_WAIT)
 
@@ -280,7 +284,7 @@ class PostgresStore:
 
     def _failure(self, exc: Exception) -> ApiError:
         what = "could not store the change (nothing was written)"
-        log.error("the store %s failed: %s", self, str(exc).strip() or type(exc).__name__)
+        self._log_failure(str(exc).strip() or type(exc).__name__)
         if isinstance(exc, pg_errors.TransactionRollback):  # a deadlock, a serialisation failure
             return StorageUnavailable(f"the store was busy with a conflicting change: {what}")
         with self._flag_lock:
@@ -288,6 +292,17 @@ class PostgresStore:
         if isinstance(exc, pg_errors.DiskFull):
             return StorageFull(f"the primary's database is out of disk space: {what}")
         return StorageUnavailable(f"the primary cannot reach its database: {what}")
+
+    def _log_failure(self, why: str) -> None:
+        """One line per LOG_FAILURES_EVERY seconds: in an outage every call fails alike."""
+        with self._flag_lock:
+            now = time.monotonic()
+            if now - self._logged_at < LOG_FAILURES_EVERY:
+                self._unlogged += 1
+                return
+            more, self._unlogged, self._logged_at = self._unlogged, 0, now
+        also = f" ({more} more failures since the last line)" if more else ""
+        log.error("the store %s failed: %s%s", self, why, also)
 
     def take_write_failure(self) -> bool:
         with self._flag_lock:
