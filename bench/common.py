@@ -2,6 +2,7 @@
 sampling, percentiles. Each bench script stays runnable alone and returns a dict of figures.
 """
 
+import contextlib
 import importlib.util
 import sys
 import threading
@@ -11,23 +12,26 @@ from pathlib import Path
 import psutil
 
 
-def _load_fleet():
-    """tests/fleet.py, loaded by path: putting tests/ on sys.path would let its agent/ and
+def _load(name: str):
+    """tests/NAME.py, loaded by path: putting tests/ on sys.path would let its agent/ and
     primary/ test folders shadow the real packages."""
     spec = importlib.util.spec_from_file_location(
-        "fleet", Path(__file__).resolve().parent.parent / "tests" / "fleet.py"
+        name, Path(__file__).resolve().parent.parent / "tests" / f"{name}.py"
     )
     module = importlib.util.module_from_spec(spec)
-    sys.modules["fleet"] = module
+    sys.modules[name] = module
     spec.loader.exec_module(module)
     return module
 
 
-_fleet = _load_fleet()
+_fleet = _load("fleet")
+_pgcluster = _load("pgcluster")
+ENGINES = ("sqlite", "postgresql")
 Agent, Primary = _fleet.Agent, _fleet.Primary
 init_primary, register_agent, wait_for = _fleet.init_primary, _fleet.register_agent, _fleet.wait_for
 
 __all__ = [
+    "ENGINES",
     "Agent",
     "Primary",
     "Sampler",
@@ -36,8 +40,26 @@ __all__ = [
     "percentile",
     "start_agents",
     "stop_all",
+    "store_for",
     "wait_for",
 ]
+
+
+@contextlib.contextmanager
+def store_for(engine: str):
+    """A function giving what `init --store` gets for `engine`, one per primary: None
+    (SQLite in the data dir), or the URL of a new database in a PostgreSQL server of the
+    benchmark's own, with its durable defaults (fsync on), on a Unix socket; the server
+    runs on the same 2 cores."""
+    if engine == "sqlite":
+        yield lambda: None
+        return
+    cluster = _pgcluster.PgCluster(fast=False)
+    try:
+        cluster.start()
+        yield lambda: cluster.create_database("bench")
+    finally:
+        cluster.destroy()
 
 
 def start_agents(primary: Primary, root: Path, count: int, slots: int) -> list[Agent]:

@@ -16,11 +16,20 @@ import time
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
-from common import cpu_seconds, init_primary, percentile, start_agents, stop_all, wait_for
+from common import (
+    ENGINES,
+    cpu_seconds,
+    init_primary,
+    percentile,
+    start_agents,
+    stop_all,
+    store_for,
+    wait_for,
+)
 
 
-def bench_latency(root: Path, runs: int) -> dict:
-    primary = init_primary(root / "latency", "--primary-worker-slots", "0")
+def bench_latency(root: Path, runs: int, store: str | None = None) -> dict:
+    primary = init_primary(root / "latency", "--primary-worker-slots", "0", store=store)
     (root / "latency").mkdir(exist_ok=True)
     primary.start()
     agents = start_agents(primary, root / "latency", 1, 1)
@@ -47,11 +56,15 @@ def bench_latency(root: Path, runs: int) -> dict:
     }
 
 
-def bench_throughput(root: Path, runs: int, agents_n: int = 4, slots: int = 4) -> dict:
+def bench_throughput(
+    root: Path, runs: int, agents_n: int = 4, slots: int = 4, store: str | None = None
+) -> dict:
     work = root / "throughput"
     work.mkdir(exist_ok=True)
     # Overflow at once: with one pipeline, runs beyond its home's slots go to the others.
-    primary = init_primary(work, "--primary-worker-slots", "0", "--home-busy-wait", "0")
+    primary = init_primary(
+        work, "--primary-worker-slots", "0", "--home-busy-wait", "0", store=store
+    )
     primary.start()
     agents = start_agents(primary, work, agents_n, slots)
     primary.pipeline("name: trivial\njobs:\n  - name: w\n    steps: ['true']\n")
@@ -91,12 +104,17 @@ def main() -> None:
     parser = argparse.ArgumentParser()
     parser.add_argument("--latency-runs", type=int, default=50)
     parser.add_argument("--throughput-runs", type=int, default=1000)
+    parser.add_argument("--engine", choices=ENGINES, default="sqlite", help="the store")
     args = parser.parse_args()
-    with tempfile.TemporaryDirectory(prefix="cifleet-bench-") as tmp:
+    with (
+        tempfile.TemporaryDirectory(prefix="cifleet-bench-") as tmp,
+        store_for(args.engine) as new_store,
+    ):
         root = Path(tmp)
         result = {
-            "dispatch_latency": bench_latency(root, args.latency_runs),
-            "throughput": bench_throughput(root, args.throughput_runs),
+            "engine": args.engine,
+            "dispatch_latency": bench_latency(root, args.latency_runs, new_store()),
+            "throughput": bench_throughput(root, args.throughput_runs, store=new_store()),
         }
     print(json.dumps(result, indent=2))
 

@@ -100,18 +100,26 @@ def prepare_notes(
         or len(lines) > 1000
     ):
         raise BadRequest("lines: must be a list of at most 1000 strings")
-    with primary.store.transaction() as conn:
+    with primary.store.transaction() as conn:  # one commit for both: it is on dispatch's path
         current_run(primary, worker, run_id, attempt, conn)
         if job_started is not None:
             _job(primary, run_id, job_started)  # an unknown job: 404, and no notes stored
+            _mark_running(conn, run_id, job_started, time.time())
         conn.execute(
             "UPDATE runs SET prepare_notes = ? WHERE id = ?",
             (json.dumps([line[:1000] for line in lines]), run_id),
         )
-    if job_started is not None:
-        job_status(primary, worker, run_id, job_started, {"attempt": attempt, "state": "running"})
     notify(primary)
     return {}
+
+
+def _mark_running(conn, run_id: int, job: str, now: float) -> None:
+    """A pending job is running now; a repeat, or a job already final, changes nothing."""
+    conn.execute(
+        "UPDATE jobs SET state = 'running', started_at = COALESCE(started_at, ?)"
+        " WHERE run_id = ? AND name = ? AND state = 'pending'",
+        (now, run_id, job),
+    )
 
 
 # -- run and job reports --------------------------------------------------------------------
@@ -190,11 +198,7 @@ def job_status(primary: Primary, worker: dict, run_id: int, job: str, body: dict
         # Checked again with the run locked: it may have been lost or taken back since.
         current_run(primary, worker, run_id, attempt, conn)
         if state == JOB_RUNNING:
-            conn.execute(
-                "UPDATE jobs SET state = 'running', started_at = COALESCE(started_at, ?)"
-                " WHERE run_id = ? AND name = ? AND state = 'pending'",
-                (now, run_id, job),
-            )
+            _mark_running(conn, run_id, job, now)
         else:
             conn.execute(
                 "UPDATE jobs SET state = ?, exit_code = ?, finished_at = ?,"
