@@ -115,9 +115,21 @@ class Agent:
 
     def held_runs(self) -> list[tuple[int, int]]:
         """(run_id, attempt) of every run this agent holds: executing or still delivering.
-        Fenced runs are not held any more, even while their jobs are being killed."""
+        Fenced runs are not held any more, even while their jobs are being killed, nor
+        runs whose finish the primary has acknowledged."""
         with self._lock:
-            return sorted(key for key, handle in self._runs.items() if not handle.fenced)
+            return sorted(
+                key
+                for key, handle in self._runs.items()
+                if not handle.fenced and not handle.reporter.finished
+            )
+
+    def _slots_taken(self) -> int:
+        """Runs that hold one of this agent's slots, counted as the primary counts them: a
+        run stops holding its slot once its finish is on its way (the primary frees the
+        slot when it takes the finish, and may offer it again before the answer is back).
+        Call with self._lock held."""
+        return sum(1 for handle in self._runs.values() if not handle.reporter.finishing)
 
     # -- The loop.
 
@@ -203,7 +215,7 @@ class Agent:
             due = [
                 h
                 for h in self._runs.values()
-                if not h.fenced and fence_due(h.contact, now, heartbeat)
+                if not h.fenced and not h.reporter.finished and fence_due(h.contact, now, heartbeat)
             ]
         if not due or heartbeat is None:
             return
@@ -408,7 +420,7 @@ class Agent:
             if self.draining:
                 log.info("draining: not taking run %s", assignment.run_id)
                 return False
-            if len(self._runs) >= self.slots:
+            if self._slots_taken() >= self.slots:
                 log.warning("no free slot for run %s; leaving it to the primary", assignment.run_id)
                 return False
             handle = RunHandle(

@@ -52,6 +52,9 @@ QUICK = {
 STORE_BENCHES = {
     "dispatch_latency": lambda root, s, store: bench_latency(root, s["latency_runs"], store),
     "throughput": lambda root, s, store: bench_throughput(root, s["throughput_runs"], store=store),
+    "throughput_one_slot": lambda root, s, store: bench_throughput(
+        root, s["throughput_runs"], 4, 1, store
+    ),
     "logs": lambda root, s, store: bench_logs(
         root, s["log_megabytes"], s["log_repeat"], store=store
     ),

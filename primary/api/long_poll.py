@@ -118,17 +118,19 @@ def _answer(primary: Primary, worker: dict, held: set[tuple[int, int]], body: di
     cancel = []
     for run_id, attempt in sorted(held):
         run = primary.store.query_one(
-            "SELECT worker_id, attempt, state, cancel_requested FROM runs WHERE id = ?", (run_id,)
+            "SELECT worker_id, attempt, state, cancel_requested, finished_by_worker FROM runs"
+            " WHERE id = ?",
+            (run_id,),
         )
-        gone = (
-            run is None
-            or run["worker_id"] != worker["id"]
-            or run["attempt"] != attempt
-            or run["state"] not in ACTIVE_STATES
-        )
-        # A run this worker finished is still "held" until the agent sees the finish answer;
-        # telling it to cancel then is harmless, there is nothing left to kill.
-        if gone or run["cancel_requested"]:
+        if run is None or run["worker_id"] != worker["id"] or run["attempt"] != attempt:
+            cancel.append({"run_id": run_id, "attempt": attempt})  # not this worker's any more
+        elif run["state"] not in ACTIVE_STATES:
+            # Finished by this worker: a poll sent before the finish answer reached the agent
+            # still lists it. Nothing is left to kill, and a cancel would only make the
+            # agent poll again at once.
+            if not run["finished_by_worker"]:
+                cancel.append({"run_id": run_id, "attempt": attempt})
+        elif run["cancel_requested"]:
             cancel.append({"run_id": run_id, "attempt": attempt})
     slots = primary.store.query_one("SELECT slots FROM workers WHERE id = ?", (worker["id"],))
     return {

@@ -105,9 +105,10 @@ def build_servers(primary: Primary, stop: threading.Event) -> tuple[wsgi.Server,
 def _sweep_leases(primary: Primary, stop: threading.Event) -> None:
     while not stop.wait(SWEEP_INTERVAL):
         try:
-            # plan() also runs here so a run waiting for its busy home moves on time.
+            # plan() also runs here so a run waiting for its busy home moves on time, and
+            # what every waiting run says about why it waits stays true.
             if not leases.expire_leases(primary):
-                plan(primary)
+                plan(primary, refresh_reasons=True)
         except Exception:
             log.exception("lease sweep failed")
 
