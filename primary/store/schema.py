@@ -3,7 +3,7 @@
 Written in the SQL both engines accept, with the types TEXT, INTEGER, REAL and BLOB as
 SQLite names them; the PostgreSQL engine reads INTEGER as BIGINT, REAL as DOUBLE PRECISION
 (its REAL has 24 bits, too few for a timestamp), BLOB as BYTEA and `INTEGER PRIMARY KEY
-AUTOINCREMENT` as an identity column (`postgres_ddl`). tests/primary/store/test_schema.py
+AUTOINCREMENT` as an identity column (`postgres_ddl`). tests/primary/store/test_store.py
 applies every entry to both and compares what they made.
 """
 
