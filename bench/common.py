@@ -54,12 +54,8 @@ def store_for(engine: str):
     if engine == "sqlite":
         yield lambda: None
         return
-    cluster = _pgcluster.PgCluster(fast=False)
-    try:
-        cluster.start()
+    with _pgcluster.PgCluster.running(fast=False) as cluster:
         yield lambda: cluster.create_database("bench")
-    finally:
-        cluster.destroy()
 
 
 def start_agents(primary: Primary, root: Path, count: int, slots: int) -> list[Agent]:

@@ -9,11 +9,8 @@ from pgcluster import PgCluster
 @pytest.fixture(scope="session")
 def pg_cluster():
     """One PostgreSQL server for the whole session, removed at its end (failed or not)."""
-    cluster = PgCluster()
-    try:
-        yield cluster.start()
-    finally:
-        cluster.destroy()
+    with PgCluster.running() as cluster:
+        yield cluster
 
 
 @pytest.fixture

@@ -14,6 +14,7 @@ import pwd
 import shutil
 import subprocess
 import tempfile
+from collections.abc import Iterator
 from pathlib import Path
 
 import psycopg
@@ -98,6 +99,16 @@ class PgCluster:
         if self.running:
             self._run("pg_ctl", "-D", str(self.data), "-m", mode, "-w", "stop")
             self.running = False
+
+    @classmethod
+    @contextlib.contextmanager
+    def running(cls, fast: bool = True) -> Iterator["PgCluster"]:
+        """A started server, removed on the way out (failed or not)."""
+        cluster = cls(fast)
+        try:
+            yield cluster.start()
+        finally:
+            cluster.destroy()
 
     def destroy(self) -> None:
         with contextlib.suppress(Exception):

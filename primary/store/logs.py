@@ -49,6 +49,21 @@ def pieces(read: Callable[[int], bytes], length: int) -> Iterator[bytes]:
         yield piece
 
 
+def log_short_chunk(
+    run_id: int, attempt: int, job: str, offset: int, short: ShortBody, size: int
+) -> None:
+    log.warning(
+        "a log chunk of run %d attempt %d job %s (offset %d) came short: %s; the log keeps "
+        "what came and has %d bytes",
+        run_id,
+        attempt,
+        job,
+        offset,
+        short,
+        size,
+    )
+
+
 def _open_append(path: Path) -> io.FileIO:
     path.parent.mkdir(parents=True, exist_ok=True)
     return open(path, "ab", buffering=0)  # noqa: SIM115 - closed by append_from
@@ -149,16 +164,7 @@ class LogStore:
                         size += len(piece) - known
                 at += len(piece)
         except ShortBody as short:
-            log.warning(
-                "a log chunk of run %d attempt %d job %s (offset %d) came short: %s; the log "
-                "keeps what came and has %d bytes",
-                run_id,
-                attempt,
-                job,
-                offset,
-                short,
-                self.size(run_id, attempt, job),
-            )
+            log_short_chunk(run_id, attempt, job, offset, short, self.size(run_id, attempt, job))
             raise
         finally:
             if f is not None:

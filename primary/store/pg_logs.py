@@ -20,7 +20,7 @@ synchronous commit, which flushes the WAL up to it, so it puts the job's log on 
 import logging
 from collections.abc import Callable, Iterator
 
-from primary.store.logs import LogGap, ShortBody, pieces
+from primary.store.logs import LogGap, ShortBody, log_short_chunk, pieces
 from primary.store.postgres import POOL_WAIT, ConnectionPool, PostgresStore, postgres_sql
 
 log = logging.getLogger("cifleet.primary")
@@ -78,16 +78,7 @@ class PostgresLogStore:
                 size = self._write_piece(key, at, piece)
                 at += len(piece)
         except ShortBody as short:
-            log.warning(
-                "a log chunk of run %d attempt %d job %s (offset %d) came short: %s; the log "
-                "keeps what came and has %d bytes",
-                run_id,
-                attempt,
-                job,
-                offset,
-                short,
-                self.size(*key),
-            )
+            log_short_chunk(run_id, attempt, job, offset, short, self.size(*key))
             raise
         return size
 

@@ -24,7 +24,7 @@ import psycopg
 from psycopg import errors as pg_errors
 from psycopg import pq
 
-from primary.errors import ApiError, StorageFull, StorageUnavailable
+from primary.errors import ApiError, BadRequest, StorageFull, StorageUnavailable
 from primary.store.db import _notes, constraint_conflict, run_listeners
 from primary.store.schema import MIGRATIONS, POSTGRES_AFTER, postgres_ddl, statements
 
@@ -278,6 +278,11 @@ class PostgresStore:
         bug of ours) itself."""
         if isinstance(exc, pg_errors.IntegrityError):
             return constraint_conflict(exc)
+        if isinstance(exc, psycopg.DataError):
+            # A value PostgreSQL cannot keep (a NUL in a string, a number out of range) that
+            # a service let through: the caller's input, refused, nothing written.
+            log.warning("the store refused a value: %s", exc)
+            return BadRequest(f"a value the store cannot keep: {exc}")
         if isinstance(exc, psycopg.OperationalError | pg_errors.ReadOnlySqlTransaction):
             return self._failure(exc)
         return exc

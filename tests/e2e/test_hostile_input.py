@@ -7,6 +7,9 @@ import json
 
 import pytest
 from fleet import AgentPeer, register_agent
+from pgcluster import both_engines
+
+pytestmark = both_engines
 
 REGISTER = "/api/v1/workers/register"
 

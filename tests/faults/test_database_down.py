@@ -17,11 +17,8 @@ pytestmark = pytest.mark.faults
 
 @pytest.fixture(scope="module")
 def own_cluster():
-    cluster = PgCluster()
-    try:
-        yield cluster.start()
-    finally:
-        cluster.destroy()
+    with PgCluster.running() as cluster:
+        yield cluster
 
 
 @pytest.fixture
