@@ -72,6 +72,7 @@ def job_rows(primary: Primary, run_id: int) -> list[dict]:
 
 def describe_run(primary: Primary, run: dict, jobs: list[dict] | None = None) -> dict:
     jobs = job_rows(primary, run["id"]) if jobs is None else jobs
+    sizes = primary.logs.sizes(run["id"])  # one look for every attempt's job logs
     return {
         "id": run["id"],
         "pipeline": run["pipeline"],
@@ -95,9 +96,7 @@ def describe_run(primary: Primary, run: dict, jobs: list[dict] | None = None) ->
                 "outcome": a["outcome"],
                 "reason": a["reason"],
                 # What the primary has of each job's output in this attempt.
-                "log_sizes": {
-                    j["name"]: primary.logs.size(run["id"], a["attempt"], j["name"]) for j in jobs
-                },
+                "log_sizes": {j["name"]: sizes.get((a["attempt"], j["name"]), 0) for j in jobs},
             }
             for a in primary.store.query(
                 "SELECT * FROM attempts WHERE run_id = ? ORDER BY attempt", (run["id"],)
@@ -110,7 +109,7 @@ def describe_run(primary: Primary, run: dict, jobs: list[dict] | None = None) ->
                 "exit_code": j["exit_code"],
                 "started_at": iso(j["started_at"]),
                 "finished_at": iso(j["finished_at"]),
-                "log_size": primary.logs.size(run["id"], run["attempt"], j["name"]),
+                "log_size": sizes.get((run["attempt"], j["name"]), 0),
             }
             for j in jobs
         ],

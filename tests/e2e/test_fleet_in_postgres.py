@@ -129,3 +129,20 @@ def test_two_primaries_serve_one_fleet(two_primaries, pg_url, pg_cluster, tmp_pa
     assert b"COPY public.vault_entries" in dump
     for secret in (rotated, before, "t0ps3cret-value"):
         assert secret.encode() not in dump, secret
+
+
+def test_init_leaves_a_foreign_database_alone_and_refuses_a_password_on_the_command_line(
+    tmp_path, pg_url, pg_cluster
+):
+    pg_cluster.sql(pg_url, "CREATE TABLE invoices (id int)")
+    refused = init(tmp_path / "d", "--store", pg_url)
+    assert refused.returncode == 2
+    assert "is not empty (invoices, ...) and holds no cifleet fleet" in refused.stderr
+    assert pg_cluster.sql(pg_url, "SELECT count(*) FROM pg_tables WHERE schemaname = 'public'")[
+        0
+    ] == (1,)
+    with_password = pg_url.replace("cifleet@", "cifleet:hunter2@")
+    refused = init(tmp_path / "d", "--store", with_password)
+    assert refused.returncode == 2 and "leave the password out of the URL" in refused.stderr
+    assert "hunter2" not in refused.stderr
+    assert not (tmp_path / "d").exists()
