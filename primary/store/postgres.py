@@ -109,9 +109,13 @@ class PgRow:
 
 
 def _row_factory(cursor) -> Callable[[Sequence], PgRow]:
+    # The names straight from the result: cursor.description builds an object per column
+    # per statement, a fifth of the client's time for `SELECT *` of a run.
+    result = cursor.pgresult
     columns: dict[str, int] = {}
-    for i, column in enumerate(cursor.description or ()):
-        columns.setdefault(column.name, i)  # the first of two equal names, as sqlite3 does
+    for i in range(result.nfields if result is not None else 0):
+        # The first of two equal names wins, as in sqlite3.Row.
+        columns.setdefault(result.fname(i).decode(), i)
     return functools.partial(PgRow, columns)
 
 
