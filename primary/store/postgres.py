@@ -241,10 +241,16 @@ class PostgresStore:
         return redact(self.url)
 
     def connect(self, **settings: str) -> psycopg.Connection:
-        """A new connection in autocommit mode with this store's session settings (and
-        `settings`, e.g. synchronous_commit)."""
-        options = SESSION_OPTIONS + "".join(
-            f" -c {k}={v}" for k, v in {**self._settings, **settings}.items()
+        """A new connection in autocommit mode with this store's session settings, then
+        the URL's own `options` (an operator's choice wins), then `settings` (what a pool
+        needs, e.g. synchronous_commit for log writes)."""
+        given = psycopg.conninfo.conninfo_to_dict(self.url).get("options") or ""
+        options = " ".join(
+            [
+                SESSION_OPTIONS,
+                given,
+                *(f"-c {k}={v}" for k, v in {**self._settings, **settings}.items()),
+            ]
         )
         return psycopg.connect(
             self.url,
