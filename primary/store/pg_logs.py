@@ -21,7 +21,8 @@ import logging
 from collections.abc import Callable, Iterator
 
 from primary.store.logs import LogGap, ShortBody, log_short_chunk, pieces
-from primary.store.postgres import POOL_WAIT, ConnectionPool, PostgresStore, postgres_sql
+from primary.store.pg_pool import ConnectionPool
+from primary.store.postgres import POOL_WAIT, PostgresStore, postgres_sql
 
 log = logging.getLogger("cifleet.primary")
 

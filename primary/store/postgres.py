@@ -6,15 +6,12 @@ of different primaries run at once: what keeps them apart is row locks the servi
 (`FOR UPDATE`, `SKIP LOCKED`) and named advisory locks (`Connection.lock`); the model is in
 docs/design.md ("Store"). Services write `?` placeholders; they become psycopg's `%s` here.
 
-Connections come from a small pool of this module's own, not psycopg_pool: when the server
-is down a request must be refused at once (503), not after a pool's wait for a background
-reconnect; and after one connection fails, the idle ones (dead too, most likely) go with it.
+Connections come from a small pool of our own (pg_pool.py).
 """
 
 import functools
 import hashlib
 import logging
-import select
 import threading
 import time
 from collections.abc import Callable, Iterator, Sequence
@@ -22,10 +19,10 @@ from contextlib import contextmanager
 
 import psycopg
 from psycopg import errors as pg_errors
-from psycopg import pq
 
 from primary.errors import ApiError, BadRequest, StorageFull, StorageUnavailable
 from primary.store.db import _notes, constraint_conflict, run_listeners
+from primary.store.pg_pool import ConnectionPool, PoolExhausted
 from primary.store.schema import MIGRATIONS, POSTGRES_AFTER, postgres_ddl, statements
 
 log = logging.getLogger("cifleet.primary")
@@ -114,8 +111,10 @@ def _row_factory(cursor) -> Callable[[Sequence], PgRow]:
     result = cursor.pgresult
     columns: dict[str, int] = {}
     for i in range(result.nfields if result is not None else 0):
-        # The first of two equal names wins, as in sqlite3.Row.
-        columns.setdefault(result.fname(i).decode(), i)
+        name = result.fname(i)  # None for the columns of a COPY
+        if name is not None:
+            # The first of two equal names wins, as in sqlite3.Row.
+            columns.setdefault(name.decode(), i)
     return functools.partial(PgRow, columns)
 
 
@@ -142,85 +141,6 @@ class PostgresConnection:
 
     def lock(self, name: str) -> None:
         self.raw.execute("SELECT pg_advisory_xact_lock(%s)", (lock_key(name),))
-
-
-class PoolExhausted(Exception):
-    pass
-
-
-class ConnectionPool:
-    """Up to `size` connections, made when needed and reused while they work."""
-
-    def __init__(self, connect: Callable[[], psycopg.Connection], size: int, wait: float):
-        self._connect = connect
-        self._size = size
-        self._wait = wait
-        self._idle: list[psycopg.Connection] = []
-        self._open = 0  # idle and lent out
-        self._cond = threading.Condition()
-
-    def get(self) -> psycopg.Connection:
-        with self._cond:  # (closing a dead connection sends nothing: no wait under the lock)
-            deadline = time.monotonic() + self._wait
-            while not self._idle and self._open >= self._size:
-                left = deadline - time.monotonic()
-                if left <= 0:
-                    raise PoolExhausted(f"all {self._size} connections busy for {self._wait:g} s")
-                self._cond.wait(left)
-            while self._idle:
-                conn = self._idle.pop()
-                if _alive(conn):
-                    return conn
-                self._open -= 1
-                conn.close()
-            self._open += 1
-        try:
-            return self._connect()
-        except BaseException:
-            with self._cond:
-                self._open -= 1
-                self._cond.notify()
-            raise
-
-    def put(self, conn: psycopg.Connection) -> None:
-        healthy = (
-            not conn.closed
-            and not conn.broken
-            and conn.info.transaction_status == pq.TransactionStatus.IDLE
-        )
-        if not healthy:
-            conn.close()
-        with self._cond:
-            if healthy:
-                self._idle.append(conn)
-            else:
-                self._open -= 1
-            self._cond.notify()
-
-    def discard_idle(self) -> None:
-        """Close the idle connections: one failed, so the server restarted or went away."""
-        with self._cond:
-            idle, self._idle = self._idle, []
-            self._open -= len(idle)
-            self._cond.notify_all()
-        for conn in idle:
-            conn.close()
-
-    def close(self) -> None:
-        self.discard_idle()
-
-
-def _alive(conn: psycopg.Connection) -> bool:
-    """Whether an idle connection still works, without a round trip: the server says
-    nothing on an idle connection unless it is closing it (a restart, an admin's kill), so
-    a socket with something to read, or an end, is one to drop."""
-    if conn.closed or conn.broken:
-        return False
-    try:
-        readable, _, _ = select.select([conn.pgconn.socket], [], [], 0)
-    except (OSError, ValueError, psycopg.OperationalError):
-        return False
-    return not readable
 
 
 class PostgresStore:
