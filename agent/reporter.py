@@ -10,6 +10,7 @@ reads them in order and retries every call with backoff until the primary has it
 Log bytes are addressed by offset, so a resend never duplicates and a gap is never silent.
 """
 
+import contextlib
 import logging
 import os
 import threading
@@ -72,6 +73,21 @@ class RunReporter:
         self.finishing = False
         # finished: the primary acknowledged the finish; polls stop listing the run.
         self.finished = False
+
+    def job_running(self) -> bool:
+        """Whether one of the run's jobs has started and not finished."""
+        with self._cond:
+            kinds = (e[0] for e in reversed(self._events) if e[0] in ("started", "finished"))
+            return next(kinds, None) == "started"
+
+    def backlog_bytes(self) -> int:
+        """Bytes of the run's spooled output the primary has not acknowledged yet."""
+        acked = dict(self._acked)  # one atomic copy; the delivery thread updates it
+        backlog = 0
+        for path in self._spool_dir.glob("*.log"):
+            with contextlib.suppress(FileNotFoundError):
+                backlog += max(path.stat().st_size - acked.get(path.stem, 0), 0)
+        return backlog
 
     def fence(self) -> None:
         """Stop delivery where it is (Fenced is raised): the run is dropped, not reported."""

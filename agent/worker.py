@@ -32,6 +32,7 @@ from agent.home import (
     update_config,
     wipe_identity,
 )
+from agent.metrics import Snapshot
 from agent.procs import end_orphaned_jobs
 from agent.protocol import (
     CODE_STORAGE_FULL,
@@ -98,6 +99,10 @@ class Agent:
         # a signal handler can deadlock the main thread.
         self._drain_requested = False
         self._force_requested = False
+        # For agent.metrics: counted here, read by snapshot().
+        self._last_contact: float | None = None  # Unix time of the last poll answered
+        self._fence_events = 0
+        self._runs_ended: dict[str, int] = {}
 
     # -- Control: safe from signal handlers and from other threads.
 
@@ -130,6 +135,25 @@ class Agent:
         slot when it takes the finish, and may offer it again before the answer is back).
         Call with self._lock held."""
         return sum(1 for handle in self._runs.values() if not handle.reporter.finishing)
+
+    def snapshot(self) -> Snapshot:
+        """This agent's figures now, for its metrics listener (agent.metrics)."""
+        with self._lock:
+            live = [h for h in self._runs.values() if not h.fenced and not h.reporter.finished]
+            used = self._slots_taken()
+            ended = dict(self._runs_ended)
+        return Snapshot(
+            worker=self.config["name"],
+            version=__version__,
+            slots=self.slots,
+            slots_used=used,
+            jobs_running=sum(h.reporter.job_running() for h in live),
+            spool_backlog_bytes=sum(h.reporter.backlog_bytes() for h in live),
+            last_contact=self._last_contact,
+            draining=self.draining,
+            fence_events=self._fence_events,
+            runs_ended=ended,
+        )
 
     # -- The loop.
 
@@ -227,6 +251,7 @@ class Agent:
             heartbeat,
         )
         grace = fence_kill_grace(heartbeat, self._kill_grace)
+        self._fence_events += len(due)
         for handle in due:
             handle.fence(grace)
 
@@ -280,6 +305,7 @@ class Agent:
                     if failing:
                         log.info("connected to the primary again")
                     failing = False
+                    self._last_contact = time.time()
                     backoff.reset()
                     self._contact_made(body, started)
                     answer = resp.json()
@@ -440,6 +466,7 @@ class Agent:
     def _run_done(self, handle: RunHandle) -> None:
         with self._lock:
             self._runs.pop(handle.key, None)
+            self._runs_ended[handle.outcome] = self._runs_ended.get(handle.outcome, 0) + 1
             if handle.fenced:  # its job is dead now: the primary may run it elsewhere
                 self._abandoned.add(handle.key)
         if handle.fenced:

@@ -27,10 +27,11 @@ def _load(name: str):
 _fleet = _load("fleet")
 _pgcluster = _load("pgcluster")
 ENGINES = ("sqlite", "postgresql")
-Agent, Primary = _fleet.Agent, _fleet.Primary
+Agent, Primary, BIN = _fleet.Agent, _fleet.Primary, _fleet.BIN
 init_primary, register_agent, wait_for = _fleet.init_primary, _fleet.register_agent, _fleet.wait_for
 
 __all__ = [
+    "BIN",
     "ENGINES",
     "Agent",
     "Primary",

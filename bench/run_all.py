@@ -10,8 +10,9 @@ The store benchmarks (dispatch latency, throughput, logs) run once per engine of
 of their own (tests/pgcluster.py, fsync on) on the same machine.
 
 Each benchmark is also a script of its own (dispatch.py, logs.py, idle_fleet.py,
-footprint.py) with its own options. On a shared or busy machine the figures are noise: the
-output records the load average before and after, so a loaded run can be told apart.
+footprint.py, scrape.py) with its own options. On a shared or busy machine the figures are
+noise: the output records the load average before and after, so a loaded run can be told
+apart.
 """
 
 import argparse
@@ -29,6 +30,7 @@ from dispatch import bench_latency, bench_throughput
 from footprint import bench_footprint
 from idle_fleet import bench_idle_fleet
 from logs import bench_logs
+from scrape import bench_scrape
 
 FULL = {
     "latency_runs": 50,
@@ -38,6 +40,7 @@ FULL = {
     "fleet_sizes": (100, 500, 1000),
     "fleet_window": 30.0,
     "footprint_window": 30.0,
+    "scrape_workers": (10, 100, 1000),
 }
 QUICK = {
     "latency_runs": 10,
@@ -47,6 +50,7 @@ QUICK = {
     "fleet_sizes": (20, 50),
     "fleet_window": 5.0,
     "footprint_window": 5.0,
+    "scrape_workers": (10, 100),
 }
 # Benchmarks of the store: run on each engine (`store` is a URL for init, or None).
 STORE_BENCHES = {
@@ -63,6 +67,7 @@ BENCHES = {
     **STORE_BENCHES,
     "idle_fleet": lambda root, s: bench_idle_fleet(root, s["fleet_sizes"], s["fleet_window"]),
     "agent_footprint": lambda root, s: bench_footprint(root, s["footprint_window"]),
+    "scrape": lambda root, s: bench_scrape(root, s["scrape_workers"]),
 }
 
 

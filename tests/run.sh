@@ -9,9 +9,10 @@ cd "$(dirname "$0")/.."
 # sshd/ssh-keygen: the playbook tests serve their "hosts" over a real local sshd;
 # systemd-analyze verifies the unit file the role renders; chromium runs the UI tests
 # (driven by Playwright from the `test` extra; `playwright install` is never run);
+# prometheus scrapes a real primary in tests/ops, whose promtool checks the alert rules.
 # postgresql: the second store engine, tested against a real server.
 needed=(git:git sshd:openssh-server ssh:openssh-client ssh-keygen:openssh-client
-        systemd-analyze:systemd chromium:chromium)
+        systemd-analyze:systemd chromium:chromium prometheus:prometheus promtool:prometheus)
 packages=()
 for pair in "${needed[@]}"; do
   command -v "${pair%%:*}" >/dev/null 2>&1 || packages+=("${pair##*:}")

@@ -12,6 +12,7 @@ from collections.abc import Callable
 
 from agent.protocol import NAME_RE
 from primary.context import Primary
+from primary.metrics import metrics_of
 from primary.pipelines import secrets as pipeline_secrets
 from primary.pipelines import static_files
 from primary.runs import leases
@@ -203,11 +204,14 @@ def poll(primary: Primary, gate: PollGate, worker: dict, body: dict, stop: threa
         return answer
     # An agent with runs must be heard often: its polls renew their leases (agent/fence.py).
     hold = primary.config.busy_poll_hold_seconds if held else primary.config.poll_hold_seconds
+    metrics = metrics_of(primary)
     if not gate.try_hold():
         # No thread to hold it on: the agent waits as long as a held poll would have.
+        metrics.poll_deferred()
         return {**answer, "poll_after": hold}
     try:
-        event.wait(hold)
+        with metrics.poll_held():
+            event.wait(hold)
     finally:
         gate.release()
     if stop.is_set():

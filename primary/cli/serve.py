@@ -129,6 +129,8 @@ def serve(config: PrimaryConfig) -> int:
     ]
     for thread in threads:
         thread.start()
+    # GET /readyz: each listener serves while its thread runs (a crash ends it).
+    primary.listeners.update(public=threads[0].is_alive, agent=threads[1].is_alive)
 
     def on_signal(signum, frame):
         stop.set()

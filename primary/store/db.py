@@ -69,6 +69,10 @@ class Store(Protocol):
     engine: str  # "sqlite" or "postgresql"
     # Called with the notes (after_commit) of each committed transaction that made any.
     commit_listeners: list[Callable[[list], None]]
+    # Called after every write transaction with its seconds (from asking for it, so waiting
+    # for the write lock or a connection counts, to its commit or rollback) and whether it
+    # committed (the metrics).
+    transaction_observers: list[Callable[[float, bool], None]]
 
     def transaction(self) -> AbstractContextManager[Connection]:
         """A write transaction. A store that cannot take the change (a full disk, a database

@@ -155,6 +155,7 @@ class PostgresStore:
         self._logged_at = -LOG_FAILURES_EVERY
         self._unlogged = 0
         self.commit_listeners: list[Callable[[list], None]] = []
+        self.transaction_observers: list[Callable[[float, bool], None]] = []
         self.pool = ConnectionPool(self.connect, pool_size, POOL_WAIT)
 
     def __str__(self) -> str:
@@ -252,6 +253,8 @@ class PostgresStore:
             raise RuntimeError("a transaction is open on this thread already")
         notes: list = []
         _notes.items = notes
+        asked = time.perf_counter()
+        committed = False
         try:
             with self.borrow() as raw:
                 raw.execute("BEGIN")
@@ -260,6 +263,7 @@ class PostgresStore:
                 try:
                     yield conn
                     raw.execute("COMMIT")
+                    committed = True
                 except BaseException:
                     if not raw.broken and not raw.closed:
                         raw.execute("ROLLBACK")
@@ -268,6 +272,8 @@ class PostgresStore:
                     self._local.conn = None
         finally:
             _notes.items = None
+            for observe in self.transaction_observers:
+                observe(time.perf_counter() - asked, committed)
         run_listeners(self, notes)
 
     def query(self, sql: str, params: Sequence = ()) -> list[PgRow]:

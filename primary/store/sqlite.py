@@ -11,6 +11,7 @@ import logging
 import re
 import sqlite3
 import threading
+import time
 from collections.abc import Callable, Iterator, Sequence
 from contextlib import contextmanager
 from pathlib import Path
@@ -68,6 +69,10 @@ class SqliteStore:
         self._write_lock = threading.Lock()
         self._write_failed = False  # see take_write_failure
         self.commit_listeners: list[Callable[[list], None]] = []
+        self.transaction_observers: list[Callable[[float, bool], None]] = []
+        # Called after every write transaction with its seconds (from asking for it, so the
+        # wait for the write lock counts, to its commit or rollback) and whether it committed.
+        self.transaction_observers: list[Callable[[float, bool], None]] = []
 
     def __str__(self) -> str:
         return str(self.path)
@@ -98,6 +103,8 @@ class SqliteStore:
         conn = self.connection()
         notes: list = []
         _notes.items = notes
+        asked = time.perf_counter()
+        committed = False
         try:
             with self._write_lock:
                 try:
@@ -105,6 +112,7 @@ class SqliteStore:
                     try:
                         yield SqliteConnection(conn)
                         conn.execute("COMMIT")
+                        committed = True
                     except BaseException:
                         self._rollback(conn)
                         raise
@@ -117,6 +125,8 @@ class SqliteStore:
                     raise constraint_conflict(exc) from exc
         finally:
             _notes.items = None
+            for observe in self.transaction_observers:
+                observe(time.perf_counter() - asked, committed)
         run_listeners(self, notes)
 
     def _rollback(self, conn: sqlite3.Connection) -> None:
