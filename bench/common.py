@@ -15,25 +15,28 @@ from pathlib import Path
 import psutil
 
 
-def _load_fleet():
-    """tests/fleet.py, loaded by path: putting tests/ on sys.path would let its agent/ and
+def _load(name: str):
+    """tests/NAME.py, loaded by path: putting tests/ on sys.path would let its agent/ and
     primary/ test folders shadow the real packages."""
     spec = importlib.util.spec_from_file_location(
-        "fleet", Path(__file__).resolve().parent.parent / "tests" / "fleet.py"
+        name, Path(__file__).resolve().parent.parent / "tests" / f"{name}.py"
     )
     module = importlib.util.module_from_spec(spec)
-    sys.modules["fleet"] = module
+    sys.modules[name] = module
     spec.loader.exec_module(module)
     return module
 
 
-_fleet = _load_fleet()
+_fleet = _load("fleet")
+_pgcluster = _load("pgcluster")
+ENGINES = ("sqlite", "postgresql")
 Agent, Primary, BIN = _fleet.Agent, _fleet.Primary, _fleet.BIN
 init_primary, register_agent, wait_for = _fleet.init_primary, _fleet.register_agent, _fleet.wait_for
 shared_file = _fleet.shared_file  # a file jobs under their own uids may append to
 
 __all__ = [
     "BIN",
+    "ENGINES",
     "Agent",
     "Primary",
     "Sampler",
@@ -44,6 +47,7 @@ __all__ = [
     "shared_file",
     "start_agents",
     "stop_all",
+    "store_for",
     "wait_for",
 ]
 
@@ -56,6 +60,19 @@ def bench_dir() -> Iterator[Path]:
     with tempfile.TemporaryDirectory(prefix="cifleet-bench-") as tmp:
         os.chmod(tmp, 0o711)
         yield Path(tmp)
+
+
+@contextlib.contextmanager
+def store_for(engine: str):
+    """A function giving what `init --store` gets for `engine`, one per primary: None
+    (SQLite in the data dir), or the URL of a new database in a PostgreSQL server of the
+    benchmark's own, with its durable defaults (fsync on), on a Unix socket; the server
+    runs on the same 2 cores."""
+    if engine == "sqlite":
+        yield lambda: None
+        return
+    with _pgcluster.PgCluster.running(fast=False) as cluster:
+        yield lambda: cluster.create_database("bench")
 
 
 def start_agents(primary: Primary, root: Path, count: int, slots: int) -> list[Agent]:

@@ -3,6 +3,9 @@
 import time
 
 from fleet import wait_for
+from pgcluster import both_engines
+
+pytestmark = both_engines
 
 BIG_LINE = b"cifleet 0123456789 abcdefghijklmnopqrstuvwxyz\n"
 BIG_SIZE = 5 * 1024 * 1024

@@ -8,6 +8,9 @@ import time
 
 import psutil
 from fleet import BIN, shared_file, wait_for
+from pgcluster import both_engines
+
+pytestmark = both_engines
 
 
 def _events(path) -> list[tuple[str, int, int, str]]:
@@ -69,9 +72,12 @@ jobs:
     assert run["attempt"] == 2
     assert primary.job_log(run_id, "work") == b"attempt 2\nfinished\n"
     assert took < 6 + 10, f"took {took:.1f} s; heartbeat timeout is 6 s"
-    # The lost attempt's partial log stays on disk beside the finished one.
-    lost_log = primary.data_dir / "logs" / str(run_id) / "1" / "work.log"
-    assert lost_log.read_bytes().startswith(b"attempt 1\n")
+    # The lost attempt's partial log stays, beside the finished one.
+    status, headers, lost_log = primary.client.request(
+        "GET", f"/api/v1/runs/{run_id}/attempts/1/jobs/work/log"
+    )
+    assert status == 200 and headers["x-attempt-outcome"] == "lost", headers
+    assert lost_log.startswith(b"attempt 1\n")
     assert primary.worker("doomed")["state"] == "inactive"
 
 

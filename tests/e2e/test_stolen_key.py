@@ -8,6 +8,7 @@ import subprocess
 import pytest
 from cryptography import x509
 from fleet import BIN, AgentPeer, register_agent, wait_for
+from pgcluster import both_engines
 
 from agent import __version__, keys
 
@@ -90,7 +91,9 @@ def _renew(peer: AgentPeer, key_dir) -> tuple[int, dict]:
     return status, body
 
 
-# A short switch-over, as an operator may set it (the default is 60 s).
+# A short switch-over, as an operator may set it (the default is 60 s). On both engines: the
+# conflict takes the worker's runs back under the planner lock and row locks.
+@both_engines
 @pytest.mark.parametrize("primary", [("--cert-switch-over", "2")], indirect=True)
 def test_a_copied_key_that_renews_puts_both_holders_out_and_the_real_agent_keeps_its_key(
     primary, start_agent, fleet_root
@@ -146,6 +149,7 @@ def test_a_copied_key_that_renews_puts_both_holders_out_and_the_real_agent_keeps
     assert run["worker_name"] == "victim"
 
 
+@both_engines  # the renewal that lost the race is told by the UPDATE's row count
 def test_a_second_renewal_from_a_superseded_certificate_is_a_conflict_at_once(primary, fleet_root):
     assert register_agent(primary, fleet_root, "twice").returncode == 0
     home = fleet_root / "twice"
