@@ -12,6 +12,8 @@ from fault_fleet import HEARTBEAT
 from fleet import wait_for
 from pgcluster import PgCluster
 
+from primary.cli.client import AdminClient
+
 pytestmark = pytest.mark.faults
 
 
@@ -55,6 +57,18 @@ def test_a_database_outage_longer_than_the_heartbeat_loses_nothing(serve, fleet_
         status, _, body = primary.client.request(method, path)
         assert (status, json.loads(body)["code"]) == (503, "storage_unavailable"), body
     assert primary.client.request("GET", "/healthz")[0] == 200
+    # Probes and scrapes answer for the outage: not ready, and the store reported down (the
+    # scrape's token is taken at the role it had before: the store cannot say now).
+    status, _, body = primary.client.request("GET", "/readyz")
+    assert (status, json.loads(body)["checks"]["store"]) == (503, "unreachable"), body
+    status, _, body = primary.client.request("GET", "/metrics")
+    assert status == 200, body
+    assert "\ncifleet_store_up 0.0\n" in body.decode(), body
+    assert "\ncifleet_workers{" not in body.decode()
+    stranger = AdminClient(primary.url, primary.ca_file, "cft_never-issued")
+    status, _, body = stranger.request("GET", "/metrics")
+    assert (status, json.loads(body)["code"]) == (503, "storage_unavailable"), body
+    stranger.close()
     # Down for longer than the heartbeat timeout: the run's lease runs out meanwhile.
     wait_for(lambda: time.monotonic() - stopped > 1.5 * HEARTBEAT, 4 * HEARTBEAT, "the outage")
 
