@@ -128,7 +128,10 @@ def test_a_copied_key_that_renews_puts_both_holders_out_and_the_real_agent_keeps
     assert "two agents hold this worker's key" in worker["conflict"]["reason"]
     run = primary.run(run_id)
     assert run["state"] == "queued", run
-    assert "the credentials of victim are in conflict" in run["reason"]
+    # Why, on the attempt it ended (the run's own reason is the planner's within a second).
+    [attempt] = run["attempts"]
+    assert attempt["outcome"] == "lost", attempt
+    assert "the credentials of victim are in conflict" in attempt["reason"], attempt
     # Nothing of the worker's is accepted any more, a fresh renewal included.
     assert _renew(thief, stolen)[1]["code"] == "credentials_conflict"
     check = subprocess.run(
@@ -147,6 +150,9 @@ def test_a_copied_key_that_renews_puts_both_holders_out_and_the_real_agent_keeps
     agent.start()
     run = primary.wait_run(run_id, timeout=60, states=("running",))
     assert run["worker_name"] == "victim"
+    # Cancelled, so the agent stops at once after the test (it waits for a running job).
+    primary.client.json("POST", f"/api/v1/runs/{run_id}/cancel")
+    assert primary.wait_run(run_id, timeout=30)["state"] == "cancelled"
 
 
 @both_engines  # the renewal that lost the race is told by the UPDATE's row count
