@@ -63,10 +63,15 @@ class Primary:
     serve_args: list[str]
     log_path: Path
     proc: subprocess.Popen | None = None
+    # The address both listeners bind (the server certificate names it).
+    host: str = "127.0.0.1"
+    # The command that serves (another build of cifleet, say); env added to the process's.
+    command: list[str] = field(default_factory=lambda: [str(BIN / "cifleet-primary")])
+    env: dict = field(default_factory=dict)
 
     @property
     def url(self) -> str:
-        return f"https://127.0.0.1:{self.api_port}"
+        return f"https://{self.host}:{self.api_port}"
 
     @property
     def ca_file(self) -> Path:
@@ -88,7 +93,7 @@ class Primary:
         log = open(self.log_path, "ab")  # noqa: SIM115 - owned by the child process
         self.proc = subprocess.Popen(
             [
-                str(BIN / "cifleet-primary"),
+                *self.command,
                 "serve",
                 "--data-dir",
                 str(self.data_dir),
@@ -96,12 +101,15 @@ class Primary:
                 str(self.api_port),
                 "--agent-port",
                 str(self.agent_port),
+                "--bind",
+                self.host,
                 *self.serve_args,
             ],
             stdin=subprocess.DEVNULL,
             stdout=log,
             stderr=log,
             start_new_session=True,
+            env={**os.environ, **self.env},
         )
         log.close()
         self.client.wait_healthy(30)
@@ -208,20 +216,27 @@ def register_agent(
     return subprocess.run(args, capture_output=True, text=True, timeout=60)
 
 
-def init_primary(root: Path, *serve_args: str) -> Primary:
+def init_primary(
+    root: Path, *serve_args: str, host: str = "127.0.0.1", ports: tuple[int, int] | None = None
+) -> Primary:
+    """A primary's data dir under `root`, to serve on `host` (also named in its server
+    certificate) at `ports` (api, agent), or at free loopback ports."""
     data_dir = root / "primary-data"
+    names = [] if host == "127.0.0.1" else ["--hostname", host]
     subprocess.run(
-        [str(BIN / "cifleet-primary"), "init", "--data-dir", str(data_dir)],
+        [str(BIN / "cifleet-primary"), "init", "--data-dir", str(data_dir), *names],
         check=True,
         capture_output=True,
         timeout=60,
     )
+    api_port, agent_port = ports or (free_port(), free_port())
     return Primary(
         data_dir=data_dir,
-        api_port=free_port(),
-        agent_port=free_port(),
+        api_port=api_port,
+        agent_port=agent_port,
         serve_args=list(serve_args),
         log_path=root / "primary.log",
+        host=host,
     )
 
 
@@ -242,7 +257,7 @@ class AgentPeer:
     def call(self, method: str, path: str, body: bytes | dict = b"") -> tuple[int, dict]:
         raw = json.dumps(body).encode() if isinstance(body, dict) else body
         conn = http.client.HTTPSConnection(
-            "127.0.0.1", self.primary.agent_port, context=self.context, timeout=30
+            self.primary.host, self.primary.agent_port, context=self.context, timeout=30
         )
         try:
             conn.request(method, path, body=raw, headers={"Content-Type": "application/json"})
