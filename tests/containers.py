@@ -33,15 +33,14 @@ from pathlib import Path
 CACHE = Path(os.environ.get("CIFLEET_TEST_CACHE", "/var/cache/cifleet-tests"))
 LOCKS = Path("/run/cifleet-tests")
 MIRROR = os.environ.get("CIFLEET_TEST_DEBIAN_MIRROR", "http://deb.debian.org/debian")
-# What a minimal host needs: systemd as PID 1, sshd, python3 with venv (the role's
-# requirements), ip and ps for the tests.
+# What a minimal host needs: systemd as PID 1, sshd, python3 (the role's requirements; no
+# python3-venv: the role makes its venv without pip), ip and ps for the tests.
 PACKAGES = (
     "systemd",
     "systemd-sysv",
     "dbus",
     "openssh-server",
     "python3",
-    "python3-venv",
     "iproute2",
     "procps",
 )
@@ -444,6 +443,11 @@ class HostLab:
     def gateway(self) -> str:
         """This machine's address as the hosts reach it (the primary listens here)."""
         return self.subnet.gateway
+
+    def prepare(self, releases: list[str]) -> None:
+        """Build the trees these releases need side by side (a no-op once cached)."""
+        with ThreadPoolExecutor(max_workers=len(releases)) as pool:
+            list(pool.map(tree, sorted(set(releases))))
 
     def add(self, name: str, release: str = "bookworm", systemd: bool = True) -> TestHost:
         number = len(self.hosts) + 1

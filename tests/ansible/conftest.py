@@ -1,205 +1,38 @@
-"""Fixtures for the playbook tests: a real sshd on loopback serving three "hosts"
-(127.0.0.2-4, one port), a real primary, and a generated inventory.
+"""Fixtures for the playbook tests: real hosts (systemd containers, tests/containers.py)
+booted once per session, a real primary they reach over their network, and inventories
+that leave every role variable at its default (systemd unit, the `cifleet` user,
+/opt/cifleet, /var/lib/cifleet) except the fleet's own (primary URL, CA, token).
 
-Every host lives in its own folder under the session's tmp dir (install, home, config,
-logs, pidfile), so the role's paths point there and nothing touches the real system.
+Hosts: w1, w2 (Debian 12, Python 3.11) and w3 (Debian 13, Python 3.13) are the fleet;
+`bare` (sshd as PID 1, no systemd) and `old` (Debian 11, Python 3.9) are for the preflight.
 """
 
-import contextlib
 import json
 import os
 import re
 import shutil
-import signal
-import socket
 import subprocess
 import sys
-import time
 from dataclasses import dataclass
 from pathlib import Path
 
+import containers
 import pytest
-from fleet import Primary, init_primary, wait_for
+from fleet import Primary, init_primary
 
 REPO = Path(__file__).resolve().parents[2]
 BIN = Path(sys.executable).parent
-SSHD = shutil.which("sshd") or "/usr/sbin/sshd"
-ADDRESSES = ("127.0.0.2", "127.0.0.3", "127.0.0.4")
-HOST_TAGS = {"w2": ["alpha", "linux"], "w3": ["beta", "linux"], "w4": ["gamma", "linux"]}
+FLEET = {
+    "w1": ("bookworm", ["alpha", "linux"]),
+    "w2": ("bookworm", ["beta", "linux"]),
+    "w3": ("trixie", ["gamma", "linux"]),
+}
+# Seconds without a poll before the primary counts a worker inactive (and its runs lost).
+HEARTBEAT_TIMEOUT = 20
 
 
 def pytest_configure(config):
-    config.addinivalue_line("markers", "ansible: playbook tests against a real sshd and primary")
-
-
-def _skip_reason() -> str | None:
-    if os.geteuid() != 0:
-        return "the playbook tests connect as root to a local sshd; run them as root"
-    if not Path(SSHD).exists():
-        return "sshd is not installed (tests/run.sh installs openssh-server)"
-    if shutil.which("ansible-playbook", path=str(BIN)) is None:
-        return "ansible-core is not installed in the venv"
-    return None
-
-
-def free_port_on(addresses) -> int:
-    """A port free on every address (sshd has no Port=0)."""
-    for _ in range(50):
-        with socket.socket() as s:
-            s.bind((addresses[0], 0))
-            port = s.getsockname()[1]
-        ok = True
-        for addr in addresses[1:]:
-            with socket.socket() as s:
-                try:
-                    s.bind((addr, port))
-                except OSError:
-                    ok = False
-        if ok:
-            return port
-    raise RuntimeError("no free port on all loopback addresses")
-
-
-@dataclass
-class Sshd:
-    port: int
-    client_key: Path
-    known_hosts: Path
-    proc: subprocess.Popen
-    root: Path
-
-
-def start_sshd(root: Path, addresses, extra: tuple[str, ...] = ()) -> Sshd:
-    root.mkdir(mode=0o700, parents=True, exist_ok=True)
-    host_key, client_key = root / "host_ed25519", root / "client_ed25519"
-    for key in (host_key, client_key):
-        if not key.exists():
-            subprocess.run(
-                ["ssh-keygen", "-q", "-t", "ed25519", "-N", "", "-f", str(key)], check=True
-            )
-    authorized = root / "authorized_keys"
-    authorized.write_text((root / "client_ed25519.pub").read_text())
-    authorized.chmod(0o600)
-    # sshd refuses to start without its privilege separation folder.
-    Path("/run/sshd").mkdir(mode=0o755, exist_ok=True)
-    port = free_port_on(addresses)
-    host_pub = (root / "host_ed25519.pub").read_text().split()
-    known_hosts = root / "known_hosts"
-    known_hosts.write_text(
-        "".join(f"[{a}]:{port} {host_pub[0]} {host_pub[1]}\n" for a in addresses)
-    )
-    args = [
-        SSHD,
-        "-D",
-        "-e",
-        "-f",
-        "/dev/null",
-        f"-oHostKey={host_key}",
-        f"-oPidFile={root / 'sshd.pid'}",
-        # sshd keeps the first value it gets for an option: the caller's come first.
-        *extra,
-        f"-oPort={port}",  # port before the addresses: ListenAddress uses the port seen so far
-        *[f"-oListenAddress={a}" for a in addresses],
-        "-oUsePAM=no",
-        "-oPermitRootLogin=prohibit-password",
-        "-oPasswordAuthentication=no",
-        "-oKbdInteractiveAuthentication=no",
-        "-oStrictModes=no",
-        f"-oAuthorizedKeysFile={authorized} .ssh/authorized_keys",
-        "-oSubsystem=sftp internal-sftp",
-        "-oMaxStartups=50",
-        "-oMaxSessions=50",
-    ]
-    log = open(root / "sshd.log", "ab")  # noqa: SIM115 - owned by the child process
-    proc = subprocess.Popen(args, stdin=subprocess.DEVNULL, stdout=log, stderr=log)
-    log.close()
-
-    def listening():
-        if proc.poll() is not None:
-            raise AssertionError(f"sshd exited: {(root / 'sshd.log').read_text()}")
-        with socket.socket() as s:
-            return s.connect_ex((addresses[-1], port)) == 0
-
-    wait_for(listening, 15, "sshd to listen")
-    return Sshd(port, client_key, known_hosts, proc, root)
-
-
-def stop_sshd(sshd: Sshd) -> None:
-    if sshd.proc.poll() is None:
-        sshd.proc.send_signal(signal.SIGTERM)
-        try:
-            sshd.proc.wait(10)
-        except subprocess.TimeoutExpired:
-            sshd.proc.kill()
-            sshd.proc.wait(5)
-
-
-@pytest.fixture(scope="session")
-def sshd(tmp_path_factory):
-    reason = _skip_reason()
-    if reason:
-        pytest.skip(reason)
-    server = start_sshd(tmp_path_factory.mktemp("sshd"), ADDRESSES)
-    yield server
-    stop_sshd(server)
-
-
-@dataclass
-class Host:
-    name: str
-    address: str
-    root: Path
-    tags: list[str]
-
-    @property
-    def home(self) -> Path:
-        return self.root / "home"
-
-    @property
-    def pidfile(self) -> Path:
-        return self.root / "run" / "agent.pid"
-
-    @property
-    def log(self) -> Path:
-        return self.root / "log" / "agent.log"
-
-    def agent_pid(self) -> int | None:
-        try:
-            pid = int(self.pidfile.read_text())
-            os.kill(pid, 0)
-            return pid
-        except (OSError, ValueError):
-            return None
-
-
-@dataclass
-class Lab:
-    primary: Primary
-    hosts: dict[str, Host]
-    inventory: Path
-    root: Path
-    env: dict
-
-    def playbook(self, name: str, *args: str, check: bool = True) -> subprocess.CompletedProcess:
-        result = subprocess.run(
-            [
-                str(BIN / "ansible-playbook"),
-                "-i",
-                str(self.inventory),
-                str(REPO / "playbooks" / name),
-                *args,
-            ],
-            capture_output=True,
-            text=True,
-            env=self.env,
-            timeout=600,
-            cwd=self.root,
-        )
-        with open(self.root / "ansible-output.log", "a") as f:
-            f.write(f"=== {name} {args}\n{result.stdout}\n{result.stderr}\n")
-        if check:
-            assert result.returncode == 0, result.stdout[-6000:] + result.stderr[-3000:]
-        return result
+    config.addinivalue_line("markers", "ansible: playbook tests against real hosts and primary")
 
 
 def recap(output: str) -> dict[str, dict[str, int]]:
@@ -212,77 +45,177 @@ def recap(output: str) -> dict[str, dict[str, int]]:
     return hosts
 
 
-def write_inventory(
-    path: Path, sshd: Sshd, primary: Primary, hosts: dict[str, Host], wheelhouse: Path
-):
-    python = "/usr/bin/python3" if Path("/usr/bin/python3").exists() else sys.executable
-    lines = ["[workers]"]
-    for h in hosts.values():
-        lines.append(
-            f"{h.name} ansible_host={h.address} "
-            f"cifleet_worker_tags='{json.dumps(h.tags)}' "
-            f"cifleet_worker_install_dir={h.root}/opt "
-            f"cifleet_worker_home={h.home} "
-            f"cifleet_worker_config_dir={h.root}/etc "
-            f"cifleet_worker_log_dir={h.root}/log "
-            f"cifleet_worker_pidfile={h.pidfile}"
+@dataclass
+class Fleet:
+    """The session's primary, hosts and the environment ansible-playbook runs in."""
+
+    primary: Primary
+    lab: containers.HostLab
+    root: Path
+    env: dict
+    inventory: Path
+    # The cifleet source the playbooks install (a test may roll out a bumped copy).
+    source_dir: Path = REPO
+
+    @property
+    def hosts(self) -> dict[str, containers.TestHost]:
+        return self.lab.hosts
+
+    def inventory_for(self, names: list[str], path: Path | None = None, **host_vars) -> Path:
+        """An inventory of these hosts in the `workers` group, the role left at its defaults."""
+        path = path or self.root / f"inventory-{'-'.join(names)}"
+        lines = ["[workers]"]
+        for name in names:
+            host = self.hosts[name]
+            tags = FLEET.get(name, ("", []))[1]
+            extra = "".join(f" {k}={v}" for k, v in host_vars.get(name, {}).items())
+            tags_var = f"cifleet_worker_tags='{json.dumps(tags)}'"
+            lines.append(f"{name} ansible_host={host.address} {tags_var}{extra}")
+        lines += [
+            "",
+            "[workers:vars]",
+            "ansible_user=root",
+            f"ansible_ssh_private_key_file={self.lab.client_key}",
+            # Host keys stay checked: known_hosts holds each host's generated key.
+            "ansible_ssh_common_args='-o StrictHostKeyChecking=yes "
+            f"-o UserKnownHostsFile={self.lab.known_hosts}'",
+            "ansible_python_interpreter=/usr/bin/python3",
+            f"cifleet_worker_primary_url={self.primary.url}",
+            f"cifleet_worker_ca_file={self.primary.ca_file}",
+            f"cifleet_worker_admin_token_file={self.primary.data_dir / 'admin.token'}",
+            # The session's own wheelhouse cache (the default is .wheelhouse in the source).
+            f"cifleet_worker_wheelhouse={self.root / 'wheelhouse'}",
+        ]
+        if self.source_dir != REPO:
+            lines.append(f"cifleet_worker_source_dir={self.source_dir}")
+        path.write_text("\n".join(lines) + "\n")
+        return path
+
+    def log(self, run_id: int, job: str) -> bytes:
+        """A job's log so far (b"" while the job has none)."""
+        status, _, body = self.primary.client.request(
+            "GET", f"/api/v1/runs/{run_id}/jobs/{job}/log"
         )
-    lines += [
-        "",
-        "[workers:vars]",
-        "ansible_user=root",
-        f"ansible_port={sshd.port}",
-        f"ansible_ssh_private_key_file={sshd.client_key}",
-        # Host keys stay checked: known_hosts holds the generated host key.
-        "ansible_ssh_common_args='-o StrictHostKeyChecking=yes "
-        f"-o UserKnownHostsFile={sshd.known_hosts}'",
-        f"ansible_python_interpreter={python}",
-        f"cifleet_worker_python={python}",
-        f"cifleet_worker_primary_url={primary.url}",
-        f"cifleet_worker_ca_file={primary.ca_file}",
-        "cifleet_worker_secret_source=api",
-        f"cifleet_worker_admin_token_file={primary.data_dir / 'admin.token'}",
-        f"cifleet_worker_source_dir={REPO}",
-        f"cifleet_worker_wheelhouse={wheelhouse}",
-        f"cifleet_worker_controller_python={sys.executable}",
-        "cifleet_worker_user=root",
-        "cifleet_worker_group=root",
-        "cifleet_worker_create_user=false",
-        "cifleet_worker_service_manager=none",
-        "cifleet_worker_stop_timeout=30",
-        "cifleet_worker_wait_for_runs_timeout=60",
-    ]
-    path.write_text("\n".join(lines) + "\n")
+        return body if status == 200 else b""
+
+    def use_source(self, source: Path) -> None:
+        """Install from `source` from now on (the session's inventory is rewritten)."""
+        self.source_dir = source
+        self.inventory_for(list(FLEET), self.inventory)
+
+    def playbook(
+        self, name: str, *args: str, inventory: Path | None = None, check: bool = True
+    ) -> subprocess.CompletedProcess:
+        result = subprocess.run(
+            self._argv(name, args, inventory),
+            capture_output=True,
+            text=True,
+            env=self.env,
+            timeout=600,
+            cwd=self.root,
+        )
+        self._record(name, args, result.stdout, result.stderr)
+        if check:
+            assert result.returncode == 0, result.stdout[-6000:] + result.stderr[-3000:]
+        return result
+
+    def start_playbook(
+        self, name: str, *args: str, inventory: Path | None = None
+    ) -> subprocess.Popen:
+        """A playbook run in the background (finish it with finish_playbook)."""
+        return subprocess.Popen(
+            self._argv(name, args, inventory),
+            stdout=subprocess.PIPE,
+            stderr=subprocess.PIPE,
+            text=True,
+            env=self.env,
+            cwd=self.root,
+        )
+
+    def finish_playbook(self, proc: subprocess.Popen, name: str) -> str:
+        stdout, stderr = proc.communicate(timeout=600)
+        self._record(name, ("background",), stdout, stderr)
+        assert proc.returncode == 0, stdout[-6000:] + stderr[-3000:]
+        return stdout
+
+    def _argv(self, name: str, args, inventory: Path | None) -> list[str]:
+        inventory = inventory or self.inventory
+        playbook = REPO / "playbooks" / name
+        return [str(BIN / "ansible-playbook"), "-i", str(inventory), str(playbook), *args]
+
+    def _record(self, name: str, args, stdout: str, stderr: str) -> None:
+        with open(self.root / "ansible-output.log", "a") as f:
+            f.write(f"=== {name} {args}\n{stdout}\n{stderr}\n")
+
+    def forget_connections(self, host: containers.TestHost) -> None:
+        """Close Ansible's SSH master to a host that went down: a reused one to a host that
+        came back at the same address fails in odd ways."""
+        socket_path = self.root / "ssh" / f"{host.address}-22-root"
+        if socket_path.exists():
+            subprocess.run(
+                ["ssh", "-o", f"ControlPath={socket_path}", "-O", "exit", host.address],
+                capture_output=True,
+                timeout=30,
+            )
+            socket_path.unlink(missing_ok=True)
+
+    def close(self) -> None:
+        for host in self.hosts.values():
+            self.forget_connections(host)
+
+
+def _skip_reason() -> str | None:
+    if shutil.which("ansible-playbook", path=str(BIN)) is None:
+        return "ansible-core is not installed in the venv"
+    return containers.skip_reason()
 
 
 @pytest.fixture(scope="session")
-def lab(sshd, tmp_path_factory):
-    """A primary, three hosts and an inventory; every agent is stopped afterwards."""
-    root = tmp_path_factory.mktemp("lab")
-    primary = init_primary(root, "--primary-worker-slots", "0", "--heartbeat-timeout", "10")
-    primary.start()
-    hosts = {}
-    for (name, tags), address in zip(HOST_TAGS.items(), ADDRESSES, strict=True):
-        hosts[name] = Host(name, address, root / "hosts" / name, tags)
-        hosts[name].root.mkdir(parents=True)
-    inventory = root / "inventory"
-    write_inventory(inventory, sshd, primary, hosts, root / "wheelhouse")
-    env = {
-        **os.environ,
-        "ANSIBLE_CONFIG": str(REPO / "ansible.cfg"),
-        "ANSIBLE_ROLES_PATH": str(REPO / "roles"),
-        "ANSIBLE_LOCAL_TEMP": str(root / "ansible-local"),
-        "ANSIBLE_NOCOLOR": "1",
-        "ANSIBLE_FORCE_COLOR": "0",
-        "PATH": f"{BIN}:{os.environ.get('PATH', '')}",
-    }
-    yield Lab(primary, hosts, inventory, root, env)
-    for h in hosts.values():
-        pid = h.agent_pid()
-        if pid:
-            with contextlib.suppress(ProcessLookupError):
-                os.kill(pid, signal.SIGQUIT)
-    deadline = time.monotonic() + 20
-    while any(h.agent_pid() for h in hosts.values()) and time.monotonic() < deadline:
-        time.sleep(0.1)
-    primary.stop()
+def fleet(tmp_path_factory):
+    """The session's hosts (booted) and primary; everything is torn down afterwards."""
+    reason = _skip_reason()
+    if reason:
+        pytest.skip(reason)
+    root = tmp_path_factory.mktemp("fleet")
+    lab = containers.HostLab(root / "hosts")
+    primary = None
+    try:
+        lab.prepare([release for release, _ in FLEET.values()] + ["bullseye"])
+        for name, (release, _) in FLEET.items():
+            lab.add(name, release)
+        lab.add("bare", "bookworm", systemd=False)
+        lab.add("old", "bullseye")
+        lab.boot()
+        # The primary listens on this machine's address on the hosts' bridge: the hosts
+        # reach it there, and its certificate names it. Nothing else uses that address,
+        # so the standard ports are free on it.
+        primary = init_primary(
+            root,
+            "--primary-worker-slots",
+            "0",
+            "--heartbeat-timeout",
+            str(HEARTBEAT_TIMEOUT),
+            host=lab.gateway,
+            ports=(8443, 8444),
+        )
+        primary.start()
+        (root / "ssh").mkdir()
+        env = {
+            **os.environ,
+            "ANSIBLE_CONFIG": str(REPO / "ansible.cfg"),
+            "ANSIBLE_LOCAL_TEMP": str(root / "ansible-local"),
+            # One master per host in the session's folder, so it can be closed by name.
+            "ANSIBLE_SSH_CONTROL_PATH": str(root / "ssh") + "/%%h-%%p-%%r",
+            "ANSIBLE_NOCOLOR": "1",
+            "ANSIBLE_FORCE_COLOR": "0",
+            "PATH": f"{BIN}:{os.environ.get('PATH', '')}",
+        }
+        fleet = Fleet(primary, lab, root, env, root / "inventory")
+        fleet.inventory_for(list(FLEET), fleet.inventory)
+        yield fleet
+        fleet.close()
+    finally:
+        # Hosts first, while the primary still answers their agents' last words.
+        lab.close()
+        if primary is not None:
+            primary.stop()
