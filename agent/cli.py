@@ -65,6 +65,12 @@ def _parser() -> argparse.ArgumentParser:
     )
     run.add_argument("--pidfile", type=Path, metavar="F", help="with --daemon: write the pid here")
     run.add_argument("--log-file", type=Path, metavar="F", help="with --daemon: append logs here")
+    run.add_argument(
+        "--metrics-listen",
+        metavar="ADDR",
+        help="serve Prometheus metrics at http://ADDR/metrics (HOST:PORT, [IPV6]:PORT or :PORT;"
+        " no TLS, no token: bind it to a trusted network). Off by default",
+    )
     run.set_defaults(func=_run)
 
     chk = sub.add_parser(
@@ -129,19 +135,32 @@ def _run(args: argparse.Namespace) -> int:
             load_config(args.home)  # report a bad home here, before detaching
         except ConfigError as e:
             return _fail(str(e))
+    listener = None
+    if args.metrics_listen is not None:
+        from agent.metrics import bind
+
+        # Bound here, before --daemon detaches: a taken port is the caller's error to see.
+        try:
+            listener = bind(args.metrics_listen)
+        except (ValueError, OSError) as e:
+            return _fail(f"--metrics-listen {args.metrics_listen}: {e}")
+    if args.daemon:
         try:
             daemonize(args.pidfile, args.log_file)
         except OSError as e:
             return _fail(f"cannot start the daemon: {e}")
     try:
-        return _run_agent(args.home)
+        return _run_agent(args.home, listener)
     finally:
+        if listener is not None:
+            listener.close()
         if args.daemon:
             remove_pidfile(args.pidfile)
 
 
-def _run_agent(home: Path) -> int:
+def _run_agent(home: Path, metrics_socket: socket.socket | None = None) -> int:
     from agent.home import ConfigError
+    from agent.metrics import MetricsServer
     from agent.worker import Agent
 
     logging.basicConfig(
@@ -156,10 +175,14 @@ def _run_agent(home: Path) -> int:
     except (ssl.SSLError, OSError) as e:
         return _fail(f"cannot load the worker certificate or key from {home}: {e}")
     _install_signal_handlers(agent)
+    metrics = MetricsServer(metrics_socket, agent.snapshot).start() if metrics_socket else None
     try:
         agent.run()
     except ConfigError as e:  # another agent runs with this home
         return _fail(str(e))
+    finally:
+        if metrics is not None:
+            metrics.close()
     return EXIT_UNKNOWN_WORKER if agent.unknown_worker else 0
 
 

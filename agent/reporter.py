@@ -10,6 +10,7 @@ reads them in order and retries every call with backoff until the primary has it
 Log bytes are addressed by offset, so a resend never duplicates and a gap is never silent.
 """
 
+import contextlib
 import logging
 import os
 import threading
@@ -64,6 +65,29 @@ class RunReporter:
         self._cond = threading.Condition()
         self._acked: dict[str, int] = {}  # job → bytes the primary has acknowledged
         self._fenced = threading.Event()  # set by fence(): stop delivering, report nothing
+        # Set from the delivery thread, read by the poll thread (plain booleans: one writer).
+        # finishing: the run's jobs are over and its finish is being sent. The primary frees
+        # the run's slot when it takes the finish, and may hand that slot a new run in a
+        # poll answer that arrives before the finish answer does: from here on the run no
+        # longer holds a slot on this side either.
+        self.finishing = False
+        # finished: the primary acknowledged the finish; polls stop listing the run.
+        self.finished = False
+
+    def job_running(self) -> bool:
+        """Whether one of the run's jobs has started and not finished."""
+        with self._cond:
+            kinds = (e[0] for e in reversed(self._events) if e[0] in ("started", "finished"))
+            return next(kinds, None) == "started"
+
+    def backlog_bytes(self) -> int:
+        """Bytes of the run's spooled output the primary has not acknowledged yet."""
+        acked = dict(self._acked)  # one atomic copy; the delivery thread updates it
+        backlog = 0
+        for path in self._spool_dir.glob("*.log"):
+            with contextlib.suppress(FileNotFoundError):
+                backlog += max(path.stat().st_size - acked.get(path.stem, 0), 0)
+        return backlog
 
     def fence(self) -> None:
         """Stop delivery where it is (Fenced is raised): the run is dropped, not reported."""
@@ -152,14 +176,16 @@ class RunReporter:
                 # end of the run, and this final status goes with finish.
                 if self._event(i + 1)[0] == "run_finished":
                     body = {"job": {"name": job, **status}}
-                    self._final(job, log_size, self._run_path(RUN_FINISH_PATH), body, "finish")
+                    self._final(
+                        job, log_size, self._run_path(RUN_FINISH_PATH), body, "finish", finish=True
+                    )
                     return
                 path = self._job_path(JOB_STATUS_PATH, job)
                 self._final(job, log_size, path, status, f"job {job} status")
             elif kind == "abort":
                 raise event[1]
             else:
-                self._final(None, None, self._run_path(RUN_FINISH_PATH), {}, "finish")
+                self._final(None, None, self._run_path(RUN_FINISH_PATH), {}, "finish", finish=True)
                 return
             i += 1
 
@@ -179,16 +205,25 @@ class RunReporter:
             return self._events[i]
 
     def _final(
-        self, job: str | None, log_size: int | None, path: str, body: dict, what: str
+        self,
+        job: str | None,
+        log_size: int | None,
+        path: str,
+        body: dict,
+        what: str,
+        finish: bool = False,
     ) -> None:
-        """POST `body` to `path` (a final job status, or finish) once the primary has the
-        first `log_size` bytes of `job`'s log; it answers 409 log_incomplete with its size
-        when it has not, and the rest is sent from there."""
+        """POST `body` to `path` (a final job status, or the run's `finish`) once the primary
+        has the first `log_size` bytes of `job`'s log; it answers 409 log_incomplete with
+        its size when it has not, and the rest is sent from there."""
         while True:
             while job is not None and log_size is not None and self._acked.get(job, 0) < log_size:
                 self._ship_chunk(job, limit=log_size)
+            if finish:
+                self.finishing = True
             resp = self._call(path, {"attempt": self._run.attempt, **body})
             if resp.status == 200:
+                self.finished = finish
                 return
             if job is not None and resp.status == 409 and resp.code == CODE_LOG_INCOMPLETE:
                 self._acked[job] = _size(resp)

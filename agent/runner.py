@@ -65,6 +65,8 @@ class RunHandle:
         # confirmed. The agent fences the run when it gets too old (agent.fence).
         self.contact: float | None = None
         self.fenced = False
+        # How the run ended here (agent.metrics.RUN_OUTCOMES), set when delivery ends.
+        self.outcome = "refused"
         self._on_unknown_worker = on_unknown_worker
         name = f"run-{assignment.run_id}.{assignment.attempt}"
         self._thread = threading.Thread(target=self._deliver, name=name, daemon=True)
@@ -151,6 +153,7 @@ class RunHandle:
         try:
             sent = time.monotonic()
             if not self.reporter.start_run():
+                self.outcome = "taken_back"
                 log.info(
                     "run %s attempt %s was taken back before it started", run.run_id, run.attempt
                 )
@@ -159,8 +162,10 @@ class RunHandle:
             log.info("run %s attempt %s (%s): started", run.run_id, run.attempt, run.pipeline)
             self._exec_thread.start()
             self.reporter.deliver()
+            self.outcome = "delivered"
             log.info("run %s attempt %s: delivered", run.run_id, run.attempt)
         except Stale:
+            self.outcome = "taken_back"
             log.warning(
                 "run %s attempt %s was taken back by the primary; dropping it",
                 run.run_id,
@@ -172,8 +177,10 @@ class RunHandle:
             log.error("run %s attempt %s: dropping it: %s", run.run_id, run.attempt, e)
         except Stopped:
             # Stopping before delivery was done: leave the output on disk.
+            self.outcome = "stopped"
             keep_spool = True
         except Fenced:
+            self.outcome = "fenced"
             keep_spool = True
         except Exception:
             log.exception("run %s: delivery failed; dropping it", run.run_id)

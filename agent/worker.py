@@ -32,6 +32,7 @@ from agent.home import (
     update_config,
     wipe_identity,
 )
+from agent.metrics import Snapshot
 from agent.procs import end_orphaned_jobs
 from agent.protocol import (
     CODE_STORAGE_FULL,
@@ -98,6 +99,10 @@ class Agent:
         # a signal handler can deadlock the main thread.
         self._drain_requested = False
         self._force_requested = False
+        # For agent.metrics: counted here, read by snapshot().
+        self._last_contact: float | None = None  # Unix time of the last poll answered
+        self._fence_events = 0
+        self._runs_ended: dict[str, int] = {}
 
     # -- Control: safe from signal handlers and from other threads.
 
@@ -115,9 +120,40 @@ class Agent:
 
     def held_runs(self) -> list[tuple[int, int]]:
         """(run_id, attempt) of every run this agent holds: executing or still delivering.
-        Fenced runs are not held any more, even while their jobs are being killed."""
+        Fenced runs are not held any more, even while their jobs are being killed, nor
+        runs whose finish the primary has acknowledged."""
         with self._lock:
-            return sorted(key for key, handle in self._runs.items() if not handle.fenced)
+            return sorted(
+                key
+                for key, handle in self._runs.items()
+                if not handle.fenced and not handle.reporter.finished
+            )
+
+    def _slots_taken(self) -> int:
+        """Runs that hold one of this agent's slots, counted as the primary counts them: a
+        run stops holding its slot once its finish is on its way (the primary frees the
+        slot when it takes the finish, and may offer it again before the answer is back).
+        Call with self._lock held."""
+        return sum(1 for handle in self._runs.values() if not handle.reporter.finishing)
+
+    def snapshot(self) -> Snapshot:
+        """This agent's figures now, for its metrics listener (agent.metrics)."""
+        with self._lock:
+            live = [h for h in self._runs.values() if not h.fenced and not h.reporter.finished]
+            used = self._slots_taken()
+            ended = dict(self._runs_ended)
+        return Snapshot(
+            worker=self.config["name"],
+            version=__version__,
+            slots=self.slots,
+            slots_used=used,
+            jobs_running=sum(h.reporter.job_running() for h in live),
+            spool_backlog_bytes=sum(h.reporter.backlog_bytes() for h in live),
+            last_contact=self._last_contact,
+            draining=self.draining,
+            fence_events=self._fence_events,
+            runs_ended=ended,
+        )
 
     # -- The loop.
 
@@ -203,7 +239,7 @@ class Agent:
             due = [
                 h
                 for h in self._runs.values()
-                if not h.fenced and fence_due(h.contact, now, heartbeat)
+                if not h.fenced and not h.reporter.finished and fence_due(h.contact, now, heartbeat)
             ]
         if not due or heartbeat is None:
             return
@@ -215,6 +251,7 @@ class Agent:
             heartbeat,
         )
         grace = fence_kill_grace(heartbeat, self._kill_grace)
+        self._fence_events += len(due)
         for handle in due:
             handle.fence(grace)
 
@@ -268,6 +305,7 @@ class Agent:
                     if failing:
                         log.info("connected to the primary again")
                     failing = False
+                    self._last_contact = time.time()
                     backoff.reset()
                     self._contact_made(body, started)
                     answer = resp.json()
@@ -408,7 +446,7 @@ class Agent:
             if self.draining:
                 log.info("draining: not taking run %s", assignment.run_id)
                 return False
-            if len(self._runs) >= self.slots:
+            if self._slots_taken() >= self.slots:
                 log.warning("no free slot for run %s; leaving it to the primary", assignment.run_id)
                 return False
             handle = RunHandle(
@@ -428,6 +466,7 @@ class Agent:
     def _run_done(self, handle: RunHandle) -> None:
         with self._lock:
             self._runs.pop(handle.key, None)
+            self._runs_ended[handle.outcome] = self._runs_ended.get(handle.outcome, 0) + 1
             if handle.fenced:  # its job is dead now: the primary may run it elsewhere
                 self._abandoned.add(handle.key)
         if handle.fenced:

@@ -24,10 +24,11 @@ def _load_fleet():
 
 
 _fleet = _load_fleet()
-Agent, Primary = _fleet.Agent, _fleet.Primary
+Agent, Primary, BIN = _fleet.Agent, _fleet.Primary, _fleet.BIN
 init_primary, register_agent, wait_for = _fleet.init_primary, _fleet.register_agent, _fleet.wait_for
 
 __all__ = [
+    "BIN",
     "Agent",
     "Primary",
     "Sampler",

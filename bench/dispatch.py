@@ -4,8 +4,10 @@
 
 latency: trigger call -> the first step's process start (the step records `date +%s%N`
 as its first act), on an idle worker, sequential runs: p50, p95, max in milliseconds.
-throughput: runs of one trivial step over 4 agents x 4 slots, all submitted at once (8
-submitting threads): wall time from the first submit to the last run finished, runs/s.
+throughput: runs of one trivial step over 4 agents x 4 slots (and 4 x 1: one-slot workers
+turn a slot over per run), all submitted at once (8 submitting threads): wall time from the
+first submit to the last run finished, runs/s, the primary's CPU per run, and how often an
+agent refused an assignment (it should never: a refused one waits for the next poll).
 """
 
 import argparse
@@ -51,6 +53,8 @@ def bench_throughput(root: Path, runs: int, agents_n: int = 4, slots: int = 4) -
     work = root / "throughput"
     work.mkdir(exist_ok=True)
     # Overflow at once: with one pipeline, runs beyond its home's slots go to the others.
+    work = work / f"{agents_n}x{slots}"
+    work.mkdir()
     primary = init_primary(work, "--primary-worker-slots", "0", "--home-busy-wait", "0")
     primary.start()
     agents = start_agents(primary, work, agents_n, slots)
@@ -75,6 +79,7 @@ def bench_throughput(root: Path, runs: int, agents_n: int = 4, slots: int = 4) -
         }
     finally:
         stop_all(primary, agents)
+    refused = sum(a.log_path.read_text().count("no free slot") for a in agents)
     return {
         "runs": runs,
         "agents": agents_n,
@@ -84,6 +89,8 @@ def bench_throughput(root: Path, runs: int, agents_n: int = 4, slots: int = 4) -
         "runs_per_second": round(runs / wall, 1),
         "succeeded": status["success"],
         "cpu_seconds": cpu,
+        "primary_cpu_ms_per_run": round(cpu["primary"] * 1000 / runs, 1),
+        "assignments_refused": refused,
     }
 
 
@@ -91,13 +98,16 @@ def main() -> None:
     parser = argparse.ArgumentParser()
     parser.add_argument("--latency-runs", type=int, default=50)
     parser.add_argument("--throughput-runs", type=int, default=1000)
+    parser.add_argument("--only", choices=("latency", "throughput"))
     args = parser.parse_args()
     with tempfile.TemporaryDirectory(prefix="cifleet-bench-") as tmp:
         root = Path(tmp)
-        result = {
-            "dispatch_latency": bench_latency(root, args.latency_runs),
-            "throughput": bench_throughput(root, args.throughput_runs),
-        }
+        result = {}
+        if args.only in (None, "latency"):
+            result["dispatch_latency"] = bench_latency(root, args.latency_runs)
+        if args.only in (None, "throughput"):
+            result["throughput"] = bench_throughput(root, args.throughput_runs)
+            result["throughput_one_slot"] = bench_throughput(root, args.throughput_runs, 4, 1)
     print(json.dumps(result, indent=2))
 
 

@@ -5,8 +5,9 @@
     .venv/bin/python bench/run_all.py --only logs,footprint
 
 Each benchmark is also a script of its own (dispatch.py, logs.py, idle_fleet.py,
-footprint.py) with its own options. On a shared or busy machine the figures are noise: the
-output records the load average before and after, so a loaded run can be told apart.
+footprint.py, scrape.py) with its own options. On a shared or busy machine the figures are
+noise: the output records the load average before and after, so a loaded run can be told
+apart.
 """
 
 import argparse
@@ -23,6 +24,7 @@ from dispatch import bench_latency, bench_throughput
 from footprint import bench_footprint
 from idle_fleet import bench_idle_fleet
 from logs import bench_logs
+from scrape import bench_scrape
 
 FULL = {
     "latency_runs": 50,
@@ -32,6 +34,7 @@ FULL = {
     "fleet_sizes": (100, 500, 1000),
     "fleet_window": 30.0,
     "footprint_window": 30.0,
+    "scrape_workers": (10, 100, 1000),
 }
 QUICK = {
     "latency_runs": 10,
@@ -41,13 +44,16 @@ QUICK = {
     "fleet_sizes": (20, 50),
     "fleet_window": 5.0,
     "footprint_window": 5.0,
+    "scrape_workers": (10, 100),
 }
 BENCHES = {
     "dispatch_latency": lambda root, s: bench_latency(root, s["latency_runs"]),
     "throughput": lambda root, s: bench_throughput(root, s["throughput_runs"]),
+    "throughput_one_slot": lambda root, s: bench_throughput(root, s["throughput_runs"], 4, 1),
     "logs": lambda root, s: bench_logs(root, s["log_megabytes"], s["log_repeat"]),
     "idle_fleet": lambda root, s: bench_idle_fleet(root, s["fleet_sizes"], s["fleet_window"]),
     "agent_footprint": lambda root, s: bench_footprint(root, s["footprint_window"]),
+    "scrape": lambda root, s: bench_scrape(root, s["scrape_workers"]),
 }
 
 

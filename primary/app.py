@@ -14,12 +14,14 @@ from werkzeug.exceptions import HTTPException
 from primary import ui
 from primary.api import admin as admin_views
 from primary.api import agent as agent_views
+from primary.api import health as health_views
 from primary.api import register as register_views
 from primary.api.long_poll import PollGate
 from primary.api.ratelimit import FailureLimiter
 from primary.config import AGENT_THREADS_RESERVED, PrimaryConfig
 from primary.context import Primary, open_primary
 from primary.errors import ApiError
+from primary.metrics import metrics_of
 
 log = logging.getLogger("cifleet.primary")
 
@@ -61,6 +63,8 @@ def create_app(config: PrimaryConfig | Primary, stop: threading.Event | None = N
     app.extensions["cifleet.registration_limiter"] = FailureLimiter(
         primary.config.registration_failures, primary.config.registration_window
     )
+    metrics_of(primary)  # counts from the start, not from the first scrape
+    app.register_blueprint(health_views.bp)
     app.register_blueprint(register_views.bp)
     app.register_blueprint(admin_views.bp)
     ui.init_app(app, primary)
@@ -75,6 +79,6 @@ def create_agent_app(primary: Primary, stop: threading.Event | None = None) -> F
         primary.config.agent_threads - AGENT_THREADS_RESERVED
     )
     app.extensions["cifleet.stop"] = stop or threading.Event()
-
+    metrics_of(primary)
     app.register_blueprint(agent_views.bp)
     return app

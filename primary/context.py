@@ -2,6 +2,7 @@
 
 import contextlib
 import threading
+from collections.abc import Callable
 from dataclasses import dataclass, field
 
 from primary.config import PrimaryConfig
@@ -53,6 +54,12 @@ class Primary:
     plan_lock: threading.Lock = field(default_factory=threading.Lock)
     # Set when anything about runs changed; followers (log tails, the UI) wait on it.
     run_changed: threading.Condition = field(default_factory=threading.Condition)
+    # Whether each listener serves, by name ("public", "agent"): set by whatever runs the
+    # servers, read by GET /readyz.
+    listeners: dict[str, Callable[[], bool]] = field(default_factory=dict)
+    # What upper layers attach to the process's Primary, as Flask's app.extensions: the
+    # metrics registry (primary.metrics.metrics_of).
+    extensions: dict[str, object] = field(default_factory=dict)
 
 
 def open_primary(config: PrimaryConfig) -> Primary:

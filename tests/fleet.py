@@ -163,6 +163,7 @@ class Agent:
     log_path: Path
     proc: subprocess.Popen | None = None
     env: dict = field(default_factory=dict)
+    args: list[str] = field(default_factory=list)  # more `cifleet-agent run` arguments
 
     def config(self) -> dict:
         return json.loads((self.home / "config.json").read_text())
@@ -170,7 +171,7 @@ class Agent:
     def start(self) -> None:
         log = open(self.log_path, "ab")  # noqa: SIM115 - owned by the child process
         self.proc = subprocess.Popen(
-            [str(BIN / "cifleet-agent"), "run", "--home", str(self.home)],
+            [str(BIN / "cifleet-agent"), "run", "--home", str(self.home), *self.args],
             stdin=subprocess.DEVNULL,
             stdout=log,
             stderr=log,

@@ -10,9 +10,10 @@ cd "$(dirname "$0")/.."
 # systemd-nspawn (below) make those hosts, systemd containers on a minimal Debian tree built
 # once per machine (tests/containers.py); systemd-analyze verifies the unit file the role
 # renders; chromium runs the UI tests (driven by Playwright from the `test` extra;
-# `playwright install` is never run).
+# `playwright install` is never run); prometheus scrapes a real primary in tests/ops, whose
+# promtool checks the alert rules.
 needed=(git:git ip:iproute2 ssh:openssh-client ssh-keygen:openssh-client mmdebstrap:mmdebstrap
-        systemd-analyze:systemd chromium:chromium)
+        systemd-analyze:systemd chromium:chromium prometheus:prometheus promtool:prometheus)
 # Without its recommends: libnss-mymachines would add itself to /etc/nsswitch.conf.
 needed_bare=(systemd-nspawn:systemd-container)
 

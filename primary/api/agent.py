@@ -1,5 +1,7 @@
 """Agent API (agent port, mutual TLS): parse, call the dispatch service, render."""
 
+from collections.abc import Callable
+
 from flask import Blueprint, Response, current_app, g, jsonify, request
 
 from agent.protocol import MAX_LOG_CHUNK_BYTES
@@ -8,6 +10,7 @@ from primary.api.auth import primary_of_app, require_worker
 from primary.api.parse import json_body
 from primary.errors import ApiError, BadRequest
 from primary.fleet import registration, workers
+from primary.metrics import metrics_of
 from primary.pipelines import static_files
 from primary.runs import dispatch
 
@@ -52,11 +55,27 @@ def append_log(run_id: int, job: str):
         raise err
     # Straight from the WSGI input, in pieces, to the file: werkzeug's request.stream adds
     # copies that cost more CPU than the rest of this request together (bench/logs.py).
-    read = request.environ["wsgi.input"].read
+    primary = primary_of_app()
+    body = _CountingReader(request.environ["wsgi.input"].read)
     length = request.content_length
-    return jsonify(
-        dispatch.append_log(primary_of_app(), g.worker, run_id, job, attempt, offset, length, read)
-    )
+    try:
+        answer = dispatch.append_log(primary, g.worker, run_id, job, attempt, offset, length, body)
+    finally:
+        metrics_of(primary).log_bytes_received(body.count)
+    return jsonify(answer)
+
+
+class _CountingReader:
+    """A body's read(n), counting the bytes it returned."""
+
+    def __init__(self, read: Callable[[int], bytes]) -> None:
+        self._read = read
+        self.count = 0
+
+    def __call__(self, size: int) -> bytes:
+        data = self._read(size)
+        self.count += len(data)
+        return data
 
 
 @bp.post("/runs/<int:run_id>/jobs/<job>/status")

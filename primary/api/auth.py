@@ -24,7 +24,7 @@ def require_role(*roles: str) -> Callable:
             header = request.headers.get("Authorization", "")
             scheme, _, token = header.partition(" ")
             if scheme.lower() != "bearer" or not token.strip():
-                raise Unauthorized("an admin API token is required (Authorization: Bearer ...)")
+                raise Unauthorized("an API token is required (Authorization: Bearer ...)")
             role = role_of(primary_of_app().store, token.strip())
             if role is None:
                 raise Unauthorized("the API token is not valid")

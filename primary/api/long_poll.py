@@ -12,6 +12,7 @@ from collections.abc import Callable
 
 from agent.protocol import NAME_RE
 from primary.context import Primary
+from primary.metrics import metrics_of
 from primary.pipelines import secrets as pipeline_secrets
 from primary.pipelines import static_files
 from primary.runs import leases
@@ -118,17 +119,19 @@ def _answer(primary: Primary, worker: dict, held: set[tuple[int, int]], body: di
     cancel = []
     for run_id, attempt in sorted(held):
         run = primary.store.query_one(
-            "SELECT worker_id, attempt, state, cancel_requested FROM runs WHERE id = ?", (run_id,)
+            "SELECT worker_id, attempt, state, cancel_requested, finished_by_worker FROM runs"
+            " WHERE id = ?",
+            (run_id,),
         )
-        gone = (
-            run is None
-            or run["worker_id"] != worker["id"]
-            or run["attempt"] != attempt
-            or run["state"] not in ACTIVE_STATES
-        )
-        # A run this worker finished is still "held" until the agent sees the finish answer;
-        # telling it to cancel then is harmless, there is nothing left to kill.
-        if gone or run["cancel_requested"]:
+        if run is None or run["worker_id"] != worker["id"] or run["attempt"] != attempt:
+            cancel.append({"run_id": run_id, "attempt": attempt})  # not this worker's any more
+        elif run["state"] not in ACTIVE_STATES:
+            # Finished by this worker: a poll sent before the finish answer reached the agent
+            # still lists it. Nothing is left to kill, and a cancel would only make the
+            # agent poll again at once.
+            if not run["finished_by_worker"]:
+                cancel.append({"run_id": run_id, "attempt": attempt})
+        elif run["cancel_requested"]:
             cancel.append({"run_id": run_id, "attempt": attempt})
     slots = primary.store.query_one("SELECT slots FROM workers WHERE id = ?", (worker["id"],))
     return {
@@ -201,11 +204,14 @@ def poll(primary: Primary, gate: PollGate, worker: dict, body: dict, stop: threa
         return answer
     # An agent with runs must be heard often: its polls renew their leases (agent/fence.py).
     hold = primary.config.busy_poll_hold_seconds if held else primary.config.poll_hold_seconds
+    metrics = metrics_of(primary)
     if not gate.try_hold():
         # No thread to hold it on: the agent waits as long as a held poll would have.
+        metrics.poll_deferred()
         return {**answer, "poll_after": hold}
     try:
-        event.wait(hold)
+        with metrics.poll_held():
+            event.wait(hold)
     finally:
         gate.release()
     if stop.is_set():

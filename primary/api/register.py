@@ -1,10 +1,9 @@
-"""Public, unauthenticated-by-token routes: health and worker registration."""
+"""Worker registration (public port, no token: the worker secret is the credential)."""
 
 import math
 
 from flask import Blueprint, current_app, jsonify, request
 
-from agent import __version__
 from agent.protocol import REGISTER_PATH
 from primary.api.auth import primary_of_app
 from primary.api.parse import json_body
@@ -12,11 +11,6 @@ from primary.errors import ApiError
 from primary.fleet import registration
 
 bp = Blueprint("register", __name__)
-
-
-@bp.get("/healthz")
-def healthz():
-    return jsonify({"status": "ok", "version": __version__})
 
 
 @bp.post(REGISTER_PATH)

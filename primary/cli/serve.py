@@ -105,9 +105,10 @@ def build_servers(primary: Primary, stop: threading.Event) -> tuple[wsgi.Server,
 def _sweep_leases(primary: Primary, stop: threading.Event) -> None:
     while not stop.wait(SWEEP_INTERVAL):
         try:
-            # plan() also runs here so a run waiting for its busy home moves on time.
+            # plan() also runs here so a run waiting for its busy home moves on time, and
+            # what every waiting run says about why it waits stays true.
             if not leases.expire_leases(primary):
-                plan(primary)
+                plan(primary, refresh_reasons=True)
         except Exception:
             log.exception("lease sweep failed")
 
@@ -128,6 +129,8 @@ def serve(config: PrimaryConfig) -> int:
     ]
     for thread in threads:
         thread.start()
+    # GET /readyz: each listener serves while its thread runs (a crash ends it).
+    primary.listeners.update(public=threads[0].is_alive, agent=threads[1].is_alive)
 
     def on_signal(signum, frame):
         stop.set()

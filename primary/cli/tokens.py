@@ -30,7 +30,7 @@ def run(args: argparse.Namespace) -> int:
     if args.action == "list":
         for t in list_tokens(store):
             state = f"revoked {t['revoked_at']}" if t["revoked_at"] else "live"
-            print(f"{t['id']}  {t['role']:6}  {state:8}  {t['name']}  (created {t['created_at']})")
+            print(f"{t['id']}  {t['role']:7}  {state:8}  {t['name']}  (created {t['created_at']})")
         return 0
     if revoke_token(store, args.id):
         print(f"token {args.id} revoked")

@@ -8,8 +8,7 @@ import getpass
 import sys
 
 from primary.config import PrimaryConfig
-from primary.fleet.tokens import ROLES
-from primary.fleet.users import UserError, create_user, disable_user, list_users
+from primary.fleet.users import ROLES, UserError, create_user, disable_user, list_users
 
 
 def add_parser(sub, data_dir_arg) -> None:

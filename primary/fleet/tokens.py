@@ -6,7 +6,8 @@ import time
 
 from primary.store.sqlite import Store
 
-ROLES = ("admin", "viewer")
+# metrics: scrapers (Prometheus); it reads GET /metrics and nothing else.
+ROLES = ("admin", "viewer", "metrics")
 
 
 def hash_token(token: str) -> str:

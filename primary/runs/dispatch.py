@@ -26,10 +26,12 @@ from primary.errors import (
     NotFound,
     conflict,
 )
+from primary.runs.events import FirstStepStarted
 from primary.runs.runs import notify
 from primary.runs.scheduler import plan
 from primary.runs.transitions import end_run
 from primary.store.logs import LogGap, ShortBody
+from primary.store.sqlite import after_commit
 
 log = logging.getLogger("cifleet.primary")
 
@@ -169,6 +171,7 @@ def job_status(primary: Primary, worker: dict, run_id: int, job: str, body: dict
     now = time.time()
     if state == JOB_RUNNING:
         with primary.store.transaction() as conn:
+            _note_first_step(conn, run_id, now)
             conn.execute(
                 "UPDATE jobs SET state = 'running', started_at = COALESCE(started_at, ?)"
                 " WHERE run_id = ? AND name = ?",
@@ -197,6 +200,18 @@ def job_status(primary: Primary, worker: dict, run_id: int, job: str, body: dict
             )
     notify(primary)
     return {"state": state}
+
+
+def _note_first_step(conn, run_id: int, now: float) -> None:
+    """Before a job is marked running: if no job of this attempt has started yet, its
+    dispatch ends now (counted once, inside the transaction that records it)."""
+    run = conn.execute(
+        "SELECT queued_at, created_at, (SELECT COUNT(*) FROM jobs WHERE run_id = runs.id"
+        " AND started_at IS NOT NULL) AS started FROM runs WHERE id = ?",
+        (run_id,),
+    ).fetchone()
+    if run is not None and run["started"] == 0:
+        after_commit(FirstStepStarted(run["queued_at"] or run["created_at"], now))
 
 
 def run_outcome(run: dict, jobs: list[dict]) -> str:

@@ -26,40 +26,87 @@ def load_candidates(primary: Primary, now: float) -> list[Candidate]:
     ]
 
 
-def plan(primary: Primary) -> int:
-    """Assign every queued run that can start now, oldest first. Returns how many."""
-    woken: set[str] = set()
-    assigned = 0
+# Queued runs are read a page at a time, oldest first: a pass stops reading once no slot is
+# left, so a deep queue costs what can start, not a decision per queued run per event.
+QUEUE_PAGE = 64
+_QUEUED = (
+    "SELECT r.id, r.tags, r.reason, r.queued_at, r.pipeline, p.home_worker_id,"
+    " p.cache_cleared FROM runs r LEFT JOIN pipelines p ON p.name = r.pipeline"
+    " WHERE r.state = 'queued' AND r.id > ?"
+)
+
+
+def _free_slots(candidates: dict[str, Candidate]) -> int:
+    return sum(max(c.slots - c.used, 0) for c in candidates.values() if not unavailable(c))
+
+
+def plan(primary: Primary, refresh_reasons: bool = False) -> int:
+    """Assign every queued run that can start now, oldest first. Returns how many.
+
+    Runs that cannot start keep the reason they wait (shown to users), written when it
+    changes. Once no slot is free, a pass decides only the runs that have no reason yet;
+    `refresh_reasons` (the sweeper's pass, once a second) decides every queued run, so
+    what a waiting run says follows the fleet without a full pass on every event."""
     now = time.time()
-    if not primary.store.query_one("SELECT 1 FROM runs WHERE state = 'queued' LIMIT 1"):
+    store = primary.store
+    if not store.query_one("SELECT 1 FROM runs WHERE state = 'queued' LIMIT 1"):
         return 0  # the common case: do not take the write lock for nothing
-    with primary.plan_lock, primary.store.transaction() as conn:
-        queued = conn.execute(
-            "SELECT r.id, r.tags, r.reason, r.queued_at, r.pipeline, p.home_worker_id,"
-            " p.cache_cleared FROM runs r LEFT JOIN pipelines p ON p.name = r.pipeline"
-            " WHERE r.state = 'queued' ORDER BY r.id"
+    with primary.plan_lock:
+        if (
+            not refresh_reasons
+            and _free_slots(_candidates(primary, now)) <= 0
+            and not store.query_one(
+                "SELECT 1 FROM runs WHERE state = 'queued' AND reason IS NULL LIMIT 1"
+            )
+        ):
+            return 0  # nothing can start and every queued run says why it waits
+        with store.transaction() as conn:
+            woken = _plan_queue(conn, primary, now, refresh_reasons)
+    for worker_id in woken:
+        primary.waiters.wake(worker_id)
+    return sum(woken.values())
+
+
+def _candidates(primary: Primary, now: float) -> dict[str, Candidate]:
+    return {c.id: c for c in load_candidates(primary, now)}
+
+
+def _plan_queue(conn, primary: Primary, now: float, refresh_reasons: bool) -> dict[str, int]:
+    """One pass over the queue inside the caller's transaction; returns how many runs each
+    worker was given."""
+    candidates = _candidates(primary, now)
+    free = _free_slots(candidates)
+    given: dict[str, int] = {}
+    # Homes change within one pass: the second queued run of a new pipeline follows the first.
+    homes: dict[str, tuple[str | None, bool]] = {}
+    # Decisions that placed nothing, by what they depend on: the next run with the same
+    # tags and home gets the same answer until an assignment changes the candidates.
+    unplaced: dict[tuple, Decision] = {}
+    last = 0
+    while True:
+        skip_reasoned = free <= 0 and not refresh_reasons
+        page = conn.execute(
+            _QUEUED + (" AND r.reason IS NULL" if skip_reasoned else "") + " ORDER BY r.id LIMIT ?",
+            (last, QUEUE_PAGE),
         ).fetchall()
-        if not queued:
-            return 0
-        candidates = {c.id: c for c in load_candidates(primary, now)}
-        free = sum(max(c.slots - c.used, 0) for c in candidates.values() if not unavailable(c))
-        # Homes change within one pass: the second queued run of a new pipeline follows the first.
-        homes: dict[str, tuple[str | None, bool]] = {}
-        for run in queued:
-            if free <= 0 and run["reason"] is not None:
-                # Nothing can start, and this run already says why it waits. Skipping it keeps
-                # a deep queue from costing a decision per queued run on every event.
-                continue
+        if not page:
+            return given
+        for run in page:
+            last = run["id"]
+            if free <= 0 and not refresh_reasons and run["reason"] is not None:
+                continue  # nothing can start, and this run already says why it waits
             home_id, cleared = homes.get(
                 run["pipeline"], (run["home_worker_id"], bool(run["cache_cleared"]))
             )
             home = Home(
                 home_id, cleared, now - (run["queued_at"] or now), primary.config.home_busy_wait
             )
-            decision = choose_worker(
+            key = (run["tags"], home_id, cleared, home.waited < home.busy_wait)
+            decision = unplaced.get(key) or choose_worker(
                 tuple(json.loads(run["tags"])), list(candidates.values()), home
             )
             if decision.worker_id is None:
+                unplaced[key] = decision
                 if run["reason"] != decision.waiting:
                     conn.execute(
                         "UPDATE runs SET reason = ?, placement = ? WHERE id = ?",
@@ -75,12 +122,9 @@ def plan(primary: Primary) -> int:
                 homes[run["pipeline"]] = (decision.worker_id, False)
             chosen = candidates[decision.worker_id]
             candidates[chosen.id] = dataclasses.replace(chosen, used=chosen.used + 1)
-            woken.add(chosen.id)
-            assigned += 1
+            unplaced.clear()
+            given[chosen.id] = given.get(chosen.id, 0) + 1
             free -= 1
-    for worker_id in woken:
-        primary.waiters.wake(worker_id)
-    return assigned
 
 
 def _assign(conn, primary: Primary, run_id: int, decision: Decision, now: float) -> None:

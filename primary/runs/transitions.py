@@ -5,6 +5,7 @@ take a connection, never the Primary.
 
 import json
 
+from primary.runs.events import RunEnded
 from primary.store.logs import ClosedAttempt
 from primary.store.sqlite import Store, after_commit
 
@@ -69,11 +70,18 @@ def end_run(
 ) -> None:
     """Give a run its final state (and its current attempt the same outcome)."""
     end_attempt(conn, run_id, state, now, sync_logs=not by_worker)
+    before = conn.execute(
+        "SELECT pipeline, state, started_at FROM runs WHERE id = ?", (run_id,)
+    ).fetchone()
     conn.execute(
         "UPDATE runs SET state = ?, finished_at = ?, lease_expires = NULL,"
         " reason = COALESCE(?, reason), finished_by_worker = ? WHERE id = ?",
         (state, now, reason, int(by_worker), run_id),
     )
+    # started_at stays from an earlier attempt when a re-queued run ends before it starts
+    # again: only a run that was running has a duration.
+    started = before["started_at"] if before["state"] == "running" else None
+    after_commit(RunEnded(before["pipeline"], state, started, now))
 
 
 def lose(conn, run, why: str, now: float) -> None:

@@ -8,6 +8,7 @@ writer commits.
 import logging
 import sqlite3
 import threading
+import time
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from pathlib import Path
@@ -173,6 +174,9 @@ class Store:
         self._write_failed = False  # see take_write_failure
         # Called with the notes (after_commit) of each committed transaction that made any.
         self.commit_listeners: list[Callable[[list], None]] = []
+        # Called after every write transaction with its seconds (from asking for it, so the
+        # wait for the write lock counts, to its commit or rollback) and whether it committed.
+        self.transaction_observers: list[Callable[[float, bool], None]] = []
 
     def connection(self) -> sqlite3.Connection:
         conn = getattr(self._local, "conn", None)
@@ -199,6 +203,8 @@ class Store:
         conn = self.connection()
         notes: list = []
         _notes.items = notes
+        asked = time.perf_counter()
+        committed = False
         try:
             with self._write_lock:
                 try:
@@ -206,6 +212,7 @@ class Store:
                     try:
                         yield conn
                         conn.execute("COMMIT")
+                        committed = True
                     except BaseException:
                         self._rollback(conn)
                         raise
@@ -216,6 +223,8 @@ class Store:
                     raise failure from exc
         finally:
             _notes.items = None
+            for observe in self.transaction_observers:
+                observe(time.perf_counter() - asked, committed)
         if notes:
             for listener in self.commit_listeners:
                 listener(notes)

@@ -128,6 +128,7 @@ class FakePrimary:
         self.file_error: tuple[int, dict] | None = None  # the answer to file requests, if set
         self.slots: int | None = None  # the poll answer's "slots", when set
         self.poll_after: float | None = None  # the poll answer's "poll_after", when set
+        self.heartbeat_timeout: float | None = None  # the poll answer's, when set
         # Workspaces this worker is no longer the home of: the answer lists those the
         # poll reported, as the primary recomputes it on every poll.
         self.not_home: set[str] = set()
@@ -292,6 +293,8 @@ class FakePrimary:
                         answer["slots"] = self.slots
                     if self.poll_after is not None:
                         answer["poll_after"] = self.poll_after
+                    if self.heartbeat_timeout is not None:
+                        answer["heartbeat_timeout"] = self.heartbeat_timeout
                     return 200, answer
                 self.lock.wait(0.02)
 

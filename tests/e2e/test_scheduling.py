@@ -132,7 +132,9 @@ def test_a_pipeline_sticks_to_its_home(primary, start_agent):
         runs.append(primary.wait_run(primary.trigger("sticky"), timeout=30))
     assert len({r["worker_name"] for r in runs}) == 1
     assert runs[0]["placement"][0] == f"chosen: {runs[0]['worker_name']} (first run)"
-    assert runs[1]["placement"][0] == f"chosen: {runs[0]['worker_name']} (kept home)"
+    # "(kept home" also when the host's load counts as overloaded: both agents share the
+    # host, so neither is less loaded (the placement says so); the home is kept either way.
+    assert runs[1]["placement"][0].startswith(f"chosen: {runs[0]['worker_name']} (kept home")
     pipeline = primary.client.json("GET", "/api/v1/pipelines/sticky")
     assert pipeline["home_worker_id"] == runs[0]["worker_id"]
 

@@ -39,7 +39,7 @@ def test_a_viewer_reads_but_changes_nothing_and_revoked_tokens_stop_working(prim
     assert primary.client.json("GET", "/api/v1/runs") == {"runs": []}  # nothing was triggered
 
     listing = _token_cli(primary, "list")
-    assert "viewer  live      dashboard" in listing.stdout
+    assert "viewer   live      dashboard" in listing.stdout
     assert token not in listing.stdout
     token_id = next(line.split()[0] for line in listing.stdout.splitlines() if "dashboard" in line)
     assert _token_cli(primary, "revoke", token_id).returncode == 0
