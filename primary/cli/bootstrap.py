@@ -26,8 +26,7 @@ INSTALL_KEY_SCRIPT = (
     'else printf "%s\\n" "$key" >> ~/.ssh/authorized_keys; echo added; fi'
 )
 CHECK_PYTHON_SCRIPT = (
-    "command -v python3 && python3 -c 'import sys, venv; "
-    'print("%d.%d" % sys.version_info[:2])\''
+    "command -v python3 && python3 -c 'import sys, venv; print(\"%d.%d\" % sys.version_info[:2])'"
 )
 MIN_PYTHON = (3, 11)
 
