@@ -5,9 +5,9 @@
     .venv/bin/python bench/run_all.py --only logs,footprint
 
 Each benchmark is also a script of its own (dispatch.py, logs.py, idle_fleet.py,
-footprint.py, scrape.py) with its own options. On a shared or busy machine the figures are
-noise: the output records the load average before and after, so a loaded run can be told
-apart.
+footprint.py, scrape.py, add_workers.py) with its own options. On a shared or busy machine
+the figures are noise: the output records the load average before and after, so a loaded
+run can be told apart.
 """
 
 import argparse
@@ -20,6 +20,7 @@ import tempfile
 import time
 from pathlib import Path
 
+from add_workers import bench_add_workers
 from dispatch import bench_latency, bench_throughput
 from footprint import bench_footprint
 from idle_fleet import bench_idle_fleet
@@ -35,6 +36,7 @@ FULL = {
     "fleet_window": 30.0,
     "footprint_window": 30.0,
     "scrape_workers": (10, 100, 1000),
+    "playbook_hosts": 10,
 }
 QUICK = {
     "latency_runs": 10,
@@ -45,6 +47,7 @@ QUICK = {
     "fleet_window": 5.0,
     "footprint_window": 5.0,
     "scrape_workers": (10, 100),
+    "playbook_hosts": 3,
 }
 BENCHES = {
     "dispatch_latency": lambda root, s: bench_latency(root, s["latency_runs"]),
@@ -54,6 +57,7 @@ BENCHES = {
     "idle_fleet": lambda root, s: bench_idle_fleet(root, s["fleet_sizes"], s["fleet_window"]),
     "agent_footprint": lambda root, s: bench_footprint(root, s["footprint_window"]),
     "scrape": lambda root, s: bench_scrape(root, s["scrape_workers"]),
+    "add_workers": lambda root, s: bench_add_workers(root, s["playbook_hosts"]),
 }
 
 

@@ -430,6 +430,7 @@ class HostLab:
         self.root = root
         root.mkdir(parents=True, exist_ok=True)
         self.hosts: dict[str, TestHost] = {}
+        self._numbers = 0
         self.client_key = root / "client_ed25519"
         keygen(self.client_key, "cifleet-tests")
         self.known_hosts = root / "known_hosts"
@@ -450,7 +451,9 @@ class HostLab:
             list(pool.map(tree, sorted(set(releases))))
 
     def add(self, name: str, release: str = "bookworm", systemd: bool = True) -> TestHost:
-        number = len(self.hosts) + 1
+        # Never reused in a session: an address (and its known_hosts line) is one host's.
+        self._numbers += 1
+        number = self._numbers
         host = TestHost(
             name=name,
             release=release,

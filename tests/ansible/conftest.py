@@ -7,21 +7,13 @@ Hosts: w1, w2 (Debian 12, Python 3.11) and w3 (Debian 13, Python 3.13) are the f
 `bare` (sshd as PID 1, no systemd) and `old` (Debian 11, Python 3.9) are for the preflight.
 """
 
-import json
-import os
-import re
 import shutil
-import subprocess
-import sys
-from dataclasses import dataclass
-from pathlib import Path
 
 import containers
 import pytest
-from fleet import Primary, init_primary
+from playbook_fleet import BIN, REPO, Fleet, recap, start_fleet
 
-REPO = Path(__file__).resolve().parents[2]
-BIN = Path(sys.executable).parent
+__all__ = ["BIN", "REPO", "Fleet", "recap"]
 FLEET = {
     "w1": ("bookworm", ["alpha", "linux"]),
     "w2": ("bookworm", ["beta", "linux"]),
@@ -33,135 +25,6 @@ HEARTBEAT_TIMEOUT = 20
 
 def pytest_configure(config):
     config.addinivalue_line("markers", "ansible: playbook tests against real hosts and primary")
-
-
-def recap(output: str) -> dict[str, dict[str, int]]:
-    """The PLAY RECAP as {host: {"ok": n, "changed": n, ...}}."""
-    hosts = {}
-    for line in output.split("PLAY RECAP", 1)[1].splitlines():
-        m = re.match(r"^(\S+)\s+:\s+(.*)$", line.strip())
-        if m:
-            hosts[m.group(1)] = {k: int(v) for k, v in re.findall(r"(\w+)=(\d+)", m.group(2))}
-    return hosts
-
-
-@dataclass
-class Fleet:
-    """The session's primary, hosts and the environment ansible-playbook runs in."""
-
-    primary: Primary
-    lab: containers.HostLab
-    root: Path
-    env: dict
-    inventory: Path
-    # The cifleet source the playbooks install (a test may roll out a bumped copy).
-    source_dir: Path = REPO
-
-    @property
-    def hosts(self) -> dict[str, containers.TestHost]:
-        return self.lab.hosts
-
-    def inventory_for(self, names: list[str], path: Path | None = None, **host_vars) -> Path:
-        """An inventory of these hosts in the `workers` group, the role left at its defaults."""
-        path = path or self.root / f"inventory-{'-'.join(names)}"
-        lines = ["[workers]"]
-        for name in names:
-            host = self.hosts[name]
-            tags = FLEET.get(name, ("", []))[1]
-            extra = "".join(f" {k}={v}" for k, v in host_vars.get(name, {}).items())
-            tags_var = f"cifleet_worker_tags='{json.dumps(tags)}'"
-            lines.append(f"{name} ansible_host={host.address} {tags_var}{extra}")
-        lines += [
-            "",
-            "[workers:vars]",
-            "ansible_user=root",
-            f"ansible_ssh_private_key_file={self.lab.client_key}",
-            # Host keys stay checked: known_hosts holds each host's generated key.
-            "ansible_ssh_common_args='-o StrictHostKeyChecking=yes "
-            f"-o UserKnownHostsFile={self.lab.known_hosts}'",
-            "ansible_python_interpreter=/usr/bin/python3",
-            f"cifleet_worker_primary_url={self.primary.url}",
-            f"cifleet_worker_ca_file={self.primary.ca_file}",
-            f"cifleet_worker_admin_token_file={self.primary.data_dir / 'admin.token'}",
-            # The session's own wheelhouse cache (the default is .wheelhouse in the source).
-            f"cifleet_worker_wheelhouse={self.root / 'wheelhouse'}",
-        ]
-        if self.source_dir != REPO:
-            lines.append(f"cifleet_worker_source_dir={self.source_dir}")
-        path.write_text("\n".join(lines) + "\n")
-        return path
-
-    def log(self, run_id: int, job: str) -> bytes:
-        """A job's log so far (b"" while the job has none)."""
-        status, _, body = self.primary.client.request(
-            "GET", f"/api/v1/runs/{run_id}/jobs/{job}/log"
-        )
-        return body if status == 200 else b""
-
-    def use_source(self, source: Path) -> None:
-        """Install from `source` from now on (the session's inventory is rewritten)."""
-        self.source_dir = source
-        self.inventory_for(list(FLEET), self.inventory)
-
-    def playbook(
-        self, name: str, *args: str, inventory: Path | None = None, check: bool = True
-    ) -> subprocess.CompletedProcess:
-        result = subprocess.run(
-            self._argv(name, args, inventory),
-            capture_output=True,
-            text=True,
-            env=self.env,
-            timeout=600,
-            cwd=self.root,
-        )
-        self._record(name, args, result.stdout, result.stderr)
-        if check:
-            assert result.returncode == 0, result.stdout[-6000:] + result.stderr[-3000:]
-        return result
-
-    def start_playbook(
-        self, name: str, *args: str, inventory: Path | None = None
-    ) -> subprocess.Popen:
-        """A playbook run in the background (finish it with finish_playbook)."""
-        return subprocess.Popen(
-            self._argv(name, args, inventory),
-            stdout=subprocess.PIPE,
-            stderr=subprocess.PIPE,
-            text=True,
-            env=self.env,
-            cwd=self.root,
-        )
-
-    def finish_playbook(self, proc: subprocess.Popen, name: str) -> str:
-        stdout, stderr = proc.communicate(timeout=600)
-        self._record(name, ("background",), stdout, stderr)
-        assert proc.returncode == 0, stdout[-6000:] + stderr[-3000:]
-        return stdout
-
-    def _argv(self, name: str, args, inventory: Path | None) -> list[str]:
-        inventory = inventory or self.inventory
-        playbook = REPO / "playbooks" / name
-        return [str(BIN / "ansible-playbook"), "-i", str(inventory), str(playbook), *args]
-
-    def _record(self, name: str, args, stdout: str, stderr: str) -> None:
-        with open(self.root / "ansible-output.log", "a") as f:
-            f.write(f"=== {name} {args}\n{stdout}\n{stderr}\n")
-
-    def forget_connections(self, host: containers.TestHost) -> None:
-        """Close Ansible's SSH master to a host that went down: a reused one to a host that
-        came back at the same address fails in odd ways."""
-        socket_path = self.root / "ssh" / f"{host.address}-22-root"
-        if socket_path.exists():
-            subprocess.run(
-                ["ssh", "-o", f"ControlPath={socket_path}", "-O", "exit", host.address],
-                capture_output=True,
-                timeout=30,
-            )
-            socket_path.unlink(missing_ok=True)
-
-    def close(self) -> None:
-        for host in self.hosts.values():
-            self.forget_connections(host)
 
 
 def _skip_reason() -> str | None:
@@ -178,7 +41,7 @@ def fleet(tmp_path_factory):
         pytest.skip(reason)
     root = tmp_path_factory.mktemp("fleet")
     lab = containers.HostLab(root / "hosts")
-    primary = None
+    fleet = None
     try:
         lab.prepare([release for release, _ in FLEET.values()] + ["bullseye"])
         for name, (release, _) in FLEET.items():
@@ -186,36 +49,12 @@ def fleet(tmp_path_factory):
         lab.add("bare", "bookworm", systemd=False)
         lab.add("old", "bullseye")
         lab.boot()
-        # The primary listens on this machine's address on the hosts' bridge: the hosts
-        # reach it there, and its certificate names it. Nothing else uses that address,
-        # so the standard ports are free on it.
-        primary = init_primary(
-            root,
-            "--primary-worker-slots",
-            "0",
-            "--heartbeat-timeout",
-            str(HEARTBEAT_TIMEOUT),
-            host=lab.gateway,
-            ports=(8443, 8444),
-        )
-        primary.start()
-        (root / "ssh").mkdir()
-        env = {
-            **os.environ,
-            "ANSIBLE_CONFIG": str(REPO / "ansible.cfg"),
-            "ANSIBLE_LOCAL_TEMP": str(root / "ansible-local"),
-            # One master per host in the session's folder, so it can be closed by name.
-            "ANSIBLE_SSH_CONTROL_PATH": str(root / "ssh") + "/%%h-%%p-%%r",
-            "ANSIBLE_NOCOLOR": "1",
-            "ANSIBLE_FORCE_COLOR": "0",
-            "PATH": f"{BIN}:{os.environ.get('PATH', '')}",
-        }
-        fleet = Fleet(primary, lab, root, env, root / "inventory")
-        fleet.inventory_for(list(FLEET), fleet.inventory)
+        tags = {name: tags for name, (_, tags) in FLEET.items()}
+        fleet = start_fleet(root, lab, tags, "--heartbeat-timeout", str(HEARTBEAT_TIMEOUT))
         yield fleet
         fleet.close()
     finally:
         # Hosts first, while the primary still answers their agents' last words.
         lab.close()
-        if primary is not None:
-            primary.stop()
+        if fleet is not None:
+            fleet.primary.stop()

@@ -4,6 +4,7 @@ wheelhouse cache key and archive, and the layout plan (what would change, then m
 import importlib.util
 import os
 import tarfile
+import zipfile
 from pathlib import Path
 
 import pytest
@@ -40,6 +41,7 @@ def test_platform_tags_cover_every_manylinux_the_glibc_can_run():
 def test_the_cache_key_names_version_interpreter_platform_and_dependencies():
     key = wheelhouse.cache_key("0.1.0", b"deps = []", "3.13", "x86_64", "2.41")
     assert key.startswith("cifleet-0.1.0-cp313-manylinux_2_41_x86_64-")
+    assert key.endswith(f"-f{wheelhouse.ARCHIVE_FORMAT}")
     assert key != wheelhouse.cache_key("0.1.0", b"deps = ['x']", "3.13", "x86_64", "2.41")
     assert key != wheelhouse.cache_key("0.1.0", b"deps = []", "3.12", "x86_64", "2.41")
     assert wheelhouse.python_tag("3.11") == "cp311"
@@ -48,13 +50,23 @@ def test_the_cache_key_names_version_interpreter_platform_and_dependencies():
 def test_the_archive_of_the_same_wheels_is_the_same_bytes(tmp_path):
     for name in ("b-1-py3-none-any.whl", "a-1-py3-none-any.whl"):
         (tmp_path / name).write_bytes(name.encode() * 100)
+    pip = tmp_path / "pip-9-py3-none-any.zip"
+    with zipfile.ZipFile(pip, "w") as z:
+        z.writestr("pip/__main__.py", "print('pip')\n")
+        z.writestr("pip/__init__.py", "")
     first, second = tmp_path / "1.tar", tmp_path / "2.tar"
-    wheelhouse.write_archive(sorted(tmp_path.glob("*.whl")), first)
+    wheelhouse.write_archive(sorted(tmp_path.glob("*.whl")), first, pip)
     os.utime(tmp_path / "a-1-py3-none-any.whl", (1, 1))  # mtimes do not count
-    wheelhouse.write_archive(list(tmp_path.glob("*.whl"))[::-1], second)
+    wheelhouse.write_archive(list(tmp_path.glob("*.whl"))[::-1], second, pip)
     assert first.read_bytes() == second.read_bytes()
     with tarfile.open(first) as tar:
-        assert tar.getnames() == ["a-1-py3-none-any.whl", "b-1-py3-none-any.whl"]
+        assert tar.getnames() == [
+            "a-1-py3-none-any.whl",
+            "b-1-py3-none-any.whl",
+            "_pip/pip/__init__.py",
+            "_pip/pip/__main__.py",
+        ]
+        assert tar.extractfile("_pip/pip/__main__.py").read() == b"print('pip')\n"
 
 
 @pytest.mark.skipif(os.geteuid() != 0, reason="owners other than one's own need root")

@@ -5,7 +5,7 @@
 prints one JSON list, an object per --host (Python major.minor, machine, glibc version):
 {"host", "key", "archive", "sha256", "built"}; the archives are built side by side. Each
 archive (one tar of wheels: the agent, its dependencies for that interpreter and platform,
-and pip, which the host runs from its wheel) is cached under its key, so it is built once
+and pip, unpacked, which the host runs from there) is cached under its key, so it is built once
 per agent version, dependency list (pyproject.toml), interpreter and platform, and its
 checksum stays the same until one of them changes. Other versions' archives are removed
 from the cache.
@@ -20,6 +20,7 @@ import argparse
 import contextlib
 import fcntl
 import hashlib
+import io
 import json
 import os
 import shutil
@@ -27,6 +28,7 @@ import subprocess
 import sys
 import tarfile
 import tempfile
+import zipfile
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
@@ -52,21 +54,39 @@ def python_tag(version: str) -> str:
     return f"cp{int(major)}{int(minor)}"
 
 
+# Part of the cache key: an archive laid out differently is another archive.
+ARCHIVE_FORMAT = 2
+
+
 def cache_key(version: str, pyproject: bytes, python: str, machine: str, glibc: str) -> str:
     deps = hashlib.sha256(pyproject).hexdigest()[:12]
     major, minor = glibc.split(".")[:2]
-    return f"cifleet-{version}-{python_tag(python)}-manylinux_{major}_{minor}_{machine}-{deps}"
+    platform = f"manylinux_{major}_{minor}_{machine}"
+    return f"cifleet-{version}-{python_tag(python)}-{platform}-{deps}-f{ARCHIVE_FORMAT}"
 
 
-def write_archive(wheels: list[Path], archive: Path) -> None:
-    """A tar of the wheels with fixed metadata: the same wheels give the same bytes."""
+# Where the archive holds pip, unpacked: the host runs it from there (PYTHONPATH), which is
+# faster than from its wheel and needs no pip in the venv.
+PIP_FOLDER = "_pip"
+
+
+def write_archive(wheels: list[Path], archive: Path, pip_wheel: Path | None = None) -> None:
+    """A tar of the wheels (and pip's wheel unpacked under PIP_FOLDER) with fixed metadata:
+    the same wheels give the same bytes."""
+
+    def add(tar: tarfile.TarFile, name: str, data: bytes) -> None:
+        info = tarfile.TarInfo(name)
+        info.size, info.mode = len(data), 0o644
+        tar.addfile(info, io.BytesIO(data))
+
     with tarfile.open(archive, "w", format=tarfile.PAX_FORMAT) as tar:
         for wheel in sorted(wheels, key=lambda p: p.name):
-            info = tar.gettarinfo(str(wheel), arcname=wheel.name)
-            info.mtime, info.uid, info.gid, info.uname, info.gname = 0, 0, 0, "", ""
-            info.mode = 0o644
-            with open(wheel, "rb") as f:
-                tar.addfile(info, f)
+            add(tar, wheel.name, wheel.read_bytes())
+        if pip_wheel is not None:
+            with zipfile.ZipFile(pip_wheel) as z:
+                for member in sorted(z.namelist()):
+                    if not member.endswith("/"):
+                        add(tar, f"{PIP_FOLDER}/{member}", z.read(member))
 
 
 def sha256_of(path: Path) -> str:
@@ -138,11 +158,11 @@ def build(source: Path, cache: Path, version: str, python: str, machine: str, gl
                     "pip",
                 )
                 wheels = sorted(staging.glob("*.whl"))
-                names = [w.name for w in wheels]
-                if wheel.name not in names or not any(n.startswith("pip-") for n in names):
-                    raise SystemExit(f"the wheelhouse for {key} lacks the agent or pip: {names}")
+                pips = [w for w in wheels if w.name.startswith("pip-")]
+                if wheel.name not in [w.name for w in wheels] or len(pips) != 1:
+                    raise SystemExit(f"the wheelhouse for {key} lacks the agent or pip: {wheels}")
                 partial = archive.with_name(archive.name + ".partial")
-                write_archive(wheels, partial)
+                write_archive([w for w in wheels if w not in pips], partial, pips[0])
                 os.replace(partial, archive)
             finally:
                 shutil.rmtree(staging, ignore_errors=True)
