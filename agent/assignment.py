@@ -44,6 +44,7 @@ class Assignment:
     # Pipeline secrets' values: into the environment of the jobs that name them, and
     # masked as *** in every job's log.
     secrets: dict[str, str] = field(default_factory=dict, repr=False)
+    run_as_root: bool = False  # the pipeline asked for root, on a worker an admin allowed
 
     @property
     def key(self) -> tuple[int, int]:
@@ -79,7 +80,11 @@ def parse_assignment(data: Any) -> Assignment:
     for job in jobs:
         if set(job.secrets) - set(secrets):
             raise ValueError(f"job {job.name}: names secrets the assignment does not carry")
-    return Assignment(run_id, attempt, pipeline, jobs, _env(data.get("env")), clean, files, secrets)
+    as_root = data.get("run_as_root", False)
+    if not isinstance(as_root, bool):
+        raise ValueError(f"run_as_root must be true or false, not {as_root!r}")
+    env = _env(data.get("env"))
+    return Assignment(run_id, attempt, pipeline, jobs, env, clean, files, secrets, as_root)
 
 
 def _parse_file(data: Any) -> StaticFile:

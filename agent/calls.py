@@ -13,7 +13,7 @@ from typing import Any
 
 from agent.backoff import Backoff
 from agent.client import Client, Response, TransportError
-from agent.protocol import CODE_STALE_ATTEMPT, CODE_UNKNOWN_WORKER
+from agent.protocol import CODE_STALE_ATTEMPT, CODE_UNKNOWN_WORKER, REFUSED_CODES
 
 log = logging.getLogger(__name__)
 
@@ -25,7 +25,13 @@ class Stale(Exception):
 
 
 class UnknownWorker(Exception):
-    """403 unknown_worker: the primary no longer knows this worker."""
+    """403: the primary refuses this worker's certificate. `code` says why: unknown_worker
+    (removed or revoked) or credentials_conflict (a copy of its key was used)."""
+
+    def __init__(self, code: str = CODE_UNKNOWN_WORKER, message: str = "") -> None:
+        super().__init__(message or code)
+        self.code = code
+        self.message = message
 
 
 class Refused(Exception):
@@ -69,8 +75,8 @@ def call(
         except TransportError as e:
             problem = f"cannot reach the primary: {e}"
         else:
-            if resp.status == 403 and resp.code == CODE_UNKNOWN_WORKER:
-                raise UnknownWorker()
+            if resp.status == 403 and resp.code in REFUSED_CODES:
+                raise UnknownWorker(resp.code, resp.message)
             if resp.status == 409 and resp.code == CODE_STALE_ATTEMPT:
                 raise Stale()
             if resp.status < 500 and resp.status != 429:

@@ -2,7 +2,9 @@
 worker's record on the primary.
 
 Exit codes: 0 ok, 2 usage/registration/config error, 3 the primary no longer knows this
-worker (a service manager should not restart it then). `check` adds 4: not registered.
+worker, 5 the primary refuses every certificate of this worker because a copy of its key
+was used (a service manager should restart it after neither). `check` adds 4: not
+registered.
 """
 
 import argparse
@@ -14,9 +16,16 @@ import sys
 from pathlib import Path
 
 from agent import __version__
+from agent.identity import DEFAULT_JOB_UIDS
 
 EXIT_ERROR = 2
 EXIT_UNKNOWN_WORKER = 3
+EXIT_CREDENTIALS_CONFLICT = 5
+TAGS_BY_ADMIN = (
+    "a worker's tags are set by an admin, not by the worker: the admin API (PUT"
+    " /api/v1/workers/NAME/tags), `cifleet-primary worker tags NAME --tags a,b`, the Workers"
+    " page, or update-worker.yml with the tags in the inventory"
+)
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -54,6 +63,25 @@ def _parser() -> argparse.ArgumentParser:
     reg.add_argument("--tags", default="", help="comma-separated tags")
     reg.add_argument("--slots", type=int, default=1, help="runs at once (default 1)")
     reg.add_argument("--home", required=True, type=Path, metavar="DIR", help="agent home")
+    reg.add_argument(
+        "--work-dir",
+        type=Path,
+        metavar="DIR",
+        help="where the pipelines' workspaces go (default HOME/workspaces); as root, jobs"
+        " must be able to pass through every folder above it",
+    )
+    reg.add_argument(
+        "--job-uids",
+        metavar="START-END",
+        help="as root: the uids pipelines' jobs run as, one per pipeline workspace"
+        f" (default {DEFAULT_JOB_UIDS[0]}-{DEFAULT_JOB_UIDS[1]})",
+    )
+    reg.add_argument(
+        "--job-user",
+        metavar="NAME",
+        help="as root: run every job as this existing user instead (pipelines then share"
+        " one identity; docs/security.md)",
+    )
     reg.set_defaults(func=_register)
 
     run = sub.add_parser("run", help="run the worker loop until stopped")
@@ -82,13 +110,13 @@ def _parser() -> argparse.ArgumentParser:
     chk.set_defaults(func=_check)
 
     upd = sub.add_parser(
-        "update-worker", help="change this worker's record on the primary (drain, tags, slots)"
+        "update-worker", help="change this worker's record on the primary (drain, slots)"
     )
     upd.add_argument("--home", required=True, type=Path, metavar="DIR", help="agent home")
     mode = upd.add_mutually_exclusive_group()
     mode.add_argument("--drain", action="store_true", help="take no new runs (current runs finish)")
     mode.add_argument("--flood", action="store_true", help="take new runs again")
-    upd.add_argument("--tags", default=None, help='comma-separated tags; "" for none')
+    upd.add_argument("--tags", default=None, help="refused: tags are set by an admin")
     upd.add_argument("--slots", type=int, default=None, help="runs at once")
     upd.set_defaults(func=_update_worker)
     return parser
@@ -96,6 +124,7 @@ def _parser() -> argparse.ArgumentParser:
 
 def _register(args: argparse.Namespace) -> int:
     from agent.home import ConfigError, is_registered, load_config
+    from agent.identity import parse_uid_range
     from agent.registration import RegistrationError, read_secret, register
 
     if is_registered(args.home):
@@ -107,9 +136,21 @@ def _register(args: argparse.Namespace) -> int:
         return 0
     name = args.name or socket.gethostname().split(".")[0]
     tags = [t.strip() for t in args.tags.split(",") if t.strip()]
+    jobs: dict = {}
+    try:
+        if args.work_dir is not None:
+            jobs["work_dir"] = str(args.work_dir.absolute())
+        if args.job_uids is not None:
+            jobs["job_uids"] = list(parse_uid_range(args.job_uids))
+        if args.job_user:
+            jobs["job_user"] = args.job_user
+    except ValueError as e:
+        return _fail(str(e))
     try:
         secret = read_secret(args.secret_file)
-        config = register(args.primary, args.ca_file, secret, name, tags, args.slots, args.home)
+        config = register(
+            args.primary, args.ca_file, secret, name, tags, args.slots, args.home, jobs
+        )
     except RegistrationError as e:
         return _fail(str(e))
     except OSError as e:
@@ -178,11 +219,13 @@ def _run_agent(home: Path, metrics_socket: socket.socket | None = None) -> int:
     metrics = MetricsServer(metrics_socket, agent.snapshot).start() if metrics_socket else None
     try:
         agent.run()
-    except ConfigError as e:  # another agent runs with this home
+    except ConfigError as e:  # another agent runs with this home, or jobs have no identity
         return _fail(str(e))
     finally:
         if metrics is not None:
             metrics.close()
+    if agent.in_conflict:
+        return EXIT_CREDENTIALS_CONFLICT
     return EXIT_UNKNOWN_WORKER if agent.unknown_worker else 0
 
 
@@ -196,18 +239,18 @@ def _check(args: argparse.Namespace) -> int:
 
 def _update_worker(args: argparse.Namespace) -> int:
     from agent.home import ConfigError
-    from agent.update_worker import UpdateError, check_slots, describe, parse_tags, update_worker
+    from agent.update_worker import UpdateError, check_slots, describe, update_worker
 
     changes: dict = {}
     try:
         if args.drain or args.flood:
             changes["draining"] = args.drain
         if args.tags is not None:
-            changes["tags"] = parse_tags(args.tags)
+            return _fail(TAGS_BY_ADMIN)
         if args.slots is not None:
             changes["slots"] = check_slots(args.slots)
         if not changes:
-            return _fail("nothing to change: give --drain, --flood, --tags or --slots")
+            return _fail("nothing to change: give --drain, --flood or --slots")
         worker = update_worker(args.home, changes)
     except (UpdateError, ConfigError) as e:
         return _fail(str(e))

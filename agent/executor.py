@@ -20,6 +20,7 @@ from typing import Protocol
 
 from agent.assignment import Assignment, Job
 from agent.calls import Cancelled
+from agent.identity import JobIdentity
 from agent.masking import MaskingPipe
 from agent.procs import kill_groups
 from agent.workspace import PrepareFailed
@@ -33,10 +34,11 @@ _WAIT_SLICE = 0.05  # how often a waiting step checks for cancel and timeout
 _workspace_locks: dict[Path, threading.Lock] = {}
 _workspace_locks_guard = threading.Lock()
 
-# Makes the workspace ready and appends what it did to the list (the run's prepare notes).
-# Raises PrepareFailed to fail the run before its first job; anything else it raises (the
-# attempt went stale, the agent stops) ends run() without reporting jobs.
-Prepare = Callable[[list[str]], None]
+# Makes the workspace ready, appends what it did to the list (the run's prepare notes) and
+# returns who the jobs run as (None: the agent). Raises PrepareFailed to fail the run
+# before its first job; anything else it raises (the attempt went stale, the agent stops)
+# ends run() without reporting jobs.
+Prepare = Callable[[list[str]], JobIdentity | None]
 
 
 class Sink(Protocol):
@@ -65,14 +67,20 @@ def log_path(spool_dir: Path, job: str) -> Path:
 
 
 def job_env(
-    assignment: Assignment, job: Job, workspace: Path, base: Mapping[str, str] | None = None
+    assignment: Assignment,
+    job: Job,
+    workspace: Path,
+    base: Mapping[str, str] | None = None,
+    identity: JobIdentity | None = None,
 ) -> dict[str, str]:
     """The job's environment. The agent's own environment is not passed through: it may
     hold things (credentials, service settings) that are none of the job's business."""
     base = os.environ if base is None else base
+    identity = identity or JobIdentity()
     env = {
         "PATH": base.get("PATH", os.defpath),
-        "HOME": base.get("HOME") or pwd.getpwuid(os.getuid()).pw_dir,
+        "HOME": identity.home or base.get("HOME") or pwd.getpwuid(os.getuid()).pw_dir,
+        **identity.env,
     }
     for name in ("LANG", "LC_ALL", "TMPDIR"):
         if name in base:
@@ -105,8 +113,10 @@ class RunExecutor:
         base_env: Mapping[str, str] | None = None,
         prepare: Prepare | None = None,
     ) -> None:
-        """Without `prepare` the workspace is used as it is and no prepare notes are sent."""
+        """Without `prepare` the workspace is used as it is, jobs run as the agent and no
+        prepare notes are sent."""
         self.assignment = assignment
+        self.identity = JobIdentity()
         self.workspace = workspace
         self.spool_dir = spool_dir
         self._sink = sink
@@ -175,7 +185,7 @@ class RunExecutor:
             lines.append("cancelled before the workspace was prepared")
         else:
             try:
-                self._prepare(lines)
+                self.identity = self._prepare(lines) or JobIdentity()
             except PrepareFailed as e:
                 failure = str(e)
                 lines.append(failure)
@@ -207,7 +217,8 @@ class RunExecutor:
             else None
         )
         out = masking.write_fd if masking else fd
-        env = job_env(self.assignment, job, self.workspace, self._base_env)
+        identity = self.identity
+        env = job_env(self.assignment, job, self.workspace, self._base_env, identity)
         deadline = time.monotonic() + job.timeout if job.timeout else None
         pgids: list[int] = []
         state, exit_code = "success", 0
@@ -222,6 +233,7 @@ class RunExecutor:
                         stdout=out,
                         stderr=out,
                         start_new_session=True,
+                        **identity.popen_kwargs(),
                     )
                 except OSError as e:
                     log.error(
@@ -245,8 +257,9 @@ class RunExecutor:
                     state, exit_code = "failed", proc.returncode
                     break
         finally:
-            # Background processes a step started live until the end of the job, no longer.
-            kill_groups(pgids, self._kill_grace)
+            # Background processes a step started live until the end of the job, no longer:
+            # with a uid of its own, also those that left the job's process groups.
+            kill_groups(pgids, self._kill_grace, uid=identity.uid if identity.dedicated else None)
             if masking:
                 masking.finish()
             os.close(fd)

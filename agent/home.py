@@ -4,11 +4,14 @@
 <home>/worker.crt   client certificate the primary issued
 <home>/ca.pem       fleet CA: verifies the primary
 <home>/config.json  written last at registration; its presence means "registered"
-<home>/workspaces/<pipeline>/        kept between runs (the pipeline's cache)
 <home>/files/<pipeline>.json         static files fetched into that workspace: path -> sha256
-<home>/trash/                        deleted workspaces, being removed in the background
 <home>/spool/<run_id>-<attempt>/<job>.log   output not yet acknowledged by the primary
 <home>/agent.lock   held (flock) by the one agent process running with this home
+
+The work dir (config `work_dir`, default <home>/workspaces) holds what jobs may touch:
+<work>/<pipeline>/   a pipeline's workspace, kept between runs (its cache), owned by the
+                     identity its jobs run as (agent.identity)
+<work>/.trash/       deleted workspaces, being removed in the background
 """
 
 import contextlib
@@ -30,6 +33,7 @@ TRASH_DIR = "trash"
 LOCK_FILE = "agent.lock"
 
 CONFIG_KEYS = ("worker_id", "name", "tags", "slots", "primary_url", "agent_url")
+# Optional keys: work_dir (absolute), job_uids ([start, end]), job_user, renew_after.
 
 
 class ConfigError(Exception):
@@ -99,6 +103,11 @@ def load_config(home: Path) -> dict[str, Any]:
         if not (Path(home) / name).is_file():
             raise ConfigError(f"{home} lacks {name}; register this worker again")
     return config
+
+
+def work_dir(home: Path, config: dict[str, Any]) -> Path:
+    """Where the pipelines' workspaces are: config `work_dir`, or HOME/workspaces."""
+    return Path(config.get("work_dir") or Path(home) / WORKSPACES_DIR).absolute()
 
 
 def update_config(home: Path, **changes: Any) -> dict[str, Any]:

@@ -38,6 +38,12 @@ CODE_STALE_ATTEMPT = "stale_attempt"  # 409: this attempt was taken back; stop t
 CODE_LOG_GAP = "log_gap"  # 416: offset beyond what is stored; resend from "size"
 CODE_LOG_INCOMPLETE = "log_incomplete"  # 409: final job status before all log bytes arrived
 CODE_UNKNOWN_WORKER = "unknown_worker"  # 403: certificate no longer belongs to a worker
+# 403: a certificate a renewal had superseded was used again, so two agents hold this
+# worker's key. Every certificate of the worker is refused until an admin registers it anew.
+CODE_CREDENTIALS_CONFLICT = "credentials_conflict"
+# 403: the worker's certificate cannot change its tags; an admin does (POST /agent/v1/worker).
+CODE_TAGS_ADMIN_ONLY = "tags_admin_only"
+REFUSED_CODES = (CODE_UNKNOWN_WORKER, CODE_CREDENTIALS_CONFLICT)
 # 507 / 503: the primary heard the call but could not store it. It lets no lease expire for
 # contacts it could not record (a heartbeat timeout of grace once it can write again), so a
 # poll answered so still counts as a renewal for the agent's fence.

@@ -52,9 +52,17 @@ def read_secret(secret_file: Path) -> str:
 
 
 def register(
-    primary_url: str, ca_file: Path, secret: str, name: str, tags: list[str], slots: int, home: Path
+    primary_url: str,
+    ca_file: Path,
+    secret: str,
+    name: str,
+    tags: list[str],
+    slots: int,
+    home: Path,
+    jobs: dict[str, Any] | None = None,
 ) -> dict[str, Any]:
-    """Register with the primary and write the home; return the config.
+    """Register with the primary and write the home; return the config. `jobs`: where and
+    as whom jobs run (work_dir, job_uids, job_user: agent.identity), kept in the config.
 
     A home that is already registered is left as it is and its config returned.
     """
@@ -90,6 +98,7 @@ def register(
         "primary_url": primary_url,
         "agent_url": answer["agent_url"],
         "renew_after": renew_after(answer["certificate"].encode(), time.time()),
+        **(jobs or {}),
     }
     _write_home(
         home,

@@ -11,9 +11,10 @@ import time
 from pathlib import Path
 
 from agent import keys
+from agent.calls import UnknownWorker
 from agent.client import Client
 from agent.home import CERT_FILE, KEY_FILE, load_config, update_config, write_atomic
-from agent.protocol import RENEW_PATH
+from agent.protocol import REFUSED_CODES, RENEW_PATH
 
 log = logging.getLogger(__name__)
 RENEW_FRACTION = 2 / 3  # renew before two thirds of the lifetime have passed
@@ -43,9 +44,12 @@ def next_renewal(home: Path) -> float:
 
 
 def renew(home: Path, client: Client) -> float:
-    """Get and install a new certificate for a new key; return the next renewal time."""
+    """Get and install a new certificate for a new key; return the next renewal time.
+    UnknownWorker when the primary refuses this worker's certificate altogether."""
     key = keys.new_key()
     resp = client.post_json(RENEW_PATH, {"csr": keys.csr_pem(key, load_config(home)["name"])})
+    if resp.status == 403 and resp.code in REFUSED_CODES:
+        raise UnknownWorker(resp.code, resp.message)
     if resp.status != 200:
         raise RenewalError(f"HTTP {resp.status}: {resp.message}")
     cert = str(resp.json().get("certificate", ""))

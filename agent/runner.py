@@ -16,6 +16,7 @@ from agent.calls import call
 from agent.client import Client, ClientPool
 from agent.executor import KILL_GRACE_SECONDS, RunExecutor
 from agent.home import SPOOL_DIR
+from agent.identity import IdentityError, JobIdentities, JobIdentity
 from agent.protocol import RUN_FILE_PATH
 from agent.reporter import Fenced, Refused, RunReporter, Stale, Stopped, UnknownWorker
 from agent.workspace import PrepareFailed, prepare_workspace, workspace_dir
@@ -32,15 +33,18 @@ class RunHandle:
         self,
         assignment: Assignment,
         home: Path,
+        identities: JobIdentities,
         pool: ClientPool,
         stop: threading.Event,
         on_done: Callable[["RunHandle"], None],
-        on_unknown_worker: Callable[[], None],
+        on_unknown_worker: Callable[[str, str], None],
         kill_grace: float = KILL_GRACE_SECONDS,
         backoff: Callable[[], Backoff] = Backoff,
     ) -> None:
         self.assignment = assignment
         self.home = home
+        self._identities = identities
+        self.workspace = workspace_dir(identities.work_dir, assignment.pipeline)
         self.spool_dir = spool_dir_for(home, assignment.run_id, assignment.attempt)
         self._stop = stop
         # Each thread owns its connection while the run lasts: the delivery thread reports,
@@ -53,7 +57,7 @@ class RunHandle:
         self.reporter = RunReporter(self._client, assignment, self.spool_dir, stop, backoff)
         self.executor = RunExecutor(
             assignment,
-            workspace_dir(home, assignment.pipeline),
+            self.workspace,
             self.spool_dir,
             self.reporter,
             kill_grace,
@@ -109,8 +113,16 @@ class RunHandle:
         self._thread.join(timeout)
         return not self._thread.is_alive()
 
-    def _prepare(self, lines: list[str]) -> None:
-        prepare_workspace(self.home, self.assignment, self._fetch, lines)
+    def _prepare(self, lines: list[str]) -> JobIdentity:
+        """Give the workspace to the identity the jobs run as, then fill it."""
+        run = self.assignment
+        try:
+            identity = self._identities.for_run(run.pipeline, run.run_as_root)
+        except (IdentityError, OSError) as e:
+            raise PrepareFailed(f"job identity: {e}") from None
+        owner = (identity.uid, identity.gid) if identity.uid is not None else None
+        prepare_workspace(self.home, self.workspace, run, self._fetch, lines, owner)
+        return identity
 
     def _fetch(self, path: str) -> bytes:
         """A static file's bytes from the primary; transport errors and 5xx are retried."""
@@ -171,8 +183,8 @@ class RunHandle:
                 run.run_id,
                 run.attempt,
             )
-        except UnknownWorker:
-            self._on_unknown_worker()
+        except UnknownWorker as e:
+            self._on_unknown_worker(e.code, e.message)
         except Refused as e:
             log.error("run %s attempt %s: dropping it: %s", run.run_id, run.attempt, e)
         except Stopped:

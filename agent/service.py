@@ -12,12 +12,13 @@ from pathlib import Path
 
 from agent.client import Client, TransportError, agent_context
 from agent.home import CERT_FILE, ConfigError, is_registered, load_config
-from agent.protocol import CODE_UNKNOWN_WORKER, WORKER_PATH
+from agent.protocol import CODE_CREDENTIALS_CONFLICT, CODE_UNKNOWN_WORKER, WORKER_PATH
 
 CHECK_OK = 0
 CHECK_ERROR = 2
 CHECK_REFUSED = 3
 CHECK_NOT_REGISTERED = 4
+CHECK_CONFLICT = 5  # a copy of the key was used: an admin must look before anything is redone
 
 
 def check(home: Path) -> tuple[int, str]:
@@ -54,6 +55,8 @@ def check(home: Path) -> tuple[int, str]:
         client.close()
     if resp.status == 403 and resp.code == CODE_UNKNOWN_WORKER:
         return CHECK_REFUSED, "the primary no longer knows this worker (removed or revoked)"
+    if resp.status == 403 and resp.code == CODE_CREDENTIALS_CONFLICT:
+        return CHECK_CONFLICT, f"the primary refuses this worker's certificates: {resp.message}"
     if resp.status != 200:
         return CHECK_ERROR, f"unexpected answer from the primary: HTTP {resp.status}"
     worker = resp.json()

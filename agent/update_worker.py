@@ -1,5 +1,6 @@
 """`cifleet-agent update-worker`: the worker changes its own record on the primary (drain,
-flood, tags, slots), authenticated by its own certificate over the agent port."""
+flood, slots), authenticated by its own certificate over the agent port. Not its tags: they
+decide which pipelines (and secrets) it may receive, so only an admin sets them."""
 
 import ssl
 from pathlib import Path
@@ -7,21 +8,12 @@ from typing import Any
 
 from agent.client import Client, TransportError, agent_context
 from agent.home import load_config, update_config
-from agent.protocol import CODE_UNKNOWN_WORKER, MAX_SLOTS, MIN_SLOTS, NAME_RE, WORKER_PATH
+from agent.protocol import CODE_UNKNOWN_WORKER, MAX_SLOTS, MIN_SLOTS, WORKER_PATH
 from agent.worker import UNKNOWN_WORKER_MESSAGE
 
 
 class UpdateError(Exception):
     """The update did not happen; str(e) is a one-line message for the operator."""
-
-
-def parse_tags(text: str) -> list[str]:
-    """Comma-separated tags; "" means no tags. UpdateError names a bad one."""
-    tags = [t.strip() for t in text.split(",") if t.strip()]
-    for tag in tags:
-        if not NAME_RE.match(tag):
-            raise UpdateError(f"invalid tag {tag!r}: use letters, digits, '.', '_', '-'")
-    return tags
 
 
 def check_slots(slots: int) -> int:
@@ -50,7 +42,7 @@ def update_worker(home: Path, changes: dict[str, Any]) -> dict[str, Any]:
         client.close()
     if resp.status == 403 and resp.code == CODE_UNKNOWN_WORKER:
         raise UpdateError(UNKNOWN_WORKER_MESSAGE)
-    if resp.status == 400:
+    if resp.status in (400, 403):
         raise UpdateError(f"the primary refused the update: {resp.message}")
     if resp.status != 200:
         raise UpdateError(f"unexpected answer from the primary: HTTP {resp.status}: {resp.message}")
@@ -58,7 +50,7 @@ def update_worker(home: Path, changes: dict[str, Any]) -> dict[str, Any]:
     tags, slots = worker.get("tags"), worker.get("slots")
     # What we asked for, should the answer lack a usable value: config.json must stay valid.
     if not isinstance(tags, list) or not all(isinstance(t, str) for t in tags):
-        tags = changes.get("tags", config["tags"])
+        tags = config["tags"]
     if not isinstance(slots, int) or isinstance(slots, bool) or slots < MIN_SLOTS:
         slots = changes.get("slots", config["slots"])
     try:

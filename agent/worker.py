@@ -20,21 +20,25 @@ import psutil
 from agent import __version__, renewal
 from agent.assignment import parse_assignment
 from agent.backoff import CAP_SECONDS, Backoff, poll_pause
+from agent.calls import UnknownWorker
 from agent.client import Client, ClientPool, TransportError, agent_context
 from agent.executor import KILL_GRACE_SECONDS
 from agent.fence import busy_poll_hold, fence_after, fence_due, fence_kill_grace
 from agent.home import (
+    FILES_DIR,
     SPOOL_DIR,
-    WORKSPACES_DIR,
     ConfigError,
     load_config,
     lock_home,
     update_config,
     wipe_identity,
+    work_dir,
 )
+from agent.identity import MODE_SHARED, IdentityError, JobIdentities
 from agent.metrics import Snapshot
-from agent.procs import end_orphaned_jobs
+from agent.procs import end_orphaned_jobs, end_uid_processes
 from agent.protocol import (
+    CODE_CREDENTIALS_CONFLICT,
     CODE_STORAGE_FULL,
     CODE_STORAGE_UNAVAILABLE,
     CODE_UNKNOWN_WORKER,
@@ -43,6 +47,7 @@ from agent.protocol import (
     POLL_CLIENT_TIMEOUT_SECONDS,
     POLL_HOLD_SECONDS,
     POLL_PATH,
+    REFUSED_CODES,
 )
 from agent.runner import RunHandle
 from agent.workspace import delete_workspaces, empty_trash, list_workspaces
@@ -55,6 +60,12 @@ FORCE_DELIVERY_SECONDS = 30.0  # after a force stop, how long cancelled runs may
 MIN_RETRY_CAP_SECONDS = 1.0
 UNKNOWN_WORKER_MESSAGE = (
     "the primary no longer knows this worker; it was removed or its certificate revoked"
+)
+CONFLICT_MESSAGE = (
+    "the primary refuses every certificate of this worker: {detail} The key and certificate"
+    " stay in {home} for the investigation. Find and stop the other agent using this"
+    " worker's key; then an admin removes the worker (DELETE /api/v1/workers/ID or"
+    " remove-worker.yml) and registers this host again"
 )
 
 
@@ -73,7 +84,14 @@ class Agent:
         self.config = load_config(self.home)
         self.stop = stop if stop is not None else threading.Event()
         self.slots: int = self.config["slots"]
-        self.unknown_worker = False  # set when the primary answered 403 unknown_worker
+        # Set when the primary refused this worker's certificate (403): unknown_worker
+        # (removed: the identity is wiped) or credentials_conflict (a copied key: kept).
+        self.refused: str | None = None
+        self.work_dir = work_dir(self.home, self.config)
+        try:
+            self.identities = JobIdentities(self.home, self.work_dir, self.config)
+        except (TypeError, ValueError, IndexError) as e:
+            raise ConfigError(f"{self.home}/config.json: job_uids: {e}") from None
         # Names this agent process to the primary: a new one means the runs the previous
         # process held are gone (see run()).
         self.session = secrets.token_hex(8)
@@ -170,8 +188,9 @@ class Agent:
         )
         lock = lock_home(self.home)  # ConfigError when another agent runs with this home
         try:
+            self._prepare_identities()
             self._end_leftovers()
-            empty_trash(self.home)
+            empty_trash(self.home, self.work_dir)
             poller = threading.Thread(target=self._poll_loop, name="poll", daemon=True)
             poller.start()
             try:
@@ -190,11 +209,40 @@ class Agent:
                     ", ".join(str(p) for p in wiped) or "nothing (already gone)",
                 )
 
+    @property
+    def unknown_worker(self) -> bool:
+        """The primary removed this worker (or revoked its certificate)."""
+        return self.refused == CODE_UNKNOWN_WORKER
+
+    @property
+    def in_conflict(self) -> bool:
+        """The primary refuses this worker's certificates: a copy of its key was used."""
+        return self.refused == CODE_CREDENTIALS_CONFLICT
+
+    def _prepare_identities(self) -> None:
+        """Who jobs run as (agent.identity), said once at start; ConfigError if jobs could
+        not get the identity they need."""
+        private = (self.home / SPOOL_DIR, self.home / FILES_DIR)
+        for folder in private:  # spooled output and records: nobody else's business
+            folder.mkdir(mode=0o700, exist_ok=True)
+            os.chmod(folder, 0o700)
+        try:
+            self.identities.prepare()
+        except (IdentityError, OSError) as e:
+            raise ConfigError(str(e)) from None
+        if self.identities.mode == MODE_SHARED:
+            log.warning(self.identities.summary())
+        else:
+            log.info("%s; workspaces in %s", self.identities.summary(), self.work_dir)
+
     def _end_leftovers(self) -> None:
         """What an earlier agent process of this home left when it died: its jobs, still
         running, and output it could not deliver. Those attempts are over (the primary
         re-queues them when this process first polls), and nothing here can resume them."""
-        ended = end_orphaned_jobs(self.home / WORKSPACES_DIR, self._kill_grace)
+        ended = end_orphaned_jobs(self.work_dir, self._kill_grace)
+        for uid in self.identities.leftover_uids():
+            # Also what left the jobs' environment behind: every process of their uids.
+            ended += [p for p in end_uid_processes(uid, self._kill_grace) if p not in ended]
         if ended:
             log.warning(
                 "ended %d process(es) of jobs an earlier agent process left running: %s",
@@ -298,8 +346,8 @@ class Agent:
                     continue
                 problem = f"cannot reach the primary at {self._agent_url}: {e}"
             else:
-                if resp.status == 403 and resp.code == CODE_UNKNOWN_WORKER:
-                    self._unknown_worker()
+                if resp.status == 403 and resp.code in REFUSED_CODES:
+                    self._unknown_worker(resp.code, resp.message)
                     return
                 if resp.status == 200:
                     if failing:
@@ -350,6 +398,9 @@ class Agent:
         """New key and certificate, without interrupting runs."""
         try:
             self._renew_at = renewal.renew(self.home, self._poll_client)
+        except UnknownWorker as e:
+            self._unknown_worker(e.code, e.message)
+            return
         except (renewal.RenewalError, TransportError) as e:
             log.warning(
                 "certificate renewal failed (%s); trying again in %.0f s", e, renewal.RETRY_SECONDS
@@ -373,7 +424,8 @@ class Agent:
             "runs": [{"run_id": r, "attempt": a} for r, a in self.held_runs()],
             "abandoned": [{"run_id": r, "attempt": a} for r, a in sorted(self._abandoned)],
             "session": self.session,
-            "workspaces": list_workspaces(self.home),
+            "workspaces": list_workspaces(self.work_dir),
+            "job_identity": self.identities.describe(),
             "wait": True,
         }
 
@@ -431,7 +483,13 @@ class Agent:
     def _delete_workspaces(self, names: Any) -> None:
         with self._lock:
             busy = {handle.assignment.pipeline for handle in self._runs.values()}
-        delete_workspaces(self.home, names, busy)
+        delete_workspaces(self.home, self.work_dir, names, busy, self._release_identity)
+
+    def _release_identity(self, pipeline: str) -> None:
+        # Freeing a job uid ends what it still runs (with a grace): not on the poll thread.
+        threading.Thread(
+            target=self.identities.release, args=(pipeline,), name="release-uid", daemon=True
+        ).start()
 
     def _accept(self, data: Any) -> bool:
         try:
@@ -452,6 +510,7 @@ class Agent:
             handle = RunHandle(
                 assignment,
                 self.home,
+                self.identities,
                 self._pool,
                 self.stop,
                 self._run_done,
@@ -475,10 +534,14 @@ class Agent:
                 *handle.key,
             )
 
-    def _unknown_worker(self) -> None:
-        if not self.unknown_worker:
-            log.error(UNKNOWN_WORKER_MESSAGE)
-        self.unknown_worker = True
+    def _unknown_worker(self, code: str = CODE_UNKNOWN_WORKER, message: str = "") -> None:
+        """The primary refused this worker's certificate: stop, saying why."""
+        if self.refused is None:
+            self.refused = code
+            if code == CODE_CREDENTIALS_CONFLICT:
+                log.error(CONFLICT_MESSAGE.format(detail=message, home=self.home))
+            else:
+                log.error(UNKNOWN_WORKER_MESSAGE)
         self.stop.set()
 
 

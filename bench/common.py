@@ -2,10 +2,14 @@
 sampling, percentiles. Each bench script stays runnable alone and returns a dict of figures.
 """
 
+import contextlib
 import importlib.util
+import os
 import sys
+import tempfile
 import threading
 import time
+from collections.abc import Iterator
 from pathlib import Path
 
 import psutil
@@ -26,19 +30,32 @@ def _load_fleet():
 _fleet = _load_fleet()
 Agent, Primary, BIN = _fleet.Agent, _fleet.Primary, _fleet.BIN
 init_primary, register_agent, wait_for = _fleet.init_primary, _fleet.register_agent, _fleet.wait_for
+shared_file = _fleet.shared_file  # a file jobs under their own uids may append to
 
 __all__ = [
     "BIN",
     "Agent",
     "Primary",
     "Sampler",
+    "bench_dir",
     "cpu_seconds",
     "init_primary",
     "percentile",
+    "shared_file",
     "start_agents",
     "stop_all",
     "wait_for",
 ]
+
+
+@contextlib.contextmanager
+def bench_dir() -> Iterator[Path]:
+    """A temporary folder for a benchmark's primary and agents. Passable for others (0711):
+    agents running as root run their jobs as uids of their own, which must reach their
+    workspaces (agent/identity.py)."""
+    with tempfile.TemporaryDirectory(prefix="cifleet-bench-") as tmp:
+        os.chmod(tmp, 0o711)
+        yield Path(tmp)
 
 
 def start_agents(primary: Primary, root: Path, count: int, slots: int) -> list[Agent]:

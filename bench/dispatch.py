@@ -13,12 +13,20 @@ agent refused an assignment (it should never: a refused one waits for the next p
 import argparse
 import json
 import statistics
-import tempfile
 import time
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
-from common import cpu_seconds, init_primary, percentile, start_agents, stop_all, wait_for
+from common import (
+    bench_dir,
+    cpu_seconds,
+    init_primary,
+    percentile,
+    shared_file,
+    start_agents,
+    stop_all,
+    wait_for,
+)
 
 
 def bench_latency(root: Path, runs: int) -> dict:
@@ -26,7 +34,7 @@ def bench_latency(root: Path, runs: int) -> dict:
     (root / "latency").mkdir(exist_ok=True)
     primary.start()
     agents = start_agents(primary, root / "latency", 1, 1)
-    marks = root / "latency" / "marks.txt"
+    marks = shared_file(root / "latency" / "marks.txt")
     primary.pipeline(f"name: lat\njobs:\n  - name: w\n    steps: ['date +%s%N >> {marks}']\n")
     try:
         primary.wait_run(primary.trigger("lat"))  # warm up: first run, home chosen
@@ -100,7 +108,7 @@ def main() -> None:
     parser.add_argument("--throughput-runs", type=int, default=1000)
     parser.add_argument("--only", choices=("latency", "throughput"))
     args = parser.parse_args()
-    with tempfile.TemporaryDirectory(prefix="cifleet-bench-") as tmp:
+    with bench_dir() as tmp:
         root = Path(tmp)
         result = {}
         if args.only in (None, "latency"):

@@ -9,11 +9,10 @@ which it does nothing but long-poll. USS (memory no other process shares) is sho
 
 import argparse
 import json
-import tempfile
 from pathlib import Path
 
 import psutil
-from common import Sampler, init_primary, start_agents, stop_all
+from common import Sampler, bench_dir, init_primary, start_agents, stop_all
 
 
 def bench_footprint(root: Path, window: float = 30) -> dict:
@@ -35,7 +34,7 @@ def main() -> None:
     parser = argparse.ArgumentParser()
     parser.add_argument("--window", type=float, default=30.0)
     args = parser.parse_args()
-    with tempfile.TemporaryDirectory(prefix="cifleet-bench-") as tmp:
+    with bench_dir() as tmp:
         result = {"agent_footprint": bench_footprint(Path(tmp), args.window)}
     print(json.dumps(result, indent=2))
 

@@ -22,13 +22,12 @@ timeout (at most 30 s): `--heartbeat-timeout` shows what a longer or shorter hol
 import argparse
 import json
 import logging
-import tempfile
 import threading
 import time
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
-from common import Sampler, init_primary, wait_for
+from common import Sampler, bench_dir, init_primary, wait_for
 
 from agent.registration import register
 from agent.worker import Agent
@@ -114,7 +113,7 @@ def main() -> None:
     parser.add_argument("--heartbeat-timeout", type=float, help="the primary's (default 60)")
     args = parser.parse_args()
     sizes = tuple(int(n) for n in args.agents.split(","))
-    with tempfile.TemporaryDirectory(prefix="cifleet-bench-") as tmp:
+    with bench_dir() as tmp:
         logging.basicConfig(filename=Path(tmp) / "agents.log", level=logging.WARNING)
         result = {
             "idle_fleet": bench_idle_fleet(

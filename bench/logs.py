@@ -19,11 +19,18 @@ import hashlib
 import json
 import statistics
 import subprocess
-import tempfile
 import time
 from pathlib import Path
 
-from common import cpu_seconds, init_primary, start_agents, stop_all, wait_for
+from common import (
+    bench_dir,
+    cpu_seconds,
+    init_primary,
+    shared_file,
+    start_agents,
+    stop_all,
+    wait_for,
+)
 
 LINE_BYTES = 100
 
@@ -105,7 +112,7 @@ def bench_logs(root: Path, megabytes: int = 50, repeat: int = 3, kind: str = "ca
     primary = init_primary(work, "--primary-worker-slots", "0")
     primary.start()
     agents = start_agents(primary, work, 1, 1)
-    marks = work / "marks.txt"
+    marks = shared_file(work / "marks.txt")
     primary.pipeline(
         "name: logs\njobs:\n  - name: out\n    steps:\n"
         f"      - date +%s%N > {marks}\n"
@@ -141,7 +148,7 @@ def main() -> None:
     parser.add_argument("--repeat", type=int, default=3)
     parser.add_argument("--generator", choices=("cat", "awk"), default="cat")
     args = parser.parse_args()
-    with tempfile.TemporaryDirectory(prefix="cifleet-bench-") as tmp:
+    with bench_dir() as tmp:
         result = {"logs": bench_logs(Path(tmp), args.megabytes, args.repeat, args.generator)}
     print(json.dumps(result, indent=2))
 

@@ -5,9 +5,9 @@
     .venv/bin/python bench/run_all.py --only logs,footprint
 
 Each benchmark is also a script of its own (dispatch.py, logs.py, idle_fleet.py,
-footprint.py, scrape.py, add_workers.py) with its own options. On a shared or busy machine
-the figures are noise: the output records the load average before and after, so a loaded
-run can be told apart.
+footprint.py, scrape.py, hostile_input.py, add_workers.py) with its own options. On a
+shared or busy machine the figures are noise: the output records the load average before
+and after, so a loaded run can be told apart.
 """
 
 import argparse
@@ -16,13 +16,14 @@ import logging
 import os
 import platform
 import subprocess
-import tempfile
 import time
 from pathlib import Path
 
 from add_workers import bench_add_workers
+from common import bench_dir
 from dispatch import bench_latency, bench_throughput
 from footprint import bench_footprint
+from hostile_input import bench_hostile_input
 from idle_fleet import bench_idle_fleet
 from logs import bench_logs
 from scrape import bench_scrape
@@ -36,6 +37,7 @@ FULL = {
     "fleet_window": 30.0,
     "footprint_window": 30.0,
     "scrape_workers": (10, 100, 1000),
+    "hostile_repeat": 5,
     "playbook_hosts": 10,
 }
 QUICK = {
@@ -47,6 +49,7 @@ QUICK = {
     "fleet_window": 5.0,
     "footprint_window": 5.0,
     "scrape_workers": (10, 100),
+    "hostile_repeat": 1,
     "playbook_hosts": 3,
 }
 BENCHES = {
@@ -57,6 +60,7 @@ BENCHES = {
     "idle_fleet": lambda root, s: bench_idle_fleet(root, s["fleet_sizes"], s["fleet_window"]),
     "agent_footprint": lambda root, s: bench_footprint(root, s["footprint_window"]),
     "scrape": lambda root, s: bench_scrape(root, s["scrape_workers"]),
+    "hostile_input": lambda root, s: bench_hostile_input(root, s["hostile_repeat"]),
     "add_workers": lambda root, s: bench_add_workers(root, s["playbook_hosts"]),
 }
 
@@ -86,7 +90,7 @@ def main() -> None:
     sizes = QUICK if args.quick else FULL
     result = {"machine": machine(), "sizes": "quick" if args.quick else "full"}
     started = time.monotonic()
-    with tempfile.TemporaryDirectory(prefix="cifleet-bench-") as tmp:
+    with bench_dir() as tmp:
         # The idle fleet's agents run in this process; their warnings are not figures.
         logging.basicConfig(filename=Path(tmp) / "agents.log", level=logging.WARNING)
         for name in names:

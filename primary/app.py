@@ -17,6 +17,7 @@ from primary.api import agent as agent_views
 from primary.api import health as health_views
 from primary.api import register as register_views
 from primary.api.long_poll import PollGate
+from primary.api.parse import Int64Converter, check_request_text
 from primary.api.ratelimit import FailureLimiter
 from primary.config import AGENT_THREADS_RESERVED, PrimaryConfig
 from primary.context import Primary, open_primary
@@ -50,6 +51,9 @@ def _base_app(primary: Primary, name: str) -> Flask:
     app.config["MAX_CONTENT_LENGTH"] = primary.config.max_request_bytes
     app.json.sort_keys = False
     app.extensions["cifleet"] = primary
+    # Before any route exists: every <int:...> (run ids, attempts) is bounded to 64 bits.
+    app.url_map.converters["int"] = Int64Converter
+    app.before_request(check_request_text)
     _install_error_handlers(app)
     return app
 

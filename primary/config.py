@@ -21,6 +21,12 @@ class PrimaryConfig:
     # A pipeline whose home worker is busy waits this long for it, then moves elsewhere.
     home_busy_wait: float = 5.0
     worker_cert_days: float = 30.0
+    # After a renewal, the superseded certificate is still accepted this long (requests the
+    # agent sent before it had the new pair); used later, it puts the worker's credentials
+    # in conflict (primary/fleet/credentials.py). Longer than any request takes to arrive.
+    cert_switch_over: float = 60.0
+    # Where the built-in worker's job workspaces go (None: see builtin_worker.work_dir).
+    builtin_work_dir: Path | None = None
     # Threads of each listener. Every agent waiting in a long poll holds one agent-port thread;
     # the agent listener starts with agent_threads and grows as held polls need them, up to
     # max_agent_threads; polls beyond (max_agent_threads - AGENT_THREADS_RESERVED) are

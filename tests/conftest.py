@@ -1,7 +1,27 @@
 """Fixtures that start real processes: a primary and agents on loopback."""
 
 import pytest
-from fleet import Agent, Primary, init_primary, kill_workspace_processes, register_agent, wait_for
+from fleet import (
+    Agent,
+    Primary,
+    init_primary,
+    kill_workspace_processes,
+    passable,
+    register_agent,
+    use_passable_basetemp,
+    wait_for,
+)
+
+
+@pytest.hookimpl(tryfirst=True)
+def pytest_configure(config):
+    use_passable_basetemp(config)
+
+
+@pytest.fixture
+def tmp_path(tmp_path):
+    """pytest's tmp_path, which jobs under their own uids may pass through (fleet.passable)."""
+    return passable(tmp_path)
 
 
 @pytest.fixture
@@ -10,9 +30,18 @@ def fleet_root(tmp_path):
 
 
 @pytest.fixture
-def primary(fleet_root) -> Primary:
-    """A serving primary with a short heartbeat timeout and no built-in worker."""
-    p = init_primary(fleet_root, "--heartbeat-timeout", "6", "--primary-worker-slots", "0")
+def primary(fleet_root, request) -> Primary:
+    """A serving primary with a short heartbeat timeout and no built-in worker, plus serve
+    flags a test may give: @pytest.mark.parametrize("primary", [("--flag", "v")],
+    indirect=True)."""
+    p = init_primary(
+        fleet_root,
+        "--heartbeat-timeout",
+        "6",
+        "--primary-worker-slots",
+        "0",
+        *getattr(request, "param", ()),
+    )
     p.start()
     yield p
     p.stop()

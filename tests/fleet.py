@@ -2,15 +2,18 @@
 each started as a subprocess on free loopback ports, stopped as a process group."""
 
 import contextlib
+import fcntl
 import functools
 import http.client
 import json
 import os
+import shutil
 import signal
 import socket
 import ssl
 import subprocess
 import sys
+import tempfile
 import threading
 import time
 from collections.abc import Callable
@@ -23,6 +26,74 @@ import psutil
 from primary.cli.client import AdminClient
 
 BIN = Path(sys.executable).parent
+BASETEMP_PREFIX = "cifleet-pytest-"
+KEEP_BASETEMPS = 3
+
+
+def use_passable_basetemp(config) -> None:
+    """Agents run as root here, so their jobs run under uids of their own (agent/identity.py)
+    and must pass through every folder above their workspaces, as on a real host
+    (/var/lib/cifleet). pytest's own base folder is 0700, and every session resets it; so
+    each session as root gets a base folder of its own under /tmp, passable (0711) and
+    locked while the session runs. Older unlocked ones beyond the newest few are removed."""
+    if os.geteuid() != 0 or config.option.basetemp is not None:
+        return
+    root = Path(tempfile.mkdtemp(prefix=BASETEMP_PREFIX))
+    root.chmod(0o711)
+    lock = os.open(root / ".lock", os.O_RDWR | os.O_CREAT | os.O_CLOEXEC, 0o600)
+    fcntl.flock(lock, fcntl.LOCK_EX)  # held (the descriptor stays open) until the session ends
+    config._cifleet_basetemp_lock = lock
+    config.option.basetemp = str(root / "t")
+    global _passable_root
+    _passable_root = root
+    _prune_basetemps(root)
+
+
+_passable_root: Path | None = None  # this session's base folder's parent, when it is ours
+
+
+def _prune_basetemps(mine: Path) -> None:
+    others = sorted(
+        (p for p in mine.parent.glob(BASETEMP_PREFIX + "*") if p != mine),
+        key=lambda p: p.stat().st_mtime,
+        reverse=True,
+    )
+    for old in others[KEEP_BASETEMPS - 1 :]:
+        try:
+            fd = os.open(old / ".lock", os.O_RDWR | os.O_CLOEXEC)
+        except OSError:
+            continue
+        try:
+            fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)  # in use: another session runs
+        except BlockingIOError:
+            os.close(fd)
+            continue
+        shutil.rmtree(old, ignore_errors=True)
+        os.close(fd)
+
+
+def passable(path: Path) -> Path:
+    """Let others pass through (o+x, not list) `path` and the 0700 folders pytest made above
+    it in this session's base folder: jobs under their own uids reach workspaces below."""
+    path = Path(path)
+    if _passable_root is None or not path.is_relative_to(_passable_root):
+        return path
+    for folder in [path, *path.parents]:
+        if folder == _passable_root:
+            break
+        mode = folder.stat().st_mode
+        if not mode & 0o001:
+            folder.chmod((mode & 0o7777) | 0o011)
+    return path
+
+
+def shared_file(path: Path) -> Path:
+    """An empty file every job may append to (0666): jobs run under uids of their own and
+    cannot create files in a test's folders, as on a real host they cannot in /var/lib."""
+    path = Path(path)
+    path.touch(exist_ok=True)
+    path.chmod(0o666)
+    return path
 
 
 def free_port() -> int:
@@ -231,11 +302,12 @@ def init_primary(
         timeout=60,
     )
     api_port, agent_port = ports or (free_port(), free_port())
+    # The built-in worker's jobs run beside the test's other files, not in /var/lib.
     return Primary(
         data_dir=data_dir,
         api_port=api_port,
         agent_port=agent_port,
-        serve_args=list(serve_args),
+        serve_args=["--builtin-work-dir", str(root / "builtin-work"), *serve_args],
         log_path=root / "primary.log",
         host=host,
     )

@@ -3,7 +3,7 @@
 from flask import Blueprint, Response, jsonify, request
 
 from primary.api.auth import primary_of_app, require_role
-from primary.api.parse import json_body
+from primary.api.parse import json_body, whole_number
 from primary.errors import BadRequest, NotFound
 from primary.fleet import registration, workers
 from primary.pipelines import pipelines, static_files
@@ -18,14 +18,7 @@ MAX_PIPELINE_BYTES = 1 << 20
 
 
 def _offset() -> int:
-    raw = request.args.get("offset", "0")
-    try:
-        offset = int(raw)
-    except ValueError:
-        raise BadRequest("offset: must be a whole number") from None
-    if offset < 0:
-        raise BadRequest("offset: must be 0 or more")
-    return offset
+    return whole_number(request.args.get("offset", "0"), "offset")
 
 
 @bp.get("/worker-secret")
@@ -170,6 +163,13 @@ def worker_action(worker_id: str, action: str):
 @require_role()
 def worker_tags(worker_id: str):
     return jsonify(workers.set_tags(primary_of_app(), worker_id, json_body().get("tags")))
+
+
+@bp.put("/workers/<worker_id>/root-jobs")
+@require_role()
+def worker_root_jobs(worker_id: str):
+    allowed = json_body().get("allowed")
+    return jsonify(workers.set_root_jobs(primary_of_app(), worker_id, allowed))
 
 
 @bp.post("/pipelines/<name>/cache/clear")

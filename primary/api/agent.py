@@ -7,9 +7,9 @@ from flask import Blueprint, Response, current_app, g, jsonify, request
 from agent.protocol import MAX_LOG_CHUNK_BYTES
 from primary.api import long_poll
 from primary.api.auth import primary_of_app, require_worker
-from primary.api.parse import json_body
+from primary.api.parse import json_body, whole_number
 from primary.errors import ApiError, BadRequest
-from primary.fleet import registration, workers
+from primary.fleet import credentials, workers
 from primary.metrics import metrics_of
 from primary.pipelines import static_files
 from primary.runs import dispatch
@@ -19,7 +19,7 @@ bp = Blueprint("agent", __name__, url_prefix="/agent/v1")
 
 def _attempt(body: dict) -> int:
     attempt = body.get("attempt")
-    if not isinstance(attempt, int) or isinstance(attempt, bool):
+    if not isinstance(attempt, int) or isinstance(attempt, bool) or attempt < 0:
         raise BadRequest("attempt: must be a whole number")
     return attempt
 
@@ -44,11 +44,8 @@ def start(run_id: int):
 @bp.post("/runs/<int:run_id>/jobs/<job>/log")
 @require_worker
 def append_log(run_id: int, job: str):
-    try:
-        attempt = int(request.args["attempt"])
-        offset = int(request.args["offset"])
-    except (KeyError, ValueError):
-        raise BadRequest("attempt and offset query parameters must be whole numbers") from None
+    attempt = whole_number(request.args.get("attempt"), "attempt")
+    offset = whole_number(request.args.get("offset"), "offset")
     if request.content_length is None or request.content_length > MAX_LOG_CHUNK_BYTES:
         err = ApiError(f"a log chunk must have a Content-Length of at most {MAX_LOG_CHUNK_BYTES}")
         err.status, err.code = 413, "too_large"
@@ -112,10 +109,7 @@ def prepare(run_id: int):
 @bp.get("/runs/<int:run_id>/files/<path:path>")
 @require_worker
 def fetch_file(run_id: int, path: str):
-    try:
-        attempt = int(request.args["attempt"])
-    except (KeyError, ValueError):
-        raise BadRequest("attempt: query parameter must be a whole number") from None
+    attempt = whole_number(request.args.get("attempt"), "attempt")
     primary = primary_of_app()
     run = dispatch.current_run(primary, g.worker, run_id, attempt)
     info, chunks = static_files.read_file(primary, run["pipeline"], path)
@@ -134,4 +128,4 @@ def update_self():
 @bp.post("/renew")  # RENEW_PATH
 @require_worker
 def renew():
-    return jsonify(registration.renew_certificate(primary_of_app(), g.worker, json_body()))
+    return jsonify(credentials.renew_certificate(primary_of_app(), g.worker, json_body()))

@@ -7,7 +7,7 @@ from collections.abc import Callable
 from flask import current_app, g, request
 
 from primary.errors import Forbidden, Unauthorized
-from primary.fleet.registration import authenticate
+from primary.fleet.credentials import authenticate
 from primary.fleet.tokens import role_of
 
 

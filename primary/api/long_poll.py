@@ -6,6 +6,7 @@ for work, so a wake in between is never lost.
 """
 
 import json
+import re
 import threading
 import time
 from collections.abc import Callable
@@ -20,18 +21,47 @@ from primary.runs.dispatch import ACTIVE_STATES
 from primary.runs.scheduler import plan
 
 TOUCH_INTERVAL = 1.0
+ACCOUNT_RE = re.compile(r"^[A-Za-z0-9._][A-Za-z0-9._-]{0,63}$")
+
+
+def job_identity(report) -> str | None:
+    """The agent's report of who its jobs run as (agent/identity.py), checked and as stored
+    (JSON); None when it sent none or nothing valid, as an older agent does."""
+    if not isinstance(report, dict):
+        return None
+    mode = report.get("mode")
+    if mode == "pipeline-uids":
+        uids = report.get("uids")
+        if (
+            isinstance(uids, list)
+            and len(uids) == 2
+            and all(isinstance(u, int) and not isinstance(u, bool) for u in uids)
+            and 0 < uids[0] <= uids[1] < 2**32
+        ):
+            return json.dumps({"mode": mode, "uids": uids})
+    elif mode == "job-user":
+        user = report.get("user")
+        if isinstance(user, str) and ACCOUNT_RE.match(user):
+            return json.dumps({"mode": mode, "user": user})
+    elif mode == "shared":
+        uid = report.get("uid")
+        if isinstance(uid, int) and not isinstance(uid, bool) and 0 <= uid < 2**32:
+            return json.dumps({"mode": mode, "uid": uid})
+    return None
 
 
 def _touch(primary: Primary, worker: dict, body: dict, now: float) -> None:
-    """Record the contact, load and version. Liveness is judged in seconds, so a poll within
-    a second of the last recorded one writes nothing unless the draining flag changed: one
-    write transaction fewer on the busiest path."""
+    """Record the contact, load, version and who its jobs run as. Liveness is judged in
+    seconds, so a poll within a second of the last recorded one writes nothing unless the
+    draining flag (or the rest) changed: one write transaction fewer on the busiest path."""
     old_load = json.loads(worker["load"]) if worker["load"] else {}
+    identity = job_identity(body.get("job_identity"))
     if (
         worker["last_contact"] is not None
         and now - worker["last_contact"] < TOUCH_INTERVAL
         and bool(old_load.get("draining")) == bool(body.get("draining"))
         and body.get("version") == worker["version"]
+        and identity == worker["job_identity"]
     ):
         return
     load = body.get("load") if isinstance(body.get("load"), dict) else {}
@@ -40,8 +70,9 @@ def _touch(primary: Primary, worker: dict, body: dict, now: float) -> None:
     version = body.get("version") if isinstance(body.get("version"), str) else worker["version"]
     with primary.store.transaction() as conn:
         conn.execute(
-            "UPDATE workers SET last_contact = ?, load = ?, version = ? WHERE id = ?",
-            (now, json.dumps(load), version[:64], worker["id"]),
+            "UPDATE workers SET last_contact = ?, load = ?, version = ?, job_identity = ?"
+            " WHERE id = ?",
+            (now, json.dumps(load), version[:64], identity, worker["id"]),
         )
 
 
@@ -97,7 +128,7 @@ def _stale_workspaces(primary: Primary, worker: dict, body: dict) -> list[str]:
 def _answer(primary: Primary, worker: dict, held: set[tuple[int, int]], body: dict) -> dict:
     assignments = []
     for run in primary.store.query(
-        "SELECT id, attempt, spec, clean_workspace FROM runs"
+        "SELECT id, attempt, spec, clean_workspace, run_as_root FROM runs"
         " WHERE worker_id = ? AND state = 'assigned' ORDER BY id",
         (worker["id"],),
     ):
@@ -114,6 +145,7 @@ def _answer(primary: Primary, worker: dict, held: set[tuple[int, int]], body: di
                 "clean_workspace": bool(run["clean_workspace"]),
                 "files": static_files.manifest(primary, spec["name"]),
                 "secrets": pipeline_secrets.values_for(primary, spec),
+                "run_as_root": bool(run["run_as_root"]),
             }
         )
     cancel = []

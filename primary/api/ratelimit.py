@@ -1,14 +1,33 @@
-"""Failed-attempt limiting per source address: a pure, thread-safe sliding window.
+"""Failed-attempt limiting per source: a pure, thread-safe sliding window.
 
 Registration is the one endpoint an anonymous caller can hammer with guesses of the worker
-secret; after `limit` failures within `window` seconds an address is refused (429) until
-the oldest failure ages out.
+secret; after `limit` failures within `window` seconds a source is refused (429) until the
+oldest failure ages out. A source is an IPv4 address or an IPv6 /64 (one customer's
+allocation: an address per guess would be free to have). Sources whose failures all aged
+out are forgotten, so a scan from many addresses cannot grow the table without bound.
 """
 
+import ipaddress
 import threading
 import time
 from collections import deque
 from collections.abc import Callable
+
+IPV6_PREFIX = 64
+
+
+def source_key(address: str) -> str:
+    """The key failures are counted under: the IPv4 address (also when mapped into IPv6),
+    or the /64 an IPv6 address is in; anything unparsable as itself."""
+    try:
+        ip = ipaddress.ip_address(address.split("%")[0])
+    except ValueError:
+        return address
+    if ip.version == 6 and ip.ipv4_mapped is not None:
+        return str(ip.ipv4_mapped)
+    if ip.version == 6:
+        return str(ipaddress.ip_network(f"{ip}/{IPV6_PREFIX}", strict=False))
+    return str(ip)
 
 
 class FailureLimiter:
@@ -18,6 +37,7 @@ class FailureLimiter:
         self._clock = clock
         self._failures: dict[str, deque[float]] = {}
         self._lock = threading.Lock()
+        self._swept = clock()
 
     def _recent(self, key: str, now: float) -> deque[float]:
         failures = self._failures.get(key, deque())
@@ -29,10 +49,20 @@ class FailureLimiter:
             self._failures.pop(key, None)
         return failures
 
+    def _sweep(self, now: float) -> None:
+        """Forget every source whose failures aged out; at most once per window, so the cost
+        stays one pass over the table per window."""
+        if now - self._swept < self.window:
+            return
+        self._swept = now
+        for key in list(self._failures):
+            self._recent(key, now)
+
     def retry_after(self, key: str) -> float:
         """Seconds until `key` may try again; 0 when it may try now."""
         with self._lock:
             now = self._clock()
+            self._sweep(now)
             failures = self._recent(key, now)
             if len(failures) < self.limit:
                 return 0.0
@@ -43,3 +73,8 @@ class FailureLimiter:
             now = self._clock()
             self._recent(key, now)
             self._failures.setdefault(key, deque()).append(now)
+
+    def __len__(self) -> int:
+        """Sources with failures in the table (for tests and figures)."""
+        with self._lock:
+            return len(self._failures)

@@ -7,6 +7,7 @@ from flask import Blueprint, current_app, jsonify, request
 from agent.protocol import REGISTER_PATH
 from primary.api.auth import primary_of_app
 from primary.api.parse import json_body
+from primary.api.ratelimit import source_key
 from primary.errors import ApiError
 from primary.fleet import registration
 
@@ -17,7 +18,7 @@ bp = Blueprint("register", __name__)
 def register():
     primary = primary_of_app()
     limiter = current_app.extensions["cifleet.registration_limiter"]
-    source = request.remote_addr or "unknown"
+    source = source_key(request.remote_addr or "unknown")
     wait = limiter.retry_after(source)
     if wait > 0:
         err = ApiError(f"too many failed registrations from {source}; try again later")
@@ -25,9 +26,10 @@ def register():
         raise err.with_header("Retry-After", str(math.ceil(wait)))
     try:
         reply = registration.register(primary, json_body())
-    except ApiError as exc:
-        if exc.status in (400, 401):  # guesses and garbage count; a taken name does not
-            limiter.failed(source)
+    except BaseException:
+        # Every refusal counts (a taken name, a 5xx too): nothing a caller sends may let
+        # it try without limit.
+        limiter.failed(source)
         raise
     # The agent reaches the agent port under the same name it used for us.
     host = request.host

@@ -87,16 +87,37 @@ def build_parser() -> argparse.ArgumentParser:
         help="largest static file a pipeline may have",
     )
     p.add_argument("--worker-cert-days", type=float, default=30.0)
+    p.add_argument(
+        "--cert-switch-over",
+        type=float,
+        default=60.0,
+        help="seconds a worker's superseded certificate is still accepted after a renewal;"
+        " used later, the worker's credentials are in conflict (a copied key)",
+    )
+    p.add_argument(
+        "--builtin-work-dir",
+        type=Path,
+        metavar="DIR",
+        help="the built-in worker's job workspaces (as root default"
+        " /var/lib/cifleet-builtin/WORKER_ID: jobs must reach it, and the data dir is private)",
+    )
 
     p = sub.add_parser("secret", help="show or rotate the worker secret")
     secret_sub = p.add_subparsers(dest="action", required=True)
     _data_dir(secret_sub.add_parser("show", help="print the worker secret"))
     _data_dir(secret_sub.add_parser("rotate", help="replace the worker secret"))
 
-    p = sub.add_parser("worker", help="list workers; lock, unlock, drain, flood, tag one")
-    p.add_argument("action", choices=["list", "lock", "unlock", "drain", "flood", "tags"])
+    p = sub.add_parser(
+        "worker", help="list workers; lock, unlock, drain, flood, tag one, allow root jobs"
+    )
+    p.add_argument(
+        "action", choices=["list", "lock", "unlock", "drain", "flood", "tags", "root-jobs"]
+    )
     p.add_argument("name", nargs="?", help="worker name or id")
     p.add_argument("--tags", help="with `tags`: comma-separated new tags ('' for none)")
+    root = p.add_mutually_exclusive_group()
+    root.add_argument("--allow", action="store_true", help="with `root-jobs`: allow them")
+    root.add_argument("--deny", action="store_true", help="with `root-jobs`: forbid them")
     _data_dir(p)
 
     token_cli.add_parser(sub, _data_dir)
@@ -186,6 +207,8 @@ def cmd_serve(args) -> int:
         log_stream_seconds=args.log_stream_seconds,
         max_static_file_bytes=args.max_static_file_bytes,
         worker_cert_days=args.worker_cert_days,
+        cert_switch_over=args.cert_switch_over,
+        builtin_work_dir=args.builtin_work_dir.absolute() if args.builtin_work_dir else None,
     )
     return serve(config)
 
@@ -232,6 +255,12 @@ def cmd_worker(args) -> int:
                 return 2
             tags = [t for t in args.tags.split(",") if t]
             worker = client.json("PUT", f"/api/v1/workers/{args.name}/tags", {"tags": tags})
+        elif args.action == "root-jobs":
+            if not (args.allow or args.deny):
+                print("cifleet-primary worker root-jobs: give --allow or --deny", file=sys.stderr)
+                return 2
+            body = {"allowed": args.allow}
+            worker = client.json("PUT", f"/api/v1/workers/{args.name}/root-jobs", body)
         else:
             worker = client.json("POST", f"/api/v1/workers/{args.name}/{args.action}")
     except ApiFailure as exc:
@@ -243,7 +272,11 @@ def cmd_worker(args) -> int:
 
 def _worker_line(w: dict) -> str:
     tags = ",".join(w["tags"]) or "-"
-    return f"{w['name']}  {w['state']}  tags={tags}  slots={w['slots_used']}/{w['slots']}"
+    root = "  root-jobs=allowed" if w.get("root_jobs") else ""
+    return (
+        f"{w['name']}  {w['state']}  tags={tags}  slots={w['slots_used']}/{w['slots']}{root}"
+        f"  jobs: {w.get('job_identity_text', '?')}"
+    )
 
 
 def cmd_server_cert(args) -> int:

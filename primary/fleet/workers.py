@@ -1,14 +1,14 @@
 """Workers as the admin API shows and changes them: state, list, lock and drain, tags,
-slots from the host, de-registration."""
+root jobs, slots from the host, de-registration."""
 
 import json
 import time
 
-from agent.protocol import NAME_RE
+from agent.protocol import CODE_TAGS_ADMIN_ONLY, NAME_RE
 from primary.context import Primary
-from primary.errors import BadRequest, NotFound
+from primary.errors import BadRequest, Forbidden, NotFound
 from primary.fleet.registration import MAX_SLOTS, MAX_TAGS
-from primary.runs.placement import candidate_from_row, state_word
+from primary.runs.placement import WORKER_STATES, candidate_from_row, state_word
 from primary.runs.runs import RUN_STATES
 from primary.runs.scheduler import plan
 from primary.runs.transitions import lose, requeue, slots_used
@@ -21,7 +21,30 @@ def worker_state(primary: Primary, row: dict, now: float) -> str:
     return state_word(candidate_from_row(row, 0, now, primary.config.heartbeat_timeout))
 
 
+# Who the agent says its jobs run as (agent/identity.py), in words.
+JOB_IDENTITY_TEXT = {
+    "pipeline-uids": "each pipeline's jobs run as a uid of their own",
+    "job-user": "jobs run as the user {user}, shared by every pipeline",
+    "shared": "jobs share the agent's identity",
+}
+
+
+def job_identity(row: dict) -> dict | None:
+    """The worker's report, as stored (validated when it arrived: long_poll)."""
+    return json.loads(row["job_identity"]) if row["job_identity"] else None
+
+
+def job_identity_text(identity: dict | None) -> str:
+    if identity is None:
+        return "not reported yet"
+    text = JOB_IDENTITY_TEXT[identity["mode"]].format(user=identity.get("user"))
+    if identity["mode"] == "pipeline-uids":
+        text += " ({}-{})".format(*identity["uids"])
+    return text
+
+
 def describe(primary: Primary, row: dict, used: int, now: float) -> dict:
+    identity = job_identity(row)
     return {
         "id": row["id"],
         "name": row["name"],
@@ -36,6 +59,14 @@ def describe(primary: Primary, row: dict, used: int, now: float) -> dict:
         "last_contact": iso(row["last_contact"]),
         "created_at": iso(row["created_at"]),
         "certificate_expires": iso(row["cert_not_after"]),
+        "job_identity": identity,
+        "job_identity_text": job_identity_text(identity),
+        "root_jobs": bool(row["root_jobs"]),
+        "conflict": (
+            {"at": iso(row["conflict_at"]), "reason": row["conflict_reason"]}
+            if row["conflict_at"] is not None
+            else None
+        ),
     }
 
 
@@ -47,18 +78,18 @@ def list_workers(primary: Primary) -> list[dict]:
 
 
 def get_worker(primary: Primary, worker_id: str) -> dict:
-    row = primary.store.query_one(
-        "SELECT * FROM workers WHERE id = ? OR name = ?", (worker_id, worker_id)
-    )
-    if row is None:
-        raise NotFound(f"no worker {worker_id!r}")
+    row = _worker_row(primary.store.connection(), worker_id)
     return describe(primary, dict(row), slots_used(primary.store).get(row["id"], 0), time.time())
 
 
 def _worker_row(conn, worker_id: str):
-    row = conn.execute(
-        "SELECT * FROM workers WHERE id = ? OR name = ?", (worker_id, worker_id)
-    ).fetchone()
+    """A path segment names a worker by id first, else by name without regard to case (no
+    name can look like an id, and names are unique without regard to case: one match)."""
+    row = conn.execute("SELECT * FROM workers WHERE id = ?", (worker_id,)).fetchone()
+    if row is None:
+        row = conn.execute(
+            "SELECT * FROM workers WHERE lower(name) = lower(?)", (worker_id,)
+        ).fetchone()
     if row is None:
         raise NotFound(f"no worker {worker_id!r}")
     return row
@@ -110,12 +141,46 @@ def set_tags(primary: Primary, worker_id: str, tags: object) -> dict:
     return get_worker(primary, row["id"])
 
 
-def update_from_host(primary: Primary, worker: dict, body: dict) -> dict:
-    """`cifleet-agent update-worker` on the host: drain/flood, tags, slots of this worker."""
+def set_root_jobs(primary: Primary, worker_id: str, allowed: object) -> dict:
+    """Allow or forbid root jobs (pipelines with run_as_root) on a worker; off by default.
+    Runs it holds go on as they started; the next decision uses the new setting."""
 
-    unknown = set(body) - {"draining", "tags", "slots"}
+    if not isinstance(allowed, bool):
+        raise BadRequest("allowed: must be true or false")
+    with primary.store.transaction() as conn:
+        row = _worker_row(conn, worker_id)
+        conn.execute("UPDATE workers SET root_jobs = ? WHERE id = ?", (int(allowed), row["id"]))
+        if not allowed:
+            planned = conn.execute(
+                "SELECT id FROM runs WHERE worker_id = ? AND state = 'assigned' AND run_as_root",
+                (row["id"],),
+            ).fetchall()
+            for run in planned:
+                reason = f"re-planned: root jobs are no longer allowed on {row['name']}"
+                requeue(conn, run["id"], reason, time.time())
+    primary.waiters.wake(row["id"])
+    plan(primary)
+    return get_worker(primary, row["id"])
+
+
+TAGS_BY_ADMIN = (
+    "a worker cannot change its own tags: they decide which pipelines, and so which secrets,"
+    " it receives. An admin sets them: PUT /api/v1/workers/ID/tags, `cifleet-primary worker"
+    " tags NAME --tags a,b`, the Workers page, or update-worker.yml"
+)
+
+
+def update_from_host(primary: Primary, worker: dict, body: dict) -> dict:
+    """`cifleet-agent update-worker` on the host: drain/flood and slots of this worker. Not
+    its tags: a worker's certificate never widens what it may receive."""
+
+    if "tags" in body:
+        err = Forbidden(TAGS_BY_ADMIN)
+        err.code = CODE_TAGS_ADMIN_ONLY
+        raise err
+    unknown = set(body) - {"draining", "slots"}
     if unknown:
-        raise BadRequest(f"{sorted(unknown)[0]}: unknown field; expected draining, tags, slots")
+        raise BadRequest(f"{sorted(unknown)[0]}: unknown field; expected draining, slots")
     if "draining" in body and not isinstance(body["draining"], bool):
         raise BadRequest("draining: must be true or false")
     slots = body.get("slots")
@@ -123,8 +188,6 @@ def update_from_host(primary: Primary, worker: dict, body: dict) -> dict:
         not isinstance(slots, int) or isinstance(slots, bool) or not 1 <= slots <= MAX_SLOTS
     ):
         raise BadRequest(f"slots: must be a whole number from 1 to {MAX_SLOTS}")
-    if "tags" in body:
-        set_tags(primary, worker["id"], body["tags"])
     if "slots" in body:
         with primary.store.transaction() as conn:
             conn.execute("UPDATE workers SET slots = ? WHERE id = ?", (slots, worker["id"]))
@@ -143,22 +206,29 @@ def delete_worker(primary: Primary, worker_id: str) -> dict:
     now = time.time()
     with primary.store.transaction() as conn:
         row = _worker_row(conn, worker_id)
-        for run in conn.execute(
-            "SELECT id, state, spec, lost_count FROM runs WHERE worker_id = ?"
-            " AND state IN ('assigned', 'running')",
-            (row["id"],),
-        ).fetchall():
-            if run["state"] == "assigned":
-                requeue(conn, run["id"], f"re-planned: worker {row['name']} was removed", now)
-            else:
-                lose(conn, run, f"worker {row['name']} was removed", now)
-        conn.execute(
-            "UPDATE pipelines SET home_worker_id = NULL WHERE home_worker_id = ?", (row["id"],)
-        )
+        take_runs_back(conn, row, f"worker {row['name']} was removed", now)
         conn.execute("DELETE FROM workers WHERE id = ?", (row["id"],))
     primary.waiters.wake(row["id"])  # its held poll answers now; the next one is refused
     plan(primary)
     return {"id": row["id"], "name": row["name"], "deleted": True}
+
+
+def take_runs_back(conn, row, why: str, now: float) -> None:
+    """The worker will run nothing more (removed, or its credentials in conflict): its runs
+    are re-queued (or end as lost, by retries_on_lost), and pipelines whose home it was
+    start clean elsewhere."""
+    for run in conn.execute(
+        "SELECT id, state, spec, lost_count FROM runs WHERE worker_id = ?"
+        " AND state IN ('assigned', 'running')",
+        (row["id"],),
+    ).fetchall():
+        if run["state"] == "assigned":
+            requeue(conn, run["id"], f"re-planned: {why}", now)
+        else:
+            lose(conn, run, why, now)
+    conn.execute(
+        "UPDATE pipelines SET home_worker_id = NULL WHERE home_worker_id = ?", (row["id"],)
+    )
 
 
 def status_counts(primary: Primary) -> dict:
@@ -175,8 +245,7 @@ def status_counts(primary: Primary) -> dict:
             "active": sum(1 for w in workers if w["state"] != "inactive"),
             "inactive": sum(1 for w in workers if w["state"] == "inactive"),
             "by_state": {
-                state: sum(1 for w in workers if w["state"] == state)
-                for state in ("active", "inactive", "locked", "draining", "version mismatch")
+                state: sum(1 for w in workers if w["state"] == state) for state in WORKER_STATES
             },
         },
         "queue_length": by_state["queued"],

@@ -2,6 +2,11 @@
 
 Errors name the field and, where YAML knows it, the line, e.g.
 `jobs[1].needs: unknown job 'biuld' (line 9)`.
+
+YAML aliases let a few hundred bytes stand for millions of nodes (the "billion laughs"), or
+for a list that contains itself. Before anything is built, the definition must stay within
+a budget: nesting depth, aliases, and the size it expands to (nodes and characters), each
+measured without expanding anything.
 """
 
 from typing import Any
@@ -10,9 +15,16 @@ import yaml
 
 from agent.protocol import NAME_RE
 
+# libyaml's parser (in PyYAML's wheels) when present: the pure-Python one scans a whole flow
+# collection before its first event, seconds for a megabyte of "[a,a,...". Both are safe.
+LOADER = getattr(yaml, "CSafeLoader", yaml.SafeLoader)
+MAX_DEPTH = 32  # a pipeline needs about 5 levels
+MAX_ALIASES = 1000
+MAX_NODES = 100_000  # after expanding aliases; a large real pipeline has a few thousand
+MAX_CHARS = 4 << 20  # characters in scalars after expanding aliases (definitions are <= 1 MiB)
 DEFAULT_JOB_TIMEOUT = 3600
 MAX_JOB_TIMEOUT = 7 * 24 * 3600
-PIPELINE_KEYS = {"name", "tags", "env", "secrets", "jobs", "retries_on_lost"}
+PIPELINE_KEYS = {"name", "tags", "env", "secrets", "jobs", "retries_on_lost", "run_as_root"}
 JOB_KEYS = {"name", "steps", "env", "secrets", "timeout", "needs"}
 
 
@@ -36,11 +48,100 @@ def _line_index(node: yaml.Node, path: str, index: dict[str, int]) -> None:
             _line_index(item, f"{path}[{i}]", index)
 
 
+def _check_events(text: str) -> None:
+    """Depth, aliases and nodes, from the parser's events, before anything is built: the
+    parser keeps its own stack, while composing recurses once per level (thousands of levels
+    would be a RecursionError) and builds every node."""
+    depth = aliases = nodes = 0
+    for event in yaml.parse(text, Loader=LOADER):
+        if isinstance(event, yaml.NodeEvent):
+            nodes += 1
+            if nodes > MAX_NODES:
+                raise SpecError("yaml", f"more than {MAX_NODES} nodes", event.start_mark.line + 1)
+        if isinstance(event, yaml.CollectionStartEvent):
+            depth += 1
+            if depth > MAX_DEPTH:
+                raise SpecError(
+                    "yaml", f"nested deeper than {MAX_DEPTH} levels", event.start_mark.line + 1
+                )
+        elif isinstance(event, yaml.CollectionEndEvent):
+            depth -= 1
+        elif isinstance(event, yaml.AliasEvent):
+            aliases += 1
+            if aliases > MAX_ALIASES:
+                raise SpecError(
+                    "yaml", f"more than {MAX_ALIASES} aliases", event.start_mark.line + 1
+                )
+
+
+def _children(node: yaml.Node) -> list[yaml.Node]:
+    if isinstance(node, yaml.SequenceNode):
+        return list(node.value)
+    if isinstance(node, yaml.MappingNode):
+        return [n for pair in node.value for n in pair]
+    return []
+
+
+def _check_expansion(root: yaml.Node) -> None:
+    """What the document expands to, in nodes and characters, counted once per distinct
+    node (so a bomb costs its size, not its expansion); a node inside itself is refused."""
+    sizes: dict[int, tuple[int, int]] = {}
+    below: set[int] = set()  # the nodes being measured: the path from the root
+    stack: list[tuple[yaml.Node, bool]] = [(root, False)]
+    while stack:
+        node, measured_children = stack.pop()
+        key = id(node)
+        if measured_children:
+            below.discard(key)
+            nodes, chars = 1, 0
+            if isinstance(node, yaml.ScalarNode):
+                chars = len(node.value)
+                if not _is_unicode(node.value):
+                    line = node.start_mark.line + 1
+                    raise SpecError("yaml", "a string is not valid Unicode (a surrogate)", line)
+            for child in _children(node):
+                nodes, chars = nodes + sizes[id(child)][0], chars + sizes[id(child)][1]
+            if nodes > MAX_NODES or chars > MAX_CHARS:
+                raise SpecError(
+                    "yaml",
+                    f"expands to more than {MAX_NODES} nodes or {MAX_CHARS} characters (aliases)",
+                    node.start_mark.line + 1,
+                )
+            sizes[key] = (nodes, chars)
+            continue
+        if key in sizes:
+            continue
+        below.add(key)
+        stack.append((node, True))
+        for child in _children(node):
+            if id(child) in below:
+                raise SpecError(
+                    "yaml", "an alias refers to a node it is part of", child.start_mark.line + 1
+                )
+            if id(child) not in sizes:
+                stack.append((child, False))
+
+
+def _is_unicode(text: str) -> bool:
+    try:
+        text.encode("utf-8")
+    except UnicodeEncodeError:
+        return False
+    return True
+
+
 def parse_pipeline(text: str) -> dict[str, Any]:
     """YAML text → normalised spec dict. Raises SpecError."""
     try:
-        node = yaml.compose(text, Loader=yaml.SafeLoader)
-        data = yaml.safe_load(text)
+        _check_events(text)
+        loader = LOADER(text)
+        try:
+            node = loader.get_single_node()
+            if node is not None:
+                _check_expansion(node)
+            data = loader.construct_document(node) if node is not None else None
+        finally:
+            loader.dispose()
     except yaml.MarkedYAMLError as exc:
         mark = exc.problem_mark or exc.context_mark
         raise SpecError("yaml", str(exc.problem or exc), mark.line + 1 if mark else None) from None
@@ -72,6 +173,9 @@ def validate_pipeline(data: Any, lines: dict[str, int] | None = None) -> dict[st
     retries = data.get("retries_on_lost", 1)
     if not isinstance(retries, int) or isinstance(retries, bool) or not 0 <= retries <= 10:
         raise fail("retries_on_lost", "must be a whole number from 0 to 10")
+    as_root = data.get("run_as_root", False)
+    if not isinstance(as_root, bool):
+        raise fail("run_as_root", "must be true or false")
     raw_jobs = data.get("jobs")
     if not isinstance(raw_jobs, list) or not raw_jobs:
         raise fail("jobs", "must be a non-empty list of jobs")
@@ -132,7 +236,10 @@ def validate_pipeline(data: Any, lines: dict[str, int] | None = None) -> dict[st
     ordered = execution_order(jobs)
     if ordered is None:
         raise fail("jobs", "the needs form a cycle")
-    return {"name": name, "tags": tags, "env": env, "retries_on_lost": retries, "jobs": ordered}
+    spec = {"name": name, "tags": tags, "env": env, "retries_on_lost": retries, "jobs": ordered}
+    if as_root:  # only when asked for, so specs stored before it existed compare equal
+        spec["run_as_root"] = True
+    return spec
 
 
 def execution_order(jobs: list[dict[str, Any]]) -> list[dict[str, Any]] | None:

@@ -63,6 +63,11 @@ def put_file(primary: Primary, pipeline: str, raw_path: str, stream: BinaryIO) -
     target = _inside(primary, pipeline, path)
     if target.is_dir():
         raise BadRequest(f"path: {path} is a folder of other files")
+    parts = path.split("/")
+    for i in range(1, len(parts)):
+        above = root.joinpath(*parts[:i])
+        if above.exists() and not above.is_dir():
+            raise BadRequest(f"path: {'/'.join(parts[:i])} is a file, so nothing can be below it")
     target.parent.mkdir(parents=True, exist_ok=True, mode=0o700)
     _inside(primary, pipeline, path)  # again, now that the parents exist
     digest, size = hashlib.sha256(), 0

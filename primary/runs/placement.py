@@ -22,6 +22,9 @@ class Candidate:
     version_ok: bool = True
     load1_per_cpu: float = 0.0
     load5_per_cpu: float = 0.0
+    conflict: bool = False  # its credentials are in conflict (a copied key was used)
+    root_jobs: bool = False  # an admin allows root jobs here
+    agent_root: bool = False  # its agent runs as root (so it can run a job as root)
 
     @property
     def score(self) -> float:
@@ -51,6 +54,14 @@ class Decision:
 
 
 OVERLOAD_LOAD5_PER_CPU = 1.0
+WORKER_STATES = (
+    "active",
+    "inactive",
+    "credentials in conflict",
+    "locked",
+    "draining",
+    "version mismatch",
+)
 
 
 def tags_match(pipeline_tags: tuple[str, ...], worker_tags: tuple[str, ...]) -> bool:
@@ -62,6 +73,8 @@ def tags_match(pipeline_tags: tuple[str, ...], worker_tags: tuple[str, ...]) -> 
 
 
 def unavailable(c: Candidate) -> str | None:
+    if c.conflict:
+        return "credentials in conflict"
     if not c.active:
         return "inactive"
     if not c.version_ok:
@@ -73,20 +86,34 @@ def unavailable(c: Candidate) -> str | None:
     return None
 
 
+def root_refusal(c: Candidate) -> str | None:
+    """Why a pipeline that runs as root cannot go to this worker, or None."""
+    if not c.root_jobs:
+        return "root jobs are not allowed here"
+    if not c.agent_root:
+        return "its agent does not run as root"
+    return None
+
+
 def _lowest_load(
     pipeline_tags: tuple[str, ...],
     candidates: list[Candidate],
     exclude: str | None = None,
     skip_overloaded: bool = False,
+    needs_root: bool = False,
 ) -> tuple[Candidate | None, list[str], int]:
     """The usable candidate with the lowest score, a reason per candidate, and how many
-    candidates matched the tags."""
+    candidates could take the run but for being busy or unavailable (tags match, and root
+    jobs where the pipeline needs them)."""
     reasons: list[str] = []
     usable: list[Candidate] = []
     matched = 0
     for c in sorted(candidates, key=lambda c: (c.name, c.id)):
         if not tags_match(pipeline_tags, c.tags):
             reasons.append(f"{c.name}: passed over, tags {list(c.tags)} do not match")
+            continue
+        if needs_root and root_refusal(c):
+            reasons.append(f"{c.name}: passed over, {root_refusal(c)}")
             continue
         matched += 1
         why = unavailable(c)
@@ -109,15 +136,21 @@ def _lowest_load(
 
 
 def _home_verdict(
-    pipeline_tags: tuple[str, ...], home: Candidate | None, h: Home, overload_counts: bool = True
+    pipeline_tags: tuple[str, ...],
+    home: Candidate | None,
+    h: Home,
+    overload_counts: bool = True,
+    needs_root: bool = False,
 ) -> str:
     """`keep`, `wait`, or the rule that moves the pipeline away from its home."""
     if h.cache_cleared:
         return "cache cleared"
     if h.worker_id is None:
         return "first run"
-    if home is None or not home.active:
+    if home is None or not home.active or home.conflict:
         return "home not responding"
+    if needs_root and root_refusal(home):
+        return "home cannot run root jobs"
     if not home.version_ok:
         return "home runs another agent version"
     if not tags_match(pipeline_tags, home.tags):
@@ -137,12 +170,13 @@ def _overloaded(c: Candidate) -> bool:
 
 
 def _lighter_worker_free(
-    pipeline_tags: tuple[str, ...], candidates: list[Candidate], home: Candidate
+    pipeline_tags: tuple[str, ...], candidates: list[Candidate], home: Candidate, needs_root: bool
 ) -> bool:
     """Whether another worker that is not overloaded could take the run now."""
     return any(
         c.id != home.id
         and tags_match(pipeline_tags, c.tags)
+        and not (needs_root and root_refusal(c))
         and not unavailable(c)
         and c.used < c.slots
         and not _overloaded(c)
@@ -151,18 +185,25 @@ def _lighter_worker_free(
 
 
 def choose_worker(
-    pipeline_tags: tuple[str, ...], candidates: list[Candidate], home: Home | None = None
+    pipeline_tags: tuple[str, ...],
+    candidates: list[Candidate],
+    home: Home | None = None,
+    needs_root: bool = False,
 ) -> Decision:
     """Keep the pipeline on its home unless a rule moves it; a moved, cleared or new pipeline
-    goes to the usable worker with the lowest load (ties by name)."""
+    goes to the usable worker with the lowest load (ties by name). A pipeline that runs as
+    root (`needs_root`) only goes to a worker whose admin allows root jobs and whose agent
+    runs as root. What workers report (load, draining) only orders and narrows that set."""
     h = home or Home(worker_id=None)
     home_c = next((c for c in candidates if c.id == h.worker_id), None)
-    verdict = _home_verdict(pipeline_tags, home_c, h)
+    verdict = _home_verdict(pipeline_tags, home_c, h, needs_root=needs_root)
     kept = "kept home"
-    if verdict == "home overloaded" and not _lighter_worker_free(pipeline_tags, candidates, home_c):
+    if verdict == "home overloaded" and not _lighter_worker_free(
+        pipeline_tags, candidates, home_c, needs_root
+    ):
         # Overload is a reason to move, not to stop, and moving costs the cache: with no less
         # loaded worker free (agents on one host all report its load), the home rules apply.
-        verdict = _home_verdict(pipeline_tags, home_c, h, overload_counts=False)
+        verdict = _home_verdict(pipeline_tags, home_c, h, False, needs_root)
         kept = "kept home: overloaded, but no less loaded worker can take it"
     if verdict == "keep":
         reasons = [
@@ -181,7 +222,7 @@ def choose_worker(
         )
     exclude = h.worker_id if verdict not in ("first run", "cache cleared") else None
     best, reasons, matched = _lowest_load(
-        pipeline_tags, candidates, exclude, skip_overloaded=verdict == "home overloaded"
+        pipeline_tags, candidates, exclude, verdict == "home overloaded", needs_root
     )
     if best is not None:
         if verdict.startswith("overflow"):
@@ -192,7 +233,12 @@ def choose_worker(
         return Decision(
             best.id, best.name, rule, tuple(reasons), new_home=True, clean_workspace=True
         )
-    if matched == 0:
+    if matched == 0 and needs_root and any(tags_match(pipeline_tags, c.tags) for c in candidates):
+        waiting = (
+            "waiting: the pipeline runs as root, and no worker with matching tags allows root"
+            " jobs (an admin allows them: PUT /api/v1/workers/ID/root-jobs)"
+        )
+    elif matched == 0:
         if pipeline_tags:
             waiting = f"waiting: no worker has any of the tags {list(pipeline_tags)}"
         else:
@@ -208,6 +254,7 @@ def candidate_from_row(row, used: int, now: float, heartbeat_timeout: float) -> 
 
     load = json.loads(row["load"]) if row["load"] else {}
     cpus = max(int(load.get("cpus") or 1), 1)
+    identity = json.loads(row["job_identity"]) if row["job_identity"] else {}
     return Candidate(
         id=row["id"],
         name=row["name"],
@@ -220,9 +267,12 @@ def candidate_from_row(row, used: int, now: float, heartbeat_timeout: float) -> 
         version_ok=row["version"] == __version__,
         load1_per_cpu=float(load.get("load1") or 0.0) / cpus,
         load5_per_cpu=float(load.get("load5") or 0.0) / cpus,
+        conflict=row["conflict_at"] is not None,
+        root_jobs=bool(row["root_jobs"]),
+        agent_root=identity.get("mode") in ("pipeline-uids", "job-user"),
     )
 
 
 def state_word(c: Candidate) -> str:
-    """One word for people: inactive, version mismatch, locked, draining or active."""
+    """A word or two for people: one of WORKER_STATES."""
     return unavailable(c) or "active"

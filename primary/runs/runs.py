@@ -41,9 +41,16 @@ def create_run(primary: Primary, pipeline_name: str) -> int:
     now = time.time()
     with primary.store.transaction() as conn:
         cur = conn.execute(
-            "INSERT INTO runs (pipeline, spec, tags, state, created_at, queued_at)"
-            " VALUES (?, ?, ?, 'queued', ?, ?)",
-            (spec["name"], json.dumps(spec), json.dumps(spec["tags"]), now, now),
+            "INSERT INTO runs (pipeline, spec, tags, run_as_root, state, created_at, queued_at)"
+            " VALUES (?, ?, ?, ?, 'queued', ?, ?)",
+            (
+                spec["name"],
+                json.dumps(spec),
+                json.dumps(spec["tags"]),
+                int(spec.get("run_as_root", False)),
+                now,
+                now,
+            ),
         )
         run_id = cur.lastrowid
         conn.executemany(

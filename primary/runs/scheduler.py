@@ -30,8 +30,8 @@ def load_candidates(primary: Primary, now: float) -> list[Candidate]:
 # left, so a deep queue costs what can start, not a decision per queued run per event.
 QUEUE_PAGE = 64
 _QUEUED = (
-    "SELECT r.id, r.tags, r.reason, r.queued_at, r.pipeline, p.home_worker_id,"
-    " p.cache_cleared FROM runs r LEFT JOIN pipelines p ON p.name = r.pipeline"
+    "SELECT r.id, r.tags, r.reason, r.queued_at, r.pipeline, r.run_as_root,"
+    " p.home_worker_id, p.cache_cleared FROM runs r LEFT JOIN pipelines p ON p.name = r.pipeline"
     " WHERE r.state = 'queued' AND r.id > ?"
 )
 
@@ -101,9 +101,10 @@ def _plan_queue(conn, primary: Primary, now: float, refresh_reasons: bool) -> di
             home = Home(
                 home_id, cleared, now - (run["queued_at"] or now), primary.config.home_busy_wait
             )
-            key = (run["tags"], home_id, cleared, home.waited < home.busy_wait)
+            as_root = bool(run["run_as_root"])
+            key = (run["tags"], home_id, cleared, home.waited < home.busy_wait, as_root)
             decision = unplaced.get(key) or choose_worker(
-                tuple(json.loads(run["tags"])), list(candidates.values()), home
+                tuple(json.loads(run["tags"])), list(candidates.values()), home, as_root
             )
             if decision.worker_id is None:
                 unplaced[key] = decision

@@ -160,6 +160,29 @@ MIGRATIONS: list[str] = [
         created_at REAL NOT NULL
     );
     """,
+    # 8: a job, or a stolen worker key, reaches no further than its own runs (issue 11).
+    # Who a worker's jobs run as (reported by its agent), whether an admin allows root jobs
+    # there, when its certificate was renewed (the superseded one is accepted only for the
+    # switch-over after), and why its credentials are in conflict (a copied key was used).
+    # Names: none may look like a worker id, and none may differ from another only in
+    # case. Existing rows that break either are renamed (docs/api.md): a name in the form of
+    # an id becomes renamed-ID; of names equal but for case, the oldest keeps its name and
+    # the others become NAME-ID (cut to 45 characters first), so every name stays unique.
+    """
+    ALTER TABLE workers ADD COLUMN job_identity TEXT;       -- JSON from the agent's polls
+    ALTER TABLE workers ADD COLUMN root_jobs INTEGER NOT NULL DEFAULT 0;
+    ALTER TABLE workers ADD COLUMN cert_renewed_at REAL;
+    ALTER TABLE workers ADD COLUMN conflict_at REAL;
+    ALTER TABLE workers ADD COLUMN conflict_reason TEXT;
+    ALTER TABLE runs ADD COLUMN run_as_root INTEGER NOT NULL DEFAULT 0;
+    UPDATE workers SET name = 'renamed-' || id WHERE length(name) = 18
+        AND lower(name) GLOB 'w-*' AND NOT substr(lower(name), 3) GLOB '*[^0-9a-f]*';
+    UPDATE workers SET name = substr(name, 1, 45) || '-' || id WHERE EXISTS (
+        SELECT 1 FROM workers AS older WHERE lower(older.name) = lower(workers.name)
+        AND (older.created_at < workers.created_at
+             OR (older.created_at = workers.created_at AND older.id < workers.id)));
+    CREATE UNIQUE INDEX workers_by_lower_name ON workers (lower(name));
+    """,
 ]
 
 

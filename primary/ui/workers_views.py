@@ -34,6 +34,16 @@ def flag(worker_id: str, action: str):
     return done(f"{worker['name']}: {ACTION_WORDS[action]}", url_for(".index"), worker=worker)
 
 
+@bp.post("/<worker_id>/root-jobs/<action>")
+@require_admin
+def root_jobs(worker_id: str, action: str):
+    if action not in ("allow", "deny"):
+        raise NotFound(f"no root-jobs action {action!r}; use allow or deny")
+    worker = workers.set_root_jobs(primary_of_app(), worker_id, action == "allow")
+    word = "allowed" if worker["root_jobs"] else "not allowed"
+    return done(f"{worker['name']}: root jobs {word}", url_for(".index"), worker=worker)
+
+
 @bp.post("/<worker_id>/tags")
 @require_admin
 def tags(worker_id: str):

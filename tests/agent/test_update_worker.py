@@ -32,28 +32,18 @@ def test_drain(agent_home, fake_primary):
     assert result.stdout == "worker test-worker (w-1): active, draining; tags: none; slots: 2\n"
 
 
-def test_flood_tags_and_slots_update_the_record_and_config(agent_home, fake_primary):
+def test_flood_and_slots_update_the_record_and_config(agent_home, fake_primary):
     fake_primary.worker["draining"] = True
-    result = update_worker(agent_home, "--flood", "--tags", "linux, gpu", "--slots", "3")
+    fake_primary.worker["tags"] = ["linux", "gpu"]  # an admin set them
+    result = update_worker(agent_home, "--flood", "--slots", "3")
     assert result.returncode == 0, result.stderr
-    assert fake_primary.worker_requests == [
-        {"draining": False, "tags": ["linux", "gpu"], "slots": 3}
-    ]
+    assert fake_primary.worker_requests == [{"draining": False, "slots": 3}]
     assert result.stdout == (
         "worker test-worker (w-1): active, taking work; tags: linux,gpu; slots: 3\n"
     )
-    assert config(agent_home)["tags"] == ["linux", "gpu"]
+    assert config(agent_home)["tags"] == ["linux", "gpu"]  # the record's, kept for reference
     assert config(agent_home)["slots"] == 3
     assert config(agent_home)["worker_id"] == "w-1"  # the rest is kept
-
-
-def test_empty_tags_mean_no_tags(agent_home, fake_primary):
-    fake_primary.worker["tags"] = ["old"]
-    result = update_worker(agent_home, "--tags", "")
-    assert result.returncode == 0, result.stderr
-    assert fake_primary.worker_requests == [{"tags": []}]
-    assert "tags: none" in result.stdout
-    assert config(agent_home)["tags"] == []
 
 
 def _one_line_error(result, text):
@@ -89,7 +79,9 @@ def test_primary_refuses_a_field(agent_home, fake_primary):
     [
         ((), "nothing to change"),
         (("--slots", "0"), "slots must be between 1 and 64"),
-        (("--tags", "ok,not ok"), "invalid tag 'not ok'"),
+        # Tags decide which pipelines (and their secrets) a worker receives: an admin's.
+        (("--tags", "linux"), "a worker's tags are set by an admin"),
+        (("--drain", "--tags", ""), "PUT /api/v1/workers/NAME/tags"),
     ],
 )
 def test_bad_options_send_nothing(agent_home, fake_primary, args, text):

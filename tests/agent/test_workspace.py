@@ -43,10 +43,10 @@ def home(tmp_path):
 
 
 def test_list_workspaces_reports_only_pipeline_directories(home):
-    for name in ("b", "a.x", ".hidden"):
+    for name in ("b", "a.x", ".hidden", ".trash"):
         (home / "workspaces" / name).mkdir()
     (home / "workspaces" / "stray-file").write_text("x")
-    assert list_workspaces(home) == ["a.x", "b"]
+    assert list_workspaces(home / "workspaces") == ["a.x", "b"]
     assert list_workspaces(home / "nowhere") == []
 
 
@@ -57,11 +57,12 @@ def test_delete_workspace_removes_the_directory_and_its_record(home):
     (home / "files").mkdir()
     (home / "files" / "p.json").write_text("{}")
     (home / "files" / "q.json").write_text("{}")
-    assert delete_workspace(home, "p") is True
+    assert delete_workspace(home, home / "workspaces", "p") is True
     assert not ws.exists() and not (home / "files" / "p.json").exists()
     assert (home / "files" / "q.json").exists()
-    assert delete_workspace(home, "p") is False  # idempotent
-    wait_until(lambda: os.listdir(home / "trash") == [])  # removed in the background
+    assert delete_workspace(home, home / "workspaces", "p") is False  # idempotent
+    # removed in the background
+    wait_until(lambda: os.listdir(home / "workspaces" / ".trash") == [])
 
 
 def wait_until(predicate, timeout=5.0):
@@ -72,11 +73,14 @@ def wait_until(predicate, timeout=5.0):
 
 
 def test_empty_trash_removes_what_an_earlier_process_left(home):
-    (home / "trash" / "p.123" / "deep").mkdir(parents=True)
-    (home / "trash" / "p.123" / "deep" / "f").write_text("x")
-    empty_trash(home)
+    # In the work dir, and in HOME/trash, where agents before the work dir kept it.
+    for trash in (home / "workspaces" / ".trash", home / "trash"):
+        (trash / "p.123" / "deep").mkdir(parents=True)
+        (trash / "p.123" / "deep" / "f").write_text("x")
+    empty_trash(home, home / "workspaces")
+    wait_until(lambda: os.listdir(home / "workspaces" / ".trash") == [])
     wait_until(lambda: os.listdir(home / "trash") == [])
-    empty_trash(home / "no-such-home")  # nothing to do, no error
+    empty_trash(home / "no-such-home", home / "no-such-work")  # nothing to do, no error
 
 
 def test_delete_workspace_never_follows_a_link_out(home, tmp_path):
@@ -84,7 +88,7 @@ def test_delete_workspace_never_follows_a_link_out(home, tmp_path):
     outside.mkdir()
     (outside / "keep").write_text("x")
     (home / "workspaces" / "p").symlink_to(outside)
-    assert delete_workspace(home, "p") is True
+    assert delete_workspace(home, home / "workspaces", "p") is True
     assert (outside / "keep").read_text() == "x"
     assert not (home / "workspaces" / "p").exists()
 
@@ -94,15 +98,19 @@ def test_delete_workspaces_ignores_names_outside_workspaces(home, name):
     (home / "keep").write_text("x")
     (home / "workspaces" / "a").mkdir()
     (home / "workspaces" / "a" / "b").mkdir()
-    delete_workspaces(home, [name, 7, None], busy=set())
+    delete_workspaces(home, home / "workspaces", [name, 7, None], busy=set())
     assert (home / "keep").exists() and (home / "workspaces" / "a" / "b").is_dir()
 
 
 def test_delete_workspaces_skips_busy_pipelines(home):
     for name in ("busy", "idle"):
         (home / "workspaces" / name).mkdir()
-    delete_workspaces(home, ["busy", "idle", "missing"], busy={"busy"})
-    assert list_workspaces(home) == ["busy"]
+    deleted: list[str] = []
+    delete_workspaces(
+        home, home / "workspaces", ["busy", "idle", "missing"], {"busy"}, deleted.append
+    )
+    assert list_workspaces(home / "workspaces") == ["busy"]
+    assert deleted == ["idle", "missing"]  # the job uid of each is freed (idempotent)
 
 
 @pytest.mark.parametrize(
@@ -209,7 +217,7 @@ def test_prepare_cleans_first_when_asked(home):
     )
     served = Served({"a.txt": b"A"})
     lines: list[str] = []
-    prepare_workspace(home, run, served, lines)
+    prepare_workspace(home, ws, run, served, lines)
     # The record was forgotten with the contents, so the file is fetched again.
     assert served.requests == ["a.txt"]
     assert sorted(os.listdir(ws)) == ["a.txt"]

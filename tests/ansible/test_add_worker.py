@@ -30,22 +30,19 @@ def test_add_worker_registers_and_starts_the_unit_on_every_host(fleet, added):
         assert worker["slots"] == 1 and not worker["draining"]
         assert host.ssh("systemctl is-active cifleet-agent") == "active\n"
         assert host.ssh("systemctl is-enabled cifleet-agent") == "enabled\n"
-        assert host.ssh("systemctl show -p User --value cifleet-agent") == "cifleet\n"
-        # The default paths, owned as the role says.
+        # The agent runs as root (its jobs as uids of their own, below).
+        assert host.ssh("systemctl show -p User --value cifleet-agent") == "root\n"
+        # The default paths, owned as the role says: the home only passable for others.
         assert host.ssh(
             "stat -c '%U %G %a %n' /opt/cifleet /etc/cifleet /var/lib/cifleet /var/log/cifleet"
             " /var/lib/cifleet/worker.key /etc/cifleet/ca.pem"
         ).splitlines() == [
             "root root 755 /opt/cifleet",
             "root root 755 /etc/cifleet",
-            "cifleet cifleet 750 /var/lib/cifleet",
-            "cifleet cifleet 750 /var/log/cifleet",
-            "cifleet cifleet 600 /var/lib/cifleet/worker.key",
+            "root root 711 /var/lib/cifleet",
+            "root root 750 /var/log/cifleet",
+            "root root 600 /var/lib/cifleet/worker.key",
             "root root 644 /etc/cifleet/ca.pem",
-        ]
-        assert host.ssh("getent passwd cifleet").split(":")[5:] == [
-            "/var/lib/cifleet",
-            "/usr/sbin/nologin\n",
         ]
         # The venv has the agent and no pip (the archive's pip wheel installed it).
         assert host.ssh("/opt/cifleet/venv/bin/cifleet-agent --version").split()[1] == (
@@ -79,15 +76,26 @@ def test_each_python_gets_its_own_wheelhouse(fleet, added):
         assert host.ssh(f'/opt/cifleet/venv/bin/python -c "{version}"') == f"{python}\n"
 
 
-def test_a_tagged_pipeline_runs_on_the_host_with_that_tag(fleet, added):
+def test_a_tagged_pipeline_runs_on_its_host_as_the_job_user_who_cannot_read_the_key(fleet, added):
     fleet.primary.pipeline(
-        "name: on-gamma\ntags: [gamma]\njobs:\n"
-        '  - name: where\n    steps: ["cat /etc/hostname", "id -un"]\n'
+        "name: on-gamma\ntags: [gamma]\njobs:\n  - name: where\n    steps:\n"
+        '      - "cat /etc/hostname"\n'
+        '      - "id -u"\n'
+        '      - "cat /var/lib/cifleet/worker.key || echo no key"\n'
+        '      - "ls /var/lib/cifleet || echo no listing"\n'
     )
     run = fleet.primary.wait_run(fleet.primary.trigger("on-gamma"), timeout=60)
     assert run["state"] == "success", run
     assert run["worker_name"] == "w3"
-    assert fleet.primary.job_log(run["id"], "where") == b"w3\ncifleet\n"
+    # The job ran as a uid of the job range (the workspace is that uid's), not as the
+    # agent (root), and could neither read the worker's key nor list the agent home.
+    host = fleet.hosts["w3"]
+    uid = int(host.ssh("stat -c %u /var/lib/cifleet/workspaces/on-gamma"))
+    assert 65536 <= uid <= 66535
+    assert fleet.primary.job_log(run["id"], "where") == (
+        b"w3\n%d\ncat: /var/lib/cifleet/worker.key: Permission denied\nno key\n"
+        b"ls: cannot open directory '/var/lib/cifleet': Permission denied\nno listing\n" % uid
+    )
 
 
 def test_a_second_run_changes_nothing(fleet, added):

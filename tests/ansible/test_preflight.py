@@ -20,7 +20,6 @@ FOOTPRINT = (
 def _untouched(fleet, name: str) -> None:
     host = fleet.hosts[name]
     assert host.ssh(f"ls -d {FOOTPRINT} 2>/dev/null || true") == ""
-    assert host.ssh("getent passwd cifleet || echo none") == "none\n"
     assert fleet.primary.worker(name) is None
 
 
@@ -120,6 +119,18 @@ def test_without_systemd_the_agent_runs_as_a_daemon(fleet):
     host = fleet.hosts["bare"]
     pid = host.ssh("cat /run/cifleet-agent.pid").strip()
     assert host.ssh(f"cat /proc/{pid}/comm").strip().startswith("cifleet-agent")
+    # Its jobs run as uids of their own, as under systemd: bare is the one untagged worker.
+    fleet.primary.pipeline(
+        "name: untagged\njobs:\n  - name: who\n"
+        '    steps: ["id -u", "cat /var/lib/cifleet/worker.key || echo no key"]\n'
+    )
+    run = fleet.primary.wait_run(fleet.primary.trigger("untagged"), timeout=60)
+    assert run["state"] == "success" and run["worker_name"] == "bare", run
+    uid = int(host.ssh("stat -c %u /var/lib/cifleet/workspaces/untagged"))
+    assert 65536 <= uid <= 66535
+    assert fleet.primary.job_log(run["id"], "who") == (
+        b"%d\ncat: /var/lib/cifleet/worker.key: Permission denied\nno key\n" % uid
+    )
     again = fleet.playbook(
         "add-worker.yml", "-e", "cifleet_worker_service_manager=none", inventory=inventory
     )

@@ -33,7 +33,7 @@ def unit(tmp_path) -> Path:
             str(REPO / "tests" / "ansible" / "render_unit.yml"),
             "-e",
             f"unit_dest={dest} cifleet_worker_venv={venv} cifleet_worker_home={tmp_path / 'home'}"
-            " cifleet_worker_user=root cifleet_worker_group=root cifleet_worker_stop_timeout=900",
+            " cifleet_worker_stop_timeout=900",
         ],
         capture_output=True,
         text=True,
@@ -60,6 +60,10 @@ def test_unit_has_the_hardening_and_drain_settings(unit):
         "KillSignal=SIGTERM",
         "KillMode=mixed",
         "TimeoutStopSec=900",
+        "User=root",
+        "StateDirectory=cifleet-job-uids",  # the job uid registry, writable under strict
+        "StateDirectoryMode=0700",
+        "RestartPreventExitStatus=3 5",
         f"ExecStart={unit.parent / 'venv/bin/cifleet-agent'} run --home {unit.parent / 'home'}",
     ):
         assert expected in lines, expected

@@ -95,7 +95,17 @@ def test_register_twice_changes_nothing_and_names_are_unique(primary, fleet_root
     (fleet_root / "other").mkdir()
     taken = register_agent(primary, fleet_root / "other", "w1")
     assert taken.returncode != 0 and "w1" in taken.stderr
+    # Nor with the name in another case, nor with a name in the form of its id: admin
+    # lookups take an id or a name, and must never hit the real worker for an impostor.
+    upper = register_agent(primary, fleet_root / "other", "W1")
+    assert upper.returncode != 0 and "already has a worker named W1" in upper.stderr
+    worker_id = primary.worker("w1")["id"]
+    impostor = register_agent(primary, fleet_root / "other", worker_id)
+    assert impostor.returncode != 0 and "must not look like a worker id" in impostor.stderr
     assert [w["name"] for w in primary.workers()] == ["w1"]
+    # A path segment is the id first, else the name without regard to case.
+    assert primary.client.json("GET", f"/api/v1/workers/{worker_id}")["name"] == "w1"
+    assert primary.client.json("GET", "/api/v1/workers/W1")["id"] == worker_id
 
 
 def test_worker_certificate_is_client_only_with_primary_chosen_subject(primary, fleet_root):
@@ -186,7 +196,7 @@ def test_a_csr_asking_for_a_ca_or_another_subject_gets_neither(primary):
         cert.extensions.get_extension_for_class(x509.SubjectAlternativeName)
 
 
-def test_failed_registrations_are_rate_limited_per_address(primary):
+def test_failed_registrations_are_rate_limited_per_address(primary, fleet_root):
     from primary.cli.client import ApiFailure
 
     body = {
@@ -197,10 +207,16 @@ def test_failed_registrations_are_rate_limited_per_address(primary):
         "version": "0.1.0",
         "csr": "x",
     }
-    for _ in range(10):
+    assert register_agent(primary, fleet_root, "taken").returncode == 0
+    # Every refusal counts: guesses (401), garbage (400), and a taken name (409).
+    refusals = [body] * 8 + [
+        {**body, "slots": 0},
+        {**body, "secret": primary.secret(), "name": "TAKEN"},
+    ]
+    for attempt in refusals:
         with pytest.raises(ApiFailure) as refused:
-            primary.client.json("POST", "/api/v1/workers/register", body)
-        assert refused.value.status == 401
+            primary.client.json("POST", "/api/v1/workers/register", attempt)
+        assert refused.value.status in (400, 401, 409)
     status, headers, raw = primary.client.request(
         "POST",
         "/api/v1/workers/register",
@@ -209,4 +225,4 @@ def test_failed_registrations_are_rate_limited_per_address(primary):
     # Even the right secret waits now: the address used up its failures.
     assert status == 429 and json.loads(raw)["code"] == "rate_limited"
     assert 0 < int(headers["retry-after"]) <= 300
-    assert primary.workers() == []
+    assert [w["name"] for w in primary.workers()] == ["taken"]

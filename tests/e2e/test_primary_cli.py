@@ -1,7 +1,10 @@
 """`cifleet-primary` commands: init, the built-in worker, the demo, a wrong vault key."""
 
+import json
 import os
+import shutil
 import subprocess
+from pathlib import Path
 
 from fleet import BIN, free_port, init_primary
 
@@ -81,8 +84,17 @@ def test_demo_command_runs_the_example_and_says_how_to_stop(tmp_path):
         assert "run 1 finished: success" in out
         assert f"https://127.0.0.1:{api}/api/v1/status" in out
         assert f"cifleet-primary stop --data-dir {data}" in out
+        if os.geteuid() == 0:
+            # As root the built-in worker's jobs run outside the private data dir.
+            worker_id = json.loads((data / "builtin-worker" / "config.json").read_text())
+            work = Path("/var/lib/cifleet-builtin") / worker_id["worker_id"]
+            assert f"hello from cifleet, building in {work}/" in out
     finally:
         stop = _primary_cli("stop", "--data-dir", str(data))
+        config = data / "builtin-worker" / "config.json"
+        if config.exists():  # the demo's workspaces, left in /var/lib by design
+            worker_id = json.loads(config.read_text())["worker_id"]
+            shutil.rmtree(Path("/var/lib/cifleet-builtin") / worker_id, ignore_errors=True)
     assert stop.returncode == 0
 
 

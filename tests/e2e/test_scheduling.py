@@ -7,7 +7,7 @@ import subprocess
 import time
 
 import psutil
-from fleet import BIN, wait_for
+from fleet import BIN, shared_file, wait_for
 
 
 def _events(path) -> list[tuple[str, int, int, str]]:
@@ -21,7 +21,7 @@ def _events(path) -> list[tuple[str, int, int, str]]:
 def test_capacity_is_never_exceeded_and_runs_start_in_queue_order(primary, start_agent, fleet_root):
     start_agent("cap-a", slots=2)
     start_agent("cap-b", slots=2)
-    events = fleet_root / "events.txt"
+    events = shared_file(fleet_root / "events.txt")
     step = (
         f'echo "start $CIFLEET_RUN_ID $(date +%s%N) $CIFLEET_WORKSPACE" >> {events}; '
         f'sleep 0.5; echo "end $CIFLEET_RUN_ID $(date +%s%N) $CIFLEET_WORKSPACE" >> {events}'
@@ -141,7 +141,7 @@ def test_a_pipeline_sticks_to_its_home(primary, start_agent):
 
 def test_cancel_kills_the_whole_process_tree(primary, start_agent, fleet_root):
     start_agent("victim")
-    pids = fleet_root / "pids.txt"
+    pids = shared_file(fleet_root / "pids.txt")
     primary.pipeline(f"""
 name: endless
 jobs:

@@ -4,7 +4,15 @@ in, and the event files the tests' steps append to."""
 from dataclasses import dataclass
 from pathlib import Path
 
-from fleet import Agent, Primary, kill_host, kill_workspace_processes, register_agent, wait_for
+from fleet import (
+    Agent,
+    Primary,
+    kill_host,
+    kill_workspace_processes,
+    register_agent,
+    shared_file,
+    wait_for,
+)
 
 # Seconds without contact before a worker is inactive and its runs' leases expire. Short, so
 # losses are seen quickly; long enough that a loaded 2-core machine never loses a live one.
@@ -105,6 +113,7 @@ def event(path: Path, kind: str) -> str:
     """Shell for a step: append one event line for this job to `path`. The worker is read
     from the agent home in CIFLEET_WORKSPACE (HOME/workspaces/PIPELINE), with no process
     started but `date`."""
+    shared_file(path)
     return (
         'w="${CIFLEET_WORKSPACE%/workspaces/*}"; '
         f'echo "$CIFLEET_RUN_ID $CIFLEET_RUN_ATTEMPT ${{w##*/}} {kind} $(date +%s%N)" >> {path}'

@@ -25,7 +25,7 @@ from pathlib import Path
 import pytest
 from cryptography import x509
 from cryptography.hazmat.primitives import serialization
-from fleet import BIN, Primary, init_primary
+from fleet import BIN, Primary
 
 CHROMIUM = "/usr/bin/chromium"
 CHROMIUM_ARGS = [
@@ -222,23 +222,6 @@ def csrf_of():
         return token
 
     return token_of
-
-
-@pytest.fixture
-def primary(fleet_root, request) -> Primary:
-    """tests/conftest.py's primary, plus serve flags a test may give:
-    @pytest.mark.parametrize("primary", [("--log-streams", "1")], indirect=True)."""
-    p = init_primary(
-        fleet_root,
-        "--heartbeat-timeout",
-        "6",
-        "--primary-worker-slots",
-        "0",
-        *getattr(request, "param", ()),
-    )
-    p.start()
-    yield p
-    p.stop()
 
 
 @pytest.fixture

@@ -141,6 +141,7 @@ def test_a_viewer_sees_no_admin_controls_and_their_admin_posts_are_refused(
     token = csrf_of(viewer)
     for path in [
         f"/workers/{worker_id}/flags/drain",
+        f"/workers/{worker_id}/root-jobs/allow",
         f"/workers/{worker_id}/tags",
         f"/workers/{worker_id}/deregister",
         "/settings/worker/secret",
@@ -159,3 +160,24 @@ def test_a_viewer_sees_no_admin_controls_and_their_admin_posts_are_refused(
         assert status == 403 and "CSRF" in body
     after = primary.worker("builder-1")
     assert (after["draining"], after["tags"], after["state"]) == (False, [], "active")
+    assert after["root_jobs"] is False
+
+
+def test_who_jobs_run_as_is_shown_and_root_jobs_are_allowed_in_place(
+    page, login, primary, start_agent
+):
+    from playwright.sync_api import expect
+
+    start_agent("builder-1")
+    login(page, "admin")
+    page.goto("/workers")
+    row = _row(page, "builder-1")
+    identity = row.locator("[data-identity]")
+    expect(identity).to_have_text("each pipeline's jobs run as a uid of their own (65536-66535)")
+    row.get_by_role("button", name="Allow root jobs on builder-1").click()
+    expect(page.locator("#messages")).to_have_text("builder-1: root jobs allowed")
+    expect(identity).to_contain_text("root jobs allowed")
+    assert primary.worker("builder-1")["root_jobs"] is True
+    row.get_by_role("button", name="Deny root jobs on builder-1").click()
+    expect(page.locator("#messages")).to_have_text("builder-1: root jobs not allowed")
+    assert primary.worker("builder-1")["root_jobs"] is False

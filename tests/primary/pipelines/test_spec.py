@@ -28,7 +28,7 @@ def test_good_pipeline_is_normalised_and_ordered_by_needs():
 @pytest.mark.parametrize(
     ("text", "message"),
     [
-        ("[1, 2", "yaml: expected ',' or ']'"),
+        ("[1, 2", "yaml: did not find expected ',' or ']'"),
         ("- a\n- b\n", "(document): a pipeline is a mapping"),
         ("name: x\n", "jobs: must be a non-empty list of jobs"),
         ("name: x\njobs: []\n", "jobs: must be a non-empty list of jobs (line 2)"),

@@ -190,6 +190,9 @@ def _row(**changes) -> dict:
         "draining": 0,
         "version": __version__,
         "load": '{"cpus": 4, "load1": 2.0, "load5": 6.0}',
+        "job_identity": None,
+        "root_jobs": 0,
+        "conflict_at": None,
     }
     return {**row, **changes}
 
@@ -220,3 +223,74 @@ def test_a_row_becomes_a_candidate_with_its_load_per_core():
     assert candidate.tags == ("linux",)
     assert (candidate.slots, candidate.used) == (2, 1)
     assert (candidate.load1_per_cpu, candidate.load5_per_cpu) == (0.5, 1.5)
+
+
+ROOT_OK = {"root_jobs": True, "agent_root": True}
+
+
+@pytest.mark.parametrize(
+    ("candidates", "chosen", "reason"),
+    [
+        # Only where an admin allowed root jobs and the agent runs as root.
+        ([w("a"), w("b", **ROOT_OK)], "b", "a: passed over, root jobs are not allowed here"),
+        (
+            [w("a", root_jobs=True), w("b", **ROOT_OK)],
+            "b",
+            "a: passed over, its agent does not run as root",
+        ),
+        # However little load the others report, they are not eligible.
+        (
+            [w("a", load1_per_cpu=0.0), w("b", used=1, slots=4, load1_per_cpu=3.0, **ROOT_OK)],
+            "b",
+            "a: passed over, root jobs are not allowed here",
+        ),
+    ],
+)
+def test_a_root_pipeline_goes_only_where_root_jobs_are_allowed(candidates, chosen, reason):
+    decision = choose_worker((), candidates, needs_root=True)
+    assert decision.worker_name == chosen
+    assert reason in decision.reasons
+
+
+def test_a_root_pipeline_waits_with_the_reason_when_no_worker_allows_it():
+    decision = choose_worker(
+        ("linux",), [w("a", ("linux",)), w("b", ("gpu",), **ROOT_OK)], None, True
+    )
+    assert decision.worker_id is None
+    assert decision.waiting == (
+        "waiting: the pipeline runs as root, and no worker with matching tags allows root"
+        " jobs (an admin allows them: PUT /api/v1/workers/ID/root-jobs)"
+    )
+    # A pipeline that does not ask for root is not held back by the setting.
+    assert choose_worker(("linux",), [w("a", ("linux",))]).worker_name == "a"
+
+
+def test_a_root_pipeline_leaves_a_home_that_no_longer_allows_root_jobs():
+    home = Home(worker_id="id-a")
+    decision = choose_worker((), [w("a"), w("b", **ROOT_OK)], home, needs_root=True)
+    assert (decision.worker_name, decision.rule) == ("b", "moved: home cannot run root jobs")
+    assert decision.clean_workspace and decision.new_home
+
+
+def test_a_worker_in_conflict_gets_nothing_and_says_why():
+    conflicted = w("a", conflict=True)
+    assert state_word(conflicted) == "credentials in conflict"
+    decision = choose_worker((), [conflicted, w("b", used=1)], Home(worker_id="id-a"))
+    assert decision.worker_id is None
+    assert "a: passed over, credentials in conflict" in decision.reasons
+    assert choose_worker((), [conflicted], Home("id-a")).waiting.startswith("waiting: none of")
+
+
+@pytest.mark.parametrize(
+    ("identity", "agent_root"),
+    [
+        (None, False),  # an agent that has not said (an older one): not root
+        ('{"mode": "shared", "uid": 1000}', False),
+        ('{"mode": "pipeline-uids", "uids": [65536, 66535]}', True),
+        ('{"mode": "job-user", "user": "ci"}', True),
+    ],
+)
+def test_root_jobs_need_the_admin_setting_and_an_agent_that_runs_as_root(identity, agent_root):
+    c = candidate_from_row(_row(job_identity=identity, root_jobs=1), 0, 1000.0, 30.0)
+    assert (c.root_jobs, c.agent_root) == (True, agent_root)
+    assert candidate_from_row(_row(job_identity=identity), 0, 1000.0, 30.0).root_jobs is False

@@ -1,0 +1,167 @@
+"""What a worker's key is worth to someone who copied it: never more tags, never another
+team's runs, and no silent takeover by renewal (the copy and the original are both shut out
+as soon as both are used). Real primary, real agents, real mutual TLS."""
+
+import shutil
+import subprocess
+
+import pytest
+from cryptography import x509
+from fleet import BIN, AgentPeer, register_agent, wait_for
+
+from agent import __version__, keys
+
+CONFLICT_EXIT = 5
+
+
+def _poll(peer: AgentPeer, load1: float = 0.0) -> tuple[int, dict]:
+    """A poll that reports no load at all, as a greedy worker would."""
+    return peer.call(
+        "POST",
+        "/agent/v1/poll",
+        {
+            "wait": False,
+            "runs": [],
+            "version": __version__,
+            "slots": 1,
+            "load": {"load1": load1, "load5": 0.0, "cpus": 64, "memory_percent": 1.0},
+        },
+    )
+
+
+def test_a_worker_cannot_widen_its_tags_nor_win_another_workers_pipeline(
+    primary, start_agent, fleet_root
+):
+    start_agent("team-b", tags="team-b")
+    assert register_agent(primary, fleet_root, "greedy", tags="team-a").returncode == 0
+    greedy = AgentPeer.of_home(primary, fleet_root / "greedy")
+    assert _poll(greedy)[0] == 200
+
+    status, body = greedy.call("POST", "/agent/v1/worker", {"tags": ["team-a", "team-b"]})
+    assert status == 403 and body["code"] == "tags_admin_only", body
+    assert "PUT /api/v1/workers/ID/tags" in body["error"]
+    status, body = greedy.call("POST", "/agent/v1/worker", {"tags": [], "slots": 4})
+    assert status == 403, body  # nothing of a request with tags is applied
+    cli = subprocess.run(
+        [str(BIN / "cifleet-agent"), "update-worker", "--home", str(fleet_root / "greedy")]
+        + ["--tags", "team-b"],
+        capture_output=True,
+        text=True,
+        timeout=30,
+    )
+    assert cli.returncode == 2 and "set by an admin" in cli.stderr
+    worker = primary.worker("greedy")
+    assert (worker["tags"], worker["slots"]) == (["team-a"], 1)
+
+    # team-b's pipeline carries a secret; greedy reports no load at all, and never sees it.
+    primary.pipeline(
+        "name: b-deploy\ntags: [team-b]\nsecrets: [B_TOKEN]\n"
+        "jobs:\n  - name: w\n    steps: ['echo deployed']\n"
+    )
+    primary.client.request("PUT", "/api/v1/pipelines/b-deploy/secrets/B_TOKEN", b"b-secret")
+    runs = []
+    for _ in range(3):
+        run_id = primary.trigger("b-deploy")
+        status, answer = _poll(greedy)
+        assert status == 200 and answer["assignments"] == [], answer
+        runs.append(primary.wait_run(run_id))
+    assert [(r["state"], r["worker_name"]) for r in runs] == [("success", "team-b")] * 3
+    assert "greedy: passed over, tags ['team-a'] do not match" in runs[0]["placement"]
+    # Only an admin widens them; then, and only then, greedy may be chosen.
+    primary.client.json("PUT", "/api/v1/workers/greedy/tags", {"tags": ["team-a", "team-b"]})
+    assert primary.worker("greedy")["tags"] == ["team-a", "team-b"]
+
+
+def _copy_identity(primary, home, to) -> AgentPeer:
+    """What a thief takes from a worker host: its key and certificate."""
+    to.mkdir()
+    for name in ("worker.key", "worker.crt"):
+        shutil.copy2(home / name, to / name)
+    return AgentPeer.of_home(primary, to)
+
+
+def _renew(peer: AgentPeer, key_dir) -> tuple[int, dict]:
+    """What a thief does: renew with the copied pair, keeping the new key and certificate."""
+    key = keys.new_key()
+    status, body = peer.call("POST", "/agent/v1/renew", {"csr": keys.csr_pem(key, "thief")})
+    if status == 200:
+        (key_dir / "worker.key").write_bytes(keys.key_pem(key))
+        (key_dir / "worker.crt").write_text(body["certificate"])
+    return status, body
+
+
+# A short switch-over, as an operator may set it (the default is 60 s).
+@pytest.mark.parametrize("primary", [("--cert-switch-over", "2")], indirect=True)
+def test_a_copied_key_that_renews_puts_both_holders_out_and_the_real_agent_keeps_its_key(
+    primary, start_agent, fleet_root
+):
+    agent = start_agent("victim")
+    real_key = (agent.home / "worker.key").read_bytes()
+    primary.pipeline("name: long\njobs:\n  - name: w\n    steps: ['echo on; sleep 300']\n")
+    run_id = primary.trigger("long")
+    wait_for(lambda: primary.run(run_id)["state"] == "running", 30, "the run to start")
+
+    stolen = fleet_root / "stolen"
+    thief = _copy_identity(primary, agent.home, stolen)
+    status, _ = _renew(thief, stolen)
+    assert status == 200
+    thief = AgentPeer.of_home(primary, stolen)
+    assert _poll(thief)[0] == 200  # the copy works, for now
+
+    # The real agent keeps polling with the certificate the thief's renewal superseded:
+    # its first poll after the switch-over puts the worker in conflict.
+    assert agent.proc.wait(60) == CONFLICT_EXIT
+    log = agent.log_path.read_text()
+    assert "the primary refuses every certificate of this worker" in log
+    assert "two agents hold this worker's key" in log
+    assert "removes the worker" in log and "registers this host again" in log
+    assert (agent.home / "worker.key").read_bytes() == real_key  # kept, not wiped
+    assert (agent.home / "config.json").exists()
+
+    status, body = _poll(thief)
+    assert status == 403 and body["code"] == "credentials_conflict", body
+    worker = primary.worker("victim")
+    assert worker["state"] == "credentials in conflict"
+    assert "two agents hold this worker's key" in worker["conflict"]["reason"]
+    run = primary.run(run_id)
+    assert run["state"] == "queued", run
+    assert "the credentials of victim are in conflict" in run["reason"]
+    # Nothing of the worker's is accepted any more, a fresh renewal included.
+    assert _renew(thief, stolen)[1]["code"] == "credentials_conflict"
+    check = subprocess.run(
+        [str(BIN / "cifleet-agent"), "check", "--home", str(agent.home)],
+        capture_output=True,
+        text=True,
+        timeout=30,
+    )
+    assert check.returncode == 5 and "two agents hold" in check.stderr
+
+    # The way out: an admin removes the worker and its host registers again.
+    primary.client.json("DELETE", "/api/v1/workers/victim")
+    for name in ("config.json", "worker.key", "worker.crt"):
+        (agent.home / name).unlink()
+    assert register_agent(primary, fleet_root, "victim").returncode == 0
+    agent.start()
+    run = primary.wait_run(run_id, timeout=60, states=("running",))
+    assert run["worker_name"] == "victim"
+
+
+def test_a_second_renewal_from_a_superseded_certificate_is_a_conflict_at_once(primary, fleet_root):
+    assert register_agent(primary, fleet_root, "twice").returncode == 0
+    home = fleet_root / "twice"
+    original = AgentPeer.of_home(primary, home)
+    assert _poll(original)[0] == 200
+    copy = fleet_root / "copy"
+    assert _renew(_copy_identity(primary, home, copy), copy)[0] == 200
+    renewed = x509.load_pem_x509_certificate((copy / "worker.crt").read_bytes())
+    expires = renewed.not_valid_after_utc.isoformat(timespec="milliseconds")
+    assert primary.worker("twice")["certificate_expires"] == expires  # the copy's is current
+    # Within the switch-over (60 s) the superseded certificate still polls...
+    assert _poll(original)[0] == 200
+    # ...but renewing from it again means it is held twice.
+    status, body = _renew(original, fleet_root / "never-written")
+    assert status == 403 and body["code"] == "credentials_conflict", body
+    assert primary.worker("twice")["conflict"]["reason"].startswith("a second renewal came")
+    # The renewed copy is refused all the same, and so is the original from now on.
+    assert _poll(AgentPeer.of_home(primary, copy))[1]["code"] == "credentials_conflict"
+    assert _poll(original)[1]["code"] == "credentials_conflict"
