@@ -12,6 +12,7 @@ for the controller (the wheelhouse). `--trixie K`: K of the hosts run Debian 13
 import argparse
 import importlib.util
 import json
+import os
 import sys
 import tempfile
 import time
@@ -57,7 +58,11 @@ def bench_add_workers(root: Path, hosts: int = 10, trixie: int = 1) -> dict:
         return {"skipped": reason}
     lab = containers.HostLab(root / "hosts")
     fleet = None
-    figures: dict = {"hosts": hosts, "python_3_13_hosts": trixie}
+    figures: dict = {
+        "hosts": hosts,
+        "python_3_13_hosts": trixie,
+        "load_average_before": [round(x, 2) for x in os.getloadavg()],
+    }
     try:
         lab.prepare(["bookworm", "trixie"] if trixie else ["bookworm"])
         first = [f"h{i}" for i in range(1, hosts + 1)]
@@ -77,6 +82,7 @@ def bench_add_workers(root: Path, hosts: int = 10, trixie: int = 1) -> dict:
         figures.update(_timed_add(fleet, "from_scratch_warm_cache"))
         active = [w for w in fleet.primary.workers() if w["state"] == "active"]
         figures["active_workers"] = len(active)
+        figures["load_average_after"] = [round(x, 2) for x in os.getloadavg()]
     finally:
         if fleet is not None:
             fleet.close()
