@@ -30,8 +30,11 @@ def test_add_worker_registers_and_starts_the_unit_on_every_host(fleet, added):
         assert worker["slots"] == 1 and not worker["draining"]
         assert host.ssh("systemctl is-active cifleet-agent") == "active\n"
         assert host.ssh("systemctl is-enabled cifleet-agent") == "enabled\n"
-        # The agent runs as root (its jobs as uids of their own, below).
-        assert host.ssh("systemctl show -p User --value cifleet-agent") == "root\n"
+        # The agent runs as root, with the capability to run jobs as uids of their own (below).
+        pid = host.ssh("systemctl show -p MainPID --value cifleet-agent").strip()
+        assert host.ssh(f"ps -o user= -p {pid}") == "root\n"
+        cap_eff = int(host.ssh(f"grep CapEff /proc/{pid}/status").split()[1], 16)
+        assert cap_eff & (1 << 6) and cap_eff & (1 << 7), "CAP_SETGID, CAP_SETUID"
         # The default paths, owned as the role says: the home only passable for others.
         assert host.ssh(
             "stat -c '%U %G %a %n' /opt/cifleet /etc/cifleet /var/lib/cifleet /var/log/cifleet"
