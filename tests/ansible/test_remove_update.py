@@ -95,6 +95,7 @@ def test_a_rolling_upgrade_to_a_new_version_lets_the_running_job_finish(
     fleet.primary.start()
     assert fleet.primary.client.json("GET", "/healthz")["version"] == new_version
 
+    _warm_wheelhouse(fleet, source, new_version)
     inventory = fleet.inventory_for(
         list(FLEET),
         tmp_path / "inventory",
@@ -205,6 +206,34 @@ def test_remove_worker_stops_disables_and_wipes_and_the_certificate_is_refused(
     assert recap(all_gone.stdout)["w2"]["changed"] > 0
     assert (
         host.ssh("ls -d /opt/cifleet /var/lib/cifleet /var/log/cifleet 2>/dev/null || true") == ""
+    )
+
+
+def _warm_wheelhouse(fleet, source, version: str) -> None:
+    """Build the new version's archives for every kind of host the fleet has (the rolling
+    upgrade goes one host at a time, so each would build its own kind on its turn): what is
+    measured here is the roll, not the downloads."""
+    kinds = set()
+    for archive in (fleet.root / "wheelhouse").glob("cifleet-*.tar"):
+        # cifleet-VERSION-cpXY-manylinux_2_NN_MACHINE-DEPS-fF.tar
+        tag, platform = archive.name.split("-")[2:4]
+        glibc_minor, machine = platform.removeprefix("manylinux_2_").split("_", 1)
+        kinds.add(f"{tag[2]}.{tag[3:]},{machine},2.{glibc_minor}")
+    subprocess.run(
+        [
+            str(BIN / "python"),
+            str(REPO / "roles/cifleet_worker/files/wheelhouse.py"),
+            "--source",
+            str(source),
+            "--cache",
+            str(fleet.root / "wheelhouse"),
+            "--version",
+            version,
+            *[f"--host={kind}" for kind in sorted(kinds)],
+        ],
+        check=True,
+        capture_output=True,
+        timeout=600,
     )
 
 
