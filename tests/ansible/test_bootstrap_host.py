@@ -125,3 +125,34 @@ def test_a_changed_host_key_is_refused(password_hosts, controller_home):
     assert result.returncode == 2
     lines = result.stderr.strip().splitlines()
     assert len(lines) == 1 and "host key" in lines[0] and "has changed" in lines[0], result.stderr
+
+
+def test_ssh_keyscan_records_the_key_host_key_checking_then_accepts(fleet, tmp_path):
+    """The README's line for hosts that take the key already: ssh-keyscan's line is the
+    host's own key, and with it a strict SSH login goes through."""
+    host = fleet.hosts["w1"]
+    scanned = subprocess.run(
+        ["ssh-keyscan", "-t", "ed25519", host.address], capture_output=True, text=True, timeout=30
+    ).stdout
+    assert scanned.split() == host.host_key_line.split()
+    known = tmp_path / "known_hosts"
+    known.write_text(scanned)
+    login = subprocess.run(
+        [
+            "ssh",
+            "-i",
+            str(fleet.lab.client_key),
+            "-o",
+            "BatchMode=yes",
+            "-o",
+            "StrictHostKeyChecking=yes",
+            "-o",
+            f"UserKnownHostsFile={known}",
+            f"root@{host.address}",
+            "cat /etc/hostname",
+        ],
+        capture_output=True,
+        text=True,
+        timeout=30,
+    )
+    assert (login.returncode, login.stdout) == (0, "w1\n"), login.stderr
