@@ -109,6 +109,16 @@ def test_a_token_that_is_not_an_admin_s_fails_before_any_change(fleet, tmp_path)
 def test_without_systemd_the_agent_runs_as_a_daemon(fleet):
     """The same host with service manager `none`: installed, registered, running."""
     inventory = fleet.inventory_for(["bare"])
+    # --check says what it would change and changes nothing.
+    dry = fleet.playbook(
+        "add-worker.yml",
+        "--check",
+        "-e",
+        "cifleet_worker_service_manager=none",
+        inventory=inventory,
+    )
+    assert recap(dry.stdout)["bare"]["changed"] > 0
+    _untouched(fleet, "bare")
     first = fleet.playbook(
         "add-worker.yml", "-e", "cifleet_worker_service_manager=none", inventory=inventory
     )
