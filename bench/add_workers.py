@@ -88,7 +88,7 @@ def bench_add_workers(root: Path, hosts: int = 10, trixie: int = 1) -> dict:
             fleet.close()
         lab.close()
         if fleet is not None:
-            fleet.primary.stop()
+            fleet.primary.close()
     return figures
 
 

@@ -15,19 +15,20 @@ from pathlib import Path
 import psutil
 
 
-def _load_fleet():
-    """tests/fleet.py, loaded by path: putting tests/ on sys.path would let its agent/ and
+def _load_test_module(name: str):
+    """tests/NAME.py, loaded by path: putting tests/ on sys.path would let its agent/ and
     primary/ test folders shadow the real packages."""
     spec = importlib.util.spec_from_file_location(
-        "fleet", Path(__file__).resolve().parent.parent / "tests" / "fleet.py"
+        name, Path(__file__).resolve().parent.parent / "tests" / f"{name}.py"
     )
     module = importlib.util.module_from_spec(spec)
-    sys.modules["fleet"] = module
+    sys.modules[name] = module
     spec.loader.exec_module(module)
     return module
 
 
-_fleet = _load_fleet()
+_load_test_module("ports")  # fleet imports it
+_fleet = _load_test_module("fleet")
 Agent, Primary, BIN = _fleet.Agent, _fleet.Primary, _fleet.BIN
 init_primary, register_agent, wait_for = _fleet.init_primary, _fleet.register_agent, _fleet.wait_for
 shared_file = _fleet.shared_file  # a file jobs under their own uids may append to
@@ -79,7 +80,7 @@ def start_agents(primary: Primary, root: Path, count: int, slots: int) -> list[A
 def stop_all(primary: Primary, agents: list[Agent]) -> None:
     for agent in agents:
         agent.stop()
-    primary.stop()
+    primary.close()
 
 
 def cpu_seconds(pid: int) -> float:

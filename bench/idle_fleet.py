@@ -82,7 +82,7 @@ def bench_fleet(
         stop.set()
         for thread in threads:
             thread.join(10)
-        primary.stop()
+        primary.close()
     return {
         "agents": count,
         "heartbeat_timeout": heartbeat or "default",

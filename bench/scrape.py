@@ -116,11 +116,11 @@ def bench_scrape(root: Path, sizes=(10, 100, 1000), queued: int = 1000, scrapes:
         primary = init_primary(work, "--primary-worker-slots", "0")
         _fill(primary.data_dir, workers, queued)
         figures = {"queued_runs": queued, **_in_process(primary.data_dir, scrapes)}
-        primary.start()
         try:
+            primary.start()
             figures.update(_over_https(work, primary, scrapes))
         finally:
-            primary.stop()
+            primary.close()
         result[f"{workers}_workers"] = figures
     return result
 

@@ -1,4 +1,5 @@
-"""Fixtures that start real processes: a primary and agents on loopback."""
+"""Fixtures that start real processes: a primary and agents on loopback; and a guard that
+fails the run when a test left one of its processes running."""
 
 import pytest
 from fleet import (
@@ -11,6 +12,7 @@ from fleet import (
     use_passable_basetemp,
     wait_for,
 )
+from leftovers import leftover_processes
 
 
 @pytest.hookimpl(tryfirst=True)
@@ -22,6 +24,18 @@ def pytest_configure(config):
 def tmp_path(tmp_path):
     """pytest's tmp_path, which jobs under their own uids may pass through (fleet.passable)."""
     return passable(tmp_path)
+
+
+@pytest.fixture(scope="session", autouse=True)
+def no_process_outlives_the_suite(tmp_path_factory):
+    """After every other fixture is torn down: no process this run started (one whose
+    command line or environment names its tmp dir: primaries, agents, jobs, sshd, ssh
+    masters) may still run. Any found is killed, and the run fails."""
+    root = tmp_path_factory.getbasetemp()
+    yield
+    leftovers = leftover_processes(root)
+    if leftovers:
+        pytest.fail("still running after the tests (killed now):\n" + "\n".join(leftovers))
 
 
 @pytest.fixture
@@ -42,9 +56,11 @@ def primary(fleet_root, request) -> Primary:
         "0",
         *getattr(request, "param", ()),
     )
-    p.start()
-    yield p
-    p.stop()
+    try:
+        p.start()
+        yield p
+    finally:
+        p.close()
 
 
 @pytest.fixture

@@ -1,5 +1,6 @@
 """Real processes for tests: a primary (`cifleet-primary serve`) and agents (`cifleet-agent`),
-each started as a subprocess on free loopback ports, stopped as a process group."""
+each started as a subprocess (the primary on loopback ports reserved for it: tests/ports.py),
+stopped as a process group."""
 
 import contextlib
 import fcntl
@@ -22,6 +23,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 import psutil
+from ports import PortReservation, reserve_port
 
 from primary.cli.client import AdminClient
 
@@ -96,10 +98,8 @@ def shared_file(path: Path) -> Path:
     return path
 
 
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
+# Lines of a process's log quoted when it failed to start.
+LOG_TAIL_LINES = 20
 
 
 def wait_for(predicate: Callable[[], object], timeout: float, what: str, interval: float = 0.05):
@@ -113,7 +113,25 @@ def wait_for(predicate: Callable[[], object], timeout: float, what: str, interva
         time.sleep(interval)
 
 
-def _stop(proc: subprocess.Popen, sig: int = signal.SIGTERM, timeout: float = 20) -> None:
+def wait_file_step(path: Path) -> str:
+    """Shell that waits for `path` to exist: a test creates it when a job may go on, so the
+    test, not the clock, decides what the job has done by when. Fails after two minutes, so
+    a test that never creates it leaves no endless job. Its loop variable is its own, so a
+    step may wait inside a loop of its own."""
+    return f"for _waited in $(seq 1200); do [ -e {path} ] && break; sleep 0.1; done; [ -e {path} ]"
+
+
+def process_gone(pid: int) -> bool:
+    """Ended (a zombie nobody reaped yet counts as ended)."""
+    try:
+        return psutil.Process(pid).status() == psutil.STATUS_ZOMBIE
+    except psutil.NoSuchProcess:
+        return True
+
+
+def stop_process(proc: subprocess.Popen, sig: int = signal.SIGTERM, timeout: float = 20) -> None:
+    """Signal the process group a process leads (it was started in a session of its own),
+    wait for it, and SIGKILL the group if it does not end in time."""
     if proc.poll() is not None:
         return
     with contextlib.suppress(ProcessLookupError):
@@ -126,19 +144,44 @@ def _stop(proc: subprocess.Popen, sig: int = signal.SIGTERM, timeout: float = 20
         proc.wait(5)
 
 
+def log_tail(path: Path) -> str:
+    try:
+        lines = path.read_text(errors="replace").splitlines()
+    except FileNotFoundError:
+        return "(no log)"
+    return "\n".join(lines[-LOG_TAIL_LINES:])
+
+
 @dataclass
 class Primary:
+    """A primary's data dir and its ports, reserved when first asked for and held until
+    close(): it may be stopped and started again (agents know its ports), and a port it
+    does not listen on refuses connections."""
+
     data_dir: Path
-    api_port: int
-    agent_port: int
     serve_args: list[str]
     log_path: Path
     proc: subprocess.Popen | None = None
-    # The address both listeners bind (the server certificate names it).
+    # The address both listeners bind (the server certificate names it); the ports are
+    # reserved on it.
     host: str = "127.0.0.1"
     # The command that serves (another build of cifleet, say); env added to the process's.
     command: list[str] = field(default_factory=lambda: [str(BIN / "cifleet-primary")])
     env: dict = field(default_factory=dict)
+    api_ports: PortReservation | None = None
+    agent_ports: PortReservation | None = None
+
+    @property
+    def api_port(self) -> int:
+        if self.api_ports is None:
+            self.api_ports = reserve_port(self.host)
+        return self.api_ports.port
+
+    @property
+    def agent_port(self) -> int:
+        if self.agent_ports is None:
+            self.agent_ports = reserve_port(self.host)
+        return self.agent_ports.port
 
     @property
     def url(self) -> str:
@@ -160,7 +203,10 @@ class Primary:
     def secret(self) -> str:
         return self.client.json("GET", "/api/v1/worker-secret")["secret"]
 
-    def start(self) -> None:
+    def start(self, timeout: float = 30) -> None:
+        """Start `serve` and return once it serves (serve.json names its pid) and answers
+        /healthz. A primary that exits or does not come up is stopped (its process group)
+        and the error quotes its log."""
         log = open(self.log_path, "ab")  # noqa: SIM115 - owned by the child process
         self.proc = subprocess.Popen(
             [
@@ -183,11 +229,37 @@ class Primary:
             env={**os.environ, **self.env},
         )
         log.close()
-        self.client.wait_healthy(30)
+        try:
+            wait_for(self._serving, timeout, "the primary to serve")
+            self.client.wait_healthy(timeout)
+        except BaseException as exc:
+            self.stop()
+            raise AssertionError(
+                f"the primary did not come up ({exc}); {self.log_path}:\n{log_tail(self.log_path)}"
+            ) from exc
+
+    def _serving(self) -> bool:
+        if self.proc.poll() is not None:
+            raise AssertionError(f"cifleet-primary serve exited with {self.proc.returncode}")
+        try:
+            info = json.loads((self.data_dir / "serve.json").read_text())
+        except (FileNotFoundError, ValueError):  # not yet, or still there from a crash
+            return False
+        if info["pid"] != self.proc.pid:
+            return False
+        assert (info["api_port"], info["agent_port"]) == (self.api_port, self.agent_port), info
+        return True
 
     def stop(self, sig: int = signal.SIGTERM) -> None:
         if self.proc is not None:
-            _stop(self.proc, sig)
+            stop_process(self.proc, sig)
+
+    def close(self) -> None:
+        """Stop it, and give its ports back: it is not started again."""
+        self.stop()
+        for ports in (self.api_ports, self.agent_ports):
+            if ports is not None:
+                ports.close()
 
     def pipeline(self, yaml_text: str) -> dict:
         return self.client.json(
@@ -253,7 +325,7 @@ class Agent:
 
     def stop(self, sig: int = signal.SIGTERM) -> None:
         if self.proc is not None:
-            _stop(self.proc, sig)
+            stop_process(self.proc, sig)
 
 
 def register_agent(
@@ -288,11 +360,9 @@ def register_agent(
     return subprocess.run(args, capture_output=True, text=True, timeout=60)
 
 
-def init_primary(
-    root: Path, *serve_args: str, host: str = "127.0.0.1", ports: tuple[int, int] | None = None
-) -> Primary:
+def init_primary(root: Path, *serve_args: str, host: str = "127.0.0.1") -> Primary:
     """A primary's data dir under `root`, to serve on `host` (also named in its server
-    certificate) at `ports` (api, agent), or at free loopback ports."""
+    certificate) at ports reserved there."""
     data_dir = root / "primary-data"
     names = [] if host == "127.0.0.1" else ["--hostname", host]
     subprocess.run(
@@ -301,12 +371,9 @@ def init_primary(
         capture_output=True,
         timeout=60,
     )
-    api_port, agent_port = ports or (free_port(), free_port())
     # The built-in worker's jobs run beside the test's other files, not in /var/lib.
     return Primary(
         data_dir=data_dir,
-        api_port=api_port,
-        agent_port=agent_port,
         serve_args=["--builtin-work-dir", str(root / "builtin-work"), *serve_args],
         log_path=root / "primary.log",
         host=host,

@@ -154,13 +154,14 @@ def start_fleet(
 ) -> Fleet:
     """Serve a primary on the hosts' bridge and write the inventory of the hosts in `tags`.
 
-    The primary listens on this machine's address on the bridge: the hosts reach it there,
-    and its certificate names it. Nothing else uses that address, so the standard ports
-    are free on it."""
-    primary = init_primary(
-        root, "--primary-worker-slots", "0", *serve_args, host=lab.gateway, ports=(8443, 8444)
-    )
-    primary.start()
+    The primary listens on this machine's address on the bridge, at ports reserved there:
+    the hosts reach it there, and its certificate names it."""
+    primary = init_primary(root, "--primary-worker-slots", "0", *serve_args, host=lab.gateway)
+    try:
+        primary.start()
+    except BaseException:
+        primary.close()
+        raise
     (root / "ssh").mkdir(exist_ok=True)
     env = {
         **os.environ,

@@ -1,6 +1,7 @@
 """A real Prometheus server for tests: Debian's `prometheus` binary (tests/run.sh installs
 it), started as a process of its own with a generated config and a fresh database in a
-temp folder, on a loopback port, stopped as a process group."""
+temp folder, on a loopback port reserved for it (tests/ports.py), stopped as a process
+group."""
 
 import contextlib
 import json
@@ -12,13 +13,11 @@ import urllib.parse
 import urllib.request
 from pathlib import Path
 
-from fleet import free_port, wait_for
+from fleet import log_tail, wait_for
+from ports import reserve_port
 
 BINARY = shutil.which("prometheus") or "/usr/bin/prometheus"
 PROMTOOL = shutil.which("promtool") or "/usr/bin/promtool"
-# A port chosen free can be taken before Prometheus binds it: then it exits at once with
-# "address already in use", and it is started again on another port.
-START_ATTEMPTS = 5
 
 
 class Prometheus:
@@ -30,47 +29,52 @@ class Prometheus:
         }
         self.log_path = root / "prometheus.log"
         self.proc: subprocess.Popen | None = None
-        self.port = 0
+        # Held until close(); Prometheus (Go) binds with SO_REUSEADDR, so it listens there.
+        self.ports = reserve_port()
+
+    @property
+    def port(self) -> int:
+        return self.ports.port
 
     @property
     def url(self) -> str:
         return f"http://127.0.0.1:{self.port}"
 
     def start(self) -> None:
+        """Start it and wait until it is ready; one that exits or does not get ready is
+        stopped, and the error quotes its log."""
         config = self.root / "prometheus.yml"
         config.write_text(json.dumps(self.config, indent=2))  # JSON is YAML
-        for _ in range(START_ATTEMPTS):
-            self.port = free_port()
-            with open(self.log_path, "ab") as log:
-                self.proc = subprocess.Popen(
-                    [
-                        BINARY,
-                        f"--config.file={config}",
-                        f"--storage.tsdb.path={self.root / 'data'}",
-                        f"--web.listen-address=127.0.0.1:{self.port}",
-                    ],
-                    stdin=subprocess.DEVNULL,
-                    stdout=log,
-                    stderr=log,
-                    start_new_session=True,
-                )
-            ready = wait_for(self._ready_or_gone, 60, "Prometheus to be ready")
-            if ready == "ready":
-                return
-            if "address already in use" not in self.log_path.read_text():
-                raise AssertionError(f"Prometheus exited: {self.log_path.read_text()[-3000:]}")
-        raise AssertionError(f"no free port for Prometheus in {START_ATTEMPTS} tries")
+        with open(self.log_path, "ab") as log:
+            self.proc = subprocess.Popen(
+                [
+                    BINARY,
+                    f"--config.file={config}",
+                    f"--storage.tsdb.path={self.root / 'data'}",
+                    f"--web.listen-address=127.0.0.1:{self.port}",
+                ],
+                stdin=subprocess.DEVNULL,
+                stdout=log,
+                stderr=log,
+                start_new_session=True,
+            )
+        try:
+            wait_for(self._ready, 60, "Prometheus to be ready")
+        except BaseException as exc:
+            self.stop()
+            raise AssertionError(
+                f"Prometheus did not come up ({exc}); {self.log_path}:\n{log_tail(self.log_path)}"
+            ) from exc
 
-    def _ready_or_gone(self) -> str | None:
+    def _ready(self) -> bool:
         if self.proc.poll() is not None:
-            return "gone"
+            raise AssertionError(f"prometheus exited with {self.proc.returncode}")
         with (
             contextlib.suppress(OSError),
             urllib.request.urlopen(f"{self.url}/-/ready", timeout=5) as answer,
         ):
-            if answer.status == 200:
-                return "ready"
-        return None
+            return answer.status == 200
+        return False
 
     def stop(self) -> None:
         if self.proc is None or self.proc.poll() is not None:
@@ -83,6 +87,11 @@ class Prometheus:
             with contextlib.suppress(ProcessLookupError):
                 os.killpg(self.proc.pid, signal.SIGKILL)
             self.proc.wait(10)
+
+    def close(self) -> None:
+        """Stop it and give its port back."""
+        self.stop()
+        self.ports.close()
 
     def api(self, path: str, **params: str) -> dict:
         """GET /api/v1/PATH; the answer's data (AssertionError unless its status is success)."""

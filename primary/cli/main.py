@@ -9,6 +9,7 @@ from pathlib import Path
 
 from primary.cli import tokens as token_cli
 from primary.cli import users as user_cli
+from primary.cli.listeners import ListenError
 from primary.config import PrimaryConfig
 from primary.fleet.initdir import InitError, initialise
 from primary.store.vault import VaultError
@@ -34,8 +35,10 @@ def build_parser() -> argparse.ArgumentParser:
     p = sub.add_parser("serve", help="run the primary (public and agent listeners)")
     _data_dir(p)
     p.add_argument("--bind", default="127.0.0.1")
-    p.add_argument("--api-port", type=int, default=8443)
-    p.add_argument("--agent-port", type=int, default=8444)
+    p.add_argument("--api-port", type=int, default=8443, help="the public port; 0: any free port")
+    p.add_argument(
+        "--agent-port", type=int, default=8444, help="the agents' port; 0: any free port"
+    )
     p.add_argument(
         "--heartbeat-timeout",
         type=float,
@@ -173,7 +176,7 @@ def main(argv: list[str] | None = None) -> int:
     )
     try:
         return COMMANDS[args.command](args)
-    except (InitError, VaultError, OSError) as exc:
+    except (InitError, VaultError, ListenError, OSError) as exc:
         print(f"cifleet-primary: {exc}", file=sys.stderr)
         return 2
 

@@ -1,11 +1,17 @@
 """`cifleet-primary serve`: two TLS listeners, background loops, the built-in worker.
 
+Order: the two listening sockets are bound first (primary/cli/listeners.py), so a port in
+use ends serve before anything has started; then the store, the servers on those sockets,
+the sweeper and the built-in worker. DATA/serve.json says where it serves (its pid and both
+ports, which matter with port 0) once both listeners serve.
+
 Threads: each listener is a cheroot server with a pool of threads (public_threads; the
 agent listener starts with agent_threads and grows to max_agent_threads). A held long poll
 occupies one agent-port thread; idle keep-alive connections wait in cheroot's selector, not
 on a thread. Signal handlers only set the stop event; the main thread does the shutdown.
 """
 
+import dataclasses
 import json
 import logging
 import os
@@ -18,7 +24,9 @@ from pathlib import Path
 from cheroot import wsgi
 from cheroot.ssl.builtin import BuiltinSSLAdapter
 
+from agent.home import write_atomic
 from primary.app import create_agent_app, create_app
+from primary.cli.listeners import Listener, bind_listeners
 from primary.config import PrimaryConfig
 from primary.context import Primary, open_primary
 from primary.fleet.builtin_worker import local_api_url, start_builtin_worker
@@ -33,6 +41,22 @@ SOCKET_TIMEOUT = 20
 # Connections waiting to be accepted on the agent port: a whole fleet reconnects at once
 # after a primary restart, and a full backlog makes each agent wait out a SYN retry.
 AGENT_LISTEN_BACKLOG = 1024
+PUBLIC_LISTEN_BACKLOG = 5  # cheroot's default
+
+
+class BoundServer(wsgi.Server):
+    """A cheroot server on a socket bound and listening before it was made: serve binds its
+    ports itself, first (primary/cli/listeners.py), and cheroot's prepare() takes that
+    socket where it would bind one."""
+
+    def __init__(self, listener: Listener, app, **kwargs) -> None:
+        super().__init__(listener.sock.getsockname()[:2], app, **kwargs)
+        self._listener = listener
+
+    def bind(self, family, kind, proto=0):
+        # prepare() calls this for the address it resolved from bind_addr (the socket's own).
+        self.socket = self._listener.sock
+        return self.socket
 
 
 class AgentPool:
@@ -66,18 +90,21 @@ def _ssl_adapter(primary: Primary, key_file: Path, require_client_cert: bool) ->
     return adapter
 
 
-def build_servers(primary: Primary, stop: threading.Event) -> tuple[wsgi.Server, wsgi.Server]:
+def build_servers(
+    primary: Primary, stop: threading.Event, public_listener: Listener, agent_listener: Listener
+) -> tuple[wsgi.Server, wsgi.Server]:
     config = primary.config
-    public = wsgi.Server(
-        (config.bind, config.api_port),
+    public = BoundServer(
+        public_listener,
         create_app(primary, stop),
         numthreads=config.public_threads,
         server_name="cifleet",
         timeout=SOCKET_TIMEOUT,
+        request_queue_size=PUBLIC_LISTEN_BACKLOG,
     )
     agent_app = create_agent_app(primary, stop)
-    agent = wsgi.Server(
-        (config.bind, config.agent_port),
+    agent = BoundServer(
+        agent_listener,
         agent_app,
         numthreads=config.agent_threads,
         max=max(config.max_agent_threads, config.agent_threads),
@@ -114,53 +141,91 @@ def _sweep_leases(primary: Primary, stop: threading.Event) -> None:
 
 
 def serve(config: PrimaryConfig) -> int:
-    primary = open_primary(config)
-    leases.grace_after_restart(primary)
-    stop = threading.Event()
-    public, agent = build_servers(primary, stop)
-    public.prepare()  # binds now, so a port in use fails here with a clear error
-    agent.prepare()
-    threads = [
-        threading.Thread(target=public.serve, name="public-listener", daemon=True),
-        threading.Thread(target=agent.serve, name="agent-listener", daemon=True),
-        threading.Thread(
-            target=_sweep_leases, args=(primary, stop), name="lease-sweeper", daemon=True
-        ),
-    ]
-    for thread in threads:
-        thread.start()
-    # GET /readyz: each listener serves while its thread runs (a crash ends it).
-    primary.listeners.update(public=threads[0].is_alive, agent=threads[1].is_alive)
-
-    def on_signal(signum, frame):
-        stop.set()
-
-    signal.signal(signal.SIGTERM, on_signal)
-    signal.signal(signal.SIGINT, on_signal)
-    primary.data.pidfile.write_text(f"{os.getpid()}\n")
-    primary.data.serve_info.write_text(json.dumps({"api_url": local_api_url(primary)}))
-    log.info(
-        "cifleet primary serving: public https://%s:%d, agent https://%s:%d (mutual TLS), data %s",
+    """Serve until SIGTERM or SIGINT. Raises ListenError, before anything has started, when
+    a port cannot be bound."""
+    public_listener, agent_listener = bind_listeners(
         config.bind,
         config.api_port,
-        config.bind,
         config.agent_port,
-        primary.data.root,
+        agent_backlog=AGENT_LISTEN_BACKLOG,
+        public_backlog=PUBLIC_LISTEN_BACKLOG,
     )
+    # The ports as bound (they differ with port 0): registration answers and the built-in
+    # worker use them.
+    config = dataclasses.replace(
+        config, api_port=public_listener.port, agent_port=agent_listener.port
+    )
+    stop = threading.Event()
     worker_stop = threading.Event()
-    builtin = start_builtin_worker(primary, worker_stop)
+    builtin = None
+    servers: list[wsgi.Server] = []
+    announced = False
     try:
+        primary = open_primary(config)
+        leases.grace_after_restart(primary)
+        public, agent = build_servers(primary, stop, public_listener, agent_listener)
+        for server in (agent, public):  # stopped in this order
+            server.prepare()
+            servers.append(server)
+        threads = [
+            threading.Thread(target=public.serve, name="public-listener", daemon=True),
+            threading.Thread(target=agent.serve, name="agent-listener", daemon=True),
+            threading.Thread(
+                target=_sweep_leases, args=(primary, stop), name="lease-sweeper", daemon=True
+            ),
+        ]
+        for thread in threads:
+            thread.start()
+        # GET /readyz: each listener serves while its thread runs (a crash ends it).
+        primary.listeners.update(public=threads[0].is_alive, agent=threads[1].is_alive)
+
+        def on_signal(signum, frame):
+            stop.set()
+
+        signal.signal(signal.SIGTERM, on_signal)
+        signal.signal(signal.SIGINT, on_signal)
+        announced = True
+        primary.data.pidfile.write_text(f"{os.getpid()}\n")
+        _write_serve_info(primary)
+        log.info(
+            "cifleet primary serving: public https://%s:%d, agent https://%s:%d (mutual TLS), "
+            "data %s",
+            config.bind,
+            config.api_port,
+            config.bind,
+            config.agent_port,
+            primary.data.root,
+        )
+        builtin = start_builtin_worker(primary, worker_stop)
         while not stop.wait(1.0):
             pass
     finally:
-        log.info("stopping")
-        worker_stop.set()
-        primary.waiters.wake_all()  # release held polls now, not after their hold time
-        if builtin is not None:
-            builtin.join(timeout=15)
-        agent.stop()
-        public.stop()
-        primary.data.pidfile.unlink(missing_ok=True)
-        primary.data.serve_info.unlink(missing_ok=True)
-        log.info("stopped")
+        # Also after a failed start: cheroot's worker threads would keep the process up.
+        if servers:
+            log.info("stopping")
+            worker_stop.set()
+            primary.waiters.wake_all()  # release held polls now, not after their hold time
+            if builtin is not None:
+                builtin.join(timeout=15)
+            for server in servers:
+                server.stop()
+        if announced:
+            primary.data.pidfile.unlink(missing_ok=True)
+            primary.data.serve_info.unlink(missing_ok=True)
+        public_listener.close()
+        agent_listener.close()
+        if servers:
+            log.info("stopped")
     return 0
+
+
+def _write_serve_info(primary: Primary) -> None:
+    """DATA/serve.json, once both listeners serve: how to reach this primary (the CLI reads
+    api_url; with port 0 the ports are only known here)."""
+    info = {
+        "pid": os.getpid(),
+        "api_url": local_api_url(primary),
+        "api_port": primary.config.api_port,
+        "agent_port": primary.config.agent_port,
+    }
+    write_atomic(primary.data.serve_info, (json.dumps(info) + "\n").encode(), 0o644)

@@ -42,7 +42,8 @@ class DataDir:
 
     @property
     def serve_info(self) -> Path:
-        """Where a serving primary says how to reach it, for the CLI."""
+        """Where a serving primary says how to reach it (pid, api_url, both ports), once both
+        its listeners serve: for the CLI, operators' tooling and tests."""
         return self.root / "serve.json"
 
     @property

@@ -19,6 +19,7 @@ from cryptography import x509
 from cryptography.hazmat.primitives import hashes, serialization
 from cryptography.hazmat.primitives.asymmetric import ec
 from cryptography.x509.oid import ExtendedKeyUsageOID, NameOID
+from ports import reserve_port
 
 from agent.protocol import CODE_LOG_GAP, CODE_LOG_INCOMPLETE, CODE_STALE_ATTEMPT, NAME_RE
 
@@ -117,6 +118,7 @@ class FakePrimary:
         self.registrations: list[dict] = []
         self.polls: list[dict] = []
         self.poll_times: list[float] = []  # time.monotonic() of each poll's arrival
+        self.assigning_polls: list[int] = []  # indexes in polls of those answered with work
         self.calls: list[str] = []
         self.logs: dict[tuple[int, str], bytearray] = {}
         self.statuses: dict[tuple[int, str], list[dict]] = {}
@@ -148,7 +150,10 @@ class FakePrimary:
         if mutual:
             self.context.verify_mode = ssl.CERT_REQUIRED
             self.context.load_verify_locations(cadata=pki.pem.decode())
-        self.port = 0
+        # Held until close(): a restart (stop(), then start()) finds the port free, and the
+        # agent, which knows it, finds the fake primary there again.
+        self._ports = reserve_port()
+        self.port = self._ports.port
         self.server: ThreadingHTTPServer | None = None
         self.connections: set = set()
         self.accepted = 0  # connections accepted so far (each a TLS handshake)
@@ -181,6 +186,11 @@ class FakePrimary:
             self.server = None
         self.drop_connections()
 
+    def close(self) -> None:
+        """Stop for good and give the port back."""
+        self.stop()
+        self._ports.close()
+
     def drop_connections(self) -> None:
         """Hang up on every open connection, like a server closing idle keep-alives."""
         with self.lock:
@@ -196,6 +206,16 @@ class FakePrimary:
     def states(self, run_id: int, job: str) -> list[str]:
         with self.lock:
             return [s["state"] for s in self.statuses.get((run_id, job), [])]
+
+    def poll_after_assignments(self, timeout: float = 10.0) -> dict:
+        """The poll that followed the last answer with assignments: the runs it lists are
+        the ones the agent took."""
+        self.wait_for(
+            lambda: self.assigning_polls and len(self.polls) > self.assigning_polls[-1] + 1,
+            timeout,
+        )
+        with self.lock:
+            return self.polls[self.assigning_polls[-1] + 1]
 
     def wait_for(self, predicate, timeout: float = 10.0) -> None:
         deadline = time.monotonic() + timeout
@@ -277,6 +297,7 @@ class FakePrimary:
         with self.lock:
             self.poll_times.append(time.monotonic())
             self.polls.append(body)
+            index = len(self.polls) - 1
             while True:
                 held = {(r["run_id"], r["attempt"]) for r in body["runs"]}
                 gone = held & self.cancels
@@ -285,6 +306,8 @@ class FakePrimary:
                 cancel = [{"run_id": r, "attempt": a} for r, a in sorted(gone)]
                 if self.assignments or cancel or time.monotonic() >= deadline:
                     assignments, self.assignments = self.assignments, []
+                    if assignments:
+                        self.assigning_polls.append(index)
                     answer = {"assignments": assignments, "cancel": cancel}
                     answer["delete_workspaces"] = sorted(
                         self.not_home & set(body.get("workspaces", []))
@@ -380,7 +403,7 @@ def public_primary(pki, tmp_path):
     directory.mkdir()
     fake = FakePrimary(pki, directory, mutual=False)
     yield fake
-    fake.stop()
+    fake.close()
 
 
 @pytest.fixture(scope="session")
@@ -393,7 +416,7 @@ def other_ca_pem() -> bytes:
 def fake_primary(pki, tmp_path):
     fake = FakePrimary(pki, tmp_path)
     yield fake
-    fake.stop()
+    fake.close()
 
 
 @pytest.fixture

@@ -3,7 +3,8 @@ in polls, deleting them, clean_workspace, static files, prepare notes, adopting 
 
 import hashlib
 import json
-import time
+
+from fleet import wait_file_step
 
 from agent.worker import Agent
 
@@ -224,7 +225,9 @@ def test_cancel_while_a_fetch_is_retried(agent_home, fake_primary, running_agent
     assert prepare_lines(fake_primary, 1) == ["cancelled while preparing the workspace"]
 
 
-def test_slots_from_the_primary_are_adopted_and_kept(agent_home, fake_primary, running_agent):
+def test_slots_from_the_primary_are_adopted_and_kept(
+    agent_home, fake_primary, running_agent, tmp_path
+):
     fake_primary.slots = 1
     agent, _ = running_agent()
     fake_primary.wait_for(lambda: len(fake_primary.polls) >= 2)
@@ -232,8 +235,12 @@ def test_slots_from_the_primary_are_adopted_and_kept(agent_home, fake_primary, r
     assert fake_primary.polls[-1]["slots"] == 1 and agent.slots == 1
     assert json.loads((agent_home / "config.json").read_text())["slots"] == 1
     assert Agent(agent_home).slots == 1  # a restart keeps it
-    # One slot: of two runs of different pipelines only one is taken.
-    fake_primary.assignments.extend([run(i, "sleep 1", pipeline=f"p{i}") for i in (1, 2)])
-    fake_primary.wait_for(lambda: fake_primary.started)
-    time.sleep(0.5)
+    # One slot: of two runs of different pipelines only one is taken, as the poll after
+    # the answer that brought them shows.
+    go = tmp_path / "go"
+    fake_primary.assignments.extend([run(i, wait_file_step(go), pipeline=f"p{i}") for i in (1, 2)])
+    taken = fake_primary.poll_after_assignments()["runs"]
+    assert [r["run_id"] for r in taken] == [1]
+    go.touch()
+    fake_primary.wait_for(lambda: fake_primary.finished == [1])
     assert fake_primary.started == [1]

@@ -7,6 +7,7 @@ import sys
 from pathlib import Path
 
 import pytest
+from fleet import wait_file_step
 
 ROOT = Path(__file__).resolve().parents[2]
 
@@ -44,16 +45,19 @@ def start_agent(agent_home):
             proc.wait()
 
 
-def test_sigterm_drains_then_exits_0(fake_primary, start_agent):
+def test_sigterm_drains_then_exits_0(fake_primary, start_agent, tmp_path):
     fake_primary.hold = 5.0
-    fake_primary.assignments.append(assignment(1, "sleep 1; echo $CIFLEET_TEST_SECRET_SENTINEL"))
+    go_on = tmp_path / "go-on"  # the job waits for it: it surely runs while the agent drains
+    step = f"{wait_file_step(go_on)}; echo $CIFLEET_TEST_SECRET_SENTINEL"
+    fake_primary.assignments.append(assignment(1, step))
     proc = start_agent()
     fake_primary.wait_for(lambda: fake_primary.started == [1])
     proc.send_signal(signal.SIGTERM)
-    assert proc.wait(15) == 0
+    fake_primary.wait_for(lambda: any(p["draining"] for p in fake_primary.polls), timeout=30)
+    go_on.touch()
+    assert proc.wait(30) == 0
     assert fake_primary.finished == [1]
     assert fake_primary.log(1, "a") == b"\n"  # the agent's environment did not leak
-    assert any(p["draining"] for p in fake_primary.polls)
     err = proc.stderr.read()
     assert "draining" in err
     assert err.splitlines()[0][:4].isdigit()  # lines start with a timestamp

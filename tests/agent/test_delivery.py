@@ -1,9 +1,9 @@
 """Delivery to a fake primary over real mutual TLS: order, offsets, outages, stale runs."""
 
 import threading
-import time
 
 import psutil
+from fleet import wait_file_step
 
 from agent.assignment import parse_assignment
 from agent.client import Client, agent_context
@@ -93,27 +93,32 @@ def test_a_one_job_run_takes_three_calls(agent_home, fake_primary, tmp_path):
 
 
 def test_output_reaches_the_primary_while_the_job_runs(agent_home, fake_primary, tmp_path):
-    run = assignment(2, job("a", "printf early; sleep 3; printf late"))
+    go_on = tmp_path / "go-on"  # the job waits for it: it surely still runs below
+    run = assignment(2, job("a", f"printf early; {wait_file_step(go_on)}; printf late"))
     reporter, executor, _ = setup(agent_home, fake_primary, run, tmp_path)
     t, errors = run_both(reporter, executor)
-    fake_primary.wait_for(lambda: fake_primary.log(2, "a") == b"early", timeout=2.0)
+    fake_primary.wait_for(lambda: fake_primary.log(2, "a") == b"early")
     assert fake_primary.finished == []
+    go_on.touch()
     t.join(10)
     assert not errors
     assert fake_primary.log(2, "a") == b"earlylate"
 
 
 def test_an_outage_does_not_stop_the_job_and_nothing_is_lost(agent_home, fake_primary, tmp_path):
-    # 2.5 MB with numbered lines: several chunks, and any duplicate or gap shows.
+    # 2.5 MB with numbered lines: several chunks, and any duplicate or gap shows. After 100
+    # lines the job waits until the primary is gone.
+    gone = tmp_path / "primary-gone"
     script = (
         "i=0; while [ $i -lt 60000 ]; do echo line-$i-padding-padding-padding; "
-        "i=$((i+1)); if [ $i = 100 ]; then touch outage; sleep 1; fi; done"
+        f"i=$((i+1)); if [ $i = 100 ]; then touch outage; {wait_file_step(gone)}; fi; done"
     )
     run = assignment(3, job("a", script))
     reporter, executor, _ = setup(agent_home, fake_primary, run, tmp_path)
     t, errors = run_both(reporter, executor)
     fake_primary.wait_for(lambda: (tmp_path / "ws" / "outage").exists())
     fake_primary.stop()
+    gone.touch()
     # The job runs on and finishes while the primary is away.
     fake_primary.wait_for(
         lambda: [e for e in reporter._events if e[0] == "run_finished"], timeout=30
@@ -133,7 +138,8 @@ def test_503_is_retried(agent_home, fake_primary, tmp_path):
     reporter, executor, _ = setup(agent_home, fake_primary, run, tmp_path)
     fake_primary.down = True
     t, errors = run_both(reporter, executor)
-    time.sleep(1.0)
+    # Refused twice: so it was retried, and nothing was started meanwhile.
+    fake_primary.wait_for(lambda: fake_primary.calls.count("/agent/v1/runs/4/start") >= 2)
     assert fake_primary.started == []
     fake_primary.down = False
     t.join(40)
@@ -144,15 +150,19 @@ def test_503_is_retried(agent_home, fake_primary, tmp_path):
 def test_log_gap_and_log_incomplete_resend_from_the_primary_size(
     agent_home, fake_primary, tmp_path
 ):
-    run = assignment(5, job("a", "printf 0123456789; sleep 1; printf abc; sleep 1"))
+    more, end = tmp_path / "more", tmp_path / "end"  # the test lets the job go on
+    steps = f"printf 0123456789; {wait_file_step(more)}; printf abc; {wait_file_step(end)}"
+    run = assignment(5, job("a", steps))
     reporter, executor, _ = setup(agent_home, fake_primary, run, tmp_path)
     t, errors = run_both(reporter, executor)
     fake_primary.wait_for(lambda: fake_primary.log(5, "a") == b"0123456789")
     with fake_primary.lock:  # the primary "loses" bytes: the next chunk gets a 416
         del fake_primary.logs[(5, "a")][4:]
+    more.touch()
     fake_primary.wait_for(lambda: fake_primary.log(5, "a") == b"0123456789abc")
     with fake_primary.lock:  # and again: the final status gets 409 log_incomplete
         del fake_primary.logs[(5, "a")][2:]
+    end.touch()
     t.join(15)
     assert not errors
     assert fake_primary.log(5, "a") == b"0123456789abc"

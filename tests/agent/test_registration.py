@@ -11,6 +11,7 @@ import time
 import pytest
 from cryptography import x509
 from cryptography.hazmat.primitives import serialization
+from ports import reserve_port
 
 from agent import home as home_mod
 from agent.cli import main
@@ -143,12 +144,10 @@ def test_a_primary_signed_by_another_ca_is_refused(public, tmp_path, other_ca_pe
 
 def test_unreachable_primary_names_the_url(files, tmp_path):
     ca, _ = files
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        port = s.getsockname()[1]
-    url = f"https://127.0.0.1:{port}"
-    with pytest.raises(RegistrationError, match=f"cannot reach the primary at {url}"):
-        register(url, ca, "s3cret", "w1", [], 1, tmp_path / "h")
+    with reserve_port() as nobody:  # reserved, and nobody listens: connections are refused
+        url = f"https://127.0.0.1:{nobody.port}"
+        with pytest.raises(RegistrationError, match=f"cannot reach the primary at {url}"):
+            register(url, ca, "s3cret", "w1", [], 1, tmp_path / "h")
 
 
 def test_a_different_ca_in_the_answer_is_refused(public, files, tmp_path, other_ca_pem):

@@ -1,10 +1,11 @@
 """The whole agent loop against the fake primary: polls, assignments, cancel, drain, stop."""
 
 import hashlib
+import logging
 import threading
-import time
 
 import psutil
+from fleet import wait_file_step
 
 from agent.worker import Agent
 
@@ -57,21 +58,30 @@ def test_held_runs_are_reported_and_cancel_kills_the_job(agent_home, fake_primar
     assert fake_primary.states(2, "b") == ["skipped"]
 
 
-def test_slots_limit_concurrent_runs(agent_home, fake_primary, running_agent):
+def test_slots_limit_concurrent_runs(agent_home, fake_primary, running_agent, tmp_path):
+    go = tmp_path / "go"
     fake_primary.assignments.extend(
-        [assignment(i, ("a", "sleep 1"), pipeline=f"p{i}") for i in (1, 2, 3)]
+        [assignment(i, ("a", wait_file_step(go)), pipeline=f"p{i}") for i in (1, 2, 3)]
     )
     running_agent()
-    fake_primary.wait_for(lambda: len(fake_primary.started) == 2)
-    time.sleep(0.5)
-    assert sorted(fake_primary.started) == [1, 2]  # run 3 found no free slot
+    # The poll after the answer lists what the agent took: two runs, not run 3 (it found no
+    # free slot, and is left to the primary).
+    taken = fake_primary.poll_after_assignments()["runs"]
+    assert sorted(r["run_id"] for r in taken) == [1, 2]
+    go.touch()
+    fake_primary.wait_for(lambda: sorted(fake_primary.finished) == [1, 2])
+    assert sorted(fake_primary.started) == [1, 2]
 
 
 def test_no_busy_loop_on_quick_empty_answers(fake_primary, running_agent):
-    fake_primary.hold = 0.0  # answers at once with nothing
+    # Answered at once with nothing, the agent pauses 0.5 to 1 s before it polls again. A
+    # loaded machine can only make the gaps between polls longer, never shorter.
+    fake_primary.hold = 0.0
     running_agent()
-    time.sleep(3.0)
-    assert 2 <= len(fake_primary.polls) <= 8
+    fake_primary.wait_for(lambda: len(fake_primary.poll_times) >= 4)
+    times = fake_primary.poll_times[:4]
+    gaps = [later - earlier for earlier, later in zip(times, times[1:], strict=False)]
+    assert min(gaps) >= 0.5, gaps
 
 
 def test_a_quick_answer_with_poll_after_is_kept(fake_primary, running_agent):
@@ -111,15 +121,22 @@ def test_a_cancel_for_a_finished_run_leaves_the_pooled_connections_alone(
     assert fake_primary.accepted == warm
 
 
-def test_drain_finishes_the_current_run_then_returns(agent_home, fake_primary, running_agent):
-    fake_primary.hold = 5.0
-    fake_primary.assignments.append(assignment(3, ("a", "sleep 1.5; echo done")))
+def test_drain_finishes_the_current_run_then_returns(
+    agent_home, fake_primary, running_agent, tmp_path
+):
+    # Polls are held far longer than the test waits: a draining poll can only come because
+    # the drain broke the held one.
+    fake_primary.hold = 300.0
+    go_on = tmp_path / "go-on"  # the run waits for it: it is surely running while draining
+    fake_primary.assignments.append(assignment(3, ("a", f"{wait_file_step(go_on)}; echo done")))
     agent, t = running_agent()
     fake_primary.wait_for(lambda: fake_primary.started == [3])
     agent.request_drain()
-    fake_primary.wait_for(lambda: any(p["draining"] for p in fake_primary.polls), timeout=2)
+    fake_primary.wait_for(lambda: any(p["draining"] for p in fake_primary.polls), timeout=30)
     fake_primary.assignments.append(assignment(4, ("a", "true")))  # refused while draining
-    t.join(15)
+    fake_primary.wait_for(lambda: not fake_primary.assignments)  # handed out (and refused)
+    go_on.touch()
+    t.join(30)
     assert not t.is_alive()
     assert fake_primary.finished == [3] and fake_primary.log(3, "a") == b"done\n"
     assert 4 not in fake_primary.started
@@ -148,22 +165,25 @@ def test_unknown_worker_stops_the_agent(fake_primary, running_agent):
 
 
 def test_external_stop_event_returns_promptly_during_a_long_poll(agent_home, fake_primary):
-    fake_primary.hold = 20.0
+    fake_primary.hold = 300.0  # far longer than the join below waits
     stop = threading.Event()
     agent = Agent(agent_home, stop)
     t = threading.Thread(target=agent.run, daemon=True)
     t.start()
     fake_primary.wait_for(lambda: fake_primary.polls)
     stop.set()
-    t.join(3)
+    t.join(30)
     assert not t.is_alive()
 
 
-def test_keeps_polling_through_an_outage(fake_primary, running_agent):
+def test_keeps_polling_through_an_outage(fake_primary, running_agent, caplog):
+    caplog.set_level(logging.WARNING, logger="agent.worker")
     running_agent()
     fake_primary.wait_for(lambda: fake_primary.polls)
     fake_primary.stop()
-    time.sleep(1.5)
+    # A poll failed during the outage (it lasts as long as it takes to see one fail) ...
+    fake_primary.wait_for(lambda: "cannot reach the primary" in caplog.text, timeout=30)
     before = len(fake_primary.polls)
     fake_primary.start()
+    # ... and the agent polls again once the primary is back.
     fake_primary.wait_for(lambda: len(fake_primary.polls) > before, timeout=10)

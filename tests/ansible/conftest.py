@@ -57,4 +57,4 @@ def fleet(tmp_path_factory):
         # Hosts first, while the primary still answers their agents' last words.
         lab.close()
         if fleet is not None:
-            fleet.primary.stop()
+            fleet.primary.close()

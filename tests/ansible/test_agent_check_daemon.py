@@ -4,9 +4,8 @@ import json
 import os
 import signal
 import subprocess
-import time
 
-from fleet import BIN, init_primary, register_agent, wait_for
+from fleet import BIN, init_primary, process_gone, register_agent, wait_for
 
 
 def agent(*args: str) -> subprocess.CompletedProcess:
@@ -41,15 +40,19 @@ def test_check_says_registered_refused_not_registered_or_unreachable(primary, fl
 def test_check_says_an_expired_certificate_is_refused(tmp_path):
     # Certificates valid for about a second.
     p = init_primary(tmp_path, "--primary-worker-slots", "0", "--worker-cert-days", "0.00001")
-    p.start()
     try:
+        p.start()
         assert register_agent(p, tmp_path, "w1").returncode == 0
-        time.sleep(1.5)
-        result = agent("check", "--home", str(tmp_path / "w1"))
+        # Accepted until the certificate expires, a second or so after it was issued.
+        result = wait_for(
+            lambda: (r := agent("check", "--home", str(tmp_path / "w1"))).returncode and r,
+            30,
+            "the certificate to expire",
+        )
         assert result.returncode == 3
         assert "expired" in result.stderr
     finally:
-        p.stop()
+        p.close()
 
 
 def test_run_daemon_writes_a_pidfile_and_starts_only_once(primary, fleet_root):
@@ -77,6 +80,7 @@ def test_run_daemon_writes_a_pidfile_and_starts_only_once(primary, fleet_root):
     finally:
         os.kill(pid, signal.SIGTERM)  # drains and exits
     wait_for(lambda: not pidfile.exists(), 30, "the daemon to exit and remove its pidfile")
+    wait_for(lambda: process_gone(pid), 30, "the daemon to end")
     assert log.read_text()
 
 

@@ -31,9 +31,11 @@ def small_primary(fleet_root, request):
         "--max-agent-threads",
         str(request.param),
     )
-    p.start()
-    yield p
-    p.stop()
+    try:
+        p.start()
+        yield p
+    finally:
+        p.close()
 
 
 def waiting_polls(primary, root, count: int) -> list[tuple[float, dict]]:

@@ -6,7 +6,8 @@ import shutil
 import subprocess
 from pathlib import Path
 
-from fleet import BIN, free_port, init_primary
+from fleet import BIN, init_primary, process_gone, wait_for
+from ports import reserve_port
 
 
 def _primary_cli(*args, env=None, timeout=120):
@@ -51,8 +52,8 @@ def test_wrong_vault_key_fails_clearly_and_leaves_the_vault_alone(tmp_path):
 
 def test_builtin_worker_runs_pipelines_without_remote_hosts(tmp_path):
     primary = init_primary(tmp_path, "--heartbeat-timeout", "6")
-    primary.start()
     try:
+        primary.start()
         primary.pipeline("name: solo\njobs:\n  - name: a\n    steps: ['echo on the primary']\n")
         run = primary.wait_run(primary.trigger("solo"), timeout=60)
         assert run["state"] == "success" and run["worker_name"] == "primary"
@@ -67,34 +68,39 @@ def test_builtin_worker_runs_pipelines_without_remote_hosts(tmp_path):
         assert again["state"] == "success" and again["worker_name"] == "primary"
         assert again["worker_id"] != old_id
     finally:
-        primary.stop()
+        primary.close()
 
 
 def test_demo_command_runs_the_example_and_says_how_to_stop(tmp_path):
     data = tmp_path / "demo-data"
-    api, agent = free_port(), free_port()
-    try:
-        result = _primary_cli(
-            "demo", "--data-dir", str(data), "--api-port", str(api), "--agent-port", str(agent)
-        )
-        assert result.returncode == 0, result.stdout + result.stderr
-        out = result.stdout
-        assert "=== job build\nhello from cifleet, building in" in out
-        assert "packaged run 1\n" in out
-        assert "run 1 finished: success" in out
-        assert f"https://127.0.0.1:{api}/api/v1/status" in out
-        assert f"cifleet-primary stop --data-dir {data}" in out
-        if os.geteuid() == 0:
-            # As root the built-in worker's jobs run outside the private data dir.
-            worker_id = json.loads((data / "builtin-worker" / "config.json").read_text())
-            work = Path("/var/lib/cifleet-builtin") / worker_id["worker_id"]
-            assert f"hello from cifleet, building in {work}/" in out
-    finally:
-        stop = _primary_cli("stop", "--data-dir", str(data))
-        config = data / "builtin-worker" / "config.json"
-        if config.exists():  # the demo's workspaces, left in /var/lib by design
-            worker_id = json.loads(config.read_text())["worker_id"]
-            shutil.rmtree(Path("/var/lib/cifleet-builtin") / worker_id, ignore_errors=True)
+    with reserve_port() as api_ports, reserve_port() as agent_ports:
+        api, agent = api_ports.port, agent_ports.port
+        try:
+            result = _primary_cli(
+                "demo", "--data-dir", str(data), "--api-port", str(api), "--agent-port", str(agent)
+            )
+            assert result.returncode == 0, result.stdout + result.stderr
+            out = result.stdout
+            assert "=== job build\nhello from cifleet, building in" in out
+            assert "packaged run 1\n" in out
+            assert "run 1 finished: success" in out
+            assert f"https://127.0.0.1:{api}/api/v1/status" in out
+            assert f"cifleet-primary stop --data-dir {data}" in out
+            if os.geteuid() == 0:
+                # As root the built-in worker's jobs run outside the private data dir.
+                worker_id = json.loads((data / "builtin-worker" / "config.json").read_text())
+                work = Path("/var/lib/cifleet-builtin") / worker_id["worker_id"]
+                assert f"hello from cifleet, building in {work}/" in out
+        finally:
+            pidfile = data / "primary.pid"
+            pid = int(pidfile.read_text()) if pidfile.exists() else None
+            stop = _primary_cli("stop", "--data-dir", str(data))
+            if pid is not None:  # the demo's primary runs on alone: it must be gone
+                wait_for(lambda: process_gone(pid), 30, "the demo's primary to stop")
+            config = data / "builtin-worker" / "config.json"
+            if config.exists():  # the demo's workspaces, left in /var/lib by design
+                worker_id = json.loads(config.read_text())["worker_id"]
+                shutil.rmtree(Path("/var/lib/cifleet-builtin") / worker_id, ignore_errors=True)
     assert stop.returncode == 0
 
 
@@ -110,8 +116,8 @@ def test_the_server_certificate_is_reissued_with_new_names(tmp_path):
         "server-cert", "--hostname", "ci.new.example", "--data-dir", str(primary.data_dir)
     )
     assert issued.returncode == 0 and "ci.new.example" in issued.stdout
-    primary.start()
     try:
+        primary.start()
         context = ssl.create_default_context(cafile=str(primary.ca_file))
         with (
             socket.create_connection(("127.0.0.1", primary.api_port)) as raw,
@@ -122,4 +128,4 @@ def test_the_server_certificate_is_reissued_with_new_names(tmp_path):
         assert "ci.new.example" in sans.get_values_for_type(x509.DNSName)
         assert served.public_bytes(Encoding.PEM) == (primary.data_dir / "server.pem").read_bytes()
     finally:
-        primary.stop()
+        primary.close()

@@ -16,9 +16,9 @@ def test_the_agent_renews_its_certificate_during_a_job(tmp_path):
         "--worker-cert-days",
         "0.0002",
     )
-    primary.start()
     agent = None
     try:
+        primary.start()
         assert register_agent(primary, tmp_path, "renewer").returncode == 0
         agent = Agent(name="renewer", home=tmp_path / "renewer", log_path=tmp_path / "agent.log")
         first = x509.load_pem_x509_certificate((agent.home / "worker.crt").read_bytes())
@@ -45,7 +45,7 @@ jobs:
     finally:
         if agent is not None:
             agent.stop()
-        primary.stop()
+        primary.close()
 
 
 def test_an_expired_certificate_is_refused(tmp_path):
@@ -56,8 +56,8 @@ def test_an_expired_certificate_is_refused(tmp_path):
     primary = init_primary(
         tmp_path, "--primary-worker-slots", "0", "--worker-cert-days", "0.0001"
     )  # 8.6 s
-    primary.start()
     try:
+        primary.start()
         assert register_agent(primary, tmp_path, "lapsed").returncode == 0
         home = tmp_path / "lapsed"
         cert, key = str(home / "worker.crt"), str(home / "worker.key")
@@ -67,4 +67,4 @@ def test_an_expired_certificate_is_refused(tmp_path):
         with pytest.raises(OSError):  # the TLS handshake fails: no application answer
             AgentPeer(primary, cert, key).poll()
     finally:
-        primary.stop()
+        primary.close()

@@ -20,13 +20,13 @@ def serve(fleet_root):
             "0",
             *extra,
         )
+        primaries.append(p)  # closed even if it does not come up
         p.start()
-        primaries.append(p)
         return p
 
     yield start
     for p in primaries:
-        p.stop()
+        p.close()
 
 
 @pytest.fixture

@@ -92,11 +92,11 @@ def primary_on_small_disk(fleet_root):
             disk, "--heartbeat-timeout", str(HEARTBEAT), "--primary-worker-slots", "0"
         )
         primary = dataclasses.replace(primary, log_path=fleet_root / "primary.log")
-        primary.start()
         try:
+            primary.start()
             yield primary, disk
         finally:
-            primary.stop()
+            primary.close()
 
 
 @pytest.fixture

@@ -8,7 +8,15 @@ import subprocess
 from pathlib import Path
 
 import pytest
-from fleet import BIN, Agent, init_primary, kill_workspace_processes, register_agent, wait_for
+from fleet import (
+    BIN,
+    Agent,
+    init_primary,
+    kill_workspace_processes,
+    passable,
+    register_agent,
+    wait_for,
+)
 from prometheus import BINARY, Prometheus
 
 pytestmark = [
@@ -25,7 +33,7 @@ def fleet(tmp_path_factory):
     """(primary, agent, Prometheus): one agent with its metrics listener, no built-in
     worker, and a Prometheus scraping both every second. Everything stops at the end,
     whatever failed."""
-    root = tmp_path_factory.mktemp("prometheus-fleet")
+    root = passable(tmp_path_factory.mktemp("prometheus-fleet"))
     primary = init_primary(root, "--heartbeat-timeout", "20", "--primary-worker-slots", "0")
     agent = prometheus = None
     try:
@@ -77,11 +85,11 @@ def fleet(tmp_path_factory):
         yield primary, agent, prometheus
     finally:
         if prometheus is not None:
-            prometheus.stop()
+            prometheus.close()
         if agent is not None:
             agent.stop()
             kill_workspace_processes(agent.home)
-        primary.stop()
+        primary.close()
 
 
 def eventually(prometheus: Prometheus, expr: str, expected: float, timeout: float = 30):

@@ -202,16 +202,19 @@ def test_an_upload_over_the_size_limit_is_refused_and_nothing_is_stored(page, lo
     primary.pipeline(DEFINITION)
     login(page, "admin")
     page.goto("/pipelines/build")
-    for size in (100_001, 1_000_000):  # just over (the form's slack), and far over
+    refused = "file: larger than the limit of 100000 bytes; nothing was stored"
+    # Just over (within the form's slack: the whole body is read, then refused), and far
+    # over: refused from its Content-Length, before the body is read. cheroot closes the
+    # connection after a 413 with the rest of the body unread, which resets it, so the
+    # browser shows the page or, when the reset overtakes it, a reset connection.
+    for size, shown in ((100_001, refused), (1_000_000, f"{refused}|ERR_CONNECTION_RESET")):
         page.get_by_label("File to upload").set_input_files(
             files=[
                 {"name": "big.bin", "mimeType": "application/octet-stream", "buffer": b"x" * size}
             ]
         )
         page.get_by_role("button", name="Upload", exact=True).click()
-        expect(page.locator("main")).to_contain_text(
-            "file: larger than the limit of 100000 bytes; nothing was stored"
-        )
+        expect(page.locator("body")).to_contain_text(re.compile(shown))
         page.goto("/pipelines/build")
     assert primary.client.json("GET", "/api/v1/pipelines/build/files")["files"] == []
     page.get_by_label("File to upload").set_input_files(
