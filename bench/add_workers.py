@@ -86,9 +86,11 @@ def bench_add_workers(root: Path, hosts: int = 10, trixie: int = 1) -> dict:
     finally:
         if fleet is not None:
             fleet.close()
-        lab.close()
+        left = lab.close()
         if fleet is not None:
             fleet.primary.close()
+    if left:
+        print("the container hosts left (removed now):", *left, sep="\n", file=sys.stderr)
     return figures
 
 

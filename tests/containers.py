@@ -13,8 +13,9 @@ tree, each in its own network namespace, on a bridge of this session's own subne
 - Each host gets its own SSH host key (known_hosts is written from it, so host keys stay
   checked) and the session's client key for root.
 - Everything is torn down at the end: containers powered off (or killed), cgroups removed
-  depth-first, namespaces, links and mounts removed. A session that died without tearing
-  down is cleaned up by the next one that takes its subnet.
+  depth-first, namespaces, links and mounts removed; `HostLab.close` then looks for any of
+  them still there (the fixture fails the run if it finds one). A session that died
+  without tearing down is cleaned up by the next one that takes its subnet.
 """
 
 import contextlib
@@ -148,13 +149,44 @@ class Subnet:
     def address(self, number: int) -> str:
         return f"{SUBNET_PREFIX}.{self.index}.{10 + number}"
 
-    def close(self) -> None:
+    def close_bridge(self) -> None:
         _run("ip", "link", "del", self.bridge, check=False)
+
+    def close(self) -> None:
+        """Remove the bridge and give the subnet back."""
+        self.close_bridge()
         self._lock.close()
 
 
 def _cgroup_name(index: int, name: str) -> str:
     return f"cifleet-test-{index}-{name}"
+
+
+def leftovers(index: int) -> list[str]:
+    """What exists of subnet `index`'s hosts: processes, cgroups, mounts, namespaces, links.
+    One line each; none once its session tore down."""
+    found = []
+    hosts_dir = f"/cifleet-test-hosts-{index}/"
+    for proc in Path("/proc").iterdir():
+        if not proc.name.isdigit():
+            continue
+        with contextlib.suppress(OSError):
+            argv = (proc / "cmdline").read_bytes().split(b"\0")
+            if argv[0].endswith(b"systemd-nspawn") and hosts_dir.encode() in b" ".join(argv):
+                found.append(f"process {proc.name}: {b' '.join(argv).decode(errors='replace')}")
+    for root in CGROUP_ROOTS:
+        found += [f"cgroup {group}" for group in root.glob(_cgroup_name(index, "") + "*")]
+    for line in Path("/proc/self/mounts").read_text().splitlines():
+        if hosts_dir in line.split()[1]:
+            found.append(f"mount {line.split()[1]}")
+    netns = Path("/run/netns")
+    if netns.exists():
+        found += [f"netns {ns.name}" for ns in netns.glob(f"cf{index}-*")]
+    for link in json.loads(_run("ip", "-j", "link", "show").stdout or "[]"):
+        name = link["ifname"]
+        if name == f"cfbr{index}" or name.startswith(f"cf{index}h"):
+            found.append(f"link {name}")
+    return found
 
 
 def reclaim(index: int) -> None:
@@ -472,7 +504,14 @@ class HostLab:
         """Boot hosts side by side."""
         _each(hosts or list(self.hosts.values()), TestHost.boot)
 
-    def close(self) -> None:
+    def close(self) -> list[str]:
+        """Tear everything down; what was still there afterwards (removed now), one line
+        each: a non-empty list is a teardown bug."""
         _each(list(self.hosts.values()), TestHost.destroy, suppress=True)
-        self.subnet.close()
+        self.subnet.close_bridge()
+        left = leftovers(self.subnet.index)
+        if left:
+            reclaim(self.subnet.index)
         shutil.rmtree(self.hosts_dir, ignore_errors=True)
+        self.subnet.close()
+        return left

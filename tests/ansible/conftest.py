@@ -55,6 +55,8 @@ def fleet(tmp_path_factory):
         fleet.close()
     finally:
         # Hosts first, while the primary still answers their agents' last words.
-        lab.close()
+        left = lab.close()
         if fleet is not None:
             fleet.primary.close()
+    if left:
+        pytest.fail("the container hosts left (removed now):\n" + "\n".join(left))

@@ -7,6 +7,7 @@ import subprocess
 import pytest
 from conftest import recap
 from fleet import BIN, wait_for
+from ports import reserve_port
 
 pytestmark = pytest.mark.ansible
 
@@ -60,16 +61,17 @@ def test_a_host_whose_python_is_too_old_fails_first_and_says_what_to_do(fleet):
 
 
 def test_a_primary_the_host_cannot_reach_fails_first(fleet):
-    # Nothing listens on this port of the primary's address.
-    url = f"https://{fleet.primary.host}:8999"
-    out = _fails_in_preflight(
-        fleet,
-        "bare",
-        "-e",
-        "cifleet_worker_service_manager=none",
-        "-e",
-        f"cifleet_worker_primary_url={url}",
-    )
+    # A port of the primary's address reserved for nobody: connecting to it is refused.
+    with reserve_port(fleet.primary.host) as nobody:
+        url = f"https://{fleet.primary.host}:{nobody.port}"
+        out = _fails_in_preflight(
+            fleet,
+            "bare",
+            "-e",
+            "cifleet_worker_service_manager=none",
+            "-e",
+            f"cifleet_worker_primary_url={url}",
+        )
     assert f"bare: cannot reach the primary at {url}: [Errno 111] Connection refused." in out
     assert "systemd does not run" not in out
 
