@@ -41,11 +41,21 @@ class ConfigError(Exception):
 
 
 def write_atomic(path: Path, data: bytes, mode: int = 0o600) -> None:
-    """Write a file so that readers see either the old content or all of the new one."""
+    """Write a file so that readers see either the old content or all of the new one.
+
+    A root process replacing another user's file keeps that user as its owner: the
+    installer runs `update-worker` as root on the agent user's config.json, which the agent
+    must still read when it starts again."""
+    try:
+        old = os.stat(path)
+    except FileNotFoundError:
+        old = None
     fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
     try:
         # mkstemp already creates 0600; fchmod makes the mode explicit for other modes.
         os.fchmod(fd, mode)
+        if old is not None and os.geteuid() == 0:
+            os.fchown(fd, old.st_uid, old.st_gid)
         with os.fdopen(fd, "wb") as f:
             f.write(data)
             f.flush()

@@ -10,9 +10,9 @@ The store benchmarks (dispatch latency, throughput, logs) run once per engine of
 of their own (tests/pgcluster.py, fsync on) on the same machine.
 
 Each benchmark is also a script of its own (dispatch.py, logs.py, idle_fleet.py,
-footprint.py, scrape.py, hostile_input.py) with its own options. On a shared or busy
-machine the figures are noise: the output records the load average before and after,
-so a loaded run can be told apart.
+footprint.py, scrape.py, hostile_input.py, add_workers.py) with its own options. On a
+shared or busy machine the figures are noise: the output records the load average before
+and after, so a loaded run can be told apart.
 """
 
 import argparse
@@ -24,6 +24,7 @@ import subprocess
 import time
 from pathlib import Path
 
+from add_workers import bench_add_workers
 from common import ENGINES, bench_dir, store_for
 from dispatch import bench_latency, bench_throughput
 from footprint import bench_footprint
@@ -42,6 +43,7 @@ FULL = {
     "footprint_window": 30.0,
     "scrape_workers": (10, 100, 1000),
     "hostile_repeat": 5,
+    "playbook_hosts": 10,
 }
 QUICK = {
     "latency_runs": 10,
@@ -53,6 +55,7 @@ QUICK = {
     "footprint_window": 5.0,
     "scrape_workers": (10, 100),
     "hostile_repeat": 1,
+    "playbook_hosts": 3,
 }
 # Benchmarks of the store: run on each engine (`store` is a URL for init, or None).
 STORE_BENCHES = {
@@ -71,6 +74,7 @@ BENCHES = {
     "agent_footprint": lambda root, s: bench_footprint(root, s["footprint_window"]),
     "scrape": lambda root, s: bench_scrape(root, s["scrape_workers"]),
     "hostile_input": lambda root, s: bench_hostile_input(root, s["hostile_repeat"]),
+    "add_workers": lambda root, s: bench_add_workers(root, s["playbook_hosts"]),
 }
 
 

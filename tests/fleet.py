@@ -162,24 +162,30 @@ class Primary:
     serve_args: list[str]
     log_path: Path
     proc: subprocess.Popen | None = None
+    # The address both listeners bind (the server certificate names it); the ports are
+    # reserved on it.
+    host: str = "127.0.0.1"
+    # The command that serves (another build of cifleet, say); env added to the process's.
+    command: list[str] = field(default_factory=lambda: [str(BIN / "cifleet-primary")])
+    env: dict = field(default_factory=dict)
     api_ports: PortReservation | None = None
     agent_ports: PortReservation | None = None
 
     @property
     def api_port(self) -> int:
         if self.api_ports is None:
-            self.api_ports = reserve_port()
+            self.api_ports = reserve_port(self.host)
         return self.api_ports.port
 
     @property
     def agent_port(self) -> int:
         if self.agent_ports is None:
-            self.agent_ports = reserve_port()
+            self.agent_ports = reserve_port(self.host)
         return self.agent_ports.port
 
     @property
     def url(self) -> str:
-        return f"https://127.0.0.1:{self.api_port}"
+        return f"https://{self.host}:{self.api_port}"
 
     @property
     def ca_file(self) -> Path:
@@ -204,7 +210,7 @@ class Primary:
         log = open(self.log_path, "ab")  # noqa: SIM115 - owned by the child process
         self.proc = subprocess.Popen(
             [
-                str(BIN / "cifleet-primary"),
+                *self.command,
                 "serve",
                 "--data-dir",
                 str(self.data_dir),
@@ -212,12 +218,15 @@ class Primary:
                 str(self.api_port),
                 "--agent-port",
                 str(self.agent_port),
+                "--bind",
+                self.host,
                 *self.serve_args,
             ],
             stdin=subprocess.DEVNULL,
             stdout=log,
             stderr=log,
             start_new_session=True,
+            env={**os.environ, **self.env},
         )
         log.close()
         try:
@@ -351,12 +360,16 @@ def register_agent(
     return subprocess.run(args, capture_output=True, text=True, timeout=60)
 
 
-def init_primary(root: Path, *serve_args: str, store: str | None = None) -> Primary:
-    """A primary's data dir under `root`; its fleet in `store` (a PostgreSQL URL), or in
+def init_primary(
+    root: Path, *serve_args: str, store: str | None = None, host: str = "127.0.0.1"
+) -> Primary:
+    """A primary's data dir under `root`, to serve on `host` (also named in its server
+    certificate) at ports reserved there; its fleet in `store` (a PostgreSQL URL), or in
     SQLite by default."""
     data_dir = root / "primary-data"
+    names = [] if host == "127.0.0.1" else ["--hostname", host]
     subprocess.run(
-        [str(BIN / "cifleet-primary"), "init", "--data-dir", str(data_dir)]
+        [str(BIN / "cifleet-primary"), "init", "--data-dir", str(data_dir), *names]
         + (["--store", store] if store else []),
         check=True,
         capture_output=True,
@@ -367,6 +380,7 @@ def init_primary(root: Path, *serve_args: str, store: str | None = None) -> Prim
         data_dir=data_dir,
         serve_args=["--builtin-work-dir", str(root / "builtin-work"), *serve_args],
         log_path=root / "primary.log",
+        host=host,
     )
 
 
@@ -387,7 +401,7 @@ class AgentPeer:
     def call(self, method: str, path: str, body: bytes | dict = b"") -> tuple[int, dict]:
         raw = json.dumps(body).encode() if isinstance(body, dict) else body
         conn = http.client.HTTPSConnection(
-            "127.0.0.1", self.primary.agent_port, context=self.context, timeout=30
+            self.primary.host, self.primary.agent_port, context=self.context, timeout=30
         )
         try:
             conn.request(method, path, body=raw, headers={"Content-Type": "application/json"})

@@ -6,25 +6,36 @@ cd "$(dirname "$0")/.."
 
 # System packages the suite uses, as "command:package"; each is installed only when its
 # command is missing (as root, or with sudo when present).
-# sshd/ssh-keygen: the playbook tests serve their "hosts" over a real local sshd;
-# systemd-analyze verifies the unit file the role renders; chromium runs the UI tests
-# (driven by Playwright from the `test` extra; `playwright install` is never run);
-# prometheus scrapes a real primary in tests/ops, whose promtool checks the alert rules.
-# postgresql: the second store engine, tested against a real server.
-needed=(git:git sshd:openssh-server ssh:openssh-client ssh-keygen:openssh-client
+# ssh/ssh-keygen: the playbook tests reach their hosts over SSH; mmdebstrap and
+# systemd-nspawn (below) make those hosts, systemd containers on a minimal Debian tree built
+# once per machine (tests/containers.py); systemd-analyze verifies the unit file the role
+# renders; chromium runs the UI tests (driven by Playwright from the `test` extra;
+# `playwright install` is never run); prometheus scrapes a real primary in tests/ops, whose
+# promtool checks the alert rules; postgresql: the second store engine, tested against a
+# real server.
+needed=(git:git ip:iproute2 ssh:openssh-client ssh-keygen:openssh-client mmdebstrap:mmdebstrap
         systemd-analyze:systemd chromium:chromium prometheus:prometheus promtool:prometheus)
-packages=()
-for pair in "${needed[@]}"; do
-  command -v "${pair%%:*}" >/dev/null 2>&1 || packages+=("${pair##*:}")
-done
+# Without its recommends: libnss-mymachines would add itself to /etc/nsswitch.conf.
+needed_bare=(systemd-nspawn:systemd-container)
+
+SUDO=""; [ "$(id -u)" = 0 ] || SUDO="sudo"
+updated=""
+install_missing() {  # install_missing [apt-get options...] -- command:package...
+  local options=() packages=()
+  while [ "$1" != "--" ]; do options+=("$1"); shift; done
+  shift
+  for pair in "$@"; do
+    command -v "${pair%%:*}" >/dev/null 2>&1 || packages+=("${pair##*:}")
+  done
+  ((${#packages[@]})) || return 0
+  [ -n "$updated" ] || { $SUDO apt-get update -q; updated=1; }
+  DEBIAN_FRONTEND=noninteractive $SUDO apt-get install -y -q "${options[@]}" "${packages[@]}"
+}
+install_missing -- "${needed[@]}"
+install_missing --no-install-recommends -- "${needed_bare[@]}"
 # PostgreSQL's server programs (initdb, pg_ctl) are not on PATH in Debian's package: the
 # suite starts a throwaway server of its own from them (tests/pgcluster.py).
-compgen -G "/usr/lib/postgresql/*/bin/initdb" >/dev/null || packages+=(postgresql)
-if ((${#packages[@]})); then
-  SUDO=""; [ "$(id -u)" = 0 ] || SUDO="sudo"
-  $SUDO apt-get update -q
-  DEBIAN_FRONTEND=noninteractive $SUDO apt-get install -y -q "${packages[@]}"
-fi
+compgen -G "/usr/lib/postgresql/*/bin/initdb" >/dev/null || install_missing -- initdb:postgresql
 
 python3 -m venv .venv
 .venv/bin/python -m pip install -q --upgrade pip

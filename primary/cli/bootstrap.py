@@ -1,7 +1,7 @@
 """`cifleet-primary bootstrap-host user@host`: prepare a bare host for Ansible.
 
 Connects once over SSH (password or key), installs the controller's public key in the
-user's authorized_keys, checks that python3 (3.11 or later) with venv support is there, and
+user's authorized_keys, checks that python3 (3.11 or later) with its venv module is there, and
 returns the inventory line to add. Host keys are checked against ~/.ssh/known_hosts; a host
 not in it is refused unless accept_new_host_key (then its key is recorded), and a host whose
 key changed is always refused.
@@ -26,8 +26,7 @@ INSTALL_KEY_SCRIPT = (
     'else printf "%s\\n" "$key" >> ~/.ssh/authorized_keys; echo added; fi'
 )
 CHECK_PYTHON_SCRIPT = (
-    "command -v python3 && python3 -c 'import sys, venv, ensurepip; "
-    'print("%d.%d" % sys.version_info[:2])\''
+    "command -v python3 && python3 -c 'import sys, venv; print(\"%d.%d\" % sys.version_info[:2])'"
 )
 MIN_PYTHON = (3, 11)
 
@@ -142,13 +141,13 @@ def bootstrap(
         lines = out.split()
         if status != 0 or len(lines) != 2:
             raise BootstrapError(
-                "python3 with venv and ensurepip is missing on the host; "
-                "install it (Debian/Ubuntu: apt-get install python3 python3-venv)"
+                "python3 with its venv module is missing on the host; "
+                "install it (Debian/Ubuntu: apt-get install python3)"
             )
         python, version = lines
         if tuple(int(x) for x in version.split(".")) < MIN_PYTHON:
             raise BootstrapError(f"{python} is Python {version}; the agent needs 3.11 or later")
-        done.append(f"found {python} (Python {version}) with venv")
+        done.append(f"found {python} (Python {version})")
     finally:
         client.close()
     line = (

@@ -1,6 +1,7 @@
 """`cifleet-agent update-worker` as a real process against the fake primary (mutual TLS)."""
 
 import json
+import os
 import subprocess
 import sys
 from pathlib import Path
@@ -97,3 +98,17 @@ def test_drain_and_flood_exclude_each_other(agent_home, fake_primary):
 def test_unregistered_home(tmp_path, fake_primary):
     result = update_worker(tmp_path / "empty", "--drain")
     _one_line_error(result, "is not registered")
+
+
+@pytest.mark.skipif(os.geteuid() != 0, reason="chown needs root")
+def test_run_as_root_on_the_agent_user_s_home_config_json_stays_the_agent_user_s(
+    agent_home, fake_primary
+):
+    """The installer runs update-worker as root; the agent (another user) must still be
+    able to read config.json when it starts again."""
+    os.chown(agent_home / "config.json", 65534, 65534)
+    result = update_worker(agent_home, "--slots", "4")
+    assert result.returncode == 0, result.stderr
+    stat = (agent_home / "config.json").stat()
+    assert (stat.st_uid, stat.st_gid, stat.st_mode & 0o777) == (65534, 65534, 0o600)
+    assert config(agent_home)["slots"] == 4

@@ -1,331 +1,62 @@
-"""Fixtures for the playbook tests: a real sshd on loopback serving three "hosts"
-(127.0.0.2-4, one port), a real primary, and a generated inventory.
+"""Fixtures for the playbook tests: real hosts (systemd containers, tests/containers.py)
+booted once per session, a real primary they reach over their network, and inventories
+that leave every role variable at its default (systemd unit, the `cifleet` user,
+/opt/cifleet, /var/lib/cifleet) except the fleet's own (primary URL, CA, token).
 
-Every host lives in its own folder under the session's tmp dir (install, home, config,
-logs, pidfile), so the role's paths point there and nothing touches the real system.
+Hosts: w1, w2 (Debian 12, Python 3.11) and w3 (Debian 13, Python 3.13) are the fleet;
+`bare` (sshd as PID 1, no systemd) and `old` (Debian 11, Python 3.9) are for the preflight.
 """
 
-import contextlib
-import json
-import os
-import re
 import shutil
-import signal
-import socket
-import subprocess
-import sys
-from dataclasses import dataclass
-from pathlib import Path
 
-import psutil
+import containers
 import pytest
-from fleet import Primary, init_primary, log_tail, passable, wait_for
-from ports import PortReservation, reserve_port
+from playbook_fleet import BIN, REPO, Fleet, recap, start_fleet
 
-REPO = Path(__file__).resolve().parents[2]
-BIN = Path(sys.executable).parent
-SSHD = shutil.which("sshd") or "/usr/sbin/sshd"
-ADDRESSES = ("127.0.0.2", "127.0.0.3", "127.0.0.4")
-HOST_TAGS = {"w2": ["alpha", "linux"], "w3": ["beta", "linux"], "w4": ["gamma", "linux"]}
+__all__ = ["BIN", "REPO", "Fleet", "recap"]
+FLEET = {
+    "w1": ("bookworm", ["alpha", "linux"]),
+    "w2": ("bookworm", ["beta", "linux"]),
+    "w3": ("trixie", ["gamma", "linux"]),
+}
+# Seconds without a poll before the primary counts a worker inactive (and its runs lost).
+HEARTBEAT_TIMEOUT = 20
 
 
 def pytest_configure(config):
-    config.addinivalue_line("markers", "ansible: playbook tests against a real sshd and primary")
+    config.addinivalue_line("markers", "ansible: playbook tests against real hosts and primary")
 
 
 def _skip_reason() -> str | None:
-    if os.geteuid() != 0:
-        return "the playbook tests connect as root to a local sshd; run them as root"
-    if not Path(SSHD).exists():
-        return "sshd is not installed (tests/run.sh installs openssh-server)"
     if shutil.which("ansible-playbook", path=str(BIN)) is None:
         return "ansible-core is not installed in the venv"
-    return None
-
-
-@dataclass
-class Sshd:
-    ports: PortReservation  # sshd has no Port=0: one port reserved on every address
-    client_key: Path
-    known_hosts: Path
-    proc: subprocess.Popen
-    root: Path
-
-    @property
-    def port(self) -> int:
-        return self.ports.port
-
-
-def start_sshd(root: Path, addresses, extra: tuple[str, ...] = ()) -> Sshd:
-    root.mkdir(mode=0o700, parents=True, exist_ok=True)
-    host_key, client_key = root / "host_ed25519", root / "client_ed25519"
-    for key in (host_key, client_key):
-        if not key.exists():
-            subprocess.run(
-                ["ssh-keygen", "-q", "-t", "ed25519", "-N", "", "-f", str(key)], check=True
-            )
-    authorized = root / "authorized_keys"
-    authorized.write_text((root / "client_ed25519.pub").read_text())
-    authorized.chmod(0o600)
-    # sshd refuses to start without its privilege separation folder.
-    Path("/run/sshd").mkdir(mode=0o755, exist_ok=True)
-    ports = reserve_port(*addresses)
-    port = ports.port
-    host_pub = (root / "host_ed25519.pub").read_text().split()
-    known_hosts = root / "known_hosts"
-    known_hosts.write_text(
-        "".join(f"[{a}]:{port} {host_pub[0]} {host_pub[1]}\n" for a in addresses)
-    )
-    args = [
-        SSHD,
-        "-D",
-        "-e",
-        "-f",
-        "/dev/null",
-        f"-oHostKey={host_key}",
-        f"-oPidFile={root / 'sshd.pid'}",
-        # sshd keeps the first value it gets for an option: the caller's come first.
-        *extra,
-        f"-oPort={port}",  # port before the addresses: ListenAddress uses the port seen so far
-        *[f"-oListenAddress={a}" for a in addresses],
-        "-oUsePAM=no",
-        "-oPermitRootLogin=prohibit-password",
-        "-oPasswordAuthentication=no",
-        "-oKbdInteractiveAuthentication=no",
-        "-oStrictModes=no",
-        f"-oAuthorizedKeysFile={authorized} .ssh/authorized_keys",
-        "-oSubsystem=sftp internal-sftp",
-        "-oMaxStartups=50",
-        "-oMaxSessions=50",
-    ]
-    log_path = root / "sshd.log"
-    log = open(log_path, "ab")  # noqa: SIM115 - owned by the child process
-    proc = subprocess.Popen(args, stdin=subprocess.DEVNULL, stdout=log, stderr=log)
-    log.close()
-    sshd = Sshd(ports, client_key, known_hosts, proc, root)
-
-    def listening() -> bool:
-        if proc.poll() is not None:
-            raise AssertionError(f"sshd exited with {proc.returncode}")
-        # sshd carries on when some of its addresses fail to bind: that is no start.
-        if "Bind to port" in log_path.read_text(errors="replace"):
-            raise AssertionError("sshd could not bind every address")
-        # Only sshd can listen there: the port is reserved on every address.
-        return all(_accepts(address, port) for address in addresses)
-
-    try:
-        wait_for(listening, 15, "sshd to listen on every address")
-    except BaseException as exc:
-        stop_sshd(sshd)
-        raise AssertionError(
-            f"sshd did not come up ({exc}); {log_path}:\n{log_tail(log_path)}"
-        ) from exc
-    return sshd
-
-
-def _accepts(address: str, port: int) -> bool:
-    with socket.socket() as s:
-        return s.connect_ex((address, port)) == 0
-
-
-def stop_sshd(sshd: Sshd) -> None:
-    """Stop sshd and the sessions it forked (they outlive it otherwise), then give back
-    its port."""
-    try:
-        sessions = psutil.Process(sshd.proc.pid).children(recursive=True)
-    except psutil.NoSuchProcess:
-        sessions = []
-    if sshd.proc.poll() is None:
-        sshd.proc.send_signal(signal.SIGTERM)
-        try:
-            sshd.proc.wait(10)
-        except subprocess.TimeoutExpired:
-            sshd.proc.kill()
-            sshd.proc.wait(5)
-    for session in sessions:
-        with contextlib.suppress(psutil.Error):
-            session.kill()
-    psutil.wait_procs(sessions, timeout=10)
-    sshd.ports.close()
+    return containers.skip_reason()
 
 
 @pytest.fixture(scope="session")
-def sshd(tmp_path_factory):
+def fleet(tmp_path_factory):
+    """The session's hosts (booted) and primary; everything is torn down afterwards."""
     reason = _skip_reason()
     if reason:
         pytest.skip(reason)
-    server = start_sshd(tmp_path_factory.mktemp("sshd"), ADDRESSES)
-    yield server
-    stop_sshd(server)
-
-
-@dataclass
-class Host:
-    name: str
-    address: str
-    root: Path
-    tags: list[str]
-
-    @property
-    def home(self) -> Path:
-        return self.root / "home"
-
-    @property
-    def pidfile(self) -> Path:
-        return self.root / "run" / "agent.pid"
-
-    @property
-    def log(self) -> Path:
-        return self.root / "log" / "agent.log"
-
-    def agent_pid(self) -> int | None:
-        try:
-            pid = int(self.pidfile.read_text())
-            os.kill(pid, 0)
-            return pid
-        except (OSError, ValueError):
-            return None
-
-
-@dataclass
-class Lab:
-    primary: Primary
-    hosts: dict[str, Host]
-    inventory: Path
-    root: Path
-    env: dict
-
-    def playbook(self, name: str, *args: str, check: bool = True) -> subprocess.CompletedProcess:
-        result = subprocess.run(
-            [
-                str(BIN / "ansible-playbook"),
-                "-i",
-                str(self.inventory),
-                str(REPO / "playbooks" / name),
-                *args,
-            ],
-            capture_output=True,
-            text=True,
-            env=self.env,
-            timeout=600,
-            cwd=self.root,
-        )
-        with open(self.root / "ansible-output.log", "a") as f:
-            f.write(f"=== {name} {args}\n{result.stdout}\n{result.stderr}\n")
-        if check:
-            assert result.returncode == 0, result.stdout[-6000:] + result.stderr[-3000:]
-        return result
-
-
-def recap(output: str) -> dict[str, dict[str, int]]:
-    """The PLAY RECAP as {host: {"ok": n, "changed": n, ...}}."""
-    hosts = {}
-    for line in output.split("PLAY RECAP", 1)[1].splitlines():
-        m = re.match(r"^(\S+)\s+:\s+(.*)$", line.strip())
-        if m:
-            hosts[m.group(1)] = {k: int(v) for k, v in re.findall(r"(\w+)=(\d+)", m.group(2))}
-    return hosts
-
-
-def write_inventory(
-    path: Path, sshd: Sshd, primary: Primary, hosts: dict[str, Host], wheelhouse: Path
-):
-    python = "/usr/bin/python3" if Path("/usr/bin/python3").exists() else sys.executable
-    lines = ["[workers]"]
-    for h in hosts.values():
-        lines.append(
-            f"{h.name} ansible_host={h.address} "
-            f"cifleet_worker_tags='{json.dumps(h.tags)}' "
-            f"cifleet_worker_install_dir={h.root}/opt "
-            f"cifleet_worker_home={h.home} "
-            f"cifleet_worker_config_dir={h.root}/etc "
-            f"cifleet_worker_log_dir={h.root}/log "
-            f"cifleet_worker_pidfile={h.pidfile}"
-        )
-    lines += [
-        "",
-        "[workers:vars]",
-        "ansible_user=root",
-        f"ansible_port={sshd.port}",
-        f"ansible_ssh_private_key_file={sshd.client_key}",
-        # Host keys stay checked: known_hosts holds the generated host key.
-        "ansible_ssh_common_args='-o StrictHostKeyChecking=yes "
-        f"-o UserKnownHostsFile={sshd.known_hosts}'",
-        f"ansible_python_interpreter={python}",
-        f"cifleet_worker_python={python}",
-        f"cifleet_worker_primary_url={primary.url}",
-        f"cifleet_worker_ca_file={primary.ca_file}",
-        "cifleet_worker_secret_source=api",
-        f"cifleet_worker_admin_token_file={primary.data_dir / 'admin.token'}",
-        f"cifleet_worker_source_dir={REPO}",
-        f"cifleet_worker_wheelhouse={wheelhouse}",
-        f"cifleet_worker_controller_python={sys.executable}",
-        "cifleet_worker_user=root",
-        "cifleet_worker_group=root",
-        "cifleet_worker_create_user=false",
-        "cifleet_worker_service_manager=none",
-        "cifleet_worker_stop_timeout=30",
-        "cifleet_worker_wait_for_runs_timeout=60",
-    ]
-    path.write_text("\n".join(lines) + "\n")
-
-
-@pytest.fixture(scope="session")
-def lab(sshd, tmp_path_factory):
-    """A primary, three hosts and an inventory; every agent is stopped afterwards, and the
-    SSH connections Ansible keeps open (ControlPersist) are closed."""
-    root = passable(tmp_path_factory.mktemp("lab"))  # the agents' jobs run as their own uids
-    primary = init_primary(root, "--primary-worker-slots", "0", "--heartbeat-timeout", "10")
-    hosts = {}
-    for (name, tags), address in zip(HOST_TAGS.items(), ADDRESSES, strict=True):
-        hosts[name] = Host(name, address, root / "hosts" / name, tags)
-        hosts[name].root.mkdir(parents=True)
-    inventory = root / "inventory"
-    write_inventory(inventory, sshd, primary, hosts, root / "wheelhouse")
-    control_dir = root / "ssh-control"
-    env = {
-        **os.environ,
-        "ANSIBLE_CONFIG": str(REPO / "ansible.cfg"),
-        "ANSIBLE_ROLES_PATH": str(REPO / "roles"),
-        "ANSIBLE_LOCAL_TEMP": str(root / "ansible-local"),
-        # This lab's own, not ~/.ansible/cp: the masters are closed at the end.
-        "ANSIBLE_SSH_CONTROL_PATH_DIR": str(control_dir),
-        "ANSIBLE_NOCOLOR": "1",
-        "ANSIBLE_FORCE_COLOR": "0",
-        "PATH": f"{BIN}:{os.environ.get('PATH', '')}",
-    }
+    root = tmp_path_factory.mktemp("fleet")
+    lab = containers.HostLab(root / "hosts")
+    fleet = None
     try:
-        primary.start()
-        yield Lab(primary, hosts, inventory, root, env)
+        lab.prepare([release for release, _ in FLEET.values()] + ["bullseye"])
+        for name, (release, _) in FLEET.items():
+            lab.add(name, release)
+        lab.add("bare", "bookworm", systemd=False)
+        lab.add("old", "bullseye")
+        lab.boot()
+        tags = {name: tags for name, (_, tags) in FLEET.items()}
+        fleet = start_fleet(root, lab, tags, "--heartbeat-timeout", str(HEARTBEAT_TIMEOUT))
+        yield fleet
+        fleet.close()
     finally:
-        stop_agents(hosts.values())
-        close_ssh_masters(control_dir)
-        primary.close()
-
-
-def stop_agents(hosts) -> None:
-    """SIGQUIT (stop now) to the agents the playbooks started; SIGKILL to any still up
-    after 20 s."""
-    agents = []
-    for host in hosts:
-        pid = host.agent_pid()
-        if pid:
-            with contextlib.suppress(psutil.Error):
-                agents.append(psutil.Process(pid))
-                agents[-1].send_signal(signal.SIGQUIT)
-    _, alive = psutil.wait_procs(agents, timeout=20)
-    for proc in alive:
-        with contextlib.suppress(psutil.Error):
-            proc.kill()
-    psutil.wait_procs(alive, timeout=10)
-
-
-def close_ssh_masters(control_dir: Path) -> None:
-    if not control_dir.is_dir():
-        return
-    for socket_path in control_dir.iterdir():
-        subprocess.run(
-            ["ssh", "-o", f"ControlPath={socket_path}", "-O", "exit", "lab"],
-            capture_output=True,
-            timeout=30,
-        )
+        # Hosts first, while the primary still answers their agents' last words.
+        left = lab.close()
+        if fleet is not None:
+            fleet.primary.close()
+    if left:
+        pytest.fail("the container hosts left (removed now):\n" + "\n".join(left))

@@ -1,99 +1,173 @@
-"""add-worker.yml against three real SSH hosts and a real primary."""
+"""add-worker.yml on real hosts (systemd containers) with the role's defaults: the unit,
+the `cifleet` user, /opt/cifleet and /var/lib/cifleet; hosts with Python 3.11 and 3.13."""
 
+import hashlib
+import json
 import subprocess
-import tempfile
-from pathlib import Path
 
 import pytest
-from conftest import recap
+from conftest import FLEET, recap
 from fleet import wait_for
 
 pytestmark = pytest.mark.ansible
 
 
 @pytest.fixture(scope="module")
-def added(lab):
+def added(fleet):
     """The first add-worker run (the tests below build on its result)."""
-    result = lab.playbook("add-worker.yml")
-    return result
+    return fleet.playbook("add-worker.yml")
 
 
-def test_add_worker_registers_every_host_active_with_its_tags(lab, added):
-    for host in lab.hosts.values():
+def test_add_worker_registers_and_starts_the_unit_on_every_host(fleet, added):
+    for name, (_, tags) in FLEET.items():
+        host = fleet.hosts[name]
         worker = wait_for(
-            lambda h=host: (w := lab.primary.worker(h.name)) and w["state"] == "active" and w,
+            lambda n=name: (w := fleet.primary.worker(n)) and w["state"] == "active" and w,
             30,
-            f"worker {host.name} to be active",
+            f"worker {name} to be active",
         )
-        assert sorted(worker["tags"]) == sorted(host.tags)
-        assert worker["slots"] == 1
-        assert not worker["draining"]
-        assert host.agent_pid() is not None
-        assert (host.home / "worker.crt").is_file()
-        assert (host.home / "worker.key").stat().st_mode & 0o077 == 0
+        assert sorted(worker["tags"]) == sorted(tags)
+        assert worker["slots"] == 1 and not worker["draining"]
+        assert host.ssh("systemctl is-active cifleet-agent") == "active\n"
+        assert host.ssh("systemctl is-enabled cifleet-agent") == "enabled\n"
+        # The agent runs as root, with the capability to run jobs as uids of their own (below).
+        pid = host.ssh("systemctl show -p MainPID --value cifleet-agent").strip()
+        assert host.ssh(f"ps -o user= -p {pid}") == "root\n"
+        cap_eff = int(host.ssh(f"grep CapEff /proc/{pid}/status").split()[1], 16)
+        assert cap_eff & (1 << 6) and cap_eff & (1 << 7), "CAP_SETGID, CAP_SETUID"
+        # The default paths, owned as the role says: the home only passable for others.
+        assert host.ssh(
+            "stat -c '%U %G %a %n' /opt/cifleet /etc/cifleet /var/lib/cifleet /var/log/cifleet"
+            " /var/lib/cifleet/worker.key /etc/cifleet/ca.pem"
+        ).splitlines() == [
+            "root root 755 /opt/cifleet",
+            "root root 755 /etc/cifleet",
+            "root root 711 /var/lib/cifleet",
+            "root root 750 /var/log/cifleet",
+            "root root 600 /var/lib/cifleet/worker.key",
+            "root root 644 /etc/cifleet/ca.pem",
+        ]
+        # The venv has the agent and no pip (the archive's pip wheel installed it).
+        assert host.ssh("/opt/cifleet/venv/bin/cifleet-agent --version").split()[1] == (
+            _source_version()
+        )
+        assert host.ssh("test -e /opt/cifleet/venv/bin/pip || echo none") == "none\n"
+    # No temporary secret file, anywhere: register read the secret on its stdin.
+    for name in FLEET:
+        assert fleet.hosts[name].ssh("find / -xdev -name 'cifleet-secret*'") == ""
 
 
-def test_a_tagged_pipeline_runs_on_the_host_with_that_tag(lab, added):
-    lab.primary.pipeline(
-        "name: on-beta\ntags: [beta]\njobs:\n  - name: hello\n"
-        '    steps: ["echo hi", "id -u", "cat ../../worker.key || echo no key"]\n'
+def test_each_python_gets_its_own_wheelhouse(fleet, added):
+    """Debian 12 (3.11) and Debian 13 (3.13): one archive each, built once, and each host
+    installed the one for its interpreter (cffi has a wheel per CPython version)."""
+    archives = sorted((fleet.root / "wheelhouse").glob("cifleet-*.tar"))
+    assert [a.name.split("-")[2] for a in archives] == ["cp311", "cp313"], archives
+    by_tag = {a.name.split("-")[2]: a for a in archives}
+    for name, tag, python in (
+        ("w1", "cp311", "3.11"),
+        ("w2", "cp311", "3.11"),
+        ("w3", "cp313", "3.13"),
+    ):
+        host = fleet.hosts[name]
+        on_host = host.ssh("sha256sum /opt/cifleet/wheelhouse.tar").split()[0]
+        assert on_host == hashlib.sha256(by_tag[tag].read_bytes()).hexdigest(), name
+        cffi = host.ssh(
+            "ls /opt/cifleet/venv/lib/python3*/site-packages | grep '^_cffi_backend'"
+        ).strip()
+        assert f"cpython-{tag[2:]}-" in cffi, (name, cffi)
+        version = "import sys; print(*sys.version_info[:2], sep='.')"
+        assert host.ssh(f'/opt/cifleet/venv/bin/python -c "{version}"') == f"{python}\n"
+
+
+def test_a_tagged_pipeline_runs_on_its_host_as_the_job_user_who_cannot_read_the_key(fleet, added):
+    fleet.primary.pipeline(
+        "name: on-gamma\ntags: [gamma]\njobs:\n  - name: where\n    steps:\n"
+        '      - "cat /etc/hostname"\n'
+        '      - "id -u"\n'
+        '      - "cat /var/lib/cifleet/worker.key || echo no key"\n'
+        '      - "ls /var/lib/cifleet || echo no listing"\n'
     )
-    run = lab.primary.wait_run(lab.primary.trigger("on-beta"), timeout=60)
+    run = fleet.primary.wait_run(fleet.primary.trigger("on-gamma"), timeout=60)
     assert run["state"] == "success", run
     assert run["worker_name"] == "w3"
-    # The agent runs as root; the job as a uid of its own, which cannot read the agent's key.
-    workspace = lab.hosts["w3"].home / "workspaces" / "on-beta"
-    uid = workspace.stat().st_uid
+    # The job ran as a uid of the job range (the workspace is that uid's), not as the
+    # agent (root), and could neither read the worker's key nor list the agent home.
+    host = fleet.hosts["w3"]
+    uid = int(host.ssh("stat -c %u /var/lib/cifleet/workspaces/on-gamma"))
     assert 65536 <= uid <= 66535
-    log = lab.primary.job_log(run["id"], "hello")
-    assert log == b"hi\n%d\ncat: ../../worker.key: Permission denied\nno key\n" % uid
+    assert fleet.primary.job_log(run["id"], "where") == (
+        b"w3\n%d\ncat: /var/lib/cifleet/worker.key: Permission denied\nno key\n"
+        b"ls: cannot open directory '/var/lib/cifleet': Permission denied\nno listing\n" % uid
+    )
 
 
-def test_a_second_run_changes_nothing(lab, added):
-    result = lab.playbook("add-worker.yml")
+def test_a_second_run_changes_nothing(fleet, added):
+    result = fleet.playbook("add-worker.yml")
     hosts = recap(result.stdout)
-    assert set(hosts) == set(lab.hosts)
+    assert set(hosts) == set(FLEET)
     for name, counts in hosts.items():
-        assert counts["changed"] == 0, (name, result.stdout[-5000:])
-        assert counts["failed"] == 0
+        assert counts["changed"] == 0 and counts["failed"] == 0, (name, result.stdout[-5000:])
 
 
-def test_a_revoked_worker_registers_again(lab, added):
-    host = lab.hosts["w4"]
-    old_cert = (host.home / "worker.crt").read_bytes()
-    old_id = lab.primary.worker("w4")["id"]
-    lab.primary.client.json("DELETE", "/api/v1/workers/w4")
+def test_a_revoked_worker_registers_again(fleet, added):
+    host = fleet.hosts["w2"]
+    old_cert = host.ssh("cat /var/lib/cifleet/worker.crt")
+    old_id = fleet.primary.worker("w2")["id"]
+    fleet.primary.client.json("DELETE", "/api/v1/workers/w2")
+    # The agent stops for good (exit 3) when the primary no longer knows it.
+    wait_for(
+        lambda: host.ssh("systemctl is-active cifleet-agent", check=False) == "failed\n",
+        30,
+        "the removed worker's agent to stop",
+    )
     # The secret from a variable this time (as from Ansible Vault), in an extra-vars file on
     # the controller; verbose, so the secret test below also covers what -vv shows.
-    secret_vars = lab.root / "secret-vars.yml"
+    secret_vars = fleet.root / "secret-vars.yml"
     secret_vars.write_text(
-        f"cifleet_worker_secret_source: variable\ncifleet_worker_secret: {lab.primary.secret()}\n"
+        f"cifleet_worker_secret_source: variable\ncifleet_worker_secret: {fleet.primary.secret()}\n"
     )
     secret_vars.chmod(0o600)
-    result = lab.playbook("add-worker.yml", "--limit", "w4", "-vv", "-e", f"@{secret_vars}")
-    assert recap(result.stdout)["w4"]["changed"] > 0
+    result = fleet.playbook("add-worker.yml", "--limit", "w2", "-vv", "-e", f"@{secret_vars}")
+    assert recap(result.stdout)["w2"]["changed"] > 0
     worker = wait_for(
-        lambda: (w := lab.primary.worker("w4")) and w["state"] == "active" and w,
+        lambda: (w := fleet.primary.worker("w2")) and w["state"] == "active" and w,
         30,
-        "w4 to be active again",
+        "w2 to be active again",
     )
     assert worker["id"] != old_id
-    assert (host.home / "worker.crt").read_bytes() != old_cert
-    assert sorted(worker["tags"]) == sorted(host.tags)
+    assert host.ssh("cat /var/lib/cifleet/worker.crt") != old_cert
+    assert sorted(worker["tags"]) == sorted(FLEET["w2"][1])
+    assert host.ssh("systemctl is-active cifleet-agent") == "active\n"
 
 
-def test_the_secret_is_nowhere_in_output_logs_or_host_files(lab, added):
+def test_the_secret_is_nowhere_in_output_logs_or_host_files(fleet, added):
     """Runs after the other tests of this module: it reads everything they produced."""
-    secret = lab.primary.secret()
-    output = (lab.root / "ansible-output.log").read_text()
+    secret = fleet.primary.secret()
+    output = (fleet.root / "ansible-output.log").read_text()
     # Every playbook run so far, the verbose re-registration included.
     assert output.count("PLAY RECAP") >= 3 and "-vv" in output
     assert secret not in output
-    found = subprocess.run(
-        ["grep", "-rlF", "--", secret, str(lab.root / "hosts")], capture_output=True, text=True
-    )
-    assert found.stdout == "", f"the secret is in {found.stdout}"
-    for host in lab.hosts.values():
-        assert secret not in host.log.read_text()
-    # The temporary secret files are gone too.
-    assert not list(Path(tempfile.gettempdir()).glob("cifleet-secret.*"))
+    for name in FLEET:
+        host = fleet.hosts[name]
+        # Everything the host has written since it was made is in its overlay's upper folder.
+        found = subprocess.run(
+            ["grep", "-rlF", "--", secret, str(host.root / "upper")],
+            capture_output=True,
+            text=True,
+        )
+        assert found.stdout == "", f"the secret is in {found.stdout}"
+        assert secret not in host.ssh("journalctl --no-pager -u cifleet-agent")
+
+
+def _source_version() -> str:
+    from agent import __version__
+
+    return __version__
+
+
+def test_the_inventory_leaves_the_role_at_its_defaults(fleet):
+    """What these tests exercise is what a user gets: no path, user or service manager set."""
+    text = fleet.inventory.read_text()
+    for variable in ("_install_dir", "_home", "_user", "_service_manager", "_python", "_venv"):
+        assert f"cifleet_worker{variable}" not in text
+    assert json.dumps(FLEET["w1"][1]) in text
