@@ -14,6 +14,8 @@ Figures per N: seconds from starting the agents until the primary lists all N as
 (each has polled); then, after `--settle` seconds, the primary's CPU (% of one core) and RSS
 over `--window` seconds, with no other requests than the agents' polls. The bench process's
 own CPU is shown too: on a 2-core machine it competes with the primary for the cores.
+All agents connect from 127.0.0.1, so the primary is started with
+`--handshakes-per-address N` (in a real fleet each agent has its own address).
 
 An idle agent costs the primary one poll per hold time, and the hold is half the heartbeat
 timeout (at most 30 s): `--heartbeat-timeout` shows what a longer or shorter hold costs.
@@ -56,6 +58,9 @@ def bench_fleet(
     work = root / f"fleet-{count}"
     work.mkdir()
     serve_args = ["--heartbeat-timeout", str(heartbeat)] if heartbeat else []
+    # Every simulated agent connects from 127.0.0.1; in a fleet each has its own address, and
+    # at most a few handshakes in progress. Let them all handshake at once, as they would.
+    serve_args += ["--handshakes-per-address", str(max(count, 32))]
     primary = init_primary(work, "--primary-worker-slots", "0", *serve_args)
     primary.start()
     stop = threading.Event()
@@ -106,6 +111,8 @@ def bench_idle_fleet(
 
 
 def main() -> None:
+    # Two threads per agent (its loop and its poll); 10,000 agents need small stacks.
+    threading.stack_size(256 << 10)
     parser = argparse.ArgumentParser()
     parser.add_argument("--agents", default="100,500,1000", help="fleet sizes, comma-separated")
     parser.add_argument("--window", type=float, default=30.0, help="seconds measured per size")
