@@ -209,6 +209,7 @@ class TLSPort:
                 await self._accepting
         for task in list(self._tasks):
             task.cancel()
+        self._http.pre_shutdown()  # idle keep-alive connections close now, not at `timeout`
         await self._http.shutdown(timeout)
 
     async def _accept_loop(self) -> None:

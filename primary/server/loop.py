@@ -24,6 +24,22 @@ from primary.server.connections import TLSPort
 from primary.server.wsgi import WSGIApp, WSGIBridge
 
 log = logging.getLogger("cifleet.primary")
+# aiohttp's own messages (a malformed request, a header over the limit): one line each, no
+# traceback; what a client sends wrong is its problem, not the primary's.
+http_log = logging.getLogger("cifleet.primary.http")
+
+
+class _NoTraceback(logging.Filter):
+    def filter(self, record: logging.LogRecord) -> bool:
+        if record.exc_info and record.exc_info[1] is not None:
+            record.msg = f"{record.getMessage()}: {record.exc_info[1]}"
+            record.args = None
+        record.exc_info = None
+        record.exc_text = None
+        return True
+
+
+http_log.addFilter(_NoTraceback())
 # Agent-port bodies up to this size (polls, reports, small log chunks) are read on the loop
 # before a thread is taken; larger log chunks stream to the log store from a thread.
 AGENT_BUFFERED_BODY = 64 << 10
@@ -132,6 +148,7 @@ class Servers:
         http_options = {
             "keepalive_timeout": bounds.idle_timeout,
             "access_log": None,
+            "logger": http_log,
             "max_line_size": bounds.max_header_line,
             "max_field_size": bounds.max_header_line,
         }
