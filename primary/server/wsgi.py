@@ -21,6 +21,7 @@ import concurrent.futures
 import io
 import json
 import logging
+import re
 import sys
 from collections.abc import Callable, Iterable
 from concurrent.futures import ThreadPoolExecutor
@@ -117,6 +118,15 @@ class _Responder:
         self.finished = True
 
 
+QUOTED_SLASH = re.compile(rb"%2F", re.IGNORECASE)
+
+
+def decode_path(path: bytes) -> bytes:
+    """The path percent-decoded, except an encoded slash, which stays `%2F` (as cheroot and
+    mod_wsgi keep it): a name with a slash in it is one path segment, not two. Pure."""
+    return b"%2F".join(unquote_to_bytes(part) for part in QUOTED_SLASH.split(path))
+
+
 def build_environ(request: web.BaseRequest, body, server: tuple[str, int]) -> dict:
     """The WSGI environ of an aiohttp request (PEP 3333). Pure apart from reading the
     request."""
@@ -126,7 +136,7 @@ def build_environ(request: web.BaseRequest, body, server: tuple[str, int]) -> di
     environ = {
         "REQUEST_METHOD": request.method,
         "SCRIPT_NAME": "",
-        "PATH_INFO": unquote_to_bytes(path).decode("latin-1"),
+        "PATH_INFO": decode_path(path).decode("latin-1"),
         "QUERY_STRING": query.decode("latin-1"),
         "SERVER_NAME": server[0],
         "SERVER_PORT": str(server[1]),

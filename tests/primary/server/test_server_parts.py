@@ -7,6 +7,7 @@ import threading
 
 from primary.context import Waiters
 from primary.server.bounds import Counts, RefusalLog, ServerBounds, body_deadline
+from primary.server.wsgi import decode_path
 
 
 def test_counts_refuse_past_the_limit_and_forget_keys_at_zero():
@@ -75,3 +76,8 @@ def test_a_wake_between_arming_and_waiting_is_kept():
     waiter = waiters.arm("w1")
     threading.Timer(0, waiters.wake_all).start()
     assert waiter.wait(30) is True
+
+
+def test_paths_are_decoded_but_an_encoded_slash_stays_one_segment():
+    assert decode_path(b"/a%20b/%C3%A9") == b"/a b/\xc3\xa9"
+    assert decode_path(b"/files/%2Fetc%2fpasswd") == b"/files/%2Fetc%2Fpasswd"
