@@ -112,9 +112,12 @@ class RunExecutor:
         kill_grace: float = KILL_GRACE_SECONDS,
         base_env: Mapping[str, str] | None = None,
         prepare: Prepare | None = None,
+        may_start: Callable[[], bool] | None = None,
     ) -> None:
         """Without `prepare` the workspace is used as it is, jobs run as the agent and no
-        prepare notes are sent."""
+        prepare notes are sent. `may_start`, called after the workspace is prepared and
+        before the first job, blocks until the run may start jobs (the primary confirmed
+        it) and returns False when it may not: then no job runs."""
         self.assignment = assignment
         self.identity = JobIdentity()
         self.workspace = workspace
@@ -123,6 +126,7 @@ class RunExecutor:
         self._kill_grace = kill_grace
         self._base_env = base_env
         self._prepare = prepare
+        self._may_start = may_start
         self._cancel = threading.Event()
 
     def cancel(self, grace: float | None = None) -> None:
@@ -152,6 +156,8 @@ class RunExecutor:
             acquired = lock.acquire(timeout=_WAIT_SLICE)
         try:
             failure = self._prepare_workspace(acquired)
+            if self._may_start is not None and not self._may_start():
+                self._cancel.set()  # the primary took the run back: no job may run
             for i, job in enumerate(self.assignment.jobs):
                 if failure is not None and i == 0:
                     # The first job carries the reason, so the user sees why nothing ran.

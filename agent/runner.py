@@ -62,7 +62,13 @@ class RunHandle:
             self.reporter,
             kill_grace,
             prepare=self._prepare,
+            may_start=self._await_start,
         )
+        # The executor prepares the workspace while the start is on its way (the round trip
+        # is on the dispatch path), and starts the first job only once the primary
+        # confirmed the start: set with `_start_confirmed` True, or False if it refused.
+        self._start_answered = threading.Event()
+        self._start_confirmed = False
         self._on_done = on_done
         # Monotonic send time of the last request that renewed this run's lease and
         # succeeded (its start, then polls that listed it); None until the start is
@@ -144,6 +150,12 @@ class RunHandle:
             raise PrepareFailed(f"static files: {path}: the primary has no such file (HTTP 404)")
         raise PrepareFailed(f"static files: {path}: HTTP {resp.status}: {resp.message}")
 
+    def _await_start(self) -> bool:
+        while not self._start_answered.wait(0.05):
+            if self._stop.is_set() or self.executor.cancelled:
+                return False
+        return self._start_confirmed
+
     def _execute(self) -> None:
         try:
             self.executor.run()
@@ -164,7 +176,12 @@ class RunHandle:
         keep_spool = False
         try:
             sent = time.monotonic()
-            if not self.reporter.start_run():
+            self._exec_thread.start()
+            try:
+                self._start_confirmed = self.reporter.start_run()
+            finally:
+                self._start_answered.set()
+            if not self._start_confirmed:
                 self.outcome = "taken_back"
                 log.info(
                     "run %s attempt %s was taken back before it started", run.run_id, run.attempt
@@ -172,7 +189,6 @@ class RunHandle:
                 return
             self.contact = sent  # the start set the lease: H from no earlier than `sent`
             log.info("run %s attempt %s (%s): started", run.run_id, run.attempt, run.pipeline)
-            self._exec_thread.start()
             self.reporter.deliver()
             self.outcome = "delivered"
             log.info("run %s attempt %s: delivered", run.run_id, run.attempt)

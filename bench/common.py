@@ -29,12 +29,15 @@ def _load_test_module(name: str):
 
 _load_test_module("ports")  # fleet imports it
 _fleet = _load_test_module("fleet")
+_pgcluster = _load_test_module("pgcluster")
+ENGINES = ("sqlite", "postgresql")
 Agent, Primary, BIN = _fleet.Agent, _fleet.Primary, _fleet.BIN
 init_primary, register_agent, wait_for = _fleet.init_primary, _fleet.register_agent, _fleet.wait_for
 shared_file = _fleet.shared_file  # a file jobs under their own uids may append to
 
 __all__ = [
     "BIN",
+    "ENGINES",
     "Agent",
     "Primary",
     "Sampler",
@@ -45,6 +48,7 @@ __all__ = [
     "shared_file",
     "start_agents",
     "stop_all",
+    "store_for",
     "wait_for",
 ]
 
@@ -57,6 +61,19 @@ def bench_dir() -> Iterator[Path]:
     with tempfile.TemporaryDirectory(prefix="cifleet-bench-") as tmp:
         os.chmod(tmp, 0o711)
         yield Path(tmp)
+
+
+@contextlib.contextmanager
+def store_for(engine: str):
+    """A function giving what `init --store` gets for `engine`, one per primary: None
+    (SQLite in the data dir), or the URL of a new database in a PostgreSQL server of the
+    benchmark's own, with its durable defaults (fsync on), on a Unix socket; the server
+    runs on the same 2 cores."""
+    if engine == "sqlite":
+        yield lambda: None
+        return
+    with _pgcluster.PgCluster.running(fast=False) as cluster:
+        yield lambda: cluster.create_database("bench")
 
 
 def start_agents(primary: Primary, root: Path, count: int, slots: int) -> list[Agent]:

@@ -18,6 +18,7 @@ from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
 from common import (
+    ENGINES,
     bench_dir,
     cpu_seconds,
     init_primary,
@@ -25,12 +26,13 @@ from common import (
     shared_file,
     start_agents,
     stop_all,
+    store_for,
     wait_for,
 )
 
 
-def bench_latency(root: Path, runs: int) -> dict:
-    primary = init_primary(root / "latency", "--primary-worker-slots", "0")
+def bench_latency(root: Path, runs: int, store: str | None = None) -> dict:
+    primary = init_primary(root / "latency", "--primary-worker-slots", "0", store=store)
     (root / "latency").mkdir(exist_ok=True)
     primary.start()
     agents = start_agents(primary, root / "latency", 1, 1)
@@ -57,13 +59,17 @@ def bench_latency(root: Path, runs: int) -> dict:
     }
 
 
-def bench_throughput(root: Path, runs: int, agents_n: int = 4, slots: int = 4) -> dict:
+def bench_throughput(
+    root: Path, runs: int, agents_n: int = 4, slots: int = 4, store: str | None = None
+) -> dict:
     work = root / "throughput"
     work.mkdir(exist_ok=True)
     # Overflow at once: with one pipeline, runs beyond its home's slots go to the others.
     work = work / f"{agents_n}x{slots}"
     work.mkdir()
-    primary = init_primary(work, "--primary-worker-slots", "0", "--home-busy-wait", "0")
+    primary = init_primary(
+        work, "--primary-worker-slots", "0", "--home-busy-wait", "0", store=store
+    )
     primary.start()
     agents = start_agents(primary, work, agents_n, slots)
     primary.pipeline("name: trivial\njobs:\n  - name: w\n    steps: ['true']\n")
@@ -107,15 +113,21 @@ def main() -> None:
     parser.add_argument("--latency-runs", type=int, default=50)
     parser.add_argument("--throughput-runs", type=int, default=1000)
     parser.add_argument("--only", choices=("latency", "throughput"))
+    parser.add_argument("--engine", choices=ENGINES, default="sqlite", help="the store")
     args = parser.parse_args()
-    with bench_dir() as tmp:
+    with (
+        bench_dir() as tmp,
+        store_for(args.engine) as new_store,
+    ):
         root = Path(tmp)
-        result = {}
+        result = {"engine": args.engine}
         if args.only in (None, "latency"):
-            result["dispatch_latency"] = bench_latency(root, args.latency_runs)
+            result["dispatch_latency"] = bench_latency(root, args.latency_runs, new_store())
         if args.only in (None, "throughput"):
-            result["throughput"] = bench_throughput(root, args.throughput_runs)
-            result["throughput_one_slot"] = bench_throughput(root, args.throughput_runs, 4, 1)
+            result["throughput"] = bench_throughput(root, args.throughput_runs, store=new_store())
+            result["throughput_one_slot"] = bench_throughput(
+                root, args.throughput_runs, 4, 1, new_store()
+            )
     print(json.dumps(result, indent=2))
 
 

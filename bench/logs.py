@@ -1,12 +1,14 @@
 """Log streaming: one job prints numbered 100-byte lines; how fast does the primary store them?
 
     .venv/bin/python bench/logs.py [--megabytes 50] [--repeat 3] [--generator cat|awk]
+        [--engine sqlite|postgresql]
 
 The step records `date +%s%N` in a marks file as its first act, then prints the lines. The
-clock stops when the job log file in the primary's data dir (logs/RUN/ATTEMPT/JOB.log) holds
-every byte: the primary writes a chunk there before it acknowledges it, so from then on the
-agent may forget it. The stored file is then compared byte for byte with the expected output,
-and the job log read back over the admin API must be the same bytes.
+clock stops when the store holds every byte: the job log file in the primary's data dir
+(logs/RUN/ATTEMPT/JOB.log), or with --engine postgresql the job's chunks in the database (a
+server of the benchmark's own, fsync on). The primary stores a chunk before it acknowledges
+it, so from then on the agent may forget it. The stored bytes are then compared with the
+expected output, and the job log read back over the admin API must be the same bytes.
 
 Generators: `cat` of a file holding the expected lines, written before the clock starts (the
 default: fast enough that the figure is about cifleet), or an `awk` loop that formats every
@@ -22,13 +24,16 @@ import subprocess
 import time
 from pathlib import Path
 
+import psycopg
 from common import (
+    ENGINES,
     bench_dir,
     cpu_seconds,
     init_primary,
     shared_file,
     start_agents,
     stop_all,
+    store_for,
     wait_for,
 )
 
@@ -73,18 +78,49 @@ def time_alone(command: str, work: Path) -> float:
     return took
 
 
-def one_run(primary, agent, marks: Path, total: int, expected: str) -> dict:
+class StoredLog:
+    """The job log as the primary stored it: its file, or its chunks in PostgreSQL."""
+
+    def __init__(self, primary, run_id: int, store: str | None):
+        self.file = primary.data_dir / "logs" / str(run_id) / "1" / "out.log"
+        self.key = (run_id, 1, "out")
+        self.db = psycopg.connect(store, autocommit=True) if store else None
+
+    def size(self) -> int:
+        if self.db is None:
+            try:
+                return self.file.stat().st_size
+            except FileNotFoundError:
+                return 0
+        row = self.db.execute(
+            "SELECT size FROM job_logs WHERE run_id = %s AND attempt = %s AND job = %s", self.key
+        ).fetchone()
+        return row[0] if row else 0
+
+    def digest(self) -> str:
+        if self.db is None:
+            return file_digest(self.file)
+        digest = hashlib.sha256()
+        with self.db.cursor() as cur:
+            cur.execute(
+                "SELECT data FROM log_chunks WHERE run_id = %s AND attempt = %s AND job = %s"
+                " ORDER BY start",
+                self.key,
+            )
+            for (data,) in cur:
+                digest.update(data)
+        return digest.hexdigest()
+
+    def close(self) -> None:
+        if self.db is not None:
+            self.db.close()
+
+
+def one_run(primary, agent, marks: Path, total: int, expected: str, store: str | None) -> dict:
     cpu_before = (cpu_seconds(primary.proc.pid), cpu_seconds(agent.proc.pid))
     run_id = primary.trigger("logs")
-    stored = primary.data_dir / "logs" / str(run_id) / "1" / "out.log"
-
-    def all_stored() -> bool:
-        try:
-            return stored.stat().st_size >= total
-        except FileNotFoundError:
-            return False
-
-    wait_for(all_stored, 600, "every log byte to be stored", interval=0.002)
+    stored = StoredLog(primary, run_id, store)
+    wait_for(lambda: stored.size() >= total, 600, "every log byte to be stored", interval=0.002)
     done_ns = time.time_ns()
     seconds = (done_ns - int(marks.read_text())) / 1e9
     cpu = (cpu_seconds(primary.proc.pid), cpu_seconds(agent.proc.pid))
@@ -94,13 +130,15 @@ def one_run(primary, agent, marks: Path, total: int, expected: str) -> dict:
         "cpu_primary": cpu[0] - cpu_before[0],
         "cpu_agent": cpu[1] - cpu_before[1],
         "run_state": run["state"],
-        "byte_exact_on_disk": stored.stat().st_size == total and file_digest(stored) == expected,
+        "byte_exact_in_store": stored.size() == total and stored.digest() == expected,
         "byte_exact_via_api": hashlib.sha256(primary.job_log(run_id, "out")).hexdigest()
         == expected,
     }
 
 
-def bench_logs(root: Path, megabytes: int = 50, repeat: int = 3, kind: str = "cat") -> dict:
+def bench_logs(
+    root: Path, megabytes: int = 50, repeat: int = 3, kind: str = "cat", store: str | None = None
+) -> dict:
     work = root / "logs"
     work.mkdir(exist_ok=True)
     lines = megabytes * 1_000_000 // LINE_BYTES
@@ -109,7 +147,7 @@ def bench_logs(root: Path, megabytes: int = 50, repeat: int = 3, kind: str = "ca
     expected = write_expected(expected_file, lines)
     command = generator(kind, lines, expected_file)
     generator_seconds = time_alone(command, work)
-    primary = init_primary(work, "--primary-worker-slots", "0")
+    primary = init_primary(work, "--primary-worker-slots", "0", store=store)
     primary.start()
     agents = start_agents(primary, work, 1, 1)
     marks = shared_file(work / "marks.txt")
@@ -119,7 +157,7 @@ def bench_logs(root: Path, megabytes: int = 50, repeat: int = 3, kind: str = "ca
         f"      - {json.dumps(command)}\n"
     )
     try:
-        runs = [one_run(primary, agents[0], marks, total, expected) for _ in range(repeat)]
+        runs = [one_run(primary, agents[0], marks, total, expected, store) for _ in range(repeat)]
     finally:
         stop_all(primary, agents)
     seconds = statistics.median(r["seconds"] for r in runs)
@@ -131,7 +169,7 @@ def bench_logs(root: Path, megabytes: int = 50, repeat: int = 3, kind: str = "ca
         "mb_per_second": round(total / 1e6 / seconds, 1),
         "mb_per_second_each": [round(total / 1e6 / r["seconds"], 1) for r in runs],
         "all_succeeded": all(r["run_state"] == "success" for r in runs),
-        "byte_exact_on_disk": all(r["byte_exact_on_disk"] for r in runs),
+        "byte_exact_in_store": all(r["byte_exact_in_store"] for r in runs),
         "byte_exact_via_api": all(r["byte_exact_via_api"] for r in runs),
         "generator_alone_mb_per_second": round(total / 1e6 / generator_seconds, 1),
         # Trigger to every byte stored, median of the runs: where the time went.
@@ -147,9 +185,16 @@ def main() -> None:
     parser.add_argument("--megabytes", type=int, default=50)
     parser.add_argument("--repeat", type=int, default=3)
     parser.add_argument("--generator", choices=("cat", "awk"), default="cat")
+    parser.add_argument("--engine", choices=ENGINES, default="sqlite", help="the store")
     args = parser.parse_args()
-    with bench_dir() as tmp:
-        result = {"logs": bench_logs(Path(tmp), args.megabytes, args.repeat, args.generator)}
+    with (
+        bench_dir() as tmp,
+        store_for(args.engine) as new_store,
+    ):
+        result = {
+            "engine": args.engine,
+            "logs": bench_logs(Path(tmp), args.megabytes, args.repeat, args.generator, new_store()),
+        }
     print(json.dumps(result, indent=2))
 
 

@@ -3,6 +3,11 @@
     .venv/bin/python bench/run_all.py            # the sizes the README quotes (about 8 min)
     .venv/bin/python bench/run_all.py --quick    # small sizes, to check the benches work
     .venv/bin/python bench/run_all.py --only logs,footprint
+    .venv/bin/python bench/run_all.py --only dispatch_latency,throughput,logs --engines postgresql
+
+The store benchmarks (dispatch latency, throughput, logs) run once per engine of --engines
+(default: sqlite,postgresql); PostgreSQL's figures are keyed NAME_postgresql, with a server
+of their own (tests/pgcluster.py, fsync on) on the same machine.
 
 Each benchmark is also a script of its own (dispatch.py, logs.py, idle_fleet.py,
 footprint.py, scrape.py, hostile_input.py) with its own options. On a shared or busy
@@ -19,7 +24,7 @@ import subprocess
 import time
 from pathlib import Path
 
-from common import bench_dir
+from common import ENGINES, bench_dir, store_for
 from dispatch import bench_latency, bench_throughput
 from footprint import bench_footprint
 from hostile_input import bench_hostile_input
@@ -49,11 +54,19 @@ QUICK = {
     "scrape_workers": (10, 100),
     "hostile_repeat": 1,
 }
+# Benchmarks of the store: run on each engine (`store` is a URL for init, or None).
+STORE_BENCHES = {
+    "dispatch_latency": lambda root, s, store: bench_latency(root, s["latency_runs"], store),
+    "throughput": lambda root, s, store: bench_throughput(root, s["throughput_runs"], store=store),
+    "throughput_one_slot": lambda root, s, store: bench_throughput(
+        root, s["throughput_runs"], 4, 1, store
+    ),
+    "logs": lambda root, s, store: bench_logs(
+        root, s["log_megabytes"], s["log_repeat"], store=store
+    ),
+}
 BENCHES = {
-    "dispatch_latency": lambda root, s: bench_latency(root, s["latency_runs"]),
-    "throughput": lambda root, s: bench_throughput(root, s["throughput_runs"]),
-    "throughput_one_slot": lambda root, s: bench_throughput(root, s["throughput_runs"], 4, 1),
-    "logs": lambda root, s: bench_logs(root, s["log_megabytes"], s["log_repeat"]),
+    **STORE_BENCHES,
     "idle_fleet": lambda root, s: bench_idle_fleet(root, s["fleet_sizes"], s["fleet_window"]),
     "agent_footprint": lambda root, s: bench_footprint(root, s["footprint_window"]),
     "scrape": lambda root, s: bench_scrape(root, s["scrape_workers"]),
@@ -78,7 +91,11 @@ def main() -> None:
     parser = argparse.ArgumentParser()
     parser.add_argument("--quick", action="store_true", help="small sizes, a quick check")
     parser.add_argument("--only", help=f"comma-separated, of: {', '.join(BENCHES)}")
+    parser.add_argument("--engines", default=",".join(ENGINES), help="stores to measure on")
     args = parser.parse_args()
+    engines = args.engines.split(",")
+    if any(e not in ENGINES for e in engines):
+        parser.error(f"--engines: of {', '.join(ENGINES)}")
     names = args.only.split(",") if args.only else list(BENCHES)
     unknown = [n for n in names if n not in BENCHES]
     if unknown:
@@ -89,7 +106,18 @@ def main() -> None:
     with bench_dir() as tmp:
         # The idle fleet's agents run in this process; their warnings are not figures.
         logging.basicConfig(filename=Path(tmp) / "agents.log", level=logging.WARNING)
+        for engine in engines:
+            with store_for(engine) as new_store:
+                for name in names:
+                    if name not in STORE_BENCHES:
+                        continue
+                    key = name if engine == "sqlite" else f"{name}_{engine}"
+                    root = Path(tmp) / key
+                    root.mkdir()
+                    result[key] = STORE_BENCHES[name](root, sizes, new_store())
         for name in names:
+            if name in STORE_BENCHES:
+                continue
             root = Path(tmp) / name
             root.mkdir()
             result[name] = BENCHES[name](root, sizes)

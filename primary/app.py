@@ -16,6 +16,7 @@ from primary.api import admin as admin_views
 from primary.api import agent as agent_views
 from primary.api import health as health_views
 from primary.api import register as register_views
+from primary.api.auth import KnownRoles
 from primary.api.long_poll import PollGate
 from primary.api.parse import Int64Converter, check_request_text
 from primary.api.ratelimit import FailureLimiter
@@ -67,6 +68,7 @@ def create_app(config: PrimaryConfig | Primary, stop: threading.Event | None = N
     app.extensions["cifleet.registration_limiter"] = FailureLimiter(
         primary.config.registration_failures, primary.config.registration_window
     )
+    app.extensions["cifleet.known_roles"] = KnownRoles()
     metrics_of(primary)  # counts from the start, not from the first scrape
     app.register_blueprint(health_views.bp)
     app.register_blueprint(register_views.bp)

@@ -11,8 +11,9 @@ from primary.errors import ApiError
 from primary.fleet.ca import CertificateAuthority
 from primary.store import vault as vault_mod
 from primary.store.datadir import DataDir
+from primary.store.db import Store
+from primary.store.engines import open_store
 from primary.store.logs import ClosedAttempt, LogStore
-from primary.store.sqlite import Store
 
 
 class Waiter:
@@ -110,9 +111,9 @@ class Primary:
     config: PrimaryConfig
     data: DataDir
     store: Store
-    vault: vault_mod.Vault
+    vault: vault_mod.Vault | vault_mod.FleetVault
     ca: CertificateAuthority
-    logs: LogStore
+    logs: LogStore  # or pg_logs.PostgresLogStore: the same methods
     waiters: Waiters = field(default_factory=Waiters)
     # One planner at a time: decisions read slot counts that the previous decision changed.
     plan_lock: threading.Lock = field(default_factory=threading.Lock)
@@ -134,11 +135,18 @@ def open_primary(config: PrimaryConfig) -> Primary:
             f"{config.data_dir}` first"
         )
     key = vault_mod.load_key(data.vault_key)
-    vault = vault_mod.Vault.open(data.vault, key)
-    store = Store(data.store)
+    local_vault = vault_mod.Vault.open(data.vault, key)
+    store = open_store(data.store_location())
     store.migrate()
+    if data.shared_store():
+        # A fleet in a shared database: its vault and logs are there, for every primary.
+        from primary.store.pg_logs import PostgresLogStore
+
+        vault = vault_mod.FleetVault(vault_mod.StoreVault(store, key), local_vault)
+        logs = PostgresLogStore(store)
+    else:
+        vault, logs = local_vault, LogStore(data.logs)
     ca = CertificateAuthority(data.ca_cert.read_text(), vault.get("ca_key"))
-    logs = LogStore(data.logs)
     store.commit_listeners.append(lambda notes: _sync_closed_logs(logs, notes))
     return Primary(config=config, data=data, store=store, vault=vault, ca=ca, logs=logs)
 

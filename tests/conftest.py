@@ -1,5 +1,6 @@
-"""Fixtures that start real processes: a primary and agents on loopback; and a guard that
-fails the run when a test left one of its processes running."""
+"""Fixtures that start real processes: a primary and agents on loopback, a PostgreSQL
+server for the session (started when a test first needs it), and a guard that fails the
+run when a test left one of its processes running."""
 
 import pytest
 from fleet import (
@@ -13,6 +14,7 @@ from fleet import (
     wait_for,
 )
 from leftovers import leftover_processes
+from pgcluster import PgCluster
 
 
 @pytest.hookimpl(tryfirst=True)
@@ -38,16 +40,41 @@ def no_process_outlives_the_suite(tmp_path_factory):
         pytest.fail("still running after the tests (killed now):\n" + "\n".join(leftovers))
 
 
+@pytest.fixture(scope="session")
+def pg_cluster():
+    """One PostgreSQL server for the whole session, removed at its end (failed or not)."""
+    with PgCluster.running() as cluster:
+        yield cluster
+
+
+@pytest.fixture
+def pg_url(pg_cluster) -> str:
+    """The URL of a new empty database in the session's server."""
+    return pg_cluster.create_database()
+
+
+@pytest.fixture
+def engine(request) -> str:
+    """The store a test's primary uses: sqlite unless the test is parametrised (both_engines)."""
+    return getattr(request, "param", "sqlite")
+
+
+@pytest.fixture
+def store_url(engine, request) -> str | None:
+    """What `init --store` gets for `engine`: None for SQLite, else a new database's URL."""
+    return None if engine == "sqlite" else request.getfixturevalue("pg_url")
+
+
 @pytest.fixture
 def fleet_root(tmp_path):
     return tmp_path
 
 
 @pytest.fixture
-def primary(fleet_root, request) -> Primary:
-    """A serving primary with a short heartbeat timeout and no built-in worker, plus serve
-    flags a test may give: @pytest.mark.parametrize("primary", [("--flag", "v")],
-    indirect=True)."""
+def primary(fleet_root, store_url, request) -> Primary:
+    """A serving primary with a short heartbeat timeout and no built-in worker, on the
+    test's engine, plus serve flags a test may give: @pytest.mark.parametrize("primary",
+    [("--flag", "v")], indirect=True)."""
     p = init_primary(
         fleet_root,
         "--heartbeat-timeout",
@@ -55,6 +82,7 @@ def primary(fleet_root, request) -> Primary:
         "--primary-worker-slots",
         "0",
         *getattr(request, "param", ()),
+        store=store_url,
     )
     try:
         p.start()

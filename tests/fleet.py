@@ -351,10 +351,13 @@ def register_agent(
     return subprocess.run(args, capture_output=True, text=True, timeout=60)
 
 
-def init_primary(root: Path, *serve_args: str) -> Primary:
+def init_primary(root: Path, *serve_args: str, store: str | None = None) -> Primary:
+    """A primary's data dir under `root`; its fleet in `store` (a PostgreSQL URL), or in
+    SQLite by default."""
     data_dir = root / "primary-data"
     subprocess.run(
-        [str(BIN / "cifleet-primary"), "init", "--data-dir", str(data_dir)],
+        [str(BIN / "cifleet-primary"), "init", "--data-dir", str(data_dir)]
+        + (["--store", store] if store else []),
         check=True,
         capture_output=True,
         timeout=60,

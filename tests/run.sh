@@ -10,12 +10,16 @@ cd "$(dirname "$0")/.."
 # systemd-analyze verifies the unit file the role renders; chromium runs the UI tests
 # (driven by Playwright from the `test` extra; `playwright install` is never run);
 # prometheus scrapes a real primary in tests/ops, whose promtool checks the alert rules.
+# postgresql: the second store engine, tested against a real server.
 needed=(git:git sshd:openssh-server ssh:openssh-client ssh-keygen:openssh-client
         systemd-analyze:systemd chromium:chromium prometheus:prometheus promtool:prometheus)
 packages=()
 for pair in "${needed[@]}"; do
   command -v "${pair%%:*}" >/dev/null 2>&1 || packages+=("${pair##*:}")
 done
+# PostgreSQL's server programs (initdb, pg_ctl) are not on PATH in Debian's package: the
+# suite starts a throwaway server of its own from them (tests/pgcluster.py).
+compgen -G "/usr/lib/postgresql/*/bin/initdb" >/dev/null || packages+=(postgresql)
 if ((${#packages[@]})); then
   SUDO=""; [ "$(id -u)" = 0 ] || SUDO="sudo"
   $SUDO apt-get update -q

@@ -26,7 +26,7 @@ def readyz():
 
 
 @bp.get("/metrics")
-@require_role("viewer", "metrics")
+@require_role("viewer", "metrics", while_store_down=True)  # it reports the store down
 def metrics():
     # The text format, or OpenMetrics when the scraper asks for it.
     encode, content_type = choose_encoder(request.headers.get("Accept", ""))

@@ -96,7 +96,7 @@ def _renew_leases(primary: Primary, worker: dict, held: set[tuple[int, int]], no
         return
     expires = now + primary.config.heartbeat_timeout
     with primary.store.transaction() as conn:
-        for run_id, attempt in held:
+        for run_id, attempt in sorted(held):  # id order: see leases.grace_after_restart
             conn.execute(
                 "UPDATE runs SET lease_expires = ? WHERE id = ? AND attempt = ? AND worker_id = ?"
                 " AND state = 'running'",

@@ -32,10 +32,10 @@ jobs:
 """
 
 
-def _start_primary(data: DataDir, api_port: int, agent_port: int) -> None:
+def _start_primary(data: DataDir, api_port: int, agent_port: int) -> subprocess.Popen:
     log_path = data.root / "primary.log"
     with open(log_path, "ab") as log_file:
-        subprocess.Popen(
+        return subprocess.Popen(
             [
                 sys.executable,
                 "-m",
@@ -53,6 +53,33 @@ def _start_primary(data: DataDir, api_port: int, agent_port: int) -> None:
             stderr=log_file,
             start_new_session=True,  # keeps running after the demo command returns
         )
+
+
+class PrimaryExited(Exception):
+    """The primary the demo started exited before it served."""
+
+    def __init__(self, status: int):
+        super().__init__(f"the primary exited with status {status} before it served")
+        self.status = status
+
+
+def _wait_until_serving(client: AdminClient, process: subprocess.Popen, timeout: float) -> None:
+    """Until the new primary answers /healthz; a primary that exits first (a port taken,
+    say) ends the wait at once, not after the timeout."""
+    deadline = time.monotonic() + timeout
+    while process.poll() is None:
+        try:
+            client.wait_healthy(0.5)
+            return
+        except TimeoutError:
+            if time.monotonic() > deadline:
+                raise
+    raise PrimaryExited(process.returncode)
+
+
+def _last_lines(path: Path, count: int = 5) -> str:
+    lines = path.read_text(errors="replace").splitlines()
+    return "\n".join(lines[-count:])
 
 
 def _wait_for_builtin_worker(client: AdminClient, timeout: float) -> None:
@@ -76,8 +103,14 @@ def demo(root: Path, api_port: int, agent_port: int) -> int:
         client.wait_healthy(0.5)
         print(f"a primary is already serving {root}")
     except TimeoutError:
-        _start_primary(data, api_port, agent_port)
-        client.wait_healthy(30)
+        process = _start_primary(data, api_port, agent_port)
+        try:
+            _wait_until_serving(client, process, 30)
+        except PrimaryExited as exited:
+            log_path = root / "primary.log"
+            print(f"cifleet-primary: {exited}; the end of {log_path}:", file=sys.stderr)
+            print(_last_lines(log_path), file=sys.stderr)
+            return exited.status or 1
         print(f"started a primary in the background (log: {root / 'primary.log'})")
     _wait_for_builtin_worker(client, 30)
     client.json(

@@ -8,12 +8,16 @@ import signal
 import sys
 from pathlib import Path
 
+from agent.protocol import NAME_RE
+from primary.cli import store as store_cli
 from primary.cli import tokens as token_cli
 from primary.cli import users as user_cli
 from primary.cli.listeners import ListenError
 from primary.config import PrimaryConfig
+from primary.errors import ApiError
 from primary.fleet.initdir import InitError, initialise
 from primary.server.bounds import FLAG_HELP, ServerBounds
+from primary.store.engines import has_password
 from primary.store.vault import VaultError
 
 
@@ -32,6 +36,25 @@ def build_parser() -> argparse.ArgumentParser:
         action="append",
         default=[],
         help="name or address agents use to reach this primary (repeatable)",
+    )
+    p.add_argument(
+        "--store",
+        metavar="URL",
+        help="keep the fleet in PostgreSQL (postgresql://USER@HOST/DATABASE; the password, "
+        "if any, in ~/.pgpass or PGPASSFILE): an empty database gets a new fleet, one that "
+        "holds a fleet is joined (give its --vault-key-file). Default: SQLite in the data dir",
+    )
+    p.add_argument(
+        "--vault-key-file",
+        type=Path,
+        metavar="FILE",
+        help="the fleet's vault key (another primary's DATA/vault.key), to join its database; "
+        "or set CIFLEET_VAULT_KEY",
+    )
+    p.add_argument(
+        "--name",
+        help="this primary's name, and its built-in worker's (default: primary, or "
+        "primary-XXXXXX for one that joins a fleet)",
     )
 
     p = sub.add_parser("serve", help="run the primary (public and agent listeners)")
@@ -138,6 +161,7 @@ def build_parser() -> argparse.ArgumentParser:
     _data_dir(p)
 
     token_cli.add_parser(sub, _data_dir)
+    store_cli.add_parser(sub, _data_dir)
     user_cli.add_parser(sub, _data_dir)
 
     p = sub.add_parser("server-cert", help="re-issue the server certificate with new names")
@@ -193,10 +217,24 @@ def main(argv: list[str] | None = None) -> int:
     except (InitError, VaultError, ListenError, OSError) as exc:
         print(f"cifleet-primary: {exc}", file=sys.stderr)
         return 2
+    except ApiError as exc:  # the store refused (a database that is down, a full disk)
+        print(f"cifleet-primary: {exc.message}", file=sys.stderr)
+        return 2
 
 
 def cmd_init(args) -> int:
-    if initialise(args.data_dir, args.hostname):
+    if args.store is not None and has_password(args.store):
+        print(
+            "cifleet-primary init: --store: leave the password out of the URL (it would show "
+            "in the process list and the data dir's config); put it in ~/.pgpass or the file "
+            "PGPASSFILE names",
+            file=sys.stderr,
+        )
+        return 2
+    if args.name is not None and not NAME_RE.match(args.name):
+        print("cifleet-primary init: --name: 1-64 letters, digits, ., _ or -", file=sys.stderr)
+        return 2
+    if initialise(args.data_dir, args.hostname, args.store, args.vault_key_file, args.name):
         print(f"initialised {args.data_dir.absolute()}")
         print(f"  fleet CA certificate: {args.data_dir.absolute() / 'ca.pem'}")
         print(f"  admin API token:      {args.data_dir.absolute() / 'admin.token'}")
@@ -379,6 +417,7 @@ COMMANDS = {
     "secret": cmd_secret,
     "worker": cmd_worker,
     "token": token_cli.run,
+    "store": store_cli.run,
     "user": user_cli.run,
     "server-cert": cmd_server_cert,
     "stop": cmd_stop,

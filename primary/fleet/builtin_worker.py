@@ -32,6 +32,12 @@ def local_api_url(primary: Primary) -> str:
     return f"https://{host}:{primary.config.api_port}"
 
 
+def builtin_name(primary: Primary) -> str:
+    """`primary`, or the name `init` gave a primary that joined a shared fleet: each primary
+    of a fleet has a built-in worker of its own."""
+    return primary.data.settings().get("name", BUILTIN_NAME)
+
+
 def start_builtin_worker(primary: Primary, stop: threading.Event) -> threading.Thread | None:
     slots = primary.config.primary_worker_slots
     if slots <= 0:
@@ -48,7 +54,7 @@ def start_builtin_worker(primary: Primary, stop: threading.Event) -> threading.T
                 local_api_url(primary),
                 primary.data.ca_cert,
                 primary.vault.get("worker_secret"),
-                BUILTIN_NAME,
+                builtin_name(primary),
                 [],
                 slots,
                 home,

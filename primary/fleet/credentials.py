@@ -25,7 +25,7 @@ from primary.context import Primary
 from primary.errors import BadRequest, Forbidden
 from primary.fleet.ca import CsrError
 from primary.fleet.workers import take_runs_back
-from primary.runs.scheduler import plan
+from primary.runs.scheduler import PLANNER_LOCK, plan
 from primary.timestamps import iso
 
 log = logging.getLogger("cifleet.primary")
@@ -91,7 +91,8 @@ def mark_conflict(primary: Primary, row, reason: str) -> Forbidden:
     the error to answer with. Idempotent: the first reason stays."""
     now = time.time()
     with primary.store.transaction() as conn:
-        current = conn.execute("SELECT * FROM workers WHERE id = ?", (row["id"],)).fetchone()
+        conn.lock(PLANNER_LOCK)  # the worker takes no new runs: no assignment slips past
+        current = conn.query_one("SELECT * FROM workers WHERE id = ? FOR UPDATE", (row["id"],))
         if current is None:
             return _refused(CODE_UNKNOWN_WORKER, "this certificate does not belong to a worker")
         if current["conflict_at"] is None:
@@ -101,7 +102,7 @@ def mark_conflict(primary: Primary, row, reason: str) -> Forbidden:
             )
             take_runs_back(conn, current, f"the credentials of {row['name']} are in conflict", now)
             log.error("worker %s (%s): credentials in conflict: %s", row["name"], row["id"], reason)
-        current = conn.execute("SELECT * FROM workers WHERE id = ?", (row["id"],)).fetchone()
+        current = conn.query_one("SELECT * FROM workers WHERE id = ?", (row["id"],))
     primary.waiters.wake(row["id"])  # a held poll of either holder answers, then is refused
     plan(primary)
     return conflict_error(current)

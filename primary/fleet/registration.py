@@ -31,9 +31,10 @@ def check_name(name: Any) -> str:
     return name
 
 
-def name_taken(conn, name: str) -> bool:
-    """Names are unique without regard to case: `Builder-1` is taken by `builder-1`."""
-    return conn.execute("SELECT 1 FROM workers WHERE lower(name) = lower(?)", (name,)).fetchone()
+def name_taken(db, name: str) -> bool:
+    """Names are unique without regard to case: `Builder-1` is taken by `builder-1`. `db`:
+    the store, or a transaction's connection."""
+    return db.query_one("SELECT 1 FROM workers WHERE lower(name) = lower(?)", (name,)) is not None
 
 
 def check_secret(primary: Primary, secret: Any) -> None:
@@ -77,7 +78,7 @@ def register(primary: Primary, body: dict) -> dict:
     """Check the secret, sign the CSR, create the worker. Raises ApiError."""
     check_secret(primary, body.get("secret"))
     name, tags, slots, version, csr = _validate_registration(body)
-    if name_taken(primary.store.connection(), name):
+    if name_taken(primary.store, name):
         raise conflict("name_taken", f"a worker named {name!r} is already registered")
     worker_id = "w-" + secrets.token_hex(8)
     lifetime = datetime.timedelta(days=primary.config.worker_cert_days)

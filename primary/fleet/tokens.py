@@ -4,7 +4,7 @@ import hashlib
 import secrets
 import time
 
-from primary.store.sqlite import Store
+from primary.store.db import Connection, Store
 
 # metrics: scrapers (Prometheus); it reads GET /metrics and nothing else.
 ROLES = ("admin", "viewer", "metrics")
@@ -17,12 +17,17 @@ def hash_token(token: str) -> str:
 def create_token(store: Store, name: str, role: str) -> str:
     if role not in ROLES:
         raise ValueError(f"role must be one of {', '.join(ROLES)}")
-    token = "cft_" + secrets.token_urlsafe(32)
     with store.transaction() as conn:
-        conn.execute(
-            "INSERT INTO tokens (name, role, token_hash, created_at) VALUES (?, ?, ?, ?)",
-            (name, role, hash_token(token), time.time()),
-        )
+        return insert_token(conn, name, role)
+
+
+def insert_token(conn: Connection, name: str, role: str) -> str:
+    """create_token in the caller's transaction."""
+    token = "cft_" + secrets.token_urlsafe(32)
+    conn.execute(
+        "INSERT INTO tokens (name, role, token_hash, created_at) VALUES (?, ?, ?, ?)",
+        (name, role, hash_token(token), time.time()),
+    )
     return token
 
 

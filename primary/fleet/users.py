@@ -7,7 +7,7 @@ import secrets
 import time
 
 from agent.protocol import NAME_RE
-from primary.store.sqlite import Store
+from primary.store.db import Store
 from primary.timestamps import iso
 
 # scrypt cost: about 50 ms and 16 MiB per check here; slows guessing, not a person.

@@ -10,7 +10,7 @@ from primary.errors import BadRequest, Forbidden, NotFound
 from primary.fleet.registration import MAX_SLOTS, MAX_TAGS
 from primary.runs.placement import WORKER_STATES, candidate_from_row, state_word
 from primary.runs.runs import RUN_STATES
-from primary.runs.scheduler import plan
+from primary.runs.scheduler import PLANNER_LOCK, plan
 from primary.runs.transitions import lose, requeue, slots_used
 from primary.timestamps import iso
 
@@ -78,18 +78,20 @@ def list_workers(primary: Primary) -> list[dict]:
 
 
 def get_worker(primary: Primary, worker_id: str) -> dict:
-    row = _worker_row(primary.store.connection(), worker_id)
+    row = _worker_row(primary.store, worker_id, lock=False)
     return describe(primary, dict(row), slots_used(primary.store).get(row["id"], 0), time.time())
 
 
-def _worker_row(conn, worker_id: str):
+def _worker_row(db, worker_id: str, lock: bool = True):
     """A path segment names a worker by id first, else by name without regard to case (no
-    name can look like an id, and names are unique without regard to case: one match)."""
-    row = conn.execute("SELECT * FROM workers WHERE id = ?", (worker_id,)).fetchone()
+    name can look like an id, and names are unique without regard to case: one match).
+    `db`: a transaction's connection, which locks the row (`lock`), or the store."""
+    for_update = " FOR UPDATE" if lock else ""
+    row = db.query_one("SELECT * FROM workers WHERE id = ?" + for_update, (worker_id,))
     if row is None:
-        row = conn.execute(
-            "SELECT * FROM workers WHERE lower(name) = lower(?)", (worker_id,)
-        ).fetchone()
+        row = db.query_one(
+            "SELECT * FROM workers WHERE lower(name) = lower(?)" + for_update, (worker_id,)
+        )
     if row is None:
         raise NotFound(f"no worker {worker_id!r}")
     return row
@@ -110,11 +112,14 @@ def set_flag(primary: Primary, worker_id: str, flag: str, on: bool) -> dict:
 
     assert flag in ("locked", "draining")
     with primary.store.transaction() as conn:
+        conn.lock(PLANNER_LOCK)
         row = _worker_row(conn, worker_id)
         conn.execute(f"UPDATE workers SET {flag} = ? WHERE id = ?", (int(on), row["id"]))
         if on:
             planned = conn.execute(
-                "SELECT id FROM runs WHERE worker_id = ? AND state = 'assigned'", (row["id"],)
+                "SELECT id FROM runs WHERE worker_id = ? AND state = 'assigned'"
+                " ORDER BY id FOR UPDATE",
+                (row["id"],),
             ).fetchall()
             for run in planned:
                 requeue(conn, run["id"], f"re-planned: {row['name']} is {flag}", time.time())
@@ -133,6 +138,7 @@ def set_tags(primary: Primary, worker_id: str, tags: object) -> dict:
     ):
         raise BadRequest("tags: must be a list of names (letters, digits, '.', '_', '-')")
     with primary.store.transaction() as conn:
+        conn.lock(PLANNER_LOCK)  # no plan in flight decides on the old tags after this
         row = _worker_row(conn, worker_id)
         conn.execute(
             "UPDATE workers SET tags = ? WHERE id = ?", (json.dumps(sorted(set(tags))), row["id"])
@@ -148,11 +154,13 @@ def set_root_jobs(primary: Primary, worker_id: str, allowed: object) -> dict:
     if not isinstance(allowed, bool):
         raise BadRequest("allowed: must be true or false")
     with primary.store.transaction() as conn:
+        conn.lock(PLANNER_LOCK)  # as set_flag: no root run is assigned here beside the change
         row = _worker_row(conn, worker_id)
         conn.execute("UPDATE workers SET root_jobs = ? WHERE id = ?", (int(allowed), row["id"]))
         if not allowed:
             planned = conn.execute(
-                "SELECT id FROM runs WHERE worker_id = ? AND state = 'assigned' AND run_as_root",
+                "SELECT id FROM runs WHERE worker_id = ? AND state = 'assigned'"
+                " AND run_as_root = 1 ORDER BY id FOR UPDATE",
                 (row["id"],),
             ).fetchall()
             for run in planned:
@@ -190,6 +198,7 @@ def update_from_host(primary: Primary, worker: dict, body: dict) -> dict:
         raise BadRequest(f"slots: must be a whole number from 1 to {MAX_SLOTS}")
     if "slots" in body:
         with primary.store.transaction() as conn:
+            conn.lock(PLANNER_LOCK)  # a plan in flight counts the slots it read
             conn.execute("UPDATE workers SET slots = ? WHERE id = ?", (slots, worker["id"]))
     if "draining" in body:
         return set_flag(primary, worker["id"], "draining", body["draining"])
@@ -205,6 +214,7 @@ def delete_worker(primary: Primary, worker_id: str) -> dict:
 
     now = time.time()
     with primary.store.transaction() as conn:
+        conn.lock(PLANNER_LOCK)
         row = _worker_row(conn, worker_id)
         take_runs_back(conn, row, f"worker {row['name']} was removed", now)
         conn.execute("DELETE FROM workers WHERE id = ?", (row["id"],))
@@ -216,10 +226,10 @@ def delete_worker(primary: Primary, worker_id: str) -> dict:
 def take_runs_back(conn, row, why: str, now: float) -> None:
     """The worker will run nothing more (removed, or its credentials in conflict): its runs
     are re-queued (or end as lost, by retries_on_lost), and pipelines whose home it was
-    start clean elsewhere."""
+    start clean elsewhere. The caller holds PLANNER_LOCK and the worker's row."""
     for run in conn.execute(
         "SELECT id, state, spec, lost_count FROM runs WHERE worker_id = ?"
-        " AND state IN ('assigned', 'running')",
+        " AND state IN ('assigned', 'running') ORDER BY id FOR UPDATE",
         (row["id"],),
     ).fetchall():
         if run["state"] == "assigned":

@@ -29,9 +29,13 @@ def set_secret(primary: Primary, pipeline: str, name: str, value: bytes) -> dict
         raise BadRequest("value: must be UTF-8 text") from None
     if "\x00" in text:
         raise BadRequest("value: must not contain NUL")
-    secrets = _all(primary)
-    secrets.setdefault(pipeline, {})[name] = text
-    primary.vault.set(VAULT_KEY, secrets)
+
+    def add(secrets: dict) -> dict:
+        secrets.setdefault(pipeline, {})[name] = text
+        return secrets
+
+    # One read-change-write with no other change in between (another primary's included).
+    primary.vault.update(VAULT_KEY, add, {})
     return {"pipeline": pipeline, "name": name}
 
 
@@ -41,11 +45,13 @@ def names(primary: Primary, pipeline: str) -> list[str]:
 
 
 def delete_secret(primary: Primary, pipeline: str, name: str) -> None:
-    secrets = _all(primary)
-    if name not in secrets.get(pipeline, {}):
-        raise NotFound(f"pipeline {pipeline!r} has no secret {name!r}")
-    del secrets[pipeline][name]
-    primary.vault.set(VAULT_KEY, secrets)
+    def remove(secrets: dict) -> dict:
+        if name not in secrets.get(pipeline, {}):
+            raise NotFound(f"pipeline {pipeline!r} has no secret {name!r}")
+        del secrets[pipeline][name]
+        return secrets
+
+    primary.vault.update(VAULT_KEY, remove, {})
 
 
 def missing(primary: Primary, spec: dict) -> list[str]:

@@ -30,8 +30,8 @@ from primary.runs.events import FirstStepStarted
 from primary.runs.runs import notify
 from primary.runs.scheduler import plan
 from primary.runs.transitions import end_run
+from primary.store.db import after_commit
 from primary.store.logs import LogGap, ShortBody
-from primary.store.sqlite import after_commit
 
 log = logging.getLogger("cifleet.primary")
 
@@ -53,9 +53,15 @@ def current_run(primary: Primary, worker: dict, run_id: int, attempt: int, conn=
     Otherwise 409 stale_attempt when this worker did hold that attempt once (taken back,
     lost, cancelled: it should drop the run), and 403 when it never did: a worker may read
     and write only the runs assigned to it.
+
+    With `conn` (a transaction) the run's row is locked until it ends: what is decided from
+    it holds, whichever primary's sweeper or planner looks at the run meanwhile.
     """
-    conn = conn or primary.store.connection()
-    run = conn.execute("SELECT * FROM runs WHERE id = ?", (run_id,)).fetchone()
+    if conn is not None:
+        run = conn.query_one("SELECT * FROM runs WHERE id = ? FOR UPDATE", (run_id,))
+    else:
+        run = primary.store.query_one("SELECT * FROM runs WHERE id = ?", (run_id,))
+    db = conn or primary.store
     if (
         run is not None
         and run["worker_id"] == worker["id"]
@@ -63,10 +69,10 @@ def current_run(primary: Primary, worker: dict, run_id: int, attempt: int, conn=
         and run["state"] in ACTIVE_STATES
     ):
         return dict(run)
-    held = conn.execute(
+    held = db.query_one(
         "SELECT 1 FROM attempts WHERE run_id = ? AND attempt = ? AND worker_id = ?",
         (run_id, attempt, worker["id"]),
-    ).fetchone()
+    )
     if held:
         raise _stale(run_id, attempt)
     err = Forbidden(f"run {run_id} attempt {attempt} is not assigned to this worker")
@@ -96,18 +102,27 @@ def prepare_notes(
         or len(lines) > 1000
     ):
         raise BadRequest("lines: must be a list of at most 1000 strings")
-    with primary.store.transaction() as conn:
+    with primary.store.transaction() as conn:  # one commit for both: it is on dispatch's path
         current_run(primary, worker, run_id, attempt, conn)
         if job_started is not None:
             _job(primary, run_id, job_started)  # an unknown job: 404, and no notes stored
+            _mark_running(conn, run_id, job_started, time.time())
         conn.execute(
             "UPDATE runs SET prepare_notes = ? WHERE id = ?",
             (json.dumps([line[:1000] for line in lines]), run_id),
         )
-    if job_started is not None:
-        job_status(primary, worker, run_id, job_started, {"attempt": attempt, "state": "running"})
     notify(primary)
     return {}
+
+
+def _mark_running(conn, run_id: int, job: str, now: float) -> None:
+    """A pending job is running now; a repeat, or a job already final, changes nothing."""
+    _note_first_step(conn, run_id, now)
+    conn.execute(
+        "UPDATE jobs SET state = 'running', started_at = COALESCE(started_at, ?)"
+        " WHERE run_id = ? AND name = ? AND state = 'pending'",
+        (now, run_id, job),
+    )
 
 
 # -- run and job reports --------------------------------------------------------------------
@@ -169,15 +184,7 @@ def job_status(primary: Primary, worker: dict, run_id: int, job: str, body: dict
     if row["state"] in JOB_FINAL_STATES:
         return {"state": row["state"]}  # a repeat of a report we already have
     now = time.time()
-    if state == JOB_RUNNING:
-        with primary.store.transaction() as conn:
-            _note_first_step(conn, run_id, now)
-            conn.execute(
-                "UPDATE jobs SET state = 'running', started_at = COALESCE(started_at, ?)"
-                " WHERE run_id = ? AND name = ?",
-                (now, run_id, job),
-            )
-    else:
+    if state != JOB_RUNNING:
         stored = primary.logs.size(run_id, attempt, job)
         if state != "skipped":
             log_size = body.get("log_size")
@@ -190,12 +197,17 @@ def job_status(primary: Primary, worker: dict, run_id: int, job: str, body: dict
             # The agent deletes its copy once the run is finished: from here on ours is the
             # only one, so it goes to disk before the job can be final.
             primary.logs.sync(run_id, attempt, job)
-        with primary.store.transaction() as conn:
+    with primary.store.transaction() as conn:
+        # Checked again with the run locked: it may have been lost or taken back since.
+        current_run(primary, worker, run_id, attempt, conn)
+        if state == JOB_RUNNING:
+            _mark_running(conn, run_id, job, now)
+        else:
             conn.execute(
                 "UPDATE jobs SET state = ?, exit_code = ?, finished_at = ?,"
                 " started_at = CASE WHEN ? = 'skipped' THEN started_at"
                 " ELSE COALESCE(started_at, ?) END"
-                " WHERE run_id = ? AND name = ?",
+                " WHERE run_id = ? AND name = ? AND state IN ('pending', 'running')",
                 (state, exit_code, now, state, now, run_id, job),
             )
     notify(primary)
@@ -248,7 +260,7 @@ def finish_run(primary: Primary, worker: dict, run_id: int, attempt: int, last_j
             job_status(primary, worker, run_id, last_job["name"], {**status, "attempt": attempt})
     now = time.time()
     with primary.store.transaction() as conn:
-        run = conn.execute("SELECT * FROM runs WHERE id = ?", (run_id,)).fetchone()
+        run = conn.query_one("SELECT * FROM runs WHERE id = ? FOR UPDATE", (run_id,))
         if _finished_by(run, worker, attempt):
             return {"state": run["state"]}  # a repeat of a finish we already took
         run = current_run(primary, worker, run_id, attempt, conn)

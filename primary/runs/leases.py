@@ -48,8 +48,11 @@ def expire_leases(primary: Primary, now: float | None = None) -> int:
     now = time.time() if now is None else now
     changed = 0
     with primary.store.transaction() as conn:
+        # SKIP LOCKED: a run another transaction holds (a report being taken, another
+        # primary's sweep) is left to it; one whose lease is renewed meanwhile is not seen.
         expired = conn.execute(
-            "SELECT * FROM runs WHERE state IN ('assigned', 'running') AND lease_expires < ?",
+            "SELECT * FROM runs WHERE state IN ('assigned', 'running') AND lease_expires < ?"
+            " ORDER BY id FOR UPDATE SKIP LOCKED",
             (now,),
         ).fetchall()
         for run in expired:
@@ -77,7 +80,9 @@ def adopt_session(
     later. Assigned runs stay: the new process is handed them in this poll's answer."""
     changed = 0
     with primary.store.transaction() as conn:
-        row = conn.execute("SELECT session FROM workers WHERE id = ?", (worker["id"],)).fetchone()
+        row = conn.execute(
+            "SELECT session FROM workers WHERE id = ? FOR UPDATE", (worker["id"],)
+        ).fetchone()
         if row is None or row["session"] == session:
             return
         conn.execute("UPDATE workers SET session = ? WHERE id = ?", (session, worker["id"]))
@@ -85,7 +90,8 @@ def adopt_session(
             return  # the first session we hear of: nothing to compare with
         name = worker["name"]
         for run in conn.execute(
-            "SELECT * FROM runs WHERE worker_id = ? AND state = 'running'", (worker["id"],)
+            "SELECT * FROM runs WHERE worker_id = ? AND state = 'running' ORDER BY id FOR UPDATE",
+            (worker["id"],),
         ).fetchall():
             if (run["id"], run["attempt"]) in held:
                 continue
@@ -111,7 +117,7 @@ def abandon_runs(
         for run_id, attempt in sorted(abandoned):
             run = conn.execute(
                 "SELECT * FROM runs WHERE id = ? AND attempt = ? AND worker_id = ?"
-                " AND state = 'running'",
+                " AND state = 'running' FOR UPDATE",
                 (run_id, attempt, worker["id"]),
             ).fetchone()
             if run is None:
@@ -130,8 +136,13 @@ def grace_after_restart(primary: Primary) -> int:
     can expire. Returns how many leases that covers."""
     expires = time.time() + primary.config.heartbeat_timeout
     with primary.store.transaction() as conn:
+        # Locked in id order first, as every transaction that locks several runs does, so
+        # no two of them wait for each other.
+        conn.execute(
+            "SELECT id FROM runs WHERE state IN ('assigned', 'running') ORDER BY id FOR UPDATE"
+        ).fetchall()
         return conn.execute(
-            "UPDATE runs SET lease_expires = MAX(lease_expires, ?)"
-            " WHERE state IN ('assigned', 'running')",
-            (expires,),
+            "UPDATE runs SET lease_expires = CASE WHEN lease_expires > ? THEN lease_expires"
+            " ELSE ? END WHERE state IN ('assigned', 'running')",
+            (expires, expires),
         ).rowcount

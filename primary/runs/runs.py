@@ -40,9 +40,9 @@ def create_run(primary: Primary, pipeline_name: str) -> int:
         )
     now = time.time()
     with primary.store.transaction() as conn:
-        cur = conn.execute(
+        run_id = conn.execute(
             "INSERT INTO runs (pipeline, spec, tags, run_as_root, state, created_at, queued_at)"
-            " VALUES (?, ?, ?, ?, 'queued', ?, ?)",
+            " VALUES (?, ?, ?, ?, 'queued', ?, ?) RETURNING id",
             (
                 spec["name"],
                 json.dumps(spec),
@@ -51,8 +51,7 @@ def create_run(primary: Primary, pipeline_name: str) -> int:
                 now,
                 now,
             ),
-        )
-        run_id = cur.lastrowid
+        ).fetchone()["id"]
         conn.executemany(
             "INSERT INTO jobs (run_id, name, position, state) VALUES (?, ?, ?, 'pending')",
             [(run_id, job["name"], i) for i, job in enumerate(spec["jobs"])],
@@ -80,6 +79,7 @@ def job_rows(primary: Primary, run_id: int) -> list[dict]:
 
 def describe_run(primary: Primary, run: dict, jobs: list[dict] | None = None) -> dict:
     jobs = job_rows(primary, run["id"]) if jobs is None else jobs
+    sizes = primary.logs.sizes(run["id"])  # one look for every attempt's job logs
     return {
         "id": run["id"],
         "pipeline": run["pipeline"],
@@ -103,9 +103,7 @@ def describe_run(primary: Primary, run: dict, jobs: list[dict] | None = None) ->
                 "outcome": a["outcome"],
                 "reason": a["reason"],
                 # What the primary has of each job's output in this attempt.
-                "log_sizes": {
-                    j["name"]: primary.logs.size(run["id"], a["attempt"], j["name"]) for j in jobs
-                },
+                "log_sizes": {j["name"]: sizes.get((a["attempt"], j["name"]), 0) for j in jobs},
             }
             for a in primary.store.query(
                 "SELECT * FROM attempts WHERE run_id = ? ORDER BY attempt", (run["id"],)
@@ -118,7 +116,7 @@ def describe_run(primary: Primary, run: dict, jobs: list[dict] | None = None) ->
                 "exit_code": j["exit_code"],
                 "started_at": iso(j["started_at"]),
                 "finished_at": iso(j["finished_at"]),
-                "log_size": primary.logs.size(run["id"], run["attempt"], j["name"]),
+                "log_size": sizes.get((run["attempt"], j["name"]), 0),
             }
             for j in jobs
         ],
@@ -182,7 +180,7 @@ def cancel_run(primary: Primary, run_id: int) -> dict:
     now = time.time()
     worker_to_wake = None
     with primary.store.transaction() as conn:
-        run = conn.execute("SELECT * FROM runs WHERE id = ?", (run_id,)).fetchone()
+        run = conn.execute("SELECT * FROM runs WHERE id = ? FOR UPDATE", (run_id,)).fetchone()
         if run is None:
             raise NotFound(f"no run {run_id}")
         if run["state"] in FINAL_STATES:

@@ -16,6 +16,12 @@ from primary.runs.placement import (
 )
 from primary.runs.transitions import slots_used
 
+# One planner at a time across every primary of the store: a decision reads the slot
+# counts the previous one changed. Changes to what a worker may take (lock, drain, removal,
+# credentials in conflict, tags, root jobs, slots) take it too, so no assignment decided on
+# the old value slips past them.
+PLANNER_LOCK = "planner"
+
 
 def load_candidates(primary: Primary, now: float) -> list[Candidate]:
     used = slots_used(primary.store)
@@ -61,6 +67,7 @@ def plan(primary: Primary, refresh_reasons: bool = False) -> int:
         ):
             return 0  # nothing can start and every queued run says why it waits
         with store.transaction() as conn:
+            conn.lock(PLANNER_LOCK)
             woken = _plan_queue(conn, primary, now, refresh_reasons)
     for worker_id in woken:
         primary.waiters.wake(worker_id)
@@ -85,8 +92,12 @@ def _plan_queue(conn, primary: Primary, now: float, refresh_reasons: bool) -> di
     last = 0
     while True:
         skip_reasoned = free <= 0 and not refresh_reasons
+        # SKIP LOCKED: a queued run another transaction holds (being cancelled, say) waits
+        # for the next plan, which that transaction's end causes.
         page = conn.execute(
-            _QUEUED + (" AND r.reason IS NULL" if skip_reasoned else "") + " ORDER BY r.id LIMIT ?",
+            _QUEUED
+            + (" AND r.reason IS NULL" if skip_reasoned else "")
+            + " ORDER BY r.id LIMIT ? FOR UPDATE OF r SKIP LOCKED",
             (last, QUEUE_PAGE),
         ).fetchall()
         if not page:

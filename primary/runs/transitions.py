@@ -6,8 +6,8 @@ take a connection, never the Primary.
 import json
 
 from primary.runs.events import RunEnded
+from primary.store.db import Store, after_commit
 from primary.store.logs import ClosedAttempt
-from primary.store.sqlite import Store, after_commit
 
 
 def end_attempt(conn, run_id: int, outcome: str, now: float, sync_logs: bool = True) -> None:

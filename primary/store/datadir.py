@@ -1,5 +1,6 @@
-"""Where the primary keeps its files."""
+"""Where the primary keeps its files, and which store its fleet is in."""
 
+import json
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -30,7 +31,27 @@ class DataDir:
 
     @property
     def store(self) -> Path:
+        """The SQLite store (when the config names no other)."""
         return self.root / "cifleet.db"
+
+    @property
+    def config(self) -> Path:
+        """What `init` chose: {"store": URL} for a fleet in PostgreSQL, {"name": ...}."""
+        return self.root / "config.json"
+
+    def settings(self) -> dict:
+        try:
+            return json.loads(self.config.read_text())
+        except FileNotFoundError:
+            return {}
+
+    def store_location(self) -> str:
+        """The PostgreSQL URL the config names, else the path of the SQLite file."""
+        return self.settings().get("store") or str(self.store)
+
+    def shared_store(self) -> bool:
+        """Whether the fleet is in a shared database (its vault, logs and CA there)."""
+        return bool(self.settings().get("store"))
 
     @property
     def logs(self) -> Path:
@@ -51,4 +72,4 @@ class DataDir:
         return self.root / "primary.pid"
 
     def is_initialised(self) -> bool:
-        return self.vault.exists() and self.store.exists()
+        return self.vault.exists() and (self.store.exists() or self.shared_store())

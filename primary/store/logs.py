@@ -1,4 +1,5 @@
-"""Job logs: one append-only file per job and attempt, addressed by byte offset.
+"""Job logs in files (SQLite installs): one append-only file per job and attempt, addressed
+by byte offset. `pg_logs.py` keeps them in PostgreSQL with the same interface.
 
 The agent sends chunks with the offset they start at. We write only the bytes past what we
 have, so a resend never duplicates, and refuse a chunk that starts beyond our end, so a gap
@@ -34,7 +35,7 @@ class ShortBody(Exception):
     """The chunk ended before its announced length (the sender went away)."""
 
 
-def _pieces(read: Callable[[int], bytes], length: int) -> Iterator[bytes]:
+def pieces(read: Callable[[int], bytes], length: int) -> Iterator[bytes]:
     while length > 0:
         try:
             piece = read(min(length, WRITE_PIECE))
@@ -46,6 +47,21 @@ def _pieces(read: Callable[[int], bytes], length: int) -> Iterator[bytes]:
             raise ShortBody(f"the chunk ended {length} bytes before its announced length")
         length -= len(piece)
         yield piece
+
+
+def log_short_chunk(
+    run_id: int, attempt: int, job: str, offset: int, short: ShortBody, size: int
+) -> None:
+    log.warning(
+        "a log chunk of run %d attempt %d job %s (offset %d) came short: %s; the log keeps "
+        "what came and has %d bytes",
+        run_id,
+        attempt,
+        job,
+        offset,
+        short,
+        size,
+    )
 
 
 def _open_append(path: Path) -> io.FileIO:
@@ -94,6 +110,14 @@ class LogStore:
         except FileNotFoundError:
             return 0
 
+    def sizes(self, run_id: int) -> dict[tuple[int, str], int]:
+        """Every job log of the run: {(attempt, job): size}."""
+        found = {}
+        for path in self.root.glob(f"{run_id}/*/*.log"):
+            if path.parent.name.isdigit():
+                found[(int(path.parent.name), path.stem)] = path.stat().st_size
+        return found
+
     def append(self, run_id: int, attempt: int, job: str, offset: int, data: bytes) -> int:
         """Store `data` found at `offset` of the job's output; return the stored size."""
         return self.append_from(run_id, attempt, job, offset, len(data), io.BytesIO(data).read)
@@ -128,7 +152,7 @@ class LogStore:
         at = offset  # where the next piece starts in the job's output
         f = None
         try:
-            for piece in _pieces(read, length):
+            for piece in pieces(read, length):
                 with lock:
                     size = self.size(run_id, attempt, job)
                     known = size - at  # the leading bytes of this piece we already have
@@ -140,16 +164,7 @@ class LogStore:
                         size += len(piece) - known
                 at += len(piece)
         except ShortBody as short:
-            log.warning(
-                "a log chunk of run %d attempt %d job %s (offset %d) came short: %s; the log "
-                "keeps what came and has %d bytes",
-                run_id,
-                attempt,
-                job,
-                offset,
-                short,
-                self.size(run_id, attempt, job),
-            )
+            log_short_chunk(run_id, attempt, job, offset, short, self.size(run_id, attempt, job))
             raise
         finally:
             if f is not None:

@@ -1,192 +1,64 @@
-"""The SQLite store: connections, transactions and the versioned schema.
+"""The SQLite engine: one file in the data dir, written by one primary process.
 
-All SQL that is SQLite-specific (pragmas, BEGIN IMMEDIATE) stays in this module, so another
-database can be put behind it later. One connection per thread; WAL lets readers run while a
-writer commits.
+What is SQLite-specific (pragmas, BEGIN IMMEDIATE, the schema version in `user_version`)
+stays in this module. One connection per thread; WAL lets readers run while a writer
+commits; writers take turns on a process-wide lock, so the row locks services ask for
+(`FOR UPDATE ...`, written for PostgreSQL) are dropped from their SQL here.
 """
 
+import functools
 import logging
+import re
 import sqlite3
 import threading
-import time
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Iterator, Sequence
 from contextlib import contextmanager
 from pathlib import Path
 
 from primary.errors import ApiError, StorageFull, StorageUnavailable
+from primary.store.db import bookkeeping, constraint_conflict
+from primary.store.schema import MIGRATIONS, statements
 
 log = logging.getLogger("cifleet.primary")
 
-# What the running transaction of each thread noted for after its commit (after_commit).
-_notes = threading.local()
+_ROW_LOCK = re.compile(
+    r"\s+FOR\s+UPDATE(?:\s+OF\s+\w+(?:\s*,\s*\w+)*)?(?:\s+SKIP\s+LOCKED|\s+NOWAIT)?"
+)
 
 
-def after_commit(note: object) -> None:
-    """Note something for the store's commit listeners, from inside a transaction of this
-    thread: they get a transaction's notes once it has committed and the write lock is free
-    (slow work, such as fsyncs, holds up no writer), and none if it rolled back."""
-    _notes.items.append(note)
+@functools.lru_cache(maxsize=1024)
+def _sqlite_sql(sql: str) -> str:
+    """The statement without its row locks (see the module's docstring)."""
+    return _ROW_LOCK.sub("", sql)
 
 
-# Each entry moves the schema one version up; never edit a released entry, append a new one.
-MIGRATIONS: list[str] = [
-    """
-    CREATE TABLE workers (
-        id TEXT PRIMARY KEY,
-        name TEXT NOT NULL UNIQUE,
-        tags TEXT NOT NULL,             -- JSON list
-        slots INTEGER NOT NULL,
-        version TEXT NOT NULL,
-        cert_serial TEXT NOT NULL,      -- hex; only this certificate is accepted
-        cert_not_after REAL NOT NULL,
-        locked INTEGER NOT NULL DEFAULT 0,
-        draining INTEGER NOT NULL DEFAULT 0,
-        load TEXT,                      -- JSON from the last poll
-        created_at REAL NOT NULL,
-        last_contact REAL
-    );
-    CREATE TABLE pipelines (
-        name TEXT PRIMARY KEY,
-        definition TEXT NOT NULL,       -- the YAML as submitted
-        spec TEXT NOT NULL,             -- normalised JSON
-        created_at REAL NOT NULL,
-        updated_at REAL NOT NULL
-    );
-    CREATE TABLE runs (
-        id INTEGER PRIMARY KEY AUTOINCREMENT,
-        pipeline TEXT NOT NULL,
-        spec TEXT NOT NULL,             -- the pipeline's spec when the run was created
-        tags TEXT NOT NULL,             -- JSON list, copied from spec for the planner
-        state TEXT NOT NULL,
-        reason TEXT,                    -- why it waits, or how it ended
-        placement TEXT,                 -- JSON list: the scheduler's reasons
-        worker_id TEXT,
-        worker_name TEXT,
-        attempt INTEGER NOT NULL DEFAULT 0,
-        lost_count INTEGER NOT NULL DEFAULT 0,
-        lease_expires REAL,
-        cancel_requested INTEGER NOT NULL DEFAULT 0,
-        finished_by_worker INTEGER NOT NULL DEFAULT 0,
-        created_at REAL NOT NULL,
-        assigned_at REAL,
-        started_at REAL,
-        finished_at REAL
-    );
-    CREATE INDEX runs_by_state ON runs (state, id);
-    CREATE INDEX runs_by_worker ON runs (worker_id, state);
-    CREATE TABLE jobs (
-        run_id INTEGER NOT NULL REFERENCES runs (id),
-        name TEXT NOT NULL,
-        position INTEGER NOT NULL,
-        state TEXT NOT NULL,
-        exit_code INTEGER,
-        started_at REAL,
-        finished_at REAL,
-        PRIMARY KEY (run_id, name)
-    );
-    CREATE TABLE tokens (
-        id INTEGER PRIMARY KEY AUTOINCREMENT,
-        name TEXT NOT NULL,
-        role TEXT NOT NULL,
-        token_hash TEXT NOT NULL UNIQUE,
-        created_at REAL NOT NULL,
-        revoked_at REAL
-    );
-    """,
-    # 2: sticky homes, cache clearing, static files, prepare notes.
-    """
-    ALTER TABLE pipelines ADD COLUMN home_worker_id TEXT;
-    ALTER TABLE pipelines ADD COLUMN cache_cleared INTEGER NOT NULL DEFAULT 0;
-    ALTER TABLE runs ADD COLUMN queued_at REAL;
-    ALTER TABLE runs ADD COLUMN clean_workspace INTEGER NOT NULL DEFAULT 0;
-    ALTER TABLE runs ADD COLUMN prepare_notes TEXT;
-    UPDATE runs SET queued_at = created_at;
-    CREATE TABLE pipeline_files (
-        pipeline TEXT NOT NULL,
-        path TEXT NOT NULL,
-        sha256 TEXT NOT NULL,
-        size INTEGER NOT NULL,
-        updated_at REAL NOT NULL,
-        PRIMARY KEY (pipeline, path)
-    );
-    """,
-    # 3: one row per assignment, so a run's history (and who may still write what) is known.
-    """
-    CREATE TABLE attempts (
-        run_id INTEGER NOT NULL REFERENCES runs (id),
-        attempt INTEGER NOT NULL,
-        worker_id TEXT NOT NULL,
-        worker_name TEXT NOT NULL,
-        assigned_at REAL NOT NULL,
-        ended_at REAL,
-        outcome TEXT,                   -- a final run state, or taken back / lost
-        PRIMARY KEY (run_id, attempt)
-    );
-    INSERT INTO attempts (run_id, attempt, worker_id, worker_name, assigned_at)
-        SELECT id, attempt, worker_id, worker_name, COALESCE(assigned_at, created_at)
-        FROM runs WHERE attempt > 0 AND worker_id IS NOT NULL;
-    """,
-    # 4: certificate renewal keeps the previous certificate valid until it expires.
-    """
-    ALTER TABLE workers ADD COLUMN prev_cert_serial TEXT;
-    ALTER TABLE workers ADD COLUMN prev_cert_not_after REAL;
-    """,
-    # 5: people who log in to the web UI, with the same roles as API tokens.
-    """
-    CREATE TABLE users (
-        name TEXT PRIMARY KEY,
-        role TEXT NOT NULL,
-        password_hash TEXT NOT NULL,    -- scrypt$N$r$p$salt$hash
-        created_at REAL NOT NULL,
-        disabled_at REAL
-    );
-    """,
-    # 6: faults. The agent process a worker runs (a new one means the old one's runs are
-    # gone), and what the run log showed of an attempt that was lost or taken back, so the
-    # log still shows it after the next attempt replaced the run's placement and job states.
-    """
-    ALTER TABLE workers ADD COLUMN session TEXT;
-    ALTER TABLE attempts ADD COLUMN reason TEXT;
-    ALTER TABLE attempts ADD COLUMN placement TEXT;     -- JSON list, as runs.placement
-    ALTER TABLE attempts ADD COLUMN prepare_notes TEXT; -- JSON list, as runs.prepare_notes
-    ALTER TABLE attempts ADD COLUMN jobs TEXT;          -- JSON: [{name, state, exit_code, started}]
-    """,
-    # 7: web UI sessions, so logging out (or a restart) ends a session for good: a copied
-    # cookie of an ended session is refused. Only a hash of the session id is kept.
-    """
-    CREATE TABLE ui_sessions (
-        sid_hash TEXT PRIMARY KEY,
-        user_name TEXT NOT NULL,
-        created_at REAL NOT NULL
-    );
-    """,
-    # 8: a job, or a stolen worker key, reaches no further than its own runs (issue 11).
-    # Who a worker's jobs run as (reported by its agent), whether an admin allows root jobs
-    # there, when its certificate was renewed (the superseded one is accepted only for the
-    # switch-over after), and why its credentials are in conflict (a copied key was used).
-    # Names: none may look like a worker id, and none may differ from another only in
-    # case. Existing rows that break either are renamed (docs/api.md): a name in the form of
-    # an id becomes renamed-ID; of names equal but for case, the oldest keeps its name and
-    # the others become NAME-ID (cut to 45 characters first), so every name stays unique.
-    """
-    ALTER TABLE workers ADD COLUMN job_identity TEXT;       -- JSON from the agent's polls
-    ALTER TABLE workers ADD COLUMN root_jobs INTEGER NOT NULL DEFAULT 0;
-    ALTER TABLE workers ADD COLUMN cert_renewed_at REAL;
-    ALTER TABLE workers ADD COLUMN conflict_at REAL;
-    ALTER TABLE workers ADD COLUMN conflict_reason TEXT;
-    ALTER TABLE runs ADD COLUMN run_as_root INTEGER NOT NULL DEFAULT 0;
-    UPDATE workers SET name = 'renamed-' || id WHERE length(name) = 18
-        AND lower(name) GLOB 'w-*' AND NOT substr(lower(name), 3) GLOB '*[^0-9a-f]*';
-    UPDATE workers SET name = substr(name, 1, 45) || '-' || id WHERE EXISTS (
-        SELECT 1 FROM workers AS older WHERE lower(older.name) = lower(workers.name)
-        AND (older.created_at < workers.created_at
-             OR (older.created_at = workers.created_at AND older.id < workers.id)));
-    CREATE UNIQUE INDEX workers_by_lower_name ON workers (lower(name));
-    """,
-]
+class SqliteConnection:
+    """A transaction's connection (db.Connection) over sqlite3."""
+
+    __slots__ = ("raw",)
+
+    def __init__(self, raw: sqlite3.Connection):
+        self.raw = raw
+
+    def execute(self, sql: str, params: Sequence = ()) -> sqlite3.Cursor:
+        return self.raw.execute(_sqlite_sql(sql), params)
+
+    def executemany(self, sql: str, rows: Sequence[Sequence]) -> None:
+        self.raw.executemany(_sqlite_sql(sql), rows)
+
+    def query(self, sql: str, params: Sequence = ()) -> list[sqlite3.Row]:
+        return self.execute(sql, params).fetchall()
+
+    def query_one(self, sql: str, params: Sequence = ()) -> sqlite3.Row | None:
+        return self.execute(sql, params).fetchone()
+
+    def lock(self, name: str) -> None:
+        """Nothing to do: the transaction holds the store's only write lock already."""
 
 
-class Store:
+class SqliteStore:
+    engine = "sqlite"
+
     def __init__(self, path: Path):
         self.path = path
         self._local = threading.local()
@@ -195,13 +67,16 @@ class Store:
         # 100 ms a try) when two transactions collide.
         self._write_lock = threading.Lock()
         self._write_failed = False  # see take_write_failure
-        # Called with the notes (after_commit) of each committed transaction that made any.
         self.commit_listeners: list[Callable[[list], None]] = []
         # Called after every write transaction with its seconds (from asking for it, so the
         # wait for the write lock counts, to its commit or rollback) and whether it committed.
         self.transaction_observers: list[Callable[[float, bool], None]] = []
 
+    def __str__(self) -> str:
+        return str(self.path)
+
     def connection(self) -> sqlite3.Connection:
+        """This thread's sqlite3 connection."""
         conn = getattr(self._local, "conn", None)
         if conn is None:
             # isolation_level=None: we issue BEGIN ourselves, so a transaction is exactly
@@ -217,40 +92,30 @@ class Store:
         return conn
 
     @contextmanager
-    def transaction(self) -> Iterator[sqlite3.Connection]:
+    def transaction(self) -> Iterator[SqliteConnection]:
         """A write transaction; the write lock is taken at BEGIN so no upgrade can deadlock.
 
         A full or unwritable disk raises StorageFull or StorageUnavailable (and is logged);
         nothing of the transaction is kept, a failed COMMIT included.
         """
         conn = self.connection()
-        notes: list = []
-        _notes.items = notes
-        asked = time.perf_counter()
-        committed = False
-        try:
-            with self._write_lock:
+        with bookkeeping(self) as outcome, self._write_lock:
+            try:
+                conn.execute("BEGIN IMMEDIATE")
                 try:
-                    conn.execute("BEGIN IMMEDIATE")
-                    try:
-                        yield conn
-                        conn.execute("COMMIT")
-                        committed = True
-                    except BaseException:
-                        self._rollback(conn)
-                        raise
-                except sqlite3.OperationalError as exc:
-                    failure = self._storage_failure(exc)
-                    if failure is None:
-                        raise
-                    raise failure from exc
-        finally:
-            _notes.items = None
-            for observe in self.transaction_observers:
-                observe(time.perf_counter() - asked, committed)
-        if notes:
-            for listener in self.commit_listeners:
-                listener(notes)
+                    yield SqliteConnection(conn)
+                    conn.execute("COMMIT")
+                    outcome.committed = True
+                except BaseException:
+                    self._rollback(conn)
+                    raise
+            except sqlite3.OperationalError as exc:
+                failure = self._storage_failure(exc)
+                if failure is None:
+                    raise
+                raise failure from exc
+            except sqlite3.IntegrityError as exc:
+                raise constraint_conflict(exc) from exc
 
     def _rollback(self, conn: sqlite3.Connection) -> None:
         # SQLite has already rolled back after some errors (a full disk among them); a second
@@ -276,11 +141,14 @@ class Store:
             failed, self._write_failed = self._write_failed, False
         return failed
 
-    def query(self, sql: str, params: tuple | dict = ()) -> list[sqlite3.Row]:
-        return self.connection().execute(sql, params).fetchall()
+    def query(self, sql: str, params: Sequence = ()) -> list[sqlite3.Row]:
+        return self.connection().execute(_sqlite_sql(sql), params).fetchall()
 
-    def query_one(self, sql: str, params: tuple | dict = ()) -> sqlite3.Row | None:
-        return self.connection().execute(sql, params).fetchone()
+    def query_one(self, sql: str, params: Sequence = ()) -> sqlite3.Row | None:
+        return self.connection().execute(_sqlite_sql(sql), params).fetchone()
+
+    def schema_version(self) -> int:
+        return self.connection().execute("PRAGMA user_version").fetchone()[0]
 
     def migrate(self) -> None:
         with self.transaction() as conn:
@@ -291,7 +159,7 @@ class Store:
                     f"primary knows ({len(MIGRATIONS)}); upgrade cifleet"
                 )
             for number, script in enumerate(MIGRATIONS[version:], start=version + 1):
-                for statement in _statements(script):
+                for statement in statements(script):
                     conn.execute(statement)
                 conn.execute(f"PRAGMA user_version = {number}")
 
@@ -302,14 +170,5 @@ class Store:
             self._local.conn = None
 
 
-def _statements(script: str) -> list[str]:
-    """Split a script into statements. Not executescript(): it would COMMIT our transaction."""
-    statements, buffer = [], ""
-    for line in script.splitlines(keepends=True):
-        buffer += line
-        if sqlite3.complete_statement(buffer):
-            statements.append(buffer.strip())
-            buffer = ""
-    if buffer.strip():
-        statements.append(buffer.strip())
-    return statements
+# The name this class had when it was the only engine (code written since may still use it).
+Store = SqliteStore

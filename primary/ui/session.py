@@ -20,7 +20,7 @@ from flask import Flask, g, request, session
 
 from primary.context import Primary
 from primary.errors import Forbidden
-from primary.store.sqlite import Store
+from primary.store.db import Store
 
 SESSION_KEY_NAME = "ui_session_key"
 # Idle time after which a session ends: the cookie's timestamp is renewed on every request.
@@ -46,12 +46,8 @@ class User:
 
 def session_key(primary: Primary) -> bytes:
     """The cookie signing key, made on first use and kept in the vault."""
-    try:
-        return bytes.fromhex(primary.vault.get(SESSION_KEY_NAME))
-    except KeyError:
-        key = secrets.token_hex(32)
-        primary.vault.set(SESSION_KEY_NAME, key)
-        return bytes.fromhex(key)
+    # setdefault: primaries of one fleet starting at once all end up with the first key.
+    return bytes.fromhex(primary.vault.setdefault(SESSION_KEY_NAME, secrets.token_hex(32)))
 
 
 def configure(app: Flask, primary: Primary) -> None:

@@ -123,6 +123,9 @@ class FakePrimary:
         self.logs: dict[tuple[int, str], bytearray] = {}
         self.statuses: dict[tuple[int, str], list[dict]] = {}
         self.started: list[int] = []
+        self.start_requests: list[int] = []  # starts that arrived, answered or not
+        # When set to an Event, a start is answered only once it is set (a slow primary).
+        self.start_gate: threading.Event | None = None
         self.finished: list[int] = []
         self.prepares: dict[int, list[dict]] = {}
         self.files: dict[str, bytes] = {}  # static files served, by path
@@ -249,6 +252,11 @@ class FakePrimary:
             return 404, {"error": "no such path", "code": "not_found"}
         run_id, job = int(m.group(1)), m.group(3)
         attempt = int(query["attempt"][0]) if m.group(4) == "log" else json.loads(body)["attempt"]
+        if m.group(2) == "start":
+            with self.lock:
+                self.start_requests.append(run_id)
+            if self.start_gate is not None:
+                self.start_gate.wait(30)
         with self.lock:
             if (run_id, attempt) in self.stale:
                 return 409, {"error": "stale", "code": CODE_STALE_ATTEMPT}

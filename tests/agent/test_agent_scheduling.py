@@ -3,6 +3,7 @@ in polls, deleting them, clean_workspace, static files, prepare notes, adopting 
 
 import hashlib
 import json
+import threading
 
 from fleet import wait_file_step
 
@@ -244,3 +245,43 @@ def test_slots_from_the_primary_are_adopted_and_kept(
     go.touch()
     fake_primary.wait_for(lambda: fake_primary.finished == [1])
     assert fake_primary.started == [1]
+
+
+def test_the_workspace_is_prepared_while_the_start_is_on_its_way(
+    agent_home, fake_primary, running_agent
+):
+    """The start's round trip is on the dispatch path: the agent prepares the workspace
+    (here: fetches a static file) meanwhile, and runs the first job only once the primary
+    confirmed the start."""
+    app = b"[app]\nport = 80\n"
+    fake_primary.files = {"conf/app.ini": app}
+    fake_primary.start_gate = threading.Event()
+    marker = agent_home / "workspaces" / "p" / "job-ran"  # jobs write only their workspace
+    step = "touch job-ran; cat conf/app.ini"
+    fake_primary.assignments.append(run(1, step, files=[spec("conf/app.ini", app)]))
+    running_agent()
+    fake_primary.wait_for(lambda: fake_primary.start_requests == [1] and fetched(fake_primary, 1))
+    assert fake_primary.started == []  # not answered yet, and no job has run
+    assert not marker.exists()
+    fake_primary.start_gate.set()
+    fake_primary.wait_for(lambda: fake_primary.finished == [1])
+    assert fake_primary.log(1, "a") == app
+
+
+def test_a_start_the_primary_refuses_runs_no_job_though_the_workspace_is_ready(
+    agent_home, fake_primary, running_agent
+):
+    app = b"x\n"
+    fake_primary.files = {"f": app}
+    fake_primary.start_gate = threading.Event()
+    marker = agent_home / "workspaces" / "p" / "job-ran"
+    fake_primary.assignments.append(run(1, "touch job-ran", files=[spec("f", app)]))
+    agent, _ = running_agent()
+    fake_primary.wait_for(lambda: fake_primary.start_requests == [1] and fetched(fake_primary, 1))
+    with fake_primary.lock:
+        fake_primary.assignments.clear()
+        fake_primary.stale.add((1, 1))  # taken back while the start was on its way
+    fake_primary.start_gate.set()
+    fake_primary.wait_for(lambda: not agent.held_runs() and not agent._runs)
+    assert not marker.exists()
+    assert fake_primary.started == [] and fake_primary.finished == []

@@ -7,6 +7,7 @@ import json
 
 import pytest
 from fleet import AgentPeer, init_primary, passable, register_agent
+from pgcluster import both_engines
 
 REGISTER = "/api/v1/workers/register"
 
@@ -57,6 +58,7 @@ def _pipelines(primary) -> str:
     return json.dumps(primary.client.json("GET", "/api/v1/pipelines"))
 
 
+@both_engines
 def test_registration_fields_are_validated_before_anything_is_stored(primary):
     secret = primary.secret()
     good = {
@@ -85,6 +87,7 @@ def test_registration_fields_are_validated_before_anything_is_stored(primary):
     assert primary.workers() == []
 
 
+@both_engines
 def test_agent_log_offsets_and_sizes_are_checked(primary, fleet_root):
     assert register_agent(primary, fleet_root, "hostile").returncode == 0
     worker = AgentPeer.of_home(primary, fleet_root / "hostile")
@@ -158,12 +161,18 @@ class Hostile:
             conn.close()
 
 
-@pytest.fixture(scope="module")
-def hostile(tmp_path_factory):
-    """A primary with a worker (driven by hand) running a run of `base`, which has a file."""
+@pytest.fixture(scope="module", params=["sqlite", "postgresql"])
+def hostile(request, tmp_path_factory):
+    """A primary with a worker (driven by hand) running a run of `base`, which has a file;
+    one on each engine (PostgreSQL refuses values SQLite takes: a NUL in a string)."""
     root = passable(tmp_path_factory.mktemp("hostile"))
+    store = None
+    if request.param == "postgresql":
+        store = request.getfixturevalue("pg_cluster").create_database()
     # Nothing may change while the cases run: no lease, no heartbeat runs out meanwhile.
-    primary = init_primary(root, "--heartbeat-timeout", "900", "--primary-worker-slots", "0")
+    primary = init_primary(
+        root, "--heartbeat-timeout", "900", "--primary-worker-slots", "0", store=store
+    )
     primary.start()
     try:
         assert register_agent(primary, root, "hostile").returncode == 0

@@ -6,8 +6,11 @@ import socket
 import ssl
 
 from fleet import AgentPeer, register_agent, wait_for
+from pgcluster import both_engines
 
 from primary.store.logs import WRITE_PIECE
+
+pytestmark = both_engines
 
 
 def _start_run(primary, fleet_root) -> tuple[AgentPeer, int]:

@@ -1,6 +1,9 @@
 """A pipeline run end to end: real primary, two real agents, logs compared byte for byte."""
 
 from fleet import wait_file_step, wait_for
+from pgcluster import both_engines
+
+pytestmark = both_engines
 
 BIG_LINE = b"cifleet 0123456789 abcdefghijklmnopqrstuvwxyz\n"
 BIG_SIZE = 5 * 1024 * 1024

@@ -104,6 +104,24 @@ def test_demo_command_runs_the_example_and_says_how_to_stop(tmp_path):
     assert stop.returncode == 0
 
 
+def test_demo_stops_at_once_when_its_primary_cannot_listen(tmp_path):
+    import socket
+
+    data = tmp_path / "demo-data"
+    with reserve_port() as api_ports, socket.socket() as taken:
+        taken.bind(("127.0.0.1", 0))
+        taken.listen()
+        agent = taken.getsockname()[1]
+        result = _primary_cli(
+            "demo", "--data-dir", str(data), "--api-port", str(api_ports.port),
+            "--agent-port", str(agent),
+        )  # fmt: skip
+    assert result.returncode == 2, result.stdout + result.stderr
+    assert f"cannot listen on 127.0.0.1:{agent} (agent port)" in result.stderr, result.stderr
+    assert "Traceback" not in result.stderr
+    assert not (data / "primary.pid").exists()
+
+
 def test_the_server_certificate_is_reissued_with_new_names(tmp_path):
     import socket
     import ssl

@@ -4,6 +4,9 @@ status with finish."""
 
 import pytest
 from fleet import AgentPeer, register_agent
+from pgcluster import both_engines
+
+pytestmark = both_engines
 
 
 def assigned_run(primary, fleet_root, name: str) -> tuple[AgentPeer, int]:

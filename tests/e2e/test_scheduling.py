@@ -7,6 +7,9 @@ import subprocess
 
 import psutil
 from fleet import BIN, shared_file, wait_file_step, wait_for
+from pgcluster import both_engines
+
+pytestmark = both_engines
 
 
 def _events(path) -> list[tuple[str, int, int, str]]:
@@ -78,9 +81,12 @@ def test_killed_agent_loses_its_run_which_finishes_elsewhere(primary, start_agen
     lost = run["attempts"][0]
     assert (lost["worker_name"], lost["outcome"]) == ("doomed", "lost")
     assert "doomed stopped answering (no contact for 6 s)" in lost["reason"], lost
-    # The lost attempt's partial log stays on disk beside the finished one.
-    lost_log = primary.data_dir / "logs" / str(run_id) / "1" / "work.log"
-    assert lost_log.read_bytes().startswith(b"attempt 1\n")
+    # The lost attempt's partial log stays, beside the finished one.
+    status, headers, lost_log = primary.client.request(
+        "GET", f"/api/v1/runs/{run_id}/attempts/1/jobs/work/log"
+    )
+    assert status == 200 and headers["x-attempt-outcome"] == "lost", headers
+    assert lost_log.startswith(b"attempt 1\n")
     assert primary.worker("doomed")["state"] == "inactive"
 
 

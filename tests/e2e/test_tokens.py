@@ -66,7 +66,7 @@ def test_users_are_created_with_the_password_on_stdin(primary):
     assert short.returncode == 2 and "at least 12 characters" in short.stderr
     assert user_cli("list").stdout == "ada  admin  active\n"
     from primary.fleet.users import check_password
-    from primary.store.sqlite import Store
+    from primary.store.sqlite import SqliteStore as Store
 
     store = Store(primary.data_dir / "cifleet.db")
     assert check_password(store, "ada", "a long passphrase") == "admin"

@@ -7,8 +7,9 @@ from fleet import Primary, TcpProxy, init_primary
 
 
 @pytest.fixture
-def serve(fleet_root):
-    """Start a primary with HEARTBEAT, no built-in worker, and the given extra serve flags."""
+def serve(fleet_root, store_url):
+    """Start a primary with HEARTBEAT, no built-in worker, and the given extra serve flags
+    (on the test's store engine: tests/conftest.py)."""
     primaries: list[Primary] = []
 
     def start(*extra: str) -> Primary:
@@ -19,6 +20,7 @@ def serve(fleet_root):
             "--primary-worker-slots",
             "0",
             *extra,
+            store=store_url,
         )
         primaries.append(p)  # closed even if it does not come up
         p.start()

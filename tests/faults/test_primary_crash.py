@@ -14,8 +14,9 @@ from collections import Counter
 import pytest
 from fault_fleet import HEARTBEAT, assert_never_twice_at_once, event, executions, read_events
 from fleet import wait_for
+from pgcluster import both_engines
 
-pytestmark = pytest.mark.faults
+pytestmark = [pytest.mark.faults, both_engines]
 
 RUNS = 20
 FENCE_LINE = "no contact with the primary for"

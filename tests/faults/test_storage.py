@@ -22,7 +22,7 @@ from fault_fleet import HEARTBEAT
 from fleet import init_primary, wait_for
 
 from primary.errors import StorageFull
-from primary.store.sqlite import Store
+from primary.store.sqlite import SqliteStore as Store
 
 pytestmark = pytest.mark.faults
 

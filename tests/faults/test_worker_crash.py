@@ -18,8 +18,9 @@ from fault_fleet import (
     wait_lost_then_done,
 )
 from fleet import BIN, job_processes, kill_host, wait_for
+from pgcluster import both_engines
 
-pytestmark = pytest.mark.faults
+pytestmark = [pytest.mark.faults, both_engines]
 
 
 def test_a_host_crash_loses_the_attempt_and_the_run_finishes_elsewhere(serve, fleet_of):

@@ -6,10 +6,12 @@ import pytest
 from fleet import init_primary
 from prometheus_client.parser import text_string_to_metric_families
 
+from primary.api.auth import KnownRoles
 from primary.app import create_app
 from primary.config import PrimaryConfig
 from primary.context import open_primary
 from primary.fleet.tokens import create_token
+from primary.store.postgres import PostgresStore
 
 
 @pytest.fixture
@@ -87,3 +89,43 @@ def test_not_ready_when_the_store_cannot_be_read(site, tmp_path):
     body = answer.get_json()
     assert body["checks"]["store"] == "unreachable"
     assert "gone" not in answer.get_data(as_text=True)  # no path for an unauthenticated caller
+
+
+def test_a_scrape_while_the_database_is_down_says_so_with_a_token_seen_before(site, tmp_path):
+    """PostgreSQL gone (a socket folder with no server): the store answers 503 to every
+    read, the token check included. /metrics alone takes a token this process saw valid
+    before at its role then; any other token, and every other view, get the 503."""
+    primary, _, client = site
+    scraper = bearer(create_token(primary.store, "prometheus", "metrics"))
+    admin = bearer(create_token(primary.store, "ops", "admin"))
+    unseen = bearer(create_token(primary.store, "late", "metrics"))
+    assert client.get("/metrics", headers=scraper).status_code == 200
+    assert client.get("/api/v1/status", headers=admin).status_code == 200
+    primary.store.close()
+    primary.store = PostgresStore(f"postgresql://cifleet@/fleet?host={tmp_path}")
+    answer = client.get("/metrics", headers=scraper)
+    assert answer.status_code == 200
+    samples = {
+        s.name: s.value
+        for f in text_string_to_metric_families(answer.get_data(as_text=True))
+        for s in f.samples
+    }
+    assert samples["cifleet_store_up"] == 0
+    assert "cifleet_workers" not in samples
+    for headers in (unseen, bearer("cft_never-issued")):
+        answer = client.get("/metrics", headers=headers)
+        assert (answer.status_code, answer.get_json()["code"]) == (503, "storage_unavailable")
+    answer = client.get("/api/v1/status", headers=admin)  # only /metrics goes by memory
+    assert (answer.status_code, answer.get_json()["code"]) == (503, "storage_unavailable")
+    assert client.get("/readyz").status_code == 503
+
+
+def test_a_token_the_store_calls_unknown_is_forgotten_and_memory_is_bounded():
+    known = KnownRoles()
+    known.found("h1", "metrics")
+    known.found("h1", None)  # revoked
+    assert known.get("h1") is None
+    for i in range(KnownRoles.MAX + 10):
+        known.found(f"t{i}", "viewer")
+    assert known.get("t9") is None and known.get("t10") == "viewer"
+    assert known.get(f"t{KnownRoles.MAX + 9}") == "viewer"

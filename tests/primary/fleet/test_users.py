@@ -3,7 +3,7 @@
 import pytest
 
 from primary.fleet.users import UserError, check_password, create_user, disable_user, list_users
-from primary.store.sqlite import Store
+from primary.store.sqlite import SqliteStore as Store
 
 
 @pytest.fixture

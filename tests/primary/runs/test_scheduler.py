@@ -6,6 +6,7 @@ import time
 
 import pytest
 from fleet import init_primary
+from pgcluster import both_engines
 
 from agent import __version__
 from primary.config import PrimaryConfig
@@ -13,10 +14,12 @@ from primary.context import open_primary
 from primary.pipelines.pipelines import save_pipeline
 from primary.runs import runs, scheduler
 
+pytestmark = both_engines
+
 
 @pytest.fixture
-def primary(tmp_path):
-    data_dir = init_primary(tmp_path).data_dir
+def primary(tmp_path, store_url):
+    data_dir = init_primary(tmp_path, store=store_url).data_dir
     p = open_primary(PrimaryConfig(data_dir=data_dir, primary_worker_slots=0))
     save_pipeline(p, "name: gpu\ntags: [gpu]\njobs:\n  - name: w\n    steps: ['true']\n")
     save_pipeline(p, "name: plain\njobs:\n  - name: w\n    steps: ['true']\n")
