@@ -5,15 +5,17 @@
 
 For each N, a fresh primary; N agents registered over HTTPS the way `cifleet-agent register`
 does it (agent.registration.register: a key and CSR each, so each has its own certificate),
-then all started at once. The agents are real `agent.worker.Agent` loops, many per bench
+then all started at once. The agents are real `agent.worker.Agent` loops, up to 1,000 per
 process, each in its own threads with its own certificate and its own TLS connections: a
-process per agent would take ~30 MB each, which a 1,000-agent fleet on one machine cannot
-spare.
+process per agent would take ~30 MB each, which a 10,000-agent fleet on one machine cannot
+spare, and one process cannot do the TLS of thousands of agents at once.
 
 Figures per N: seconds from starting the agents until the primary lists all N as active
 (each has polled); then, after `--settle` seconds, the primary's CPU (% of one core) and RSS
 over `--window` seconds, with no other requests than the agents' polls. The bench process's
 own CPU is shown too: on a 2-core machine it competes with the primary for the cores.
+All agents connect from 127.0.0.1, so the primary is started with
+`--handshakes-per-address N` (in a real fleet each agent has its own address).
 
 An idle agent costs the primary one poll per hold time, and the hold is half the heartbeat
 timeout (at most 30 s): `--heartbeat-timeout` shows what a longer or shorter hold costs.
@@ -22,15 +24,19 @@ timeout (at most 30 s): `--heartbeat-timeout` shows what a longer or shorter hol
 import argparse
 import json
 import logging
+import multiprocessing
+import sys
 import threading
 import time
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
+import psutil
 from common import Sampler, bench_dir, init_primary, wait_for
 
 from agent.registration import register
 from agent.worker import Agent
+from primary.cli.client import AdminClient
 
 
 def register_fleet(primary, root: Path, count: int) -> list[Path]:
@@ -46,8 +52,36 @@ def register_fleet(primary, root: Path, count: int) -> list[Path]:
         return list(pool.map(one, range(count)))
 
 
-def count_active(primary) -> int:
-    return sum(w["state"] == "active" for w in primary.workers())
+def count_active(client: AdminClient) -> int:
+    return sum(w["state"] == "active" for w in client.json("GET", "/api/v1/workers")["workers"])
+
+
+def admin_latency(client: AdminClient, samples: list[float]) -> int:
+    """count_active, timing the admin request into `samples` (seconds)."""
+    started = time.monotonic()
+    active = count_active(client)
+    samples.append(time.monotonic() - started)
+    return active
+
+
+AGENTS_PER_PROCESS = 1000
+
+
+def run_agents(homes: list[Path], stop) -> None:
+    """In a process of its own: run the agents of `homes` until `stop` (a process event)."""
+    threading.stack_size(256 << 10)  # two threads per agent: its loop and its poll
+    agents_stop = threading.Event()
+    threads = [threading.Thread(target=Agent(home, agents_stop).run, daemon=True) for home in homes]
+    for thread in threads:
+        thread.start()
+    stop.wait()
+    agents_stop.set()
+    for thread in threads:
+        thread.join(10)
+
+
+def agents_cpu(processes) -> float:
+    return sum(sum(psutil.Process(p.pid).cpu_times()[:2]) for p in processes if p.is_alive())
 
 
 def bench_fleet(
@@ -56,32 +90,47 @@ def bench_fleet(
     work = root / f"fleet-{count}"
     work.mkdir()
     serve_args = ["--heartbeat-timeout", str(heartbeat)] if heartbeat else []
+    # Every simulated agent connects from 127.0.0.1; in a fleet each has its own address, and
+    # at most a few handshakes in progress. Let them all handshake at once, as they would.
+    serve_args += ["--handshakes-per-address", str(max(count, 32))]
     primary = init_primary(work, "--primary-worker-slots", "0", *serve_args)
     primary.start()
-    stop = threading.Event()
-    threads: list[threading.Thread] = []
+    stop = multiprocessing.get_context("fork").Event()
+    processes: list = []
     try:
         started = time.monotonic()
         homes = register_fleet(primary, work, count)
         registered = time.monotonic() - started
         idle = Sampler(primary.proc.pid).measure(min(window, 5))
-        agents = [Agent(home, stop) for home in homes]
         started = time.monotonic()
-        for agent in agents:
-            thread = threading.Thread(target=agent.run, daemon=True)
-            thread.start()
-            threads.append(thread)
-        wait_for(lambda: count_active(primary) == count, 300, "every agent to poll", 0.25)
+        # Agents share processes (a process per agent would take ~30 MB each), AGENTS_PER_PROCESS
+        # each: one Python process cannot do the TLS of thousands of agents at once.
+        fork = multiprocessing.get_context("fork")
+        for first in range(0, count, AGENTS_PER_PROCESS):
+            share = homes[first : first + AGENTS_PER_PROCESS]
+            process = fork.Process(target=run_agents, args=(share, stop), daemon=True)
+            process.start()
+            processes.append(process)
+        # The admin API while the fleet connects: how long listing the workers takes.
+        client = AdminClient(primary.url, primary.ca_file, primary.token, timeout=300)
+        connecting: list[float] = []
+        wait_for(
+            lambda: admin_latency(client, connecting) == count, 900, "every agent to poll", 0.25
+        )
         connected = time.monotonic() - started
+        idle_admin: list[float] = []
+        admin_latency(client, idle_admin)
         time.sleep(settle)
-        bench_cpu = time.process_time()
+        bench_cpu = agents_cpu(processes)
         figures = Sampler(primary.proc.pid).measure(window)
-        bench_cpu = time.process_time() - bench_cpu
-        still_active = count_active(primary)
+        bench_cpu = agents_cpu(processes) - bench_cpu
+        still_active = admin_latency(client, idle_admin)
     finally:
         stop.set()
-        for thread in threads:
-            thread.join(10)
+        for process in processes:
+            process.join(30)
+            if process.is_alive():
+                process.kill()
         primary.close()
     return {
         "agents": count,
@@ -91,7 +140,9 @@ def bench_fleet(
         "primary": figures,
         "primary_before_agents": idle,
         "active_after_window": still_active,
-        "bench_process_cpu_percent": round(100 * bench_cpu / figures["seconds"], 1),
+        "admin_list_workers_seconds_while_connecting_max": round(max(connecting), 2),
+        "admin_list_workers_seconds_idle": round(max(idle_admin), 2),
+        "agent_processes_cpu_percent": round(100 * bench_cpu / figures["seconds"], 1),
     }
 
 
@@ -102,7 +153,11 @@ def bench_idle_fleet(
     settle: float = 5,
     heartbeat: float | None = None,
 ) -> list[dict]:
-    return [bench_fleet(root, n, window, settle, heartbeat) for n in sizes]
+    results = []
+    for n in sizes:
+        results.append(bench_fleet(root, n, window, settle, heartbeat))
+        print(json.dumps(results[-1]), file=sys.stderr, flush=True)  # kept if a later size fails
+    return results
 
 
 def main() -> None:

@@ -20,7 +20,7 @@ from primary.api.auth import KnownRoles
 from primary.api.long_poll import PollGate
 from primary.api.parse import Int64Converter, check_request_text
 from primary.api.ratelimit import FailureLimiter
-from primary.config import AGENT_THREADS_RESERVED, PrimaryConfig
+from primary.config import PrimaryConfig
 from primary.context import Primary, open_primary
 from primary.errors import ApiError
 from primary.metrics import metrics_of
@@ -81,9 +81,7 @@ def create_agent_app(primary: Primary, stop: threading.Event | None = None) -> F
     """The agent-port app (served only behind a TLS listener that requires client certs).
     `stop` ends held polls early when the primary shuts down."""
     app = _base_app(primary, "cifleet.agent")
-    app.extensions["cifleet.poll_gate"] = PollGate(
-        primary.config.agent_threads - AGENT_THREADS_RESERVED
-    )
+    app.extensions["cifleet.poll_gate"] = PollGate(primary.config.max_held_polls)
     app.extensions["cifleet.stop"] = stop or threading.Event()
     metrics_of(primary)
     app.register_blueprint(agent_views.bp)

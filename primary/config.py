@@ -27,22 +27,17 @@ class PrimaryConfig:
     cert_switch_over: float = 60.0
     # Where the built-in worker's job workspaces go (None: see builtin_worker.work_dir).
     builtin_work_dir: Path | None = None
-    # Threads of each listener. Every agent waiting in a long poll holds one agent-port thread;
-    # the agent listener starts with agent_threads and grows as held polls need them, up to
-    # max_agent_threads; polls beyond (max_agent_threads - AGENT_THREADS_RESERVED) are
-    # answered at once and told when to poll again.
+    # Threads each port runs its Flask app in (primary/server/). A held long poll waits on the
+    # event loop, in no thread; past max_held_polls held at once, a poll is answered at once
+    # and told when to poll again.
     public_threads: int = 16
     # Web UI live logs (primary/ui/log_stream.py): each open stream holds a public-port
     # thread, so at most log_streams are open (keep it well below public_threads) and each
     # ends after log_stream_seconds (the browser reconnects and resumes where it stopped).
     log_streams: int = 8
     log_stream_seconds: float = 25.0
-    agent_threads: int = 128
-    max_agent_threads: int = 2048
-    # Idle keep-alive connections each listener keeps open. cheroot's default is 10, past
-    # which every connection is closed after its response and the next request pays a
-    # TLS handshake: a fleet needs room for a poll and a few report connections per agent.
-    keepalive_connections: int = 4096
+    agent_threads: int = 64
+    max_held_polls: int = 16384
     primary_worker_slots: int = 1
     # Failed registrations (wrong secret, bad request) allowed per source address and window.
     registration_failures: int = 10
@@ -70,6 +65,3 @@ class PrimaryConfig:
         from agent.fence import busy_poll_hold
 
         return min(self.poll_hold_seconds, busy_poll_hold(self.heartbeat_timeout))
-
-
-AGENT_THREADS_RESERVED = 8

@@ -1,5 +1,6 @@
 """The primary's subsystems, opened once per process and shared by both listeners."""
 
+import asyncio
 import contextlib
 import threading
 from collections.abc import Callable
@@ -15,31 +16,94 @@ from primary.store.engines import open_store
 from primary.store.logs import ClosedAttempt, LogStore
 
 
-class Waiters:
-    """Wakes a worker's held long poll when there is something for it."""
+class Waiter:
+    """One worker's wake-up flag: set from any thread; waited on by a thread (`wait`) or on
+    an event loop (`wait_async`, which costs a future and a timer, no thread)."""
 
     def __init__(self) -> None:
-        self._events: dict[str, threading.Event] = {}
+        self._lock = threading.Lock()
+        self._set = False
+        self._event = threading.Event()
+        self._futures: list[tuple[asyncio.AbstractEventLoop, asyncio.Future]] = []
+
+    def clear(self) -> None:
+        with self._lock:
+            self._set = False
+            self._event.clear()
+
+    def is_set(self) -> bool:
+        return self._set
+
+    def set(self) -> None:
+        with self._lock:
+            self._set = True
+            self._event.set()
+            futures, self._futures = self._futures, []
+        for loop, future in futures:
+            with contextlib.suppress(RuntimeError):  # that loop has closed: nobody waits
+                loop.call_soon_threadsafe(_resolve, future)
+
+    def wait(self, timeout: float) -> bool:
+        """Block this thread until set or `timeout` seconds; whether it was set."""
+        return self._event.wait(timeout)
+
+    async def wait_async(self, timeout: float) -> bool:
+        """Wait on the running loop until set or `timeout` seconds; whether it was set."""
+        loop = asyncio.get_running_loop()
+        future = loop.create_future()
+        with self._lock:
+            if self._set:
+                return True
+            self._futures.append((loop, future))
+        timer = loop.call_later(timeout, _resolve, future)
+        try:
+            await future
+        finally:
+            timer.cancel()
+            with self._lock, contextlib.suppress(ValueError):
+                self._futures.remove((loop, future))
+        return self._set
+
+
+def _resolve(future: asyncio.Future) -> None:
+    if not future.done():
+        future.set_result(None)
+
+
+class Waiters:
+    """Wakes a worker's held long poll when there is something for it.
+
+    `wake(worker_id)`, `wake_many(ids)` and `wake_all()` may be called from any thread (a
+    service, the sweeper, a notification listener of another primary)."""
+
+    def __init__(self) -> None:
+        self._waiters: dict[str, Waiter] = {}
         self._lock = threading.Lock()
 
-    def arm(self, worker_id: str) -> threading.Event:
-        """Call before looking for work, then wait on the event: a wake in between is kept."""
+    def arm(self, worker_id: str) -> Waiter:
+        """Call before looking for work, then wait on it: a wake in between is kept."""
         with self._lock:
-            event = self._events.setdefault(worker_id, threading.Event())
-            event.clear()
-            return event
+            waiter = self._waiters.get(worker_id)
+            if waiter is None:
+                waiter = self._waiters[worker_id] = Waiter()
+        waiter.clear()
+        return waiter
 
     def wake_all(self) -> None:
         with self._lock:
-            events = list(self._events.values())
-        for event in events:
-            event.set()
+            waiters = list(self._waiters.values())
+        for waiter in waiters:
+            waiter.set()
+
+    def wake_many(self, worker_ids) -> None:
+        with self._lock:
+            waiters = [self._waiters.get(w) for w in worker_ids]
+        for waiter in waiters:
+            if waiter is not None:
+                waiter.set()
 
     def wake(self, worker_id: str) -> None:
-        with self._lock:
-            event = self._events.get(worker_id)
-        if event is not None:
-            event.set()
+        self.wake_many((worker_id,))
 
 
 @dataclass

@@ -13,6 +13,7 @@ from primary.fleet import credentials, workers
 from primary.metrics import metrics_of
 from primary.pipelines import static_files
 from primary.runs import dispatch
+from primary.server import deferral
 
 bp = Blueprint("agent", __name__, url_prefix="/agent/v1")
 
@@ -28,11 +29,19 @@ def _attempt(body: dict) -> int:
 @require_worker
 def poll():
     ext = current_app.extensions
-    return jsonify(
-        long_poll.poll(
-            primary_of_app(), ext["cifleet.poll_gate"], g.worker, json_body(), ext["cifleet.stop"]
-        )
+    defer = request.environ.get(deferral.ENVIRON_KEY)
+    outcome = long_poll.poll(
+        primary_of_app(),
+        ext["cifleet.poll_gate"],
+        g.worker,
+        json_body(),
+        ext["cifleet.stop"],
+        deferrable=defer is not None,
     )
+    if isinstance(outcome, long_poll.HeldPoll):
+        defer(outcome)  # the server waits for the wake-up on its loop and answers then
+        return Response(status=204)
+    return jsonify(outcome)
 
 
 @bp.post("/runs/<int:run_id>/start")

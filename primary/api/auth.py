@@ -82,8 +82,9 @@ def require_role(*roles: str, while_store_down: bool = False) -> Callable:
 
 
 def require_worker(view: Callable) -> Callable:
-    """The worker behind the verified client certificate. The TLS layer (cheroot) verified
-    the chain against the fleet CA and put the subject and serial into the WSGI environ."""
+    """The worker behind the verified client certificate. The TLS layer (primary/server/)
+    verified the chain against the fleet CA and put the subject and serial into the WSGI
+    environ."""
 
     @functools.wraps(view)
     def wrapped(*args, **kwargs):

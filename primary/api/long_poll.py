@@ -1,8 +1,10 @@
 """The agent's long poll: heartbeat, lease renewal, and the answer (assignments, cancels,
 workspaces to delete, slots), held until there is something to say.
 
-Held polls wait on the worker's event in `Primary.waiters`, armed before the primary looks
-for work, so a wake in between is never lost.
+Held polls wait on the worker's waiter in `Primary.waiters`, armed before the primary looks
+for work, so a wake in between is never lost. On the agent port they wait on the server's
+event loop (HeldPoll), in no thread; `Primary.waiters.wake(worker_id)`, `.wake_many(ids)`
+and `.wake_all()` end them from any thread.
 """
 
 import json
@@ -220,7 +222,58 @@ class PollGate:
             self._held -= 1
 
 
-def poll(primary: Primary, gate: PollGate, worker: dict, body: dict, stop: threading.Event) -> dict:
+class HeldPoll:
+    """A poll that waits for its worker's wake-up on the server's event loop, not in a
+    thread: the server awaits `waiter.wait_async(seconds)`, then calls `finish()` in a
+    service thread for the answer. Made by `poll(..., deferrable=True)`."""
+
+    def __init__(
+        self,
+        primary: Primary,
+        gate: PollGate,
+        worker: dict,
+        held,
+        body: dict,
+        waiter,
+        seconds: float,
+        stop: threading.Event,
+    ) -> None:
+        self._primary = primary
+        self._gate = gate
+        self._worker = worker
+        self._held = held
+        self._body = body
+        self._stop = stop
+        self.waiter = waiter
+        self.seconds = seconds
+        self._holding = metrics_of(primary).poll_held()
+        self._holding.__enter__()
+        self._done = False
+
+    def finish(self) -> dict:
+        """The answer once woken or after `seconds` (also when the client has gone, so the
+        hold is counted and released exactly once)."""
+        self.release()
+        answer = _answer(self._primary, self._worker, self._held, self._body)
+        return answer
+
+    def release(self) -> None:
+        if not self._done:
+            self._done = True
+            self._holding.__exit__(None, None, None)
+            self._gate.release()
+
+
+def poll(
+    primary: Primary,
+    gate: PollGate,
+    worker: dict,
+    body: dict,
+    stop: threading.Event,
+    deferrable: bool = False,
+) -> dict | HeldPoll:
+    """The poll's answer; or, with `deferrable` and nothing to say yet, a HeldPoll for the
+    server to wait on (without it, the wait blocks this thread)."""
     now = time.time()
     _touch(primary, worker, body, now)
     held = _listed_runs(body)
@@ -229,7 +282,7 @@ def poll(primary: Primary, gate: PollGate, worker: dict, body: dict, stop: threa
         leases.adopt_session(primary, worker, session, held, now)
     _renew_leases(primary, worker, held, now)
     leases.abandon_runs(primary, worker, _listed_runs(body, "abandoned"), now)
-    event = primary.waiters.arm(worker["id"])
+    waiter = primary.waiters.arm(worker["id"])
     plan(primary)  # a worker back from inactive, or with a free slot, may take queued runs
     answer = _answer(primary, worker, held, body)
     if answer["assignments"] or answer["cancel"] or not body.get("wait") or stop.is_set():
@@ -238,12 +291,14 @@ def poll(primary: Primary, gate: PollGate, worker: dict, body: dict, stop: threa
     hold = primary.config.busy_poll_hold_seconds if held else primary.config.poll_hold_seconds
     metrics = metrics_of(primary)
     if not gate.try_hold():
-        # No thread to hold it on: the agent waits as long as a held poll would have.
+        # No room to hold it: the agent waits as long as a held poll would have.
         metrics.poll_deferred()
         return {**answer, "poll_after": hold}
+    if deferrable:
+        return HeldPoll(primary, gate, worker, held, body, waiter, hold, stop)
     try:
         with metrics.poll_held():
-            event.wait(hold)
+            waiter.wait(hold)
     finally:
         gate.release()
     if stop.is_set():

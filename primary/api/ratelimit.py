@@ -2,32 +2,16 @@
 
 Registration is the one endpoint an anonymous caller can hammer with guesses of the worker
 secret; after `limit` failures within `window` seconds a source is refused (429) until the
-oldest failure ages out. A source is an IPv4 address or an IPv6 /64 (one customer's
-allocation: an address per guess would be free to have). Sources whose failures all aged
-out are forgotten, so a scan from many addresses cannot grow the table without bound.
+oldest failure ages out. A source is an IPv4 address or an IPv6 /64
+(`primary.server.bounds.source_key`: an address per guess would be free to have). Sources
+whose failures all aged out are forgotten, so a scan from many addresses cannot grow the
+table without bound.
 """
 
-import ipaddress
 import threading
 import time
 from collections import deque
 from collections.abc import Callable
-
-IPV6_PREFIX = 64
-
-
-def source_key(address: str) -> str:
-    """The key failures are counted under: the IPv4 address (also when mapped into IPv6),
-    or the /64 an IPv6 address is in; anything unparsable as itself."""
-    try:
-        ip = ipaddress.ip_address(address.split("%")[0])
-    except ValueError:
-        return address
-    if ip.version == 6 and ip.ipv4_mapped is not None:
-        return str(ip.ipv4_mapped)
-    if ip.version == 6:
-        return str(ipaddress.ip_network(f"{ip}/{IPV6_PREFIX}", strict=False))
-    return str(ip)
 
 
 class FailureLimiter:

@@ -7,9 +7,9 @@ from flask import Blueprint, current_app, jsonify, request
 from agent.protocol import REGISTER_PATH
 from primary.api.auth import primary_of_app
 from primary.api.parse import json_body
-from primary.api.ratelimit import source_key
 from primary.errors import ApiError
 from primary.fleet import registration
+from primary.server.bounds import source_key
 
 bp = Blueprint("register", __name__)
 

@@ -1,6 +1,7 @@
 """`cifleet-primary`: init, serve, secret show|rotate, stop, demo."""
 
 import argparse
+import dataclasses
 import logging
 import os
 import signal
@@ -15,6 +16,7 @@ from primary.cli.listeners import ListenError
 from primary.config import PrimaryConfig
 from primary.errors import ApiError
 from primary.fleet.initdir import InitError, initialise
+from primary.server.bounds import FLAG_HELP, ServerBounds
 from primary.store.engines import has_password
 from primary.store.vault import VaultError
 
@@ -86,12 +88,17 @@ def build_parser() -> argparse.ArgumentParser:
         default=1,
         help="slots of the built-in worker; 0 turns it off",
     )
-    p.add_argument("--agent-threads", type=int, default=128)
     p.add_argument(
-        "--max-agent-threads",
+        "--agent-threads",
         type=int,
-        default=2048,
-        help="the agent listener grows to this many threads, one per agent in a long poll",
+        default=64,
+        help="threads the agent port's requests run in (a held long poll takes none)",
+    )
+    p.add_argument(
+        "--max-held-polls",
+        type=int,
+        default=16384,
+        help="long polls held at once; past it a poll is answered with poll_after",
     )
     p.add_argument("--public-threads", type=int, default=16)
     p.add_argument(
@@ -120,6 +127,13 @@ def build_parser() -> argparse.ArgumentParser:
         help="seconds a worker's superseded certificate is still accepted after a renewal;"
         " used later, the worker's credentials are in conflict (a copied key)",
     )
+    for bound in dataclasses.fields(ServerBounds):
+        p.add_argument(
+            "--" + bound.name.replace("_", "-"),
+            type=type(bound.default),
+            default=bound.default,
+            help=f"{FLAG_HELP[bound.name]} (default %(default)s)",
+        )
     p.add_argument(
         "--builtin-work-dir",
         type=Path,
@@ -242,7 +256,7 @@ def cmd_serve(args) -> int:
         home_busy_wait=args.home_busy_wait,
         primary_worker_slots=args.primary_worker_slots,
         agent_threads=args.agent_threads,
-        max_agent_threads=args.max_agent_threads,
+        max_held_polls=args.max_held_polls,
         public_threads=args.public_threads,
         log_streams=args.log_streams,
         log_stream_seconds=args.log_stream_seconds,
@@ -251,7 +265,10 @@ def cmd_serve(args) -> int:
         cert_switch_over=args.cert_switch_over,
         builtin_work_dir=args.builtin_work_dir.absolute() if args.builtin_work_dir else None,
     )
-    return serve(config)
+    bounds = ServerBounds(
+        **{b.name: getattr(args, b.name) for b in dataclasses.fields(ServerBounds)}
+    )
+    return serve(config, bounds)
 
 
 def cmd_secret(args) -> int:

@@ -5,10 +5,10 @@ use ends serve before anything has started; then the store, the servers on those
 the sweeper and the built-in worker. DATA/serve.json says where it serves (its pid and both
 ports, which matter with port 0) once both listeners serve.
 
-Threads: each listener is a cheroot server with a pool of threads (public_threads; the
-agent listener starts with agent_threads and grows to max_agent_threads). A held long poll
-occupies one agent-port thread; idle keep-alive connections wait in cheroot's selector, not
-on a thread. Signal handlers only set the stop event; the main thread does the shutdown.
+Threads: both ports are served on one asyncio event loop in one thread (primary/server/),
+each with its own pool of threads for the Flask apps (public_threads, agent_threads). Idle
+connections, TLS handshakes and held long polls cost no thread. Signal handlers only set
+the stop event; the main thread does the shutdown.
 """
 
 import dataclasses
@@ -19,114 +19,49 @@ import signal
 import ssl
 import tempfile
 import threading
-from pathlib import Path
-
-from cheroot import wsgi
-from cheroot.ssl.builtin import BuiltinSSLAdapter
 
 from agent.home import write_atomic
 from primary.app import create_agent_app, create_app
-from primary.cli.listeners import Listener, bind_listeners
+from primary.cli.listeners import bind_listeners
 from primary.config import PrimaryConfig
 from primary.context import Primary, open_primary
 from primary.fleet.builtin_worker import local_api_url, start_builtin_worker
+from primary.metrics import metrics_of
 from primary.runs import leases
 from primary.runs.scheduler import plan
+from primary.server.bounds import ServerBounds
+from primary.server.loop import PortSpec, Servers
 
 log = logging.getLogger("cifleet.primary")
 SWEEP_INTERVAL = 1.0
-# cheroot's socket timeout for accepted connections: bounds a TLS handshake and the wait for
-# a request on an idle keep-alive connection.
-SOCKET_TIMEOUT = 20
-# Connections waiting to be accepted on the agent port: a whole fleet reconnects at once
-# after a primary restart, and a full backlog makes each agent wait out a SYN retry.
+# Connections waiting to be accepted: a whole fleet reconnects at once after a primary
+# restart, and a full backlog makes each agent wait out a SYN retry. Accepting is cheap
+# (admission and handshakes happen after it), so the public port gets a real backlog too.
 AGENT_LISTEN_BACKLOG = 1024
-PUBLIC_LISTEN_BACKLOG = 5  # cheroot's default
+PUBLIC_LISTEN_BACKLOG = 128
 
 
-class BoundServer(wsgi.Server):
-    """A cheroot server on a socket bound and listening before it was made: serve binds its
-    ports itself, first (primary/cli/listeners.py), and cheroot's prepare() takes that
-    socket where it would bind one."""
-
-    def __init__(self, listener: Listener, app, **kwargs) -> None:
-        super().__init__(listener.sock.getsockname()[:2], app, **kwargs)
-        self._listener = listener
-
-    def bind(self, family, kind, proto=0):
-        # prepare() calls this for the address it resolved from bind_addr (the socket's own).
-        self.socket = self._listener.sock
-        return self.socket
-
-
-class AgentPool:
-    """The agent listener's threads, grown on demand up to `max_agent_threads`: a held long
-    poll occupies one, and an idle thread costs little memory (docs/design.md) and no CPU, so a
-    thread per connected agent is cheaper than making agents poll again and again."""
-
-    def __init__(self, server: wsgi.Server, size: int, maximum: int):
-        self._server = server
-        self.size = size
-        self._maximum = maximum
-
-    def grow(self) -> int:
-        """Double the pool (at most to the maximum); return how many threads were added.
-        Doubling: a fleet connecting at once waits for a few growth steps, not dozens."""
-        added = min(self.size, self._maximum - self.size)
-        if added <= 0:
-            return 0
-        self._server.requests.grow(added)
-        self.size += added
-        log.info("agent listener: %d threads (held polls took them all)", self.size)
-        return added
-
-
-def _ssl_adapter(primary: Primary, key_file: Path, require_client_cert: bool) -> BuiltinSSLAdapter:
-    chain = str(primary.data.ca_cert) if require_client_cert else None
-    adapter = BuiltinSSLAdapter(str(primary.data.server_cert), str(key_file), chain)
-    adapter.context.minimum_version = ssl.TLSVersion.TLSv1_2
-    if require_client_cert:
-        adapter.context.verify_mode = ssl.CERT_REQUIRED
-    return adapter
-
-
-def build_servers(
-    primary: Primary, stop: threading.Event, public_listener: Listener, agent_listener: Listener
-) -> tuple[wsgi.Server, wsgi.Server]:
-    config = primary.config
-    public = BoundServer(
-        public_listener,
-        create_app(primary, stop),
-        numthreads=config.public_threads,
-        server_name="cifleet",
-        timeout=SOCKET_TIMEOUT,
-        request_queue_size=PUBLIC_LISTEN_BACKLOG,
-    )
-    agent_app = create_agent_app(primary, stop)
-    agent = BoundServer(
-        agent_listener,
-        agent_app,
-        numthreads=config.agent_threads,
-        max=max(config.max_agent_threads, config.agent_threads),
-        server_name="cifleet",
-        timeout=SOCKET_TIMEOUT,
-        request_queue_size=AGENT_LISTEN_BACKLOG,
-    )
-    pool = AgentPool(agent, config.agent_threads, config.max_agent_threads)
-    agent_app.extensions["cifleet.poll_gate"].grow = pool.grow
-    public.keep_alive_conn_limit = config.keepalive_connections
-    agent.keep_alive_conn_limit = config.keepalive_connections
+def tls_contexts(primary: Primary) -> tuple[ssl.SSLContext, ssl.SSLContext]:
+    """(public, agent): the server certificate on both; the agent port requires a client
+    certificate signed by the fleet CA."""
     # The server key lives in the vault; ssl can only load it from a file, so it exists on
     # disk (0600, in the 0700 data dir) only while the contexts are built.
     fd, key_path = tempfile.mkstemp(dir=primary.data.root, prefix=".server-key-")
     try:
         with os.fdopen(fd, "w") as f:
             f.write(primary.vault.get("server_key"))
-        public.ssl_adapter = _ssl_adapter(primary, Path(key_path), require_client_cert=False)
-        agent.ssl_adapter = _ssl_adapter(primary, Path(key_path), require_client_cert=True)
+        contexts = []
+        for require_client_cert in (False, True):
+            context = ssl.SSLContext(ssl.PROTOCOL_TLS_SERVER)
+            context.minimum_version = ssl.TLSVersion.TLSv1_2
+            context.load_cert_chain(str(primary.data.server_cert), key_path)
+            if require_client_cert:
+                context.load_verify_locations(str(primary.data.ca_cert))
+                context.verify_mode = ssl.CERT_REQUIRED
+            contexts.append(context)
     finally:
         os.unlink(key_path)
-    return public, agent
+    return contexts[0], contexts[1]
 
 
 def _sweep_leases(primary: Primary, stop: threading.Event) -> None:
@@ -140,9 +75,10 @@ def _sweep_leases(primary: Primary, stop: threading.Event) -> None:
             log.exception("lease sweep failed")
 
 
-def serve(config: PrimaryConfig) -> int:
+def serve(config: PrimaryConfig, bounds: ServerBounds | None = None) -> int:
     """Serve until SIGTERM or SIGINT. Raises ListenError, before anything has started, when
-    a port cannot be bound."""
+    a port cannot be bound. `bounds`: what one client may take of each port."""
+    bounds = bounds or ServerBounds()
     public_listener, agent_listener = bind_listeners(
         config.bind,
         config.api_port,
@@ -158,26 +94,31 @@ def serve(config: PrimaryConfig) -> int:
     stop = threading.Event()
     worker_stop = threading.Event()
     builtin = None
-    servers: list[wsgi.Server] = []
+    servers: Servers | None = None
     announced = False
     try:
         primary = open_primary(config)
         leases.grace_after_restart(primary)
-        public, agent = build_servers(primary, stop, public_listener, agent_listener)
-        for server in (agent, public):  # stopped in this order
-            server.prepare()
-            servers.append(server)
-        threads = [
-            threading.Thread(target=public.serve, name="public-listener", daemon=True),
-            threading.Thread(target=agent.serve, name="agent-listener", daemon=True),
-            threading.Thread(
-                target=_sweep_leases, args=(primary, stop), name="lease-sweeper", daemon=True
+        public_context, agent_context = tls_contexts(primary)
+        agent_app = create_agent_app(primary, stop)
+        servers = Servers(
+            public=PortSpec(
+                public_listener.sock,
+                public_context,
+                create_app(primary, stop),
+                config.public_threads,
             ),
-        ]
-        for thread in threads:
-            thread.start()
-        # GET /readyz: each listener serves while its thread runs (a crash ends it).
-        primary.listeners.update(public=threads[0].is_alive, agent=threads[1].is_alive)
+            agent=PortSpec(agent_listener.sock, agent_context, agent_app, config.agent_threads),
+            bounds=bounds,
+            metrics=metrics_of(primary),
+        )
+        servers.start()
+        # GET /readyz: each listener serves while it accepts connections.
+        primary.listeners.update(public=servers.serving("public"), agent=servers.serving("agent"))
+        sweeper = threading.Thread(
+            target=_sweep_leases, args=(primary, stop), name="lease-sweeper", daemon=True
+        )
+        sweeper.start()
 
         def on_signal(signum, frame):
             stop.set()
@@ -200,21 +141,20 @@ def serve(config: PrimaryConfig) -> int:
         while not stop.wait(1.0):
             pass
     finally:
-        # Also after a failed start: cheroot's worker threads would keep the process up.
-        if servers:
+        if servers is not None:
             log.info("stopping")
+            stop.set()
             worker_stop.set()
             primary.waiters.wake_all()  # release held polls now, not after their hold time
             if builtin is not None:
                 builtin.join(timeout=15)
-            for server in servers:
-                server.stop()
+            servers.stop()
         if announced:
             primary.data.pidfile.unlink(missing_ok=True)
             primary.data.serve_info.unlink(missing_ok=True)
         public_listener.close()
         agent_listener.close()
-        if servers:
+        if servers is not None:
             log.info("stopped")
     return 0
 

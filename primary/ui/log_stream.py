@@ -111,7 +111,7 @@ def follow(
     """The events of one stream: the run's state whenever it changed, its log from `offset`
     as it grows, and `end` once the run is final and all of its log was sent. Ends after
     `seconds` (the browser then reconnects from the last id), or within WAKE_TIMEOUT of
-    `stop` (the primary shuts down: cheroot waits for its threads)."""
+    `stop` (the primary shuts down: the server waits for its requests)."""
     deadline = time.monotonic() + seconds
     yield f"retry: {RETRY_MS}\n\n".encode()
     sent_state = None

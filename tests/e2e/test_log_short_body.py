@@ -65,10 +65,10 @@ def test_a_stalled_log_chunk_holds_up_no_resend_and_its_timeout_is_a_short_body(
     assert worker.call("POST", log, data[: 2 * WRITE_PIECE]) == (200, {"size": 2 * WRITE_PIECE})
     assert _nothing_answered(stalled)
 
-    # The stalled sender never sends the rest: when its socket times out (serve.py
-    # SOCKET_TIMEOUT, 20 s) the read fails, and that is a short body too, not an unhandled
-    # error. (cheroot then closes the connection without an answer: it cannot drain the
-    # body it was promised.)
+    # The stalled sender never sends the rest: when its body deadline passes (serve's
+    # --body-timeout, 20 s, and 1 s per --body-min-rate bytes) the read fails, and that is a
+    # short body too, not an unhandled error. The connection then closes: the body it was
+    # promised cannot be drained.
     stalled.settimeout(90)
     stalled.makefile("rb").read()
     stalled.close()
@@ -76,7 +76,8 @@ def test_a_stalled_log_chunk_holds_up_no_resend_and_its_timeout_is_a_short_body(
     primary_log = primary.log_path.read_text()
     assert (
         f"a log chunk of run {run_id} attempt 1 job j (offset 0) came short: the chunk ended "
-        "524288 bytes before its announced length (The read operation timed out); the log keeps"
+        "524288 bytes before its announced length (the body missed its deadline: 20 s and 1 s per"
+        " 8192 bytes); the log keeps"
         " what came and has 524288 bytes" in primary_log
     ), primary_log
     assert "unhandled error" not in primary_log

@@ -1,5 +1,5 @@
-"""Held long polls and the agent listener's threads: the pool grows while agents need
-threads to wait on, and past its maximum a poll is answered at once with poll_after."""
+"""Held long polls cost no thread: more polls are held at once than the agent port has
+threads, and past --max-held-polls a poll is answered at once with poll_after."""
 
 import http.client
 import json
@@ -8,7 +8,7 @@ import time
 from concurrent.futures import ThreadPoolExecutor
 
 import pytest
-from fleet import AgentPeer, init_primary
+from fleet import AgentPeer, init_primary, wait_for
 
 from agent import __version__
 from agent.registration import register
@@ -18,8 +18,8 @@ HOLD = 5.0  # --heartbeat-timeout 10: polls are held for half of it
 
 @pytest.fixture
 def small_primary(fleet_root, request):
-    """A primary whose agent listener starts with 10 threads (8 of them kept for short
-    requests, so 2 polls can be held) and may grow to the test's maximum."""
+    """A primary whose agent port has 2 threads and holds at most the test's number of
+    polls at once."""
     p = init_primary(
         fleet_root,
         "--heartbeat-timeout",
@@ -27,8 +27,8 @@ def small_primary(fleet_root, request):
         "--primary-worker-slots",
         "0",
         "--agent-threads",
-        "10",
-        "--max-agent-threads",
+        "2",
+        "--max-held-polls",
         str(request.param),
     )
     try:
@@ -71,7 +71,7 @@ def waiting_polls(primary, root, count: int) -> list[tuple[float, dict]]:
         return list(pool.map(poll, homes))
 
 
-@pytest.mark.parametrize("small_primary", [10], indirect=True)
+@pytest.mark.parametrize("small_primary", [2], indirect=True)
 def test_past_the_maximum_a_poll_is_answered_at_once_with_poll_after(small_primary, fleet_root):
     results = waiting_polls(small_primary, fleet_root, 3)
     turned_away = [answer for _, answer in results if "poll_after" in answer]
@@ -81,9 +81,22 @@ def test_past_the_maximum_a_poll_is_answered_at_once_with_poll_after(small_prima
     assert len(held) == 2 and min(held) >= HOLD - 0.5
 
 
-@pytest.mark.parametrize("small_primary", [40], indirect=True)
-def test_the_pool_grows_so_every_poll_is_held(small_primary, fleet_root):
-    results = waiting_polls(small_primary, fleet_root, 6)
+@pytest.mark.parametrize("small_primary", [100], indirect=True)
+def test_held_polls_take_no_thread(small_primary, fleet_root):
+    """Six polls held at once on two threads, and while they are held a report still gets
+    a thread: the held ones wait on the event loop."""
+    with ThreadPoolExecutor(1) as side:
+        held = side.submit(waiting_polls, small_primary, fleet_root, 6)
+        metrics = small_primary.client
+        wait_for(
+            lambda: b"cifleet_polls_held 6.0" in metrics.request("GET", "/metrics")[2],
+            30,
+            "six polls held",
+        )
+        # Both threads free: a poll that does not wait is answered while the six are held.
+        answer = AgentPeer.of_home(small_primary, fleet_root / "w0").answer()
+        assert answer["assignments"] == []
+        assert b"cifleet_polls_held 6.0" in metrics.request("GET", "/metrics")[2]
+        results = held.result(timeout=60)
     assert all("poll_after" not in answer for _, answer in results)
     assert min(took for took, _ in results) >= HOLD - 0.5
-    assert "agent listener: 20 threads" in small_primary.log_path.read_text()

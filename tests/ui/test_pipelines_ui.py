@@ -204,9 +204,9 @@ def test_an_upload_over_the_size_limit_is_refused_and_nothing_is_stored(page, lo
     page.goto("/pipelines/build")
     refused = "file: larger than the limit of 100000 bytes; nothing was stored"
     # Just over (within the form's slack: the whole body is read, then refused), and far
-    # over: refused from its Content-Length, before the body is read. cheroot closes the
-    # connection after a 413 with the rest of the body unread, which resets it, so the
-    # browser shows the page or, when the reset overtakes it, a reset connection.
+    # over: refused from its Content-Length, before the body is read. The server then
+    # reads and discards the rest for a while (aiohttp's lingering close); should it close
+    # the connection with the rest unread, the browser shows a reset connection instead.
     for size, shown in ((100_001, refused), (1_000_000, f"{refused}|ERR_CONNECTION_RESET")):
         page.get_by_label("File to upload").set_input_files(
             files=[

@@ -342,7 +342,7 @@ def test_a_viewer_sees_no_cancel_button_and_their_cancel_is_refused(
 def test_the_primary_shuts_down_cleanly_while_a_page_follows_a_log(
     page, login, primary, start_agent
 ):
-    """An open stream holds a listener thread, which cheroot waits for: the stream ends
+    """An open stream holds a public-port thread, which the server waits for: the stream ends
     when the primary stops, so SIGTERM ends it (not the SIGKILL of fleet's stop, later)."""
     from playwright.sync_api import expect
 

@@ -1,4 +1,5 @@
-from primary.api.ratelimit import FailureLimiter, source_key
+from primary.api.ratelimit import FailureLimiter
+from primary.server.bounds import source_key
 
 
 def test_failures_beyond_the_limit_are_refused_until_they_age_out():

@@ -1,0 +1,356 @@
+"""The public port's WSGI app (Flask: admin API, registration, UI) served from aiohttp.
+
+The app runs in a bounded pool of threads (`--public-threads`), as under any threaded WSGI
+server, but no thread waits for a client's bytes: a body of up to BUFFERED_BODY bytes (every
+JSON, form and pipeline definition) is read on the event loop, against the body deadline,
+before a thread is taken. Only larger bodies (static file uploads) are read from a thread
+while the app runs, and those have a small pool of their own, so slow uploads can hold up
+other uploads but never a page or an API call.
+
+The response goes the other way: each piece the app yields is written on the loop, with
+back-pressure and the same deadline, so a client that stops reading is cut off rather than
+holding a thread for good; a client that leaves ends its response (a live log stream's
+generator is closed) without a traceback.
+
+The environ is PEP 3333's: PATH_INFO holds the path's bytes as sent, one latin-1 character
+each (after percent-decoding), which is what the app's UTF-8 check expects.
+"""
+
+import asyncio
+import concurrent.futures
+import io
+import json
+import logging
+import re
+import sys
+from collections.abc import Callable, Iterable
+from concurrent.futures import ThreadPoolExecutor
+from urllib.parse import unquote_to_bytes
+
+from aiohttp import web
+
+from primary.server import deferral
+from primary.server.body import BodyReader, BodyTimeout
+from primary.server.bounds import Counts, ServerBounds
+from primary.server.connections import peer_worker
+from primary.server.deferral import Deferred
+
+log = logging.getLogger("cifleet.primary")
+BUFFERED_BODY = 1 << 20
+UPLOAD_THREADS = 4
+# Hop-by-hop headers are the server's to set (PEP 3333), whatever the app says.
+HOP_BY_HOP = frozenset({"connection", "keep-alive", "transfer-encoding", "upgrade"})
+
+WSGIApp = Callable[[dict, Callable], Iterable[bytes]]
+
+
+class _ThreadBody(io.RawIOBase):
+    """wsgi.input for a body read while the app runs: each read waits for the loop."""
+
+    def __init__(self, read: Callable[[int], bytes]) -> None:
+        self._read = read
+
+    def readable(self) -> bool:
+        return True
+
+    def readinto(self, buffer) -> int:
+        data = self._read(len(buffer))
+        buffer[: len(data)] = data
+        return len(data)
+
+
+class _Responder:
+    """start_response and the writes of one response, called from the app's thread; the
+    writing itself happens on the loop."""
+
+    def __init__(self, request: web.BaseRequest, bounds: ServerBounds) -> None:
+        self._request = request
+        self._bounds = bounds
+        self._loop = asyncio.get_running_loop()
+        self._status = 500
+        self._reason = ""
+        self._headers: list[tuple[str, str]] = []
+        self.response: web.StreamResponse | None = None
+        self.finished = False
+
+    def start_response(self, status: str, headers: list, exc_info=None) -> Callable:
+        if exc_info is not None and self.response is not None:
+            raise exc_info[1].with_traceback(exc_info[2])
+        code, _, reason = status.partition(" ")
+        self._status, self._reason = int(code), reason
+        self._headers = [(k, v) for k, v in headers if k.lower() not in HOP_BY_HOP]
+        return self.write
+
+    def write(self, data: bytes) -> None:
+        self._on_loop(self._write(data))
+
+    def finish(self) -> None:
+        self._on_loop(self._finish())
+
+    def _on_loop(self, coro) -> None:
+        future = asyncio.run_coroutine_threadsafe(coro, self._loop)
+        try:
+            future.result()
+        except concurrent.futures.CancelledError:  # the primary is stopping
+            raise ConnectionAbortedError("the primary is stopping") from None
+
+    async def _prepare(self) -> web.StreamResponse:
+        if self.response is None:
+            response = web.StreamResponse(status=self._status, reason=self._reason or None)
+            for name, value in self._headers:
+                response.headers.add(name, value)
+            response.headers.setdefault("Server", "cifleet")
+            self.response = response
+            await response.prepare(self._request)
+        return self.response
+
+    async def _write(self, data: bytes) -> None:
+        response = await self._prepare()
+        wait = self._bounds.body_timeout + len(data) / self._bounds.body_min_rate
+        try:
+            await asyncio.wait_for(response.write(data), wait)
+        except TimeoutError:
+            raise BodyTimeout("the client reads too slowly") from None
+
+    async def _finish(self) -> None:
+        response = await self._prepare()
+        await response.write_eof()
+        self.finished = True
+
+
+QUOTED_SLASH = re.compile(rb"%2F", re.IGNORECASE)
+
+
+def decode_path(path: bytes) -> bytes:
+    """The path percent-decoded, except an encoded slash, which stays `%2F` (as cheroot and
+    mod_wsgi keep it): a name with a slash in it is one path segment, not two. Pure."""
+    return b"%2F".join(unquote_to_bytes(part) for part in QUOTED_SLASH.split(path))
+
+
+def build_environ(request: web.BaseRequest, body, server: tuple[str, int]) -> dict:
+    """The WSGI environ of an aiohttp request (PEP 3333). Pure apart from reading the
+    request."""
+    target = request.raw_path.encode("utf-8", "surrogateescape")  # the bytes as sent
+    path, _, query = target.partition(b"?")
+    peer = request.transport.get_extra_info("peername") if request.transport else None
+    environ = {
+        "REQUEST_METHOD": request.method,
+        "SCRIPT_NAME": "",
+        "PATH_INFO": decode_path(path).decode("latin-1"),
+        "QUERY_STRING": query.decode("latin-1"),
+        "SERVER_NAME": server[0],
+        "SERVER_PORT": str(server[1]),
+        "SERVER_PROTOCOL": f"HTTP/{request.version.major}.{request.version.minor}",
+        "REMOTE_ADDR": peer[0] if peer else "",
+        "REMOTE_PORT": str(peer[1]) if peer else "",
+        "wsgi.version": (1, 0),
+        "wsgi.url_scheme": "https",
+        "wsgi.input": body,
+        "wsgi.input_terminated": True,
+        "wsgi.errors": sys.stderr,
+        "wsgi.multithread": True,
+        "wsgi.multiprocess": False,
+        "wsgi.run_once": False,
+    }
+    for raw_name, raw_value in request.raw_headers:
+        name = raw_name.decode("latin-1").upper()
+        if "_" in name:  # would pass for another header once '-' becomes '_'
+            continue
+        key = name.replace("-", "_")
+        if key not in ("CONTENT_TYPE", "CONTENT_LENGTH"):
+            key = "HTTP_" + key
+        value = raw_value.decode("latin-1")
+        environ[key] = f"{environ[key]},{value}" if key in environ else value
+    return environ
+
+
+def client_certificate_environ(transport: asyncio.BaseTransport | None) -> dict:
+    """mod_ssl's variables for the verified client certificate of a TLS transport, as
+    cheroot set them: SSL_CLIENT_VERIFY, SSL_CLIENT_S_DN_CN, SSL_CLIENT_M_SERIAL (the hex
+    form OpenSSL prints). The agent app's `require_worker` reads them."""
+    if transport is None:
+        return {"SSL_CLIENT_VERIFY": "NONE"}
+    common_name, serial = peer_worker(transport)
+    if common_name is None or serial is None:
+        return {"SSL_CLIENT_VERIFY": "NONE"}
+    return {
+        "SSL_CLIENT_VERIFY": "SUCCESS",
+        "SSL_CLIENT_S_DN_CN": common_name,
+        "SSL_CLIENT_M_SERIAL": serial,
+    }
+
+
+class WSGIBridge:
+    """An aiohttp request handler that serves `app` from a pool of `threads` threads.
+
+    Bodies of up to `buffered_body` bytes are read on the loop before a thread is taken;
+    larger ones are read by the app while it runs, from a pool of `streamed_threads` of
+    their own. `certificates`: put the client certificate into the environ (agent port).
+    `worker_requests`: requests of one worker (its certificate's CN, ServedConnection.worker)
+    in progress at once; past it, 429 before the app runs. `deferrable`: a view may hand a
+    waiting request back to be awaited on the loop (deferral.py). `refused(cause)` counts a
+    request refused for a cause of metrics.causes.REFUSAL_CAUSES."""
+
+    def __init__(
+        self,
+        app: WSGIApp,
+        threads: int,
+        bounds: ServerBounds,
+        server: tuple[str, int],
+        *,
+        name: str = "public",
+        buffered_body: int = BUFFERED_BODY,
+        streamed_threads: int = UPLOAD_THREADS,
+        certificates: bool = False,
+        worker_requests: int | None = None,
+        deferrable: bool = False,
+        refused: Callable[[str], None] = lambda cause: None,
+    ) -> None:
+        self._app = app
+        self._bounds = bounds
+        self._server = server
+        self._buffered_body = buffered_body
+        self._certificates = certificates
+        self._pool = ThreadPoolExecutor(threads, thread_name_prefix=name)
+        self._uploads = ThreadPoolExecutor(streamed_threads, thread_name_prefix=f"{name}-body")
+        self._worker_requests = Counts(worker_requests) if worker_requests else None
+        self._refused = refused
+        self._deferrable = deferrable
+        self._name = name
+
+    async def __call__(self, request: web.BaseRequest) -> web.StreamResponse:
+        protocol = request.protocol
+        protocol.request_began()
+        worker = getattr(protocol, "worker", None)
+        counted = self._worker_requests is not None and worker is not None
+        try:
+            if counted and not self._worker_requests.take(worker):
+                self._refused("client_limit")
+                return _refuse(
+                    request,
+                    429,
+                    f"this worker has {self._worker_requests.limit} requests in progress",
+                    close=False,
+                )
+            try:
+                return await self._serve(request)
+            finally:
+                if counted:
+                    self._worker_requests.give(worker)
+        finally:
+            protocol.request_ended()
+
+    async def _serve(self, request: web.BaseRequest) -> web.StreamResponse:
+        reader = BodyReader(
+            request.content, self._bounds, on_timeout=lambda: self._refused("read_deadline")
+        )
+        length = request.content_length
+        pool = self._pool
+        if not request.body_exists:
+            body = io.BytesIO()
+        elif length is not None and length <= self._buffered_body:
+            try:
+                data = await reader.read(length)
+            except BodyTimeout as exc:
+                return _refuse(request, 408, str(exc))
+            if len(data) < length:
+                return _refuse(request, 400, "the body ended before its Content-Length")
+            body = io.BytesIO(data)
+        else:
+            body = io.BufferedReader(_ThreadBody(reader.read_in_thread()))
+            pool = self._uploads
+        responder = _Responder(request, self._bounds)
+        environ = build_environ(request, body, self._server)
+        if self._certificates:
+            environ.update(client_certificate_environ(request.transport))
+        deferred: list[Deferred] = []
+        if self._deferrable:
+            environ[deferral.ENVIRON_KEY] = deferred.append
+        loop = asyncio.get_running_loop()
+        try:
+            await loop.run_in_executor(pool, self._run_app, environ, responder, deferred)
+        except BodyTimeout as exc:  # the app let the body's deadline through
+            if responder.response is None:
+                return _refuse(request, 408, str(exc))
+            request.protocol.force_close()
+            return responder.response
+        except Exception:  # a WSGI app should answer for itself; this one did not
+            log.exception("%s port: the app failed", self._name)
+            if responder.response is None:
+                return _refuse(request, 500, "internal error; see the primary's log")
+            request.protocol.force_close()
+            return responder.response
+        if deferred:
+            return await self._finish_deferred(deferred[0])
+        if responder.response is None:
+            # The client left (or stopped reading) before anything was written: nothing
+            # to answer. A handler that raised would get a traceback in aiohttp's log.
+            request.protocol.force_close()
+            return web.Response(status=499)
+        if not responder.finished:
+            request.protocol.force_close()  # its body was cut short: the connection ends
+        return responder.response
+
+    async def _finish_deferred(self, deferred: Deferred) -> web.Response:
+        """Wait for a deferred request's wake-up here, on the loop; its answer comes from a
+        service thread."""
+        finished = False
+        try:
+            await deferred.waiter.wait_async(deferred.seconds)
+            answer = await asyncio.get_running_loop().run_in_executor(self._pool, deferred.finish)
+            finished = True
+        finally:
+            if not finished:
+                deferred.release()
+        return web.Response(
+            body=json.dumps(answer, separators=(",", ":")).encode(),
+            content_type="application/json",
+            headers={"Server": "cifleet"},
+        )
+
+    def _run_app(self, environ: dict, responder: _Responder, deferred: list) -> None:
+        result = self._app(environ, responder.start_response)
+        if deferred:  # the view handed the request back: its placeholder is not sent
+            close = getattr(result, "close", None)
+            if close is not None:
+                close()
+            return
+        try:
+            for data in result:
+                if data:
+                    responder.write(data)
+            responder.finish()
+        except OSError:  # the client went away or read too slowly: its response ends here
+            pass
+        finally:
+            close = getattr(result, "close", None)
+            if close is not None:
+                close()
+
+    def shutdown(self) -> None:
+        self._pool.shutdown(wait=True, cancel_futures=True)
+        self._uploads.shutdown(wait=True, cancel_futures=True)
+
+
+REFUSAL_CODES = {
+    400: "bad_request",
+    408: "request_timeout",
+    429: "too_many_requests",
+    500: "internal",
+}
+
+
+def _refuse(
+    request: web.BaseRequest, status: int, message: str, close: bool = True
+) -> web.Response:
+    """A plain JSON error before the app saw the request. The connection closes after it
+    unless `close` is false (the rest of the body may still be on its way)."""
+    headers = {"Server": "cifleet"}
+    if status == 429:
+        headers["Retry-After"] = "1"
+    response = web.json_response(
+        {"error": message, "code": REFUSAL_CODES[status]}, status=status, headers=headers
+    )
+    if close:
+        response.force_close()
+    return response

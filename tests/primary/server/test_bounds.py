@@ -1,0 +1,291 @@
+"""Each bound of primary/server, against the real servers in this process: both ports on
+one event loop (server/loop.py) over loopback TLS, serving small WSGI apps. Deadlines are
+set short; every wait is bounded, and each test forces the event and checks its effect."""
+
+import datetime
+import http.client
+import json
+import socket
+import ssl
+import threading
+from pathlib import Path
+
+import pytest
+from fleet import wait_for
+
+from agent.keys import csr_pem, key_pem, new_key
+from primary.cli.listeners import bind_listener
+from primary.fleet.ca import CertificateAuthority, create_ca
+from primary.metrics.instruments import Metrics
+from primary.server.bounds import ServerBounds
+from primary.server.loop import PortSpec, Servers
+
+BOUNDS = ServerBounds(
+    handshake_timeout=1.0,
+    handshakes_per_address=3,
+    connections_per_address=4,
+    worker_connections=3,
+    worker_requests=2,
+    public_connections=64,
+    agent_connections=64,
+    idle_timeout=2.0,
+    header_timeout=1.0,
+    body_timeout=1.0,
+    body_min_rate=1000,
+)
+
+
+@pytest.fixture(scope="module")
+def pki(tmp_path_factory) -> dict[str, Path]:
+    root = tmp_path_factory.mktemp("pki")
+    cert_pem, ca_key = create_ca()
+    ca = CertificateAuthority(cert_pem, ca_key)
+    files = {"ca": root / "ca.pem", "server": root / "server.pem", "server_key": root / "s.key"}
+    files["ca"].write_text(cert_pem)
+    server_cert, server_key = ca.issue_server(["127.0.0.1"])
+    files["server"].write_text(server_cert)
+    files["server_key"].write_text(server_key)
+    for name in ("w1", "w2"):
+        key = new_key()
+        issued = ca.issue_worker(csr_pem(key, name), name, datetime.timedelta(days=1))
+        files[name] = root / f"{name}.pem"
+        files[name].write_text(issued.pem)
+        files[f"{name}_key"] = root / f"{name}.key"
+        files[f"{name}_key"].write_bytes(key_pem(key))
+    return files
+
+
+class Gate:
+    """A WSGI app that answers what it was asked, in JSON; requests to /wait block until
+    released (so a test can hold requests in progress)."""
+
+    def __init__(self) -> None:
+        self.release = threading.Event()
+        self.waiting = 0
+        self._lock = threading.Lock()
+
+    def __call__(self, environ, start_response):
+        if environ["PATH_INFO"] == "/wait":
+            with self._lock:
+                self.waiting += 1
+            self.release.wait(30)
+        body = environ["wsgi.input"].read()
+        answer = {
+            "path": environ["PATH_INFO"],
+            "body": len(body),
+            "worker": environ.get("SSL_CLIENT_S_DN_CN"),
+            "serial": environ.get("SSL_CLIENT_M_SERIAL"),
+            "verify": environ.get("SSL_CLIENT_VERIFY"),
+        }
+        start_response("200 OK", [("Content-Type", "application/json")])
+        return [json.dumps(answer).encode()]
+
+
+@pytest.fixture
+def served(pki):
+    server_ctx = []
+    for require in (False, True):
+        context = ssl.SSLContext(ssl.PROTOCOL_TLS_SERVER)
+        context.load_cert_chain(pki["server"], pki["server_key"])
+        if require:
+            context.load_verify_locations(pki["ca"])
+            context.verify_mode = ssl.CERT_REQUIRED
+        server_ctx.append(context)
+    public_app, agent_app = Gate(), Gate()
+    public = bind_listener("public", "127.0.0.1", 0, 128)
+    agent = bind_listener("agent", "127.0.0.1", 0, 128)
+    metrics = Metrics()
+    servers = Servers(
+        PortSpec(public.sock, server_ctx[0], public_app, 8),
+        PortSpec(agent.sock, server_ctx[1], agent_app, 8),
+        BOUNDS,
+        metrics,
+        stop_timeout=2,
+    )
+    servers.start()
+    try:
+        yield {
+            "public": public.port,
+            "agent": agent.port,
+            "metrics": metrics,
+            "apps": {"public": public_app, "agent": agent_app},
+            "pki": pki,
+        }
+    finally:
+        public_app.release.set()
+        agent_app.release.set()
+        servers.stop()
+        public.close()
+        agent.close()
+
+
+def counted(metrics: Metrics, name: str, port: str, cause: str) -> float:
+    return metrics.registry.get_sample_value(name, {"port": port, "cause": cause}) or 0
+
+
+def refused(metrics, port, cause) -> float:
+    return counted(metrics, "cifleet_connections_refused_total", port, cause)
+
+
+def handshake_failed(metrics, port, cause) -> float:
+    return counted(metrics, "cifleet_tls_handshake_failures_total", port, cause)
+
+
+def context(pki, worker: str | None = None) -> ssl.SSLContext:
+    ctx = ssl.create_default_context(cafile=str(pki["ca"]))
+    if worker:
+        ctx.load_cert_chain(pki[worker], pki[f"{worker}_key"])
+    return ctx
+
+
+def tls(port: int, ctx: ssl.SSLContext) -> ssl.SSLSocket:
+    raw = socket.create_connection(("127.0.0.1", port), timeout=10)
+    return ctx.wrap_socket(raw, server_hostname="127.0.0.1")
+
+
+def get(port: int, ctx: ssl.SSLContext, path: str = "/x", body: bytes | None = None):
+    conn = http.client.HTTPSConnection("127.0.0.1", port, context=ctx, timeout=10)
+    try:
+        conn.request("POST" if body is not None else "GET", path, body=body)
+        response = conn.getresponse()
+        return response.status, json.loads(response.read())
+    finally:
+        conn.close()
+
+
+def closed_by_server(sock: socket.socket, within: float = 10) -> bool:
+    """Whether the server closes (or resets) `sock` within `within` seconds."""
+    sock.settimeout(within)
+    try:
+        return sock.recv(1024) == b""
+    except (ConnectionResetError, ssl.SSLError):
+        return True
+    except TimeoutError:
+        return False
+
+
+def test_a_silent_client_costs_only_its_own_connection(served):
+    silent = socket.create_connection(("127.0.0.1", served["agent"]), timeout=10)
+    # Meanwhile others handshake and are served at once.
+    assert get(served["agent"], context(served["pki"], "w1"))[0] == 200
+    assert get(served["public"], context(served["pki"]))[0] == 200
+    assert closed_by_server(silent)
+    wait_for(lambda: handshake_failed(served["metrics"], "agent", "timeout") == 1, 10, "count")
+
+
+def test_handshakes_in_progress_are_bounded_per_address(served):
+    silent = [socket.create_connection(("127.0.0.1", served["public"])) for _ in range(3)]
+    extra = socket.create_connection(("127.0.0.1", served["public"]), timeout=10)
+    assert closed_by_server(extra, within=0.9)  # before any handshake deadline
+    wait_for(
+        lambda: refused(served["metrics"], "public", "client_limit") == 1, 10, "the refusal counted"
+    )
+    for sock in silent:
+        sock.close()
+
+
+def test_open_connections_are_bounded_per_address_on_the_public_port(served):
+    held = [tls(served["public"], context(served["pki"])) for _ in range(4)]
+    with pytest.raises((ssl.SSLError, ConnectionResetError, OSError)):
+        extra = tls(served["public"], context(served["pki"]))
+        extra.sendall(b"GET /x HTTP/1.1\r\nHost: x\r\n\r\n")
+        assert extra.recv(1024) != b""  # refused: reset, so this raises or reads nothing
+        raise ConnectionResetError
+    wait_for(
+        lambda: refused(served["metrics"], "public", "client_limit") == 1, 10, "the refusal counted"
+    )
+    for sock in held:
+        sock.close()
+
+
+def test_open_connections_are_bounded_per_worker_on_the_agent_port(served):
+    pki = served["pki"]
+    held = [tls(served["agent"], context(pki, "w1")) for _ in range(3)]
+    extra = tls(served["agent"], context(pki, "w1"))  # TLS 1.3: the client is done first
+    assert closed_by_server(extra)
+    wait_for(
+        lambda: refused(served["metrics"], "agent", "client_limit") == 1, 10, "the refusal counted"
+    )
+    # Another worker from the same address is served.
+    status, answer = get(served["agent"], context(pki, "w2"))
+    assert (status, answer["worker"], answer["verify"]) == (200, "w2", "SUCCESS")
+    assert answer["serial"] and all(c in "0123456789ABCDEF" for c in answer["serial"])
+    for sock in held:
+        sock.close()
+
+
+def test_one_workers_requests_in_progress_are_bounded(served):
+    pki, app = served["pki"], served["apps"]["agent"]
+    with_w1 = context(pki, "w1")
+    results = []
+    threads = [
+        threading.Thread(target=lambda: results.append(get(served["agent"], with_w1, "/wait")))
+        for _ in range(2)
+    ]
+    for thread in threads:
+        thread.start()
+    wait_for(lambda: app.waiting == 2, 10, "two requests in progress")
+    status, answer = get(served["agent"], with_w1)
+    assert (status, answer.get("code")) == (429, "too_many_requests"), answer
+    assert get(served["agent"], context(pki, "w2"))[0] == 200  # another worker is not
+    app.release.set()
+    for thread in threads:
+        thread.join(10)
+    assert [status for status, _ in results] == [200, 200]
+    wait_for(
+        lambda: refused(served["metrics"], "agent", "client_limit") == 1, 10, "the refusal counted"
+    )
+
+
+def test_request_headers_have_a_deadline(served):
+    sock = tls(served["public"], context(served["pki"]))
+    sock.sendall(b"GET /x HTTP/1.1\r\nHost: x\r\n")  # and never the blank line
+    assert closed_by_server(sock)
+    wait_for(
+        lambda: refused(served["metrics"], "public", "read_deadline") == 1,
+        10,
+        "the refusal counted",
+    )
+
+
+def test_a_connection_without_a_request_is_closed_at_the_header_deadline(served):
+    sock = tls(served["agent"], context(served["pki"], "w1"))
+    assert closed_by_server(sock)
+    wait_for(
+        lambda: refused(served["metrics"], "agent", "read_deadline") == 1, 10, "the refusal counted"
+    )
+
+
+def test_an_idle_keep_alive_connection_is_closed(served):
+    conn = http.client.HTTPSConnection(
+        "127.0.0.1", served["public"], context=context(served["pki"]), timeout=10
+    )
+    conn.request("GET", "/x")
+    response = conn.getresponse()
+    assert response.status == 200 and response.getheader("Connection") != "close"
+    response.read()
+    assert closed_by_server(conn.sock)  # after --idle-timeout with no request
+    conn.close()
+
+
+@pytest.mark.parametrize("port", ["public", "agent"])
+def test_a_dripped_body_is_cut_off_with_408(served, port):
+    ctx = context(served["pki"], "w1" if port == "agent" else None)
+    sock = tls(served[port], ctx)
+    sock.sendall(b"POST /x HTTP/1.1\r\nHost: x\r\nContent-Length: 100000\r\n\r\n" + b"a" * 10)
+    sock.settimeout(10)
+    answer = sock.recv(4096)
+    assert answer.startswith(b"HTTP/1.1 408 "), answer
+    assert b'"code": "request_timeout"' in answer
+    wait_for(
+        lambda: refused(served["metrics"], port, "read_deadline") == 1, 10, "the refusal counted"
+    )
+    assert served["apps"][port].waiting == 0
+
+
+def test_a_body_that_comes_in_time_is_served_whole(served):
+    status, answer = get(served["public"], context(served["pki"]), body=b"b" * 300_000)
+    assert (status, answer["body"]) == (200, 300_000)
+    # Larger than the agent port reads before the app runs: the app reads it as it comes.
+    status, answer = get(served["agent"], context(served["pki"], "w1"), body=b"b" * 300_000)
+    assert (status, answer["body"]) == (200, 300_000)
