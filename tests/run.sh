@@ -20,6 +20,8 @@ done
 # PostgreSQL's server programs (initdb, pg_ctl) are not on PATH in Debian's package: the
 # suite starts a throwaway server of its own from them (tests/pgcluster.py).
 compgen -G "/usr/lib/postgresql/*/bin/initdb" >/dev/null || packages+=(postgresql)
+# libnss-wrapper: git over ssh as a job uid with no passwd entry (agent/git_auth.py).
+compgen -G "/usr/lib/*/libnss_wrapper.so" >/dev/null || packages+=(libnss-wrapper)
 if ((${#packages[@]})); then
   SUDO=""; [ "$(id -u)" = 0 ] || SUDO="sudo"
   $SUDO apt-get update -q
