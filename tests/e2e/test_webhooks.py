@@ -214,6 +214,16 @@ def test_what_each_kind_of_push_does(fleet, repos, daemon):
     assert built(primary, answer["run_id"]) == rewritten
     assert primary.run(answer["run_id"])["trigger"]["forced"] is True
 
+    # A commit the repository does not have: the run fails before its first job, saying why.
+    missing = "d" * 40
+    status, _, answer = hook.github(github_push(url, "refs/heads/main", rewritten, missing, "?"))
+    run = primary.wait_run(answer["run_id"])
+    assert [(j["name"], j["state"]) for j in run["jobs"]] == [("build", "failed")]
+    assert primary.job_log(run["id"], "build").decode() == (
+        "cifleet: the workspace could not be prepared, so no job ran: git: commit"
+        f" {missing} is not on refs/heads/main of {url} any more (force-pushed away?)\n"
+    )
+
 
 def test_gitlab_and_gitea_pushes(fleet, repos, daemon):
     primary = fleet
