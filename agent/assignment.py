@@ -10,6 +10,8 @@ from typing import Any
 from agent.protocol import NAME_RE
 
 SHA256_RE = re.compile(r"^[0-9a-f]{64}$")
+COMMIT_RE = re.compile(r"^[0-9a-f]{40}([0-9a-f]{24})?$")  # SHA-1, or SHA-256 repositories
+FULL_REF_RE = re.compile(r"^refs/(heads|tags)/[A-Za-z0-9._][A-Za-z0-9._/+-]{0,254}$")
 
 
 @dataclass(frozen=True)
@@ -33,6 +35,20 @@ class StaticFile:
 
 
 @dataclass(frozen=True)
+class GitSource:
+    """The repository a run builds, at one exact commit (resolved by the primary)."""
+
+    url: str
+    ref: str  # refs/heads/NAME or refs/tags/NAME
+    sha: str  # what to check out: the commit (or an annotated tag's object)
+    clean: bool = False  # remove untracked and ignored files before the jobs
+    username: str = ""
+    token: str | None = None  # names of secrets in the assignment
+    ssh_key: str | None = None
+    known_hosts: str = ""
+
+
+@dataclass(frozen=True)
 class Assignment:
     run_id: int
     attempt: int
@@ -45,6 +61,7 @@ class Assignment:
     # masked as *** in every job's log.
     secrets: dict[str, str] = field(default_factory=dict, repr=False)
     run_as_root: bool = False  # the pipeline asked for root, on a worker an admin allowed
+    source: GitSource | None = None
 
     @property
     def key(self) -> tuple[int, int]:
@@ -84,7 +101,34 @@ def parse_assignment(data: Any) -> Assignment:
     if not isinstance(as_root, bool):
         raise ValueError(f"run_as_root must be true or false, not {as_root!r}")
     env = _env(data.get("env"))
-    return Assignment(run_id, attempt, pipeline, jobs, env, clean, files, secrets, as_root)
+    source = _parse_source(data.get("source"), secrets)
+    return Assignment(run_id, attempt, pipeline, jobs, env, clean, files, secrets, as_root, source)
+
+
+def _parse_source(data: Any, secrets: dict[str, str]) -> GitSource | None:
+    if data is None:
+        return None
+    if not isinstance(data, dict):
+        raise ValueError("source is not an object")
+    url, ref, sha = data.get("git"), data.get("ref"), data.get("sha")
+    # The URL goes after `--` on git's command line; it may not pass for an option anyway.
+    if not isinstance(url, str) or not url or url.startswith("-") or not url.isprintable():
+        raise ValueError("source: bad git URL")
+    if not isinstance(ref, str) or not FULL_REF_RE.match(ref) or ".." in ref:
+        raise ValueError(f"source: bad ref {ref!r}")
+    if not isinstance(sha, str) or not COMMIT_RE.match(sha):
+        raise ValueError(f"source: bad commit {sha!r}")
+    for key in ("token", "ssh_key"):
+        if data.get(key) is not None and data[key] not in secrets:
+            raise ValueError(f"source: {key} names a secret the assignment does not carry")
+    clean, username, hosts = (
+        data.get("clean", False),
+        data.get("username", ""),
+        data.get("known_hosts", ""),
+    )
+    if not isinstance(clean, bool) or not isinstance(username, str) or not isinstance(hosts, str):
+        raise ValueError("source: bad clean, username or known_hosts")
+    return GitSource(url, ref, sha, clean, username, data.get("token"), data.get("ssh_key"), hosts)
 
 
 def _parse_file(data: Any) -> StaticFile:

@@ -58,6 +58,8 @@ class RunReporter:
     ) -> None:
         self._client = client
         self._run = assignment
+        # What the git source checked out ({commit, subject, author}), sent with the notes.
+        self.commit: dict[str, str] | None = None
         self._spool_dir = spool_dir
         self._stop = stop
         self._new_backoff = backoff
@@ -153,6 +155,8 @@ class RunReporter:
                 following = self._event(i + 1)
                 reported_start = following[1] if following[0] == "started" else None
                 body = {"attempt": self._run.attempt, "lines": fit_lines(event[1])}
+                if self.commit is not None:
+                    body["commit"] = self.commit  # what the git source checked out
                 if reported_start is not None:
                     body["job_started"] = reported_start
                 resp = self._call(self._run_path(RUN_PREPARE_PATH), body)

@@ -10,6 +10,7 @@ import urllib.parse
 from collections.abc import Callable
 from pathlib import Path
 
+from agent import git_checkout
 from agent.assignment import Assignment
 from agent.backoff import Backoff
 from agent.calls import call
@@ -127,7 +128,28 @@ class RunHandle:
         except (IdentityError, OSError) as e:
             raise PrepareFailed(f"job identity: {e}") from None
         owner = (identity.uid, identity.gid) if identity.uid is not None else None
-        prepare_workspace(self.home, self.workspace, run, self._fetch, lines, owner)
+
+        def checkout() -> None:
+            keep = [f.path for f in run.files]  # static files are not the clone's to clean
+            self.reporter.commit = git_checkout.checkout(
+                self.workspace,
+                run.source,
+                run.secrets,
+                identity,
+                lines,
+                self.executor.cancel_event,
+                keep,
+            )
+
+        prepare_workspace(
+            self.home,
+            self.workspace,
+            run,
+            self._fetch,
+            lines,
+            owner,
+            checkout if run.source is not None else None,
+        )
         return identity
 
     def _fetch(self, path: str) -> bytes:

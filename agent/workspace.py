@@ -187,9 +187,11 @@ def prepare_workspace(
     fetch: Callable[[str], bytes],
     lines: list[str],
     owner: Owner = None,
+    checkout: Callable[[], None] | None = None,
 ) -> None:
     """Make the run's workspace (which exists) ready for its first job, appending what was
-    done to `lines`; static files get `owner`.
+    done to `lines`; static files get `owner`. `checkout` (the git source) runs after the
+    cleaning and before the static files, which may stand inside the clone.
 
     Call with the workspace lock held. Raises PrepareFailed when the run cannot go on;
     whatever `fetch` raises (stale attempt, stop, cancel) passes through.
@@ -199,6 +201,8 @@ def prepare_workspace(
     if run.clean_workspace:
         clean_workspace(workspace, record)
         lines.append(CLEANED_LINE)
+    if checkout is not None:
+        checkout()
     sync_files(workspace, record, run.files, fetch, lines, owner)
 
 
@@ -244,7 +248,7 @@ def sync_files(
         if record.pop(f.path, None) is not None:
             write_record(record_file, record)
         try:
-            _write_inside(workspace, f.path, data, owner)
+            write_inside(workspace, f.path, data, owner)
         except OSError as e:
             if e.errno in (errno.ELOOP, errno.ENOTDIR):
                 raise PrepareFailed(
@@ -283,8 +287,11 @@ def _open_folder(workspace: Path, parts: list[str], owner: Owner, create: bool) 
         raise
 
 
-def _write_inside(workspace: Path, rel: str, data: bytes, owner: Owner) -> None:
-    """Write WORKSPACE/rel atomically (readers see the old bytes or all of the new)."""
+def write_inside(
+    workspace: Path, rel: str, data: bytes, owner: Owner, mode: int = STATIC_FILE_MODE
+) -> None:
+    """Write WORKSPACE/rel atomically (readers see the old bytes or all of the new), through
+    descriptors that follow no link, owned by `owner`."""
     *folders, name = rel.split("/")
     folder = _open_folder(workspace, folders, owner, create=True)
     tmp = f".{name}.{uuid.uuid4().hex}.tmp"
@@ -302,7 +309,7 @@ def _write_inside(workspace: Path, rel: str, data: bytes, owner: Owner) -> None:
                 os.fsync(f.fileno())
             if owner is not None:
                 os.fchown(fd, *owner)
-            os.fchmod(fd, STATIC_FILE_MODE)
+            os.fchmod(fd, mode)
         finally:
             os.close(fd)
         # A rename replaces a link of that name; it never writes through it.

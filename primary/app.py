@@ -15,6 +15,7 @@ from primary import ui
 from primary.api import admin as admin_views
 from primary.api import agent as agent_views
 from primary.api import health as health_views
+from primary.api import hooks as hook_views
 from primary.api import register as register_views
 from primary.api.auth import KnownRoles
 from primary.api.long_poll import PollGate
@@ -68,11 +69,15 @@ def create_app(config: PrimaryConfig | Primary, stop: threading.Event | None = N
     app.extensions["cifleet.registration_limiter"] = FailureLimiter(
         primary.config.registration_failures, primary.config.registration_window
     )
+    app.extensions["cifleet.hook_limiter"] = FailureLimiter(
+        primary.config.hook_failures, primary.config.hook_window
+    )
     app.extensions["cifleet.known_roles"] = KnownRoles()
     metrics_of(primary)  # counts from the start, not from the first scrape
     app.register_blueprint(health_views.bp)
     app.register_blueprint(register_views.bp)
     app.register_blueprint(admin_views.bp)
+    app.register_blueprint(hook_views.bp)
     ui.init_app(app, primary)
     return app
 

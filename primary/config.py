@@ -42,6 +42,9 @@ class PrimaryConfig:
     # Failed registrations (wrong secret, bad request) allowed per source address and window.
     registration_failures: int = 10
     registration_window: float = 300.0
+    # Refused webhook deliveries (bad signature, unknown repository, ...) per source.
+    hook_failures: int = 20
+    hook_window: float = 300.0
     # Failed web UI logins allowed per source address and window.
     login_failures: int = 10
     login_window: float = 300.0

@@ -8,13 +8,13 @@ cd "$(dirname "$0")/.."
 # command is missing (as root, or with sudo when present).
 # ssh/ssh-keygen: the playbook tests reach their hosts over SSH; mmdebstrap and
 # systemd-nspawn (below) make those hosts, systemd containers on a minimal Debian tree built
-# once per machine (tests/containers.py); systemd-analyze verifies the unit file the role
-# renders; chromium runs the UI tests (driven by Playwright from the `test` extra;
-# `playwright install` is never run); prometheus scrapes a real primary in tests/ops, whose
-# promtool checks the alert rules; postgresql: the second store engine, tested against a
-# real server.
-needed=(git:git ip:iproute2 ssh:openssh-client ssh-keygen:openssh-client mmdebstrap:mmdebstrap
-        systemd-analyze:systemd chromium:chromium prometheus:prometheus promtool:prometheus)
+# once per machine (tests/containers.py); sshd serves the git-over-ssh repositories
+# (tests/sshd.py); systemd-analyze verifies the unit file the role renders; chromium runs
+# the UI tests (driven by Playwright from the `test` extra; `playwright install` is never
+# run); prometheus scrapes a real primary in tests/ops, whose promtool checks the alert
+# rules; postgresql: the second store engine, tested against a real server.
+needed=(git:git ip:iproute2 sshd:openssh-server ssh:openssh-client ssh-keygen:openssh-client
+        mmdebstrap:mmdebstrap systemd-analyze:systemd chromium:chromium prometheus:prometheus promtool:prometheus)
 # Without its recommends: libnss-mymachines would add itself to /etc/nsswitch.conf.
 needed_bare=(systemd-nspawn:systemd-container)
 
@@ -36,6 +36,8 @@ install_missing --no-install-recommends -- "${needed_bare[@]}"
 # PostgreSQL's server programs (initdb, pg_ctl) are not on PATH in Debian's package: the
 # suite starts a throwaway server of its own from them (tests/pgcluster.py).
 compgen -G "/usr/lib/postgresql/*/bin/initdb" >/dev/null || install_missing -- initdb:postgresql
+# libnss-wrapper: git over ssh as a job uid with no passwd entry (agent/git_auth.py).
+compgen -G "/usr/lib/*/libnss_wrapper.so" >/dev/null || install_missing -- nss-wrapper-lib:libnss-wrapper
 
 python3 -m venv .venv
 .venv/bin/python -m pip install -q --upgrade pip

@@ -2,7 +2,7 @@
 
 from flask import Blueprint, Response, jsonify, request
 
-from primary.api.auth import primary_of_app, require_role
+from primary.api.auth import caller, primary_of_app, require_role
 from primary.api.parse import json_body, whole_number
 from primary.errors import BadRequest, NotFound
 from primary.fleet import registration, workers
@@ -11,6 +11,7 @@ from primary.pipelines import secrets as pipeline_secrets
 from primary.runs import runs
 from primary.runs.runlog import run_log
 from primary.runs.runs import RUN_STATES
+from primary.sources import triggers
 
 bp = Blueprint("admin", __name__, url_prefix="/api/v1")
 VIEW = ("viewer",)
@@ -74,8 +75,16 @@ def get_pipeline(name: str):
 @bp.post("/pipelines/<name>/runs")
 @require_role()
 def trigger_run(name: str):
-    run_id = runs.create_run(primary_of_app(), name)
+    body = json_body() if request.get_data(cache=True).strip() else {}
+    run_id = triggers.trigger(primary_of_app(), name, body, caller())
     return jsonify({"id": run_id}), 201
+
+
+@bp.post("/runs/<int:run_id>/again")
+@require_role()
+def run_again(run_id: int):
+    run = triggers.run_again(primary_of_app(), run_id, caller())
+    return jsonify({"id": run}), 201
 
 
 @bp.get("/runs")

@@ -111,6 +111,7 @@ def prepare(run_id: int):
             _attempt(body),
             body.get("lines"),
             body.get("job_started"),
+            body.get("commit"),
         )
     )
 

@@ -10,7 +10,7 @@ from flask import current_app, g, request
 
 from primary.errors import Forbidden, StorageUnavailable, Unauthorized
 from primary.fleet.credentials import authenticate
-from primary.fleet.tokens import hash_token, role_of
+from primary.fleet.tokens import hash_token, role_of, token_name
 
 
 def primary_of_app():
@@ -79,6 +79,12 @@ def require_role(*roles: str, while_store_down: bool = False) -> Callable:
         return wrapped
 
     return decorator
+
+
+def caller() -> dict:
+    """Who made this API request, as a run records it: {"kind": "api", "token": NAME}."""
+    token = request.headers.get("Authorization", "").partition(" ")[2].strip()
+    return {"kind": "api", "token": token_name(primary_of_app().store, token)}
 
 
 def require_worker(view: Callable) -> Callable:

@@ -130,7 +130,7 @@ def _stale_workspaces(primary: Primary, worker: dict, body: dict) -> list[str]:
 def _answer(primary: Primary, worker: dict, held: set[tuple[int, int]], body: dict) -> dict:
     assignments = []
     for run in primary.store.query(
-        "SELECT id, attempt, spec, clean_workspace, run_as_root FROM runs"
+        "SELECT id, attempt, spec, clean_workspace, run_as_root, source FROM runs"
         " WHERE worker_id = ? AND state = 'assigned' ORDER BY id",
         (worker["id"],),
     ):
@@ -148,6 +148,7 @@ def _answer(primary: Primary, worker: dict, held: set[tuple[int, int]], body: di
                 "files": static_files.manifest(primary, spec["name"]),
                 "secrets": pipeline_secrets.values_for(primary, spec),
                 "run_as_root": bool(run["run_as_root"]),
+                **({"source": _source(spec, run["source"])} if run["source"] else {}),
             }
         )
     cancel = []
@@ -177,6 +178,19 @@ def _answer(primary: Primary, worker: dict, held: set[tuple[int, int]], body: di
         # outage hears it before the leases of its runs can expire.
         "heartbeat_timeout": primary.config.heartbeat_timeout,
     }
+
+
+def _source(spec: dict, recorded: str) -> dict:
+    """What the agent needs to check out the run's commit: the URL and settings of the
+    pipeline's source, the ref and commit the run records; credentials by secret name (the
+    values travel in `secrets`)."""
+    settings, source = spec["source"], json.loads(recorded)
+    answer = {"git": settings["git"], "ref": source["ref"], "sha": source["sha"]}
+    answer["clean"] = settings.get("clean", False)
+    for key in ("token", "username", "ssh_key", "known_hosts"):
+        if key in settings:
+            answer[key] = settings[key]
+    return answer
 
 
 class PollGate:

@@ -8,10 +8,13 @@ whose failures all aged out are forgotten, so a scan from many addresses cannot 
 table without bound.
 """
 
+import math
 import threading
 import time
 from collections import deque
 from collections.abc import Callable
+
+from primary.errors import ApiError
 
 
 class FailureLimiter:
@@ -62,3 +65,12 @@ class FailureLimiter:
         """Sources with failures in the table (for tests and figures)."""
         with self._lock:
             return len(self._failures)
+
+
+def refuse_when_limited(limiter: "FailureLimiter", source: str, what: str) -> None:
+    """429 with Retry-After while `source` may not try again; `what` names its failures."""
+    wait = limiter.retry_after(source)
+    if wait > 0:
+        err = ApiError(f"too many {what} from {source}; try again later")
+        err.status, err.code = 429, "rate_limited"
+        raise err.with_header("Retry-After", str(math.ceil(wait)))

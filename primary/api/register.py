@@ -1,13 +1,11 @@
 """Worker registration (public port, no token: the worker secret is the credential)."""
 
-import math
-
 from flask import Blueprint, current_app, jsonify, request
 
 from agent.protocol import REGISTER_PATH
 from primary.api.auth import primary_of_app
 from primary.api.parse import json_body
-from primary.errors import ApiError
+from primary.api.ratelimit import refuse_when_limited
 from primary.fleet import registration
 from primary.server.bounds import source_key
 
@@ -19,11 +17,7 @@ def register():
     primary = primary_of_app()
     limiter = current_app.extensions["cifleet.registration_limiter"]
     source = source_key(request.remote_addr or "unknown")
-    wait = limiter.retry_after(source)
-    if wait > 0:
-        err = ApiError(f"too many failed registrations from {source}; try again later")
-        err.status, err.code = 429, "rate_limited"
-        raise err.with_header("Retry-After", str(math.ceil(wait)))
+    refuse_when_limited(limiter, source, "failed registrations")
     try:
         reply = registration.register(primary, json_body())
     except BaseException:

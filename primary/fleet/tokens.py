@@ -40,6 +40,14 @@ def role_of(store: Store, token: str) -> str | None:
     return row["role"] if row else None
 
 
+def token_name(store: Store, token: str) -> str | None:
+    """The name a valid token was created with (what a run it triggers records)."""
+    row = store.query_one(
+        "SELECT name FROM tokens WHERE token_hash = ? AND revoked_at IS NULL", (hash_token(token),)
+    )
+    return row["name"] if row else None
+
+
 def list_tokens(store: Store) -> list[dict]:
     """Every token's id, name, role and dates; never the token or its hash."""
     from primary.timestamps import iso

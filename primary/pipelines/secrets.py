@@ -5,6 +5,7 @@ and masked as `***` in the job log by the agent before it is shipped."""
 from primary.context import Primary
 from primary.errors import BadRequest, NotFound
 from primary.pipelines.pipelines import get_spec
+from primary.pipelines.source_spec import source_secrets
 
 MAX_SECRET_BYTES = 64 << 10
 VAULT_KEY = "pipeline_secrets"
@@ -57,12 +58,20 @@ def delete_secret(primary: Primary, pipeline: str, name: str) -> None:
 def missing(primary: Primary, spec: dict) -> list[str]:
     """Secrets the pipeline names that have no value."""
     have = _all(primary).get(spec["name"], {})
-    wanted = {n for job in spec["jobs"] for n in job.get("secrets", [])}
-    return sorted(wanted - set(have))
+    return sorted(_wanted(spec) - set(have))
+
+
+def _wanted(spec: dict) -> set[str]:
+    """The secrets a run of `spec` needs: its jobs', and its git source's credentials (which
+    the agent masks like any other, and gives to no job that does not name it)."""
+    return {n for job in spec["jobs"] for n in job.get("secrets", [])} | set(source_secrets(spec))
+
+
+def value(primary: Primary, pipeline: str, name: str) -> str | None:
+    return _all(primary).get(pipeline, {}).get(name)
 
 
 def values_for(primary: Primary, spec: dict) -> dict[str, str]:
     """The values an assignment of this pipeline carries: only the names its jobs use."""
     have = _all(primary).get(spec["name"], {})
-    wanted = {n for job in spec["jobs"] for n in job.get("secrets", [])}
-    return {n: have[n] for n in sorted(wanted) if n in have}
+    return {n: have[n] for n in sorted(_wanted(spec)) if n in have}

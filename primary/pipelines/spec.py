@@ -14,6 +14,7 @@ from typing import Any
 import yaml
 
 from agent.protocol import NAME_RE
+from primary.pipelines.source_spec import validate_parameters, validate_source
 
 # libyaml's parser (in PyYAML's wheels) when present: the pure-Python one scans a whole flow
 # collection before its first event, seconds for a megabyte of "[a,a,...". Both are safe.
@@ -25,6 +26,7 @@ MAX_CHARS = 4 << 20  # characters in scalars after expanding aliases (definition
 DEFAULT_JOB_TIMEOUT = 3600
 MAX_JOB_TIMEOUT = 7 * 24 * 3600
 PIPELINE_KEYS = {"name", "tags", "env", "secrets", "jobs", "retries_on_lost", "run_as_root"}
+PIPELINE_KEYS |= {"source", "parameters"}
 JOB_KEYS = {"name", "steps", "env", "secrets", "timeout", "needs"}
 
 
@@ -239,6 +241,10 @@ def validate_pipeline(data: Any, lines: dict[str, int] | None = None) -> dict[st
     spec = {"name": name, "tags": tags, "env": env, "retries_on_lost": retries, "jobs": ordered}
     if as_root:  # only when asked for, so specs stored before it existed compare equal
         spec["run_as_root"] = True
+    if "source" in data:  # likewise
+        spec["source"] = validate_source(data["source"], fail)
+    if "parameters" in data:
+        spec["parameters"] = validate_parameters(data["parameters"], env, fail)
     return spec
 
 

@@ -11,6 +11,7 @@ import logging
 import time
 from collections.abc import Callable
 
+from agent.assignment import COMMIT_RE
 from agent.protocol import (
     CODE_LOG_GAP,
     CODE_LOG_INCOMPLETE,
@@ -90,12 +91,19 @@ def _job(primary: Primary, run_id: int, name: str) -> dict:
 
 
 def prepare_notes(
-    primary: Primary, worker: dict, run_id: int, attempt: int, lines, job_started=None
+    primary: Primary, worker: dict, run_id: int, attempt: int, lines, job_started=None, commit=None
 ) -> dict:
     """Store what the agent did before the first job; with `job_started`, that job's
-    `running` status too (one request fewer per run)."""
+    `running` status too (one request fewer per run); with `commit`, what the git source
+    checked out ({commit, subject, author}), into the run's source record."""
     if job_started is not None and not isinstance(job_started, str):
         raise BadRequest("job_started: must be a job name")
+    if commit is not None and (
+        not isinstance(commit, dict)
+        or not all(isinstance(commit.get(k), str) for k in ("commit", "subject", "author"))
+        or not COMMIT_RE.match(commit["commit"])
+    ):
+        raise BadRequest("commit: must be {commit: a commit id, subject, author}")
     if (
         not isinstance(lines, list)
         or not all(isinstance(x, str) for x in lines)
@@ -107,6 +115,17 @@ def prepare_notes(
         if job_started is not None:
             _job(primary, run_id, job_started)  # an unknown job: 404, and no notes stored
             _mark_running(conn, run_id, job_started, time.time())
+        run = conn.execute("SELECT source FROM runs WHERE id = ?", (run_id,)).fetchone()
+        if commit is not None and run["source"]:
+            source = json.loads(run["source"])
+            # The agent checked out `sha` (an annotated tag's object peels to its commit);
+            # the repository's own subject and author replace what a webhook said.
+            source.update(
+                commit=commit["commit"],
+                subject=commit["subject"][:500],
+                author=commit["author"][:500],
+            )
+            conn.execute("UPDATE runs SET source = ? WHERE id = ?", (json.dumps(source), run_id))
         conn.execute(
             "UPDATE runs SET prepare_notes = ? WHERE id = ?",
             (json.dumps([line[:1000] for line in lines]), run_id),

@@ -11,7 +11,7 @@ import json
 from collections.abc import Iterator
 
 from primary.context import Primary
-from primary.runs.runs import FINAL_STATES, _run_row, job_rows
+from primary.runs.runs import FINAL_STATES, _run_row, job_rows, trigger_text
 
 # A piece of the log: literal bytes, or (attempt, job, size): that many bytes of a job log.
 Part = bytes | tuple[int, str, int]
@@ -26,6 +26,21 @@ def prepare_lines(
     return placement + [f"on {worker_name}: {note}" for note in notes]
 
 
+def origin_lines(run: dict) -> list[str]:
+    """What a run builds and what started it: fixed when it is created, so the log that
+    shows them stays append-only (the commit's subject and author come in the notes)."""
+    lines = []
+    if run["triggered_by"]:
+        lines.append(f"triggered by: {trigger_text(json.loads(run['triggered_by']))}")
+    if run["source"]:
+        source = json.loads(run["source"])
+        lines.append(f"source: {source['git']} {source['ref']} at {source['sha']}")
+    if run["parameters"]:
+        values = json.loads(run["parameters"])
+        lines.append("parameters: " + ", ".join(f"{k}={v}" for k, v in sorted(values.items())))
+    return lines
+
+
 def _attempt_parts(
     primary: Primary,
     run_id: int,
@@ -34,12 +49,13 @@ def _attempt_parts(
     placement: str | None,
     prepare_notes: str | None,
     jobs: list[dict],
+    origin: list[str],
 ) -> list[Part]:
     """One attempt: its Prepare environment section, then a header, the output and a footer
     per job that started. `jobs`: {name, state, exit_code, started} in execution order."""
     parts: list[Part] = []
     if placement and attempt:
-        lines = prepare_lines(json.loads(placement), worker_name, prepare_notes)
+        lines = origin + prepare_lines(json.loads(placement), worker_name, prepare_notes)
         parts.append(
             f"=== Prepare environment (attempt {attempt})\n".encode()
             + "".join(f"    {line}\n" for line in lines).encode()
@@ -73,7 +89,9 @@ def _newline_after(primary: Primary, run_id: int, parts: list[Part]) -> bytes:
     return b""
 
 
-def _ended_attempt_parts(primary: Primary, run_id: int, attempt: dict) -> list[Part]:
+def _ended_attempt_parts(
+    primary: Primary, run_id: int, attempt: dict, origin: list[str]
+) -> list[Part]:
     """An attempt that was lost or taken back, as the log showed it while it lasted (kept in
     its attempts row), then a line saying how it ended. Its output is partial, and final:
     the primary refuses every later write from it."""
@@ -87,6 +105,7 @@ def _ended_attempt_parts(primary: Primary, run_id: int, attempt: dict) -> list[P
             attempt["placement"],
             attempt["prepare_notes"],
             json.loads(attempt["jobs"]),
+            origin,
         )
     outcome = attempt["outcome"]
     reason = (attempt["reason"] or "").removeprefix(f"{outcome}: ")
@@ -108,8 +127,9 @@ def _segments(primary: Primary, run: dict, jobs: list[dict]) -> list[Part]:
         )
     ]
     parts: list[Part] = []
+    origin = origin_lines(run)
     for attempt in ended:
-        parts += _ended_attempt_parts(primary, run["id"], attempt)
+        parts += _ended_attempt_parts(primary, run["id"], attempt, origin)
     if run["attempt"] not in {a["attempt"] for a in ended}:
         current = [
             {
@@ -128,6 +148,7 @@ def _segments(primary: Primary, run: dict, jobs: list[dict]) -> list[Part]:
             run["placement"],
             run["prepare_notes"],
             current,
+            origin,
         )
     if run["state"] in FINAL_STATES:
         reason = f" ({run['reason']})" if run["reason"] else ""

@@ -24,40 +24,92 @@ RUN_STATES = (
 FINAL_STATES = ("success", "failed", "cancelled", "lost", "timed_out")
 
 
+def trigger_text(trigger: dict | None) -> str:
+    """What started a run, in words (the run's `triggered_by` record)."""
+    if not trigger:
+        return "not recorded (the run is older than the record)"
+    kind = trigger.get("kind")
+    who = (
+        f"user {trigger['user']}"
+        if trigger.get("user")
+        else f"API token {trigger['token']}"
+        if trigger.get("token")
+        else ""
+    )
+    if kind == "webhook":
+        by = f" by {trigger['pusher']}" if trigger.get("pusher") else ""
+        what = f"{trigger.get('forge')} {trigger.get('event')}"
+        return f"a {what} (delivery {trigger.get('delivery')}){by}"
+    if kind == "run again":
+        return f"run again of run {trigger.get('of_run')}" + (f", by {who}" if who else "")
+    if kind == "ui":
+        return f"{who} in the web UI"
+    return f"the API ({who})" if who else "the API"
+
+
 def notify(primary: Primary) -> None:
     """Wake everyone following runs (log tails, later the UI)."""
     with primary.run_changed:
         primary.run_changed.notify_all()
 
 
-def create_run(primary: Primary, pipeline_name: str) -> int:
-    spec = pipelines.get_spec(primary, pipeline_name)
+def create_run(
+    primary: Primary,
+    pipeline_name: str,
+    triggered_by: dict | None = None,
+    source: dict | None = None,
+    parameters: dict[str, str] | None = None,
+    spec: dict | None = None,
+    conn=None,
+) -> int:
+    """Queue a run of the pipeline (of `spec`, a run again's, when given). `source`: the
+    ref and exact commit it builds ({ref, sha, ...}, resolved by the caller: primary/sources);
+    `parameters`: every declared parameter's value, put into the pipeline's env;
+    `triggered_by`: who or what started it. With `conn`, inside the caller's transaction
+    (then the caller plans and notifies after its commit)."""
+    spec = pipelines.get_spec(primary, pipeline_name) if spec is None else spec
+    if spec.get("source") and not source:
+        raise BadRequest(f"pipeline {pipeline_name!r} builds a git source: a run needs its commit")
     unset = pipeline_secrets.missing(primary, spec)
     if unset:
         raise BadRequest(
             f"secrets: {', '.join(unset)} not set for pipeline {pipeline_name!r} "
             f"(PUT /api/v1/pipelines/{pipeline_name}/secrets/NAME)"
         )
+    if parameters:
+        spec = {**spec, "env": {**spec["env"], **parameters}}
     now = time.time()
+    row = (
+        spec["name"],
+        json.dumps(spec),
+        json.dumps(spec["tags"]),
+        int(spec.get("run_as_root", False)),
+        now,
+        now,
+        json.dumps(source) if source else None,
+        json.dumps(triggered_by or {"kind": "api"}),
+        json.dumps(parameters) if parameters else None,
+    )
+    if conn is not None:
+        return _insert_run(conn, row, spec)
     with primary.store.transaction() as conn:
-        run_id = conn.execute(
-            "INSERT INTO runs (pipeline, spec, tags, run_as_root, state, created_at, queued_at)"
-            " VALUES (?, ?, ?, ?, 'queued', ?, ?) RETURNING id",
-            (
-                spec["name"],
-                json.dumps(spec),
-                json.dumps(spec["tags"]),
-                int(spec.get("run_as_root", False)),
-                now,
-                now,
-            ),
-        ).fetchone()["id"]
-        conn.executemany(
-            "INSERT INTO jobs (run_id, name, position, state) VALUES (?, ?, ?, 'pending')",
-            [(run_id, job["name"], i) for i, job in enumerate(spec["jobs"])],
-        )
+        run_id = _insert_run(conn, row, spec)
     plan(primary)
     notify(primary)
+    return run_id
+
+
+def _insert_run(conn, row: tuple, spec: dict) -> int:
+    run_id = conn.execute(
+        "INSERT INTO runs (pipeline, spec, tags, run_as_root, state, created_at, queued_at,"
+        " source, triggered_by, parameters) VALUES (?, ?, ?, ?, 'queued', ?, ?, ?, ?, ?)"
+        " RETURNING id",
+        row,
+    ).fetchone()["id"]
+    conn.executemany(
+        "INSERT INTO jobs (run_id, name, position, state) VALUES (?, ?, ?, 'pending')",
+        [(run_id, job["name"], i) for i, job in enumerate(spec["jobs"])],
+    )
     return run_id
 
 
@@ -94,6 +146,11 @@ def describe_run(primary: Primary, run: dict, jobs: list[dict] | None = None) ->
         "started_at": iso(run["started_at"]),
         "finished_at": iso(run["finished_at"]),
         "placement": json.loads(run["placement"]) if run["placement"] else [],
+        # What it builds (the git source at one commit) and what started it.
+        "source": json.loads(run["source"]) if run.get("source") else None,
+        "trigger": json.loads(run["triggered_by"]) if run.get("triggered_by") else None,
+        "trigger_text": trigger_text(json.loads(run.get("triggered_by") or "null")),
+        "parameters": json.loads(run["parameters"]) if run.get("parameters") else {},
         "attempts": [
             {
                 "attempt": a["attempt"],

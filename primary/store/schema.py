@@ -195,6 +195,26 @@ MIGRATIONS: list[str] = [
              OR (older.created_at = workers.created_at AND older.id < workers.id)));
     CREATE UNIQUE INDEX workers_by_lower_name ON workers (lower(name));
     """,
+    # 10: pipelines that build a repository (issue 17). What a run builds (its git source at
+    # an exact commit: JSON {git, ref, sha, commit, subject, author}), what started it (JSON
+    # {kind: api|ui|webhook|rerun|..., by, token, forge, delivery, of_run}) and the
+    # parameters it was given (JSON {NAME: value}). A webhook delivery is recorded once per
+    # pipeline and delivery id, so a repeated delivery makes no second run; schedules will
+    # record their slots the same way (a unique key per fire).
+    """
+    ALTER TABLE runs ADD COLUMN source TEXT;
+    ALTER TABLE runs ADD COLUMN triggered_by TEXT;
+    ALTER TABLE runs ADD COLUMN parameters TEXT;
+    CREATE TABLE hook_deliveries (
+        pipeline TEXT NOT NULL,
+        delivery TEXT NOT NULL,         -- the forge's delivery id
+        forge TEXT NOT NULL,
+        received_at REAL NOT NULL,
+        run_id INTEGER,                 -- null: the delivery made no run (outcome says why)
+        outcome TEXT NOT NULL,
+        PRIMARY KEY (pipeline, delivery)
+    );
+    """,
 ]
 
 # Statements only PostgreSQL runs, after the migration of that number.

@@ -10,6 +10,7 @@ from primary.api.auth import primary_of_app
 from primary.errors import ApiError, BadRequest
 from primary.pipelines import pipelines, static_files
 from primary.runs import runs
+from primary.sources import triggers
 from primary.ui.respond import done, error_page
 from primary.ui.run_info import last_runs, worker_names
 from primary.ui.session import current_user, require_admin
@@ -85,7 +86,8 @@ def show(name: str):
 @bp.post("/<name>/runs")
 @require_admin
 def trigger(name: str):
-    run_id = runs.create_run(primary_of_app(), name)
+    user = current_user()
+    run_id = triggers.trigger(primary_of_app(), name, {}, {"kind": "ui", "user": user.name})
     return done(f"run {run_id} queued", url_for("ui.runs.show", run_id=run_id), id=run_id)
 
 

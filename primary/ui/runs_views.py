@@ -11,10 +11,11 @@ from primary.fleet import workers
 from primary.pipelines import pipelines
 from primary.runs import runs
 from primary.runs.runlog import run_log
+from primary.sources import triggers
 from primary.ui import log_stream
 from primary.ui.respond import done
 from primary.ui.run_info import prepare_lines, tail_start
-from primary.ui.session import require_admin
+from primary.ui.session import current_user, require_admin
 
 bp = Blueprint("runs", __name__, url_prefix="/runs")
 SLOTS = "cifleet.ui_log_streams"
@@ -144,6 +145,14 @@ def attempt_log(run_id: int, attempt: int, job: str):
     info = runs.attempt_log(primary, run_id, attempt, job)
     chunks = primary.logs.iter_bytes(run_id, attempt, job, 0, info["size"])
     return Response(chunks, mimetype="text/plain")
+
+
+@bp.post("/<int:run_id>/again")
+@require_admin
+def again(run_id: int):
+    user = current_user()
+    new = triggers.run_again(primary_of_app(), run_id, {"kind": "ui", "user": user.name})
+    return done(f"run {new} queued", url_for(".show", run_id=new), id=new)
 
 
 @bp.post("/<int:run_id>/cancel")

@@ -12,7 +12,7 @@ import pytest
 
 from agent.identity import IdentityError, JobIdentities, parse_uid_range
 from agent.uid_registry import UidRegistry
-from agent.workspace import _write_inside
+from agent.workspace import write_inside
 
 pytestmark = pytest.mark.skipif(os.geteuid() != 0, reason="switching users needs root")
 
@@ -137,10 +137,10 @@ def test_static_file_writes_never_go_through_a_link(tmp_path):
     outside.mkdir()
     (ws / "conf").symlink_to(outside)  # planted by a job between the check and the write
     with pytest.raises(OSError) as refused:
-        _write_inside(ws, "conf/app.ini", b"x", None)
+        write_inside(ws, "conf/app.ini", b"x", None)
     assert refused.value.errno in (errno.ENOTDIR, errno.ELOOP)
     assert list(outside.iterdir()) == []
-    _write_inside(ws, "a/b/c.txt", b"data", (4_000_000_001, 4_000_000_001))
+    write_inside(ws, "a/b/c.txt", b"data", (4_000_000_001, 4_000_000_001))
     assert (ws / "a" / "b" / "c.txt").read_bytes() == b"data"
     assert os.stat(ws / "a" / "b").st_uid == os.stat(ws / "a/b/c.txt").st_uid == 4_000_000_001
 

@@ -1,0 +1,185 @@
+"""How git gets a source's credentials without them touching argv, a log or a file.
+
+- An HTTPS token: git's credential helper is a shell function given in the environment
+  (GIT_CONFIG_COUNT/KEY/VALUE, git 2.31+) that prints the user name and the token from two
+  environment variables. Only git and its helper see them (/proc/PID/environ is readable by
+  the same uid and root alone); the helper's text, in the environment too, holds no secret.
+- An SSH key: a private ssh-agent for the one git command, its socket in a 0700 folder of
+  its own; the key goes to `ssh-add -` on stdin and lives in that agent's memory until it
+  is killed right after. ssh gets the known_hosts lines from a file in that folder, with
+  StrictHostKeyChecking=yes: a server that is not the one named is refused.
+
+Used by the agent (the checkout, as the job's uid) and the primary (`git ls-remote` when a
+run is triggered), so it imports nothing of either.
+"""
+
+import contextlib
+import os
+import shutil
+import signal
+import subprocess
+import tempfile
+import time
+from collections.abc import Iterator
+from pathlib import Path
+
+HELPER = (
+    '!f() { printf "username=%s\\npassword=%s\\n"'
+    ' "$CIFLEET_GIT_USERNAME" "$CIFLEET_GIT_PASSWORD"; }; f'
+)
+AGENT_START_SECONDS = 5.0
+# Jobs' uids have no passwd entry, and ssh refuses to run without one ("No user exists for
+# uid"): nss_wrapper (Debian: libnss-wrapper) gives the one ssh process an entry.
+NSS_WRAPPER_PATHS = (
+    "/usr/lib/x86_64-linux-gnu/libnss_wrapper.so",
+    "/usr/lib/aarch64-linux-gnu/libnss_wrapper.so",
+    "/usr/lib64/libnss_wrapper.so",
+    "/usr/lib/libnss_wrapper.so",
+)
+
+
+class GitAuthError(Exception):
+    """The credentials could not be handed to git; the message holds no secret."""
+
+
+def base_env(home: str, path: str | None = None) -> dict[str, str]:
+    """A clean environment for git: nothing of the caller's (its own credentials, its git
+    settings) leaks in, no prompt waits for a terminal, no system or global config."""
+    return {
+        "PATH": path or os.environ.get("PATH", os.defpath),
+        "HOME": home,
+        "LANG": "C",
+        "GIT_TERMINAL_PROMPT": "0",
+        "GIT_CONFIG_NOSYSTEM": "1",
+        "GIT_CONFIG_GLOBAL": "/dev/null",
+        "GIT_ASKPASS": "/bin/false",
+        "SSH_ASKPASS": "/bin/false",
+    }
+
+
+def token_env(username: str, token: str) -> dict[str, str]:
+    """Environment entries that make git answer an HTTP auth challenge with the token."""
+    return {
+        "GIT_CONFIG_COUNT": "2",
+        "GIT_CONFIG_KEY_0": "credential.helper",
+        "GIT_CONFIG_VALUE_0": "",  # forget any helper configured elsewhere first
+        "GIT_CONFIG_KEY_1": "credential.helper",
+        "GIT_CONFIG_VALUE_1": HELPER,
+        "CIFLEET_GIT_USERNAME": username,
+        "CIFLEET_GIT_PASSWORD": token,
+    }
+
+
+def nss_wrapper() -> str | None:
+    return next((p for p in NSS_WRAPPER_PATHS if os.path.exists(p)), None)
+
+
+@contextlib.contextmanager
+def ssh_env(
+    known_hosts: str,
+    key: str | None,
+    uid: int | None = None,
+    gid: int | None = None,
+    needs_passwd_entry: bool = False,
+    home: str = "/",
+) -> Iterator[dict[str, str]]:
+    """Environment entries for git over ssh: GIT_SSH_COMMAND with the known hosts, and the
+    key in a private ssh-agent (run as `uid` when given, as git will be). Everything is
+    gone when the block ends."""
+    folder = Path(tempfile.mkdtemp(prefix="cifleet-ssh-"))
+    agent = None
+    try:
+        if uid is not None:
+            os.chown(folder, uid, gid if gid is not None else uid)
+        hosts = folder / "known_hosts"
+        hosts.write_text(known_hosts)
+        env: dict[str, str] = {}
+        if needs_passwd_entry:
+            library = nss_wrapper()
+            if library is None:
+                raise GitAuthError(
+                    "git over ssh as a job uid needs libnss-wrapper on the worker (the uid has"
+                    " no passwd entry, and ssh refuses to run without one)"
+                )
+            (folder / "passwd").write_text(
+                f"cifleet-job:x:{uid}:{gid}:cifleet job:{home}:/bin/sh\n"
+            )
+            (folder / "group").write_text(f"cifleet-job:x:{gid}:\n")
+            env |= {
+                "LD_PRELOAD": library,
+                "NSS_WRAPPER_PASSWD": str(folder / "passwd"),
+                "NSS_WRAPPER_GROUP": str(folder / "group"),
+            }
+        for name in ("known_hosts", "passwd", "group"):
+            if (folder / name).exists() and uid is not None:
+                os.chown(folder / name, uid, gid if gid is not None else uid)
+        options = (
+            f"-o UserKnownHostsFile={hosts} -o StrictHostKeyChecking=yes -o BatchMode=yes"
+            " -o IdentityFile=none -o ConnectTimeout=30 -F /dev/null"
+        )
+        if key is not None:
+            socket_path = folder / "agent.sock"
+            agent = _start_agent(socket_path, uid, gid, env)
+            _add_key(socket_path, key, uid, gid, env)
+            env["SSH_AUTH_SOCK"] = str(socket_path)
+        env["GIT_SSH_COMMAND"] = f"ssh {options}"
+        env["GIT_SSH_VARIANT"] = "ssh"
+        yield env
+    finally:
+        if agent is not None:
+            _stop(agent)
+        shutil.rmtree(folder, ignore_errors=True)
+
+
+def _user_kwargs(uid: int | None, gid: int | None) -> dict:
+    if uid is None:
+        return {}
+    return {"user": uid, "group": gid if gid is not None else uid, "extra_groups": []}
+
+
+def _start_agent(socket_path: Path, uid, gid, env: dict[str, str]) -> subprocess.Popen:
+    agent = subprocess.Popen(
+        ["ssh-agent", "-D", "-a", str(socket_path)],
+        stdin=subprocess.DEVNULL,
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.DEVNULL,
+        env={"PATH": os.environ.get("PATH", os.defpath), **env},
+        start_new_session=True,
+        **_user_kwargs(uid, gid),
+    )
+    deadline = time.monotonic() + AGENT_START_SECONDS
+    while not socket_path.exists():
+        if agent.poll() is not None or time.monotonic() > deadline:
+            _stop(agent)
+            raise GitAuthError("ssh-agent did not start")
+        time.sleep(0.005)
+    return agent
+
+
+def _add_key(socket_path: Path, key: str, uid, gid, env: dict[str, str]) -> None:
+    text = key if key.endswith("\n") else key + "\n"  # ssh-add wants the final newline
+    result = subprocess.run(
+        ["ssh-add", "-q", "-"],
+        input=text.encode(),
+        capture_output=True,
+        env={"PATH": os.environ.get("PATH", os.defpath), "SSH_AUTH_SOCK": str(socket_path), **env},
+        timeout=AGENT_START_SECONDS,
+        **_user_kwargs(uid, gid),
+    )
+    if result.returncode != 0:
+        # ssh-add names no key material in its errors ("Error loading key "(stdin)": ...).
+        reason = result.stderr.decode(errors="replace").strip().splitlines()
+        raise GitAuthError(f"the ssh key was refused: {reason[-1] if reason else 'ssh-add failed'}")
+
+
+def _stop(agent: subprocess.Popen) -> None:
+    with contextlib.suppress(ProcessLookupError):
+        os.killpg(agent.pid, signal.SIGKILL)
+    agent.wait()
+
+
+def scrub(text: str, secrets: list[str]) -> str:
+    """`text` with every secret value replaced by ***."""
+    for secret in sorted((s for s in secrets if s), key=len, reverse=True):
+        text = text.replace(secret, "***")
+    return text
