@@ -44,6 +44,9 @@ class PrimaryConfig:
     # TLS handshake: a fleet needs room for a poll and a few report connections per agent.
     keepalive_connections: int = 4096
     primary_worker_slots: int = 1
+    # Where agents reach this primary, as it tells them (docs/design.md, "Several
+    # primaries"); None: its bind address, or its certificate's first name.
+    agent_url: str | None = None
     # Failed registrations (wrong secret, bad request) allowed per source address and window.
     registration_failures: int = 10
     registration_window: float = 300.0

@@ -55,6 +55,10 @@ class Primary:
     plan_lock: threading.Lock = field(default_factory=threading.Lock)
     # Set when anything about runs changed; followers (log tails, the UI) wait on it.
     run_changed: threading.Condition = field(default_factory=threading.Condition)
+    # The agent URLs of the fleet's live primaries (a shared store only), as this
+    # primary's last presence beat read them (primary.fleet.presence); polls answer them.
+    agent_urls: list[str] = field(default_factory=list)
+    presence_beat_at: float = 0.0
     # Whether each listener serves, by name ("public", "agent"): set by whatever runs the
     # servers, read by GET /readyz.
     listeners: dict[str, Callable[[], bool]] = field(default_factory=dict)

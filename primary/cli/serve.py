@@ -29,6 +29,7 @@ from primary.app import create_agent_app, create_app
 from primary.cli.listeners import Listener, bind_listeners
 from primary.config import PrimaryConfig
 from primary.context import Primary, open_primary
+from primary.fleet import presence
 from primary.fleet.builtin_worker import local_api_url, start_builtin_worker
 from primary.runs import leases
 from primary.runs.scheduler import plan
@@ -132,6 +133,7 @@ def build_servers(
 def _sweep_leases(primary: Primary, stop: threading.Event) -> None:
     while not stop.wait(SWEEP_INTERVAL):
         try:
+            presence.beat(primary)  # this primary serves the fleet (others read it)
             # plan() also runs here so a run waiting for its busy home moves on time, and
             # what every waiting run says about why it waits stays true.
             if not leases.expire_leases(primary):
@@ -162,7 +164,11 @@ def serve(config: PrimaryConfig) -> int:
     announced = False
     try:
         primary = open_primary(config)
-        leases.grace_after_restart(primary)
+        # Agents could not renew leases while no primary served; when another did (a
+        # fleet of several), they moved to it and need no grace.
+        if not presence.others_live(primary):
+            leases.grace_after_restart(primary)
+        presence.beat(primary)
         public, agent = build_servers(primary, stop, public_listener, agent_listener)
         for server in (agent, public):  # stopped in this order
             server.prepare()
@@ -209,6 +215,7 @@ def serve(config: PrimaryConfig) -> int:
                 builtin.join(timeout=15)
             for server in servers:
                 server.stop()
+            presence.withdraw(primary)
         if announced:
             primary.data.pidfile.unlink(missing_ok=True)
             primary.data.serve_info.unlink(missing_ok=True)

@@ -23,7 +23,7 @@ from primary.store.sqlite import SqliteStore
 
 BEFORE_COPY = "before-copy"
 # Kept in the database's own way: not copied as rows.
-_NOT_COPIED = ("sqlite_sequence",)
+_NOT_COPIED = ("sqlite_sequence", "primaries")  # primaries: each announces itself
 
 
 class CopyError(Exception):

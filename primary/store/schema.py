@@ -195,6 +195,17 @@ MIGRATIONS: list[str] = [
              OR (older.created_at = workers.created_at AND older.id < workers.id)));
     CREATE UNIQUE INDEX workers_by_lower_name ON workers (lower(name));
     """,
+    # 10: the primaries serving the fleet (several share a PostgreSQL store), so agents
+    # learn where else to go.
+    """
+    CREATE TABLE primaries (
+        name TEXT PRIMARY KEY,
+        agent_url TEXT NOT NULL,
+        api_url TEXT NOT NULL,
+        started_at REAL NOT NULL,
+        last_seen REAL NOT NULL
+    );
+    """,
 ]
 
 # Statements only PostgreSQL runs, after the migration of that number.

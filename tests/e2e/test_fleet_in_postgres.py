@@ -8,7 +8,7 @@ from pathlib import Path
 
 import pytest
 from cryptography import x509
-from fleet import BIN, Agent, Primary, free_port, register_agent, wait_for
+from fleet import BIN, Agent, Primary, register_agent, wait_for
 
 from primary.store.vault import new_key
 
@@ -38,15 +38,13 @@ def two_primaries(tmp_path, pg_url):
         primaries.append(
             Primary(
                 data_dir=data_dir,
-                api_port=free_port(),
-                agent_port=free_port(),
                 serve_args=["--heartbeat-timeout", "6"],
                 log_path=tmp_path / f"{data_dir.name}.log",
             )
         )
     yield primaries
     for primary in primaries:
-        primary.stop()
+        primary.close()
 
 
 def test_a_second_primary_joins_only_with_the_fleets_vault_key(two_primaries, pg_url, tmp_path):
