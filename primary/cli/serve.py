@@ -28,7 +28,7 @@ from agent.home import write_atomic
 from primary.app import create_agent_app, create_app
 from primary.cli.listeners import Listener, bind_listeners
 from primary.config import PrimaryConfig
-from primary.context import Primary, open_primary
+from primary.context import Primary, connect_signals, open_primary
 from primary.fleet import presence
 from primary.fleet.builtin_worker import local_api_url, start_builtin_worker
 from primary.runs import leases
@@ -169,6 +169,7 @@ def serve(config: PrimaryConfig) -> int:
         if not presence.others_live(primary):
             leases.grace_after_restart(primary)
         presence.beat(primary)
+        connect_signals(primary, stop)  # wakes and log follows across primaries
         public, agent = build_servers(primary, stop, public_listener, agent_listener)
         for server in (agent, public):  # stopped in this order
             server.prepare()

@@ -3,7 +3,7 @@
 import json
 import time
 
-from primary.context import Primary
+from primary.context import Primary, runs_changed
 from primary.errors import BadRequest, NotFound, conflict
 from primary.pipelines import pipelines
 from primary.pipelines import secrets as pipeline_secrets
@@ -25,9 +25,8 @@ FINAL_STATES = ("success", "failed", "cancelled", "lost", "timed_out")
 
 
 def notify(primary: Primary) -> None:
-    """Wake everyone following runs (log tails, later the UI)."""
-    with primary.run_changed:
-        primary.run_changed.notify_all()
+    """Wake everyone following runs (log tails, the UI), on every primary."""
+    runs_changed(primary)
 
 
 def create_run(primary: Primary, pipeline_name: str) -> int:

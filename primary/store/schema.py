@@ -206,6 +206,17 @@ MIGRATIONS: list[str] = [
         last_seen REAL NOT NULL
     );
     """,
+    # 11: static files in the store of a shared fleet (PostgreSQL), so every primary
+    # serves them; on SQLite they stay in DATA/files (blob NULL).
+    """
+    ALTER TABLE pipeline_files ADD COLUMN blob TEXT;   -- its chunks in file_chunks
+    CREATE TABLE file_chunks (
+        blob TEXT NOT NULL,
+        seq INTEGER NOT NULL,
+        data BLOB NOT NULL,
+        PRIMARY KEY (blob, seq)
+    );
+    """,
 ]
 
 # Statements only PostgreSQL runs, after the migration of that number.

@@ -1,8 +1,11 @@
-"""Several primaries on one PostgreSQL: an agent knows them all, and when the one it talks
+"""Several primaries on one PostgreSQL. An agent knows them all, and when the one it talks
 to dies it moves to another within seconds, with the same certificate. Its fence counts
 contact with any primary, so the job it runs goes on: no stop, no second attempt, and the
-log (chunks in flight at the kill resent to the other primary by offset) byte-exact."""
+log (chunks in flight at the kill resent to the other primary by offset) byte-exact. A run
+queued through one wakes an agent held by the other; static files uploaded through one
+are served by every one."""
 
+import hashlib
 import json
 import signal
 import subprocess
@@ -25,14 +28,17 @@ def init(data_dir: Path, *args: str) -> None:
 
 
 @pytest.fixture
-def two_primaries(tmp_path, pg_url):
+def two_primaries(tmp_path, pg_url, request):
+    """Two primaries of one fleet, with a short heartbeat timeout unless the test gives
+    serve flags: @pytest.mark.parametrize("two_primaries", [(...)], indirect=True)."""
     first, second = tmp_path / "one", tmp_path / "two"
     init(first, "--store", pg_url)
     init(second, "--store", pg_url, "--vault-key-file", str(first / "vault.key"))
+    flags = getattr(request, "param", ("--heartbeat-timeout", str(HEARTBEAT)))
     primaries = [
         Primary(
             data_dir=d,
-            serve_args=["--heartbeat-timeout", str(HEARTBEAT), "--primary-worker-slots", "0"],
+            serve_args=[*flags, "--primary-worker-slots", "0"],
             log_path=tmp_path / f"{d.name}.log",
         )
         for d in (first, second)
@@ -127,6 +133,62 @@ def test_a_restarted_agent_knows_the_primaries_and_starts_where_one_is(
     assert run["state"] == "success" and two.job_log(run_id, "w") == b"hi\n"
     config = json.loads((mover.home / "config.json").read_text())
     assert config["agent_url"] == f"https://127.0.0.1:{one.agent_port}"  # as registered
+
+
+def polls_held(primary: Primary) -> float:
+    status, _, body = primary.client.request("GET", "/metrics")
+    assert status == 200
+    [line] = [x for x in body.decode().splitlines() if x.startswith("cifleet_polls_held ")]
+    return float(line.split()[1])
+
+
+# Polls held 30 s, assignments unconfirmed for 120 s before they are taken back: only the
+# other primary's notification can hand the agent its run before its poll's hold ends.
+@pytest.mark.parametrize(
+    "two_primaries",
+    [("--heartbeat-timeout", "120", "--confirm-timeout", "120")],
+    indirect=True,
+)
+def test_a_run_queued_through_one_primary_wakes_an_agent_held_by_the_other(two_primaries, mover):
+    one, two = two_primaries
+    wait_for(lambda: polls_held(one) == 1, 30, "the agent's poll to be held by the first")
+    two.pipeline("name: across\njobs:\n  - name: w\n    steps: ['echo across']\n")
+    run_id = two.trigger("across")
+    # Well within the hold (30 s), which is what it would take without the notification.
+    run = two.wait_run(run_id, timeout=20)
+    assert (run["state"], run["attempt"]) == ("success", 1), run
+    assert one.job_log(run_id, "w") == b"across\n"
+
+
+def test_static_files_uploaded_through_one_primary_are_served_by_the_other(
+    two_primaries, mover, pg_cluster, pg_url
+):
+    one, two = two_primaries
+    two.pipeline("name: files\njobs:\n  - name: w\n    steps: ['sha256sum conf/data']\n")
+    data = bytes(range(256)) * 9000  # 2.3 MB: three chunks
+    path = "/api/v1/pipelines/files/files/conf/data"
+    status, _, _ = two.client.request("PUT", path, data)
+    assert status in (200, 201)
+    assert one.client.request("GET", path)[::2] == (200, data)
+    # A file cannot be a folder of others, nor under another file: as on disk.
+    for bad, why in (
+        ("conf", "conf is a folder of other files"),
+        ("conf/data/x", "conf/data is a file, so nothing can be below it"),
+    ):
+        status, _, body = one.client.request("PUT", f"/api/v1/pipelines/files/files/{bad}", b"x")
+        assert status == 400 and why.encode() in body, body
+    run_id = two.trigger("files")
+    assert one.wait_run(run_id)["state"] == "success"
+    digest = hashlib.sha256(data).hexdigest()
+    assert one.job_log(run_id, "w") == f"{digest}  conf/data\n".encode()
+    # Replaced and deleted through one primary: the old chunks go with it.
+    assert one.client.request("PUT", path, b"new")[0] in (200, 201)
+    assert two.client.request("GET", path)[::2] == (200, b"new")
+    assert pg_cluster.sql(pg_url, "SELECT count(*) FROM file_chunks") == [(1,)]
+    assert two.client.request("DELETE", path)[0] in (200, 204)
+    assert one.client.request("GET", path)[0] == 404
+    assert pg_cluster.sql(pg_url, "SELECT count(*) FROM file_chunks") == [(0,)]
+    assert not (one.data_dir / "files").exists() and not (two.data_dir / "files").exists()
 
 
 def test_bad_primaries_are_refused_by_the_cli(tmp_path):
