@@ -232,6 +232,26 @@ class ClientPool:
             client.close()
 
 
+def post_to_any(
+    config: dict, context, path: str, body: dict, timeout: float | None = None
+) -> Response:
+    """POST to the first of the agent's primaries (config.json: the registered one, then
+    those it learned) that answers: for one-off commands (`check`, `update-worker`), which
+    must work while the registered primary is down. Raises the last TransportError."""
+    primaries = Primaries([config["agent_url"]], config.get("agent_urls"))
+    client = Client(primaries, context, **({"timeout": timeout} if timeout else {}))
+    try:
+        for tries_left in range(len(primaries.urls()) - 1, -1, -1):
+            try:
+                return client.post_json(path, body)
+            except TransportError:
+                if not tries_left:
+                    raise
+        raise AssertionError("unreachable")
+    finally:
+        client.close()
+
+
 def _describe(e: BaseException) -> str:
     if isinstance(e, ssl.SSLCertVerificationError):
         return f"certificate verification failed: {e.verify_message or e}"

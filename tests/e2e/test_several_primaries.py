@@ -126,6 +126,12 @@ def test_a_restarted_agent_knows_the_primaries_and_starts_where_one_is(
     )
     mover.stop()
     one.stop(signal.SIGKILL)
+    # `check` (the role's registration test) asks the primary it learned of, too.
+    checked = subprocess.run(
+        [str(BIN / "cifleet-agent"), "check", "--home", str(mover.home)],
+        capture_output=True, text=True, timeout=60,
+    )  # fmt: skip
+    assert checked.returncode == 0, checked.stderr
     mover.start()  # its registered primary is dead: it moves to the one it learned of
     two.pipeline("name: quick\njobs:\n  - name: w\n    steps: ['echo hi']\n")
     run_id = two.trigger("quick")
