@@ -71,6 +71,8 @@ class Primary:
     # The agent URLs of the fleet's live primaries (a shared store only), as this
     # primary's last presence beat read them (primary.fleet.presence); polls answer them.
     agent_urls: list[str] = field(default_factory=list)
+    # Whether another primary was live at the last beat: only then are signals published.
+    others_live: bool = False
     presence_beat_at: float = 0.0
     # Whether each listener serves, by name ("public", "agent"): set by whatever runs the
     # servers, read by GET /readyz.
@@ -109,7 +111,7 @@ def runs_changed(primary: Primary, *, local: bool = False) -> None:
     other primaries."""
     with primary.run_changed:
         primary.run_changed.notify_all()
-    if primary.signals is not None and not local:
+    if primary.signals is not None and primary.others_live and not local:
         primary.signals.publish(SIGNAL_RUNS)
 
 
@@ -137,7 +139,12 @@ def connect_signals(primary: Primary, stop: threading.Event) -> None:
     # Notifications need no durability: a lost one costs latency only.
     signals = PgSignals(lambda: primary.store.connect(synchronous_commit="off"), heard, stop)
     primary.signals = signals.start()
-    primary.waiters.publish = lambda worker_id: signals.publish(SIGNAL_WAKE, worker_id)
+
+    def publish_wake(worker_id: str) -> None:
+        if primary.others_live:  # alone, nobody else holds a poll (a cost on dispatch)
+            signals.publish(SIGNAL_WAKE, worker_id)
+
+    primary.waiters.publish = publish_wake
 
 
 def _sync_closed_logs(logs: LogStore, notes: list) -> None:

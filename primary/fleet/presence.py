@@ -80,10 +80,11 @@ def beat(primary: Primary, now: float | None = None) -> None:
         return
     window = live_window(primary.config.heartbeat_timeout)
     rows = primary.store.query(
-        "SELECT agent_url FROM primaries WHERE last_seen >= ? OR name = ? ORDER BY name",
+        "SELECT name, agent_url FROM primaries WHERE last_seen >= ? OR name = ? ORDER BY name",
         (now - window, name),
     )
     primary.agent_urls = list(dict.fromkeys(r["agent_url"] for r in rows))
+    primary.others_live = any(r["name"] != name for r in rows)
 
 
 def others_live(primary: Primary, now: float | None = None) -> bool:

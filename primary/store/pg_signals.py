@@ -28,6 +28,7 @@ CHANNEL = "cifleet"
 LISTEN_TICK = 1.0  # how often the listener looks at the stop event
 BACKOFF_INITIAL = 0.2
 BACKOFF_CAP = 5.0
+URGENT = "wake"  # signals of this kind are sent at once, not gathered
 RESYNC = "resync"  # given to on_signal after an outage of the listener
 MAX_QUEUED = 10_000  # past this, signals are dropped (a burst; polls and reads catch up)
 MAX_PAYLOAD = 7_000  # PostgreSQL's limit is 8000 bytes per notification
@@ -84,6 +85,15 @@ class PgSignals:
             taken, self._queue = list(self._queue), {}
         return taken
 
+    def _pause(self) -> None:
+        """Let what comes next gather for PUBLISH_INTERVAL, unless a wake is queued: a
+        held poll waits for that one, and the dispatch with it."""
+        with self._cond:
+            self._cond.wait_for(
+                lambda: self._stop.is_set() or any(k.startswith(URGENT) for k in self._queue),
+                PUBLISH_INTERVAL,
+            )
+
     def _publish_forever(self) -> None:
         conn: psycopg.Connection | None = None
         delay = BACKOFF_INITIAL
@@ -99,7 +109,7 @@ class PgSignals:
                     for payload in _payloads(self.origin, signals):
                         conn.execute("SELECT pg_notify(%s, %s)", (CHANNEL, payload))
                 delay = BACKOFF_INITIAL
-                self._stop.wait(PUBLISH_INTERVAL)
+                self._pause()
             except psycopg.Error as exc:
                 # Dropped: they cost latency only (see the module's docstring).
                 log.debug("could not publish %d signal(s): %s", len(signals), exc)

@@ -30,6 +30,7 @@ def two(tmp_path_factory, pg_cluster):
     stop = threading.Event()
     primaries = [open_primary(PrimaryConfig(data_dir=d)) for d in (first, second)]
     for p in primaries:
+        p.others_live = True  # as their presence beats would find (primary.fleet.presence)
         connect_signals(p, stop)
         wait_for(p.signals.listening.is_set, 30, "LISTEN")
     yield primaries
