@@ -99,6 +99,13 @@ def _parser() -> argparse.ArgumentParser:
         help="serve Prometheus metrics at http://ADDR/metrics (HOST:PORT, [IPV6]:PORT or :PORT;"
         " no TLS, no token: bind it to a trusted network). Off by default",
     )
+    run.add_argument(
+        "--primaries",
+        default="",
+        metavar="URLS",
+        help="comma-separated agent URLs (https://HOST:PORT) of the fleet's other primaries, to"
+        " move to when the registered one cannot be reached (the primaries also tell the agent)",
+    )
     run.set_defaults(func=_run)
 
     chk = sub.add_parser(
@@ -176,6 +183,11 @@ def _run(args: argparse.Namespace) -> int:
             load_config(args.home)  # report a bad home here, before detaching
         except ConfigError as e:
             return _fail(str(e))
+    from agent.primaries import valid_url
+
+    bad = [u for u in _url_list(args.primaries) if not valid_url(u)]
+    if bad:
+        return _fail(f"--primaries: not an https://HOST[:PORT] URL: {bad[0]}")
     listener = None
     if args.metrics_listen is not None:
         from agent.metrics import bind
@@ -191,7 +203,7 @@ def _run(args: argparse.Namespace) -> int:
         except OSError as e:
             return _fail(f"cannot start the daemon: {e}")
     try:
-        return _run_agent(args.home, listener)
+        return _run_agent(args.home, listener, _url_list(args.primaries))
     finally:
         if listener is not None:
             listener.close()
@@ -199,7 +211,13 @@ def _run(args: argparse.Namespace) -> int:
             remove_pidfile(args.pidfile)
 
 
-def _run_agent(home: Path, metrics_socket: socket.socket | None = None) -> int:
+def _url_list(value: str) -> list[str]:
+    return [u.strip() for u in value.split(",") if u.strip()]
+
+
+def _run_agent(
+    home: Path, metrics_socket: socket.socket | None = None, primaries: list[str] | None = None
+) -> int:
     from agent.home import ConfigError
     from agent.metrics import MetricsServer
     from agent.worker import Agent
@@ -210,7 +228,7 @@ def _run_agent(home: Path, metrics_socket: socket.socket | None = None) -> int:
         format="%(asctime)s %(levelname)s %(name)s: %(message)s",
     )
     try:
-        agent = Agent(home)
+        agent = Agent(home, primaries=primaries)
     except ConfigError as e:
         return _fail(str(e))
     except (ssl.SSLError, OSError) as e:

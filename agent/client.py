@@ -17,6 +17,7 @@ from pathlib import Path
 from typing import Any
 
 from agent import __version__
+from agent.primaries import Primaries
 
 REQUEST_TIMEOUT_SECONDS = 30.0
 USER_AGENT = f"cifleet-agent/{__version__}"
@@ -69,18 +70,29 @@ def agent_context(home: Path) -> ssl.SSLContext:
 ContextSource = ssl.SSLContext | Callable[[], ssl.SSLContext]
 
 
+def _split(base_url: str) -> tuple[str, int, str]:
+    url = urllib.parse.urlsplit(base_url)
+    if url.scheme != "https" or not url.hostname:
+        raise ValueError(f"not an https URL: {base_url!r}")
+    return url.hostname, url.port or 443, url.path.rstrip("/")
+
+
 class Client:
     def __init__(
-        self, base_url: str, context: ContextSource, timeout: float = REQUEST_TIMEOUT_SECONDS
+        self,
+        base_url: str | Primaries,
+        context: ContextSource,
+        timeout: float = REQUEST_TIMEOUT_SECONDS,
     ) -> None:
         """`context` may be a function returning the current context: after a certificate
-        renewal the next request reconnects with the new one."""
-        url = urllib.parse.urlsplit(base_url)
-        if url.scheme != "https" or not url.hostname:
-            raise ValueError(f"not an https URL: {base_url!r}")
-        self._host = url.hostname
-        self._port = url.port or 443
-        self._prefix = url.path.rstrip("/")
+        renewal the next request reconnects with the new one. `base_url` may be the fleet's
+        Primaries: each connect goes to the current one, and a request that gets no answer
+        moves them all to another (agent.primaries)."""
+        self._primaries = base_url if isinstance(base_url, Primaries) else None
+        if self._primaries is None:
+            _split(base_url)  # ValueError now, not at the first request
+        self._base_url = base_url if isinstance(base_url, str) else None
+        self._conn_url: str | None = None
         self._context_source = context if callable(context) else (lambda: context)
         self._conn_context: ssl.SSLContext | None = None
         self._timeout = timeout
@@ -101,22 +113,25 @@ class Client:
         headers = {"Content-Type": content_type, "User-Agent": USER_AGENT}
         aborts = self._aborts
         for attempt in (1, 2):
-            conn, reused = self._connection()
+            conn, reused, url = self._connection()
+            prefix = _split(url)[2]
             try:
                 # The connect timeout is the one given at construction; this sets the read one.
                 if conn.sock is None:
                     conn.connect()
                 conn.sock.settimeout(timeout or self._timeout)
-                conn.request(method, self._prefix + path, body=body, headers=headers)
+                conn.request(method, prefix + path, body=body, headers=headers)
                 resp = conn.getresponse()
                 data = resp.read()
             except _STALE_CONNECTION_ERRORS as e:
                 self.close()
                 if reused and attempt == 1 and aborts == self._aborts:
                     continue
+                self._unanswered(url, aborts)
                 raise TransportError(_describe(e)) from e
             except (OSError, http.client.HTTPException) as e:
                 self.close()
+                self._unanswered(url, aborts)
                 raise TransportError(_describe(e)) from e
             if resp.will_close:
                 self.close()
@@ -151,19 +166,32 @@ class Client:
             with contextlib.suppress(OSError):
                 socket.socket.shutdown(sock, socket.SHUT_RDWR)
 
-    def _connection(self) -> tuple[http.client.HTTPSConnection, bool]:
+    def _unanswered(self, url: str, aborts: int) -> None:
+        """No answer from `url`: unless we broke the request ourselves (abort()), the
+        agent tries another primary next."""
+        if self._primaries is not None and aborts == self._aborts:
+            self._primaries.failed(url)
+
+    def _connection(self) -> tuple[http.client.HTTPSConnection, bool, str]:
         context = self._context_source()
+        url = self._primaries.current() if self._primaries is not None else self._base_url
         with self._lock:
-            if self._conn is not None and self._conn_context is not context:
-                self._conn.close()  # made with an older certificate: reconnect with the new
+            if self._conn is not None and (
+                self._conn_context is not context or self._conn_url != url
+            ):
+                # Made with an older certificate, or to a primary the agent moved away
+                # from: reconnect with the new one.
+                self._conn.close()
                 self._conn = None
             if self._conn is None:
+                host, port, _ = _split(url)
                 self._conn = http.client.HTTPSConnection(
-                    self._host, self._port, context=context, timeout=self._timeout
+                    host, port, context=context, timeout=self._timeout
                 )
                 self._conn_context = context
+                self._conn_url = url
                 self._reused = False
-            return self._conn, self._reused
+            return self._conn, self._reused, url
 
 
 class ClientPool:
@@ -174,7 +202,7 @@ class ClientPool:
     idle are caught by Client's one retry on a fresh connection.
     """
 
-    def __init__(self, base_url: str, context: ContextSource, keep: int = 8) -> None:
+    def __init__(self, base_url: str | Primaries, context: ContextSource, keep: int = 8) -> None:
         self._base_url = base_url
         self._context = context
         self._keep = keep
@@ -202,6 +230,26 @@ class ClientPool:
             idle, self._idle, self._closed = self._idle, [], True
         for client in idle:
             client.close()
+
+
+def post_to_any(
+    config: dict, context, path: str, body: dict, timeout: float | None = None
+) -> Response:
+    """POST to the first of the agent's primaries (config.json: the registered one, then
+    those it learned) that answers: for one-off commands (`check`, `update-worker`), which
+    must work while the registered primary is down. Raises the last TransportError."""
+    primaries = Primaries([config["agent_url"]], config.get("agent_urls"))
+    client = Client(primaries, context, **({"timeout": timeout} if timeout else {}))
+    try:
+        for tries_left in range(len(primaries.urls()) - 1, -1, -1):
+            try:
+                return client.post_json(path, body)
+            except TransportError:
+                if not tries_left:
+                    raise
+        raise AssertionError("unreachable")
+    finally:
+        client.close()
 
 
 def _describe(e: BaseException) -> str:

@@ -26,6 +26,7 @@ from agent.home import (
     load_config,
     write_atomic,
 )
+from agent.primaries import valid_url
 from agent.protocol import NAME_RE, REGISTER_PATH
 from agent.renewal import renew_after
 
@@ -100,6 +101,8 @@ def register(
         "renew_after": renew_after(answer["certificate"].encode(), time.time()),
         **(jobs or {}),
     }
+    if others := _primaries(answer):  # a fleet of several primaries
+        config["agent_urls"] = others
     _write_home(
         home,
         [
@@ -215,3 +218,9 @@ def _write_home(home: Path, files: list[tuple[str, bytes]]) -> None:
         for path in written:
             path.unlink(missing_ok=True)
         raise
+
+
+def _primaries(answer: dict[str, Any]) -> list[str]:
+    """The agent URLs of the fleet's other primaries, if the answer lists them."""
+    urls = answer.get("primaries")
+    return [u for u in urls[:64] if valid_url(u)] if isinstance(urls, list) else []

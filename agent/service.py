@@ -10,7 +10,7 @@ import ssl
 import sys
 from pathlib import Path
 
-from agent.client import Client, TransportError, agent_context
+from agent.client import TransportError, agent_context, post_to_any
 from agent.home import CERT_FILE, ConfigError, is_registered, load_config
 from agent.protocol import CODE_CREDENTIALS_CONFLICT, CODE_UNKNOWN_WORKER, WORKER_PATH
 
@@ -46,13 +46,10 @@ def check(home: Path) -> tuple[int, str]:
         context = agent_context(Path(home))
     except (ssl.SSLError, OSError) as e:
         return CHECK_ERROR, f"cannot load the worker certificate or key from {home}: {e}"
-    client = Client(config["agent_url"], context, timeout=15)
     try:
-        resp = client.post_json(WORKER_PATH, {})
+        resp = post_to_any(config, context, WORKER_PATH, {}, timeout=15)
     except TransportError as e:
         return CHECK_ERROR, f"cannot reach the primary at {config['agent_url']}: {e}"
-    finally:
-        client.close()
     if resp.status == 403 and resp.code == CODE_UNKNOWN_WORKER:
         return CHECK_REFUSED, "the primary no longer knows this worker (removed or revoked)"
     if resp.status == 403 and resp.code == CODE_CREDENTIALS_CONFLICT:

@@ -6,7 +6,7 @@ import ssl
 from pathlib import Path
 from typing import Any
 
-from agent.client import Client, TransportError, agent_context
+from agent.client import TransportError, agent_context, post_to_any
 from agent.home import load_config, update_config
 from agent.protocol import CODE_UNKNOWN_WORKER, MAX_SLOTS, MIN_SLOTS, WORKER_PATH
 from agent.worker import UNKNOWN_WORKER_MESSAGE
@@ -33,13 +33,10 @@ def update_worker(home: Path, changes: dict[str, Any]) -> dict[str, Any]:
         context = agent_context(Path(home))
     except (ssl.SSLError, OSError) as e:
         raise UpdateError(f"cannot load the worker certificate or key from {home}: {e}") from None
-    client = Client(config["agent_url"], context)
     try:
-        resp = client.post_json(WORKER_PATH, changes)
+        resp = post_to_any(config, context, WORKER_PATH, changes)
     except TransportError as e:
         raise UpdateError(f"cannot reach the primary at {config['agent_url']}: {e}") from None
-    finally:
-        client.close()
     if resp.status == 403 and resp.code == CODE_UNKNOWN_WORKER:
         raise UpdateError(UNKNOWN_WORKER_MESSAGE)
     if resp.status in (400, 403):

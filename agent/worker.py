@@ -36,6 +36,7 @@ from agent.home import (
 )
 from agent.identity import MODE_SHARED, IdentityError, JobIdentities
 from agent.metrics import Snapshot
+from agent.primaries import Primaries
 from agent.procs import end_orphaned_jobs, end_uid_processes
 from agent.protocol import (
     CODE_CREDENTIALS_CONFLICT,
@@ -77,8 +78,11 @@ class Agent:
         *,
         kill_grace: float = KILL_GRACE_SECONDS,
         force_delivery: float = FORCE_DELIVERY_SECONDS,
+        primaries: list[str] | None = None,
     ) -> None:
-        """Load the registered home (ConfigError if it is not usable) and its TLS identity."""
+        """Load the registered home (ConfigError if it is not usable) and its TLS identity.
+        `primaries`: more agent URLs of the fleet's primaries to move to when the current
+        one cannot be reached (agent.primaries)."""
         # Absolute, so the CIFLEET_WORKSPACE of every job names this home wherever it runs.
         self.home = Path(home).absolute()
         self.config = load_config(self.home)
@@ -101,7 +105,12 @@ class Agent:
         # Runs this agent fenced (agent.fence) whose jobs are dead: each next poll tells the
         # primary they are lost, until one gets through.
         self._abandoned: set[tuple[int, int]] = set()
-        self._agent_url: str = self.config["agent_url"]
+        try:
+            self.primaries = Primaries(
+                [self.config["agent_url"], *(primaries or [])], self.config.get("agent_urls")
+            )
+        except ValueError as e:
+            raise ConfigError(f"{self.home}/config.json: agent_url: {e}") from None
         self._context = agent_context(self.home)
         self._kill_grace = kill_grace
         self._force_delivery = force_delivery
@@ -109,8 +118,10 @@ class Agent:
         self._lock = threading.Lock()
         renewal.recover(self.home)
         # Clients read the context at each connect: a renewal swaps it for all of them.
-        self._poll_client = Client(self._agent_url, lambda: self._context)
-        self._pool = ClientPool(self._agent_url, lambda: self._context)
+        # Every client connects to the current primary: after a move, each request goes to
+        # the new one, the runs' resends too (their log offsets make them byte-exact).
+        self._poll_client = Client(self.primaries, lambda: self._context)
+        self._pool = ClientPool(self.primaries, lambda: self._context)
         self._renew_at = renewal.next_renewal(self.home)
         self._poll_interrupted = False
         # Plain attributes, not Events: signal handlers set them, and taking a lock inside
@@ -183,7 +194,7 @@ class Agent:
             "agent %s (%s) polling %s with %d slot(s)",
             self.config["name"],
             self.config["worker_id"],
-            self._agent_url,
+            " or ".join(self.primaries.urls()),
             self.slots,
         )
         lock = lock_home(self.home)  # ConfigError when another agent runs with this home
@@ -336,6 +347,7 @@ class Agent:
                 self._renew_certificate()
             body = self._poll_body()
             started = time.monotonic()  # the send time: the primary renews no earlier
+            url = self.primaries.current()
             try:
                 resp = self._poll_client.post_json(
                     POLL_PATH, body, timeout=POLL_CLIENT_TIMEOUT_SECONDS
@@ -344,7 +356,9 @@ class Agent:
                 if self._poll_interrupted:  # we broke it ourselves: poll again at once
                     self._poll_interrupted = False
                     continue
-                problem = f"cannot reach the primary at {self._agent_url}: {e}"
+                # The client moved to another primary, if there is one: the backoff's
+                # first pauses are short (under a second), so the move takes no longer.
+                problem = f"cannot reach the primary at {url}: {e}"
             else:
                 if resp.status == 403 and resp.code in REFUSED_CODES:
                     self._unknown_worker(resp.code, resp.message)
@@ -434,6 +448,7 @@ class Agent:
         acted = False
         self._adopt_slots(answer.get("slots"))
         self._adopt_heartbeat(answer.get("heartbeat_timeout"))
+        self._adopt_primaries(answer.get("primaries"))
         # Before the assignments: a pipeline whose cache was cleared may come back here in
         # the same answer, and its new run must find the old workspace gone.
         self._delete_workspaces(answer.get("delete_workspaces"))
@@ -463,6 +478,18 @@ class Agent:
             self.config = update_config(self.home, slots=slots)
         except (ConfigError, OSError) as e:  # keep working with the new count anyway
             log.warning("cannot save slots=%d in the agent home: %s", slots, e)
+
+    def _adopt_primaries(self, urls: Any) -> None:
+        """The fleet's live primaries, as the primary knows them: where to go when this one
+        cannot be reached. Kept in config.json, so a restart knows them too."""
+        if not self.primaries.learn(urls):
+            return
+        learned = self.primaries.learned()
+        log.info("primaries of the fleet: %s", " ".join(learned) or "(only the registered one)")
+        try:
+            self.config = update_config(self.home, agent_urls=learned)
+        except (ConfigError, OSError) as e:
+            log.warning("cannot save the primaries' URLs in the agent home: %s", e)
 
     def _adopt_heartbeat(self, seconds: Any) -> None:
         """Retry the primary at least four times per heartbeat timeout: after an outage (a

@@ -76,11 +76,13 @@ def store_for(engine: str):
         yield lambda: cluster.create_database("bench")
 
 
-def start_agents(primary: Primary, root: Path, count: int, slots: int) -> list[Agent]:
-    """Register and start `count` agent processes; return once all are active."""
+def start_agents(
+    primary: Primary, root: Path, count: int, slots: int, prefix: str = "bench"
+) -> list[Agent]:
+    """Register and start `count` agent processes (PREFIX-N); return once all are active."""
     agents = []
     for i in range(count):
-        name = f"bench-{i}"
+        name = f"{prefix}-{i}"
         result = register_agent(primary, root, name, slots=slots)
         assert result.returncode == 0, result.stderr
         agent = Agent(name=name, home=root / name, log_path=root / f"{name}.log")

@@ -39,13 +39,13 @@ from agent.worker import Agent
 from primary.cli.client import AdminClient
 
 
-def register_fleet(primary, root: Path, count: int) -> list[Path]:
-    """Register `count` agents in parallel; return their homes."""
+def register_fleet(primary, root: Path, count: int, prefix: str = "idle") -> list[Path]:
+    """Register `count` agents (PREFIX-N) in parallel; return their homes."""
     secret = primary.secret()
 
     def one(i: int) -> Path:
-        home = root / f"idle-{i}"
-        register(primary.url, primary.ca_file, secret, f"idle-{i}", [], 1, home)
+        home = root / f"{prefix}-{i}"
+        register(primary.url, primary.ca_file, secret, f"{prefix}-{i}", [], 1, home)
         return home
 
     with ThreadPoolExecutor(8) as pool:

@@ -39,6 +39,9 @@ class PrimaryConfig:
     agent_threads: int = 64
     max_held_polls: int = 16384
     primary_worker_slots: int = 1
+    # Where agents reach this primary, as it tells them (docs/design.md, "Several
+    # primaries"); None: its bind address, or its certificate's first name.
+    agent_url: str | None = None
     # Failed registrations (wrong secret, bad request) allowed per source address and window.
     registration_failures: int = 10
     registration_window: float = 300.0

@@ -5,6 +5,7 @@ import contextlib
 import threading
 from collections.abc import Callable
 from dataclasses import dataclass, field
+from typing import TYPE_CHECKING
 
 from primary.config import PrimaryConfig
 from primary.errors import ApiError
@@ -14,6 +15,9 @@ from primary.store.datadir import DataDir
 from primary.store.db import Store
 from primary.store.engines import open_store
 from primary.store.logs import ClosedAttempt, LogStore
+
+if TYPE_CHECKING:
+    from primary.store.pg_signals import PgSignals
 
 
 class Waiter:
@@ -79,6 +83,9 @@ class Waiters:
     def __init__(self) -> None:
         self._waiters: dict[str, Waiter] = {}
         self._lock = threading.Lock()
+        # Tells the other primaries of a shared store (connect_signals): the worker's poll
+        # may be held by one of them.
+        self.publish: Callable[[str], None] | None = None
 
     def arm(self, worker_id: str) -> Waiter:
         """Call before looking for work, then wait on it: a wake in between is kept."""
@@ -90,6 +97,7 @@ class Waiters:
         return waiter
 
     def wake_all(self) -> None:
+        """This primary's held polls only (it is stopping)."""
         with self._lock:
             waiters = list(self._waiters.values())
         for waiter in waiters:
@@ -102,8 +110,11 @@ class Waiters:
             if waiter is not None:
                 waiter.set()
 
-    def wake(self, worker_id: str) -> None:
+    def wake(self, worker_id: str, *, local: bool = False) -> None:
+        """Wake the worker's held poll, here and (unless `local`) on the other primaries."""
         self.wake_many((worker_id,))
+        if self.publish is not None and not local:
+            self.publish(worker_id)
 
 
 @dataclass
@@ -119,6 +130,14 @@ class Primary:
     plan_lock: threading.Lock = field(default_factory=threading.Lock)
     # Set when anything about runs changed; followers (log tails, the UI) wait on it.
     run_changed: threading.Condition = field(default_factory=threading.Condition)
+    # LISTEN/NOTIFY with the other primaries of a shared store (connect_signals).
+    signals: "PgSignals | None" = None
+    # The agent URLs of the fleet's live primaries (a shared store only), as this
+    # primary's last presence beat read them (primary.fleet.presence); polls answer them.
+    agent_urls: list[str] = field(default_factory=list)
+    # Whether another primary was live at the last beat: only then are signals published.
+    others_live: bool = False
+    presence_beat_at: float = 0.0
     # Whether each listener serves, by name ("public", "agent"): set by whatever runs the
     # servers, read by GET /readyz.
     listeners: dict[str, Callable[[], bool]] = field(default_factory=dict)
@@ -149,6 +168,47 @@ def open_primary(config: PrimaryConfig) -> Primary:
     ca = CertificateAuthority(data.ca_cert.read_text(), vault.get("ca_key"))
     store.commit_listeners.append(lambda notes: _sync_closed_logs(logs, notes))
     return Primary(config=config, data=data, store=store, vault=vault, ca=ca, logs=logs)
+
+
+def runs_changed(primary: Primary, *, local: bool = False) -> None:
+    """Wake everyone following runs (log tails, the UI), here and (unless `local`) on the
+    other primaries."""
+    with primary.run_changed:
+        primary.run_changed.notify_all()
+    if primary.signals is not None and primary.others_live and not local:
+        primary.signals.publish(SIGNAL_RUNS)
+
+
+SIGNAL_WAKE = "wake"
+SIGNAL_RUNS = "runs"
+
+
+def connect_signals(primary: Primary, stop: threading.Event) -> None:
+    """On a shared store: wakes and "runs changed" reach the other primaries, and theirs
+    reach this one's held polls and followers (primary/store/pg_signals.py). SQLite: one
+    primary, nothing to connect."""
+    if primary.store.engine != "postgresql":
+        return
+    from primary.store.pg_signals import RESYNC, PgSignals
+
+    def heard(kind: str, arg: str) -> None:
+        if kind == SIGNAL_WAKE:
+            primary.waiters.wake(arg, local=True)
+        elif kind == SIGNAL_RUNS:
+            runs_changed(primary, local=True)
+        elif kind == RESYNC:  # signals were lost: every held poll and follower looks again
+            primary.waiters.wake_all()
+            runs_changed(primary, local=True)
+
+    # Notifications need no durability: a lost one costs latency only.
+    signals = PgSignals(lambda: primary.store.connect(synchronous_commit="off"), heard, stop)
+    primary.signals = signals.start()
+
+    def publish_wake(worker_id: str) -> None:
+        if primary.others_live:  # alone, nobody else holds a poll (a cost on dispatch)
+            signals.publish(SIGNAL_WAKE, worker_id)
+
+    primary.waiters.publish = publish_wake
 
 
 def _sync_closed_logs(logs: LogStore, notes: list) -> None:

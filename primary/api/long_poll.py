@@ -177,6 +177,7 @@ def _answer(primary: Primary, worker: dict, held: set[tuple[int, int]], body: di
         # The agent retries a failed poll sooner than this, so that a primary back from an
         # outage hears it before the leases of its runs can expire.
         "heartbeat_timeout": primary.config.heartbeat_timeout,
+        **_primaries(primary),
     }
 
 
@@ -191,6 +192,12 @@ def _source(spec: dict, recorded: str) -> dict:
         if key in settings:
             answer[key] = settings[key]
     return answer
+
+
+def _primaries(primary: Primary) -> dict:
+    """The live primaries of a shared fleet, where the agent goes when this one fails; none
+    on SQLite, whose one primary the agent knows already."""
+    return {"primaries": primary.agent_urls} if primary.agent_urls else {}
 
 
 class PollGate:

@@ -29,4 +29,6 @@ def register():
     host = request.host
     host = host[: host.index("]") + 1] if host.startswith("[") else host.split(":")[0]
     reply["agent_url"] = f"https://{host}:{primary.config.agent_port}"
+    if primary.agent_urls:  # several primaries share the fleet: the others too
+        reply["primaries"] = primary.agent_urls
     return jsonify(reply), 201

@@ -65,6 +65,14 @@ def build_parser() -> argparse.ArgumentParser:
         "--agent-port", type=int, default=8444, help="the agents' port; 0: any free port"
     )
     p.add_argument(
+        "--agent-url",
+        metavar="URL",
+        type=_https_url,
+        help="where agents reach this primary's agent port, as it tells them when several"
+        " primaries share a fleet (default: https://BIND:AGENT_PORT, or the certificate's"
+        " first name when bound to all addresses)",
+    )
+    p.add_argument(
         "--heartbeat-timeout",
         type=float,
         default=60.0,
@@ -243,6 +251,14 @@ def cmd_init(args) -> int:
     return 0
 
 
+def _https_url(value: str) -> str:
+    from agent.primaries import valid_url
+
+    if not valid_url(value):
+        raise argparse.ArgumentTypeError(f"not an https://HOST[:PORT] URL: {value!r}")
+    return value
+
+
 def cmd_serve(args) -> int:
     from primary.cli.serve import serve
 
@@ -255,6 +271,7 @@ def cmd_serve(args) -> int:
         confirm_timeout=args.confirm_timeout,
         home_busy_wait=args.home_busy_wait,
         primary_worker_slots=args.primary_worker_slots,
+        agent_url=args.agent_url,
         agent_threads=args.agent_threads,
         max_held_polls=args.max_held_polls,
         public_threads=args.public_threads,

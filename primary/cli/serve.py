@@ -24,7 +24,8 @@ from agent.home import write_atomic
 from primary.app import create_agent_app, create_app
 from primary.cli.listeners import bind_listeners
 from primary.config import PrimaryConfig
-from primary.context import Primary, open_primary
+from primary.context import Primary, connect_signals, open_primary
+from primary.fleet import presence
 from primary.fleet.builtin_worker import local_api_url, start_builtin_worker
 from primary.metrics import metrics_of
 from primary.runs import leases
@@ -67,6 +68,7 @@ def tls_contexts(primary: Primary) -> tuple[ssl.SSLContext, ssl.SSLContext]:
 def _sweep_leases(primary: Primary, stop: threading.Event) -> None:
     while not stop.wait(SWEEP_INTERVAL):
         try:
+            presence.beat(primary)  # this primary serves the fleet (others read it)
             # plan() also runs here so a run waiting for its busy home moves on time, and
             # what every waiting run says about why it waits stays true.
             if not leases.expire_leases(primary):
@@ -98,7 +100,12 @@ def serve(config: PrimaryConfig, bounds: ServerBounds | None = None) -> int:
     announced = False
     try:
         primary = open_primary(config)
-        leases.grace_after_restart(primary)
+        # Agents could not renew leases while no primary served; when another did (a
+        # fleet of several), they moved to it and need no grace.
+        if not presence.others_live(primary):
+            leases.grace_after_restart(primary)
+        presence.beat(primary)
+        connect_signals(primary, stop)  # wakes and log follows across primaries
         public_context, agent_context = tls_contexts(primary)
         agent_app = create_agent_app(primary, stop)
         servers = Servers(
@@ -149,6 +156,7 @@ def serve(config: PrimaryConfig, bounds: ServerBounds | None = None) -> int:
             if builtin is not None:
                 builtin.join(timeout=15)
             servers.stop()
+            presence.withdraw(primary)
         if announced:
             primary.data.pidfile.unlink(missing_ok=True)
             primary.data.serve_info.unlink(missing_ok=True)

@@ -56,7 +56,8 @@ def run(args: argparse.Namespace) -> int:
     rows = sum(copied.rows.values())
     print(
         f"copied {rows} rows of {len(copied.rows)} tables, {copied.vault_entries} vault "
-        f"entries and {copied.logs} job logs ({copied.log_bytes} bytes)"
+        f"entries, {copied.logs} job logs ({copied.log_bytes} bytes) and {copied.files} static"
+        " files"
     )
     print(f"{data.root} now uses the database; `cifleet-primary serve` as before.")
     print(f"the SQLite store, vault and logs are unchanged in {data.root / BEFORE_COPY}")

@@ -1,12 +1,19 @@
 """Static files admins upload for a pipeline; agents fetch them into the workspace.
 
-They live under DATA/files/<pipeline>/<path>, with size and sha256 in the store. Paths are
-normalised; absolute paths, `..` and anything that would resolve outside the pipeline's
-folder (a link planted there, say) are refused.
+Size and sha256 are in the store (`pipeline_files`). The bytes: with SQLite, under
+DATA/files/<pipeline>/<path>; in a shared fleet (PostgreSQL), in the store too, so every
+primary serves them: chunks of COPY_CHUNK bytes in `file_chunks`, under a `blob` id of
+their own. An upload writes its chunks first, one short transaction each (a slow uploader
+holds no transaction open), then makes them the file's in one transaction that drops the
+old ones; an upload that fails leaves nothing behind. Paths are normalised; absolute
+paths, `..` and anything that would resolve outside the pipeline's folder (a link planted
+there, say) are refused.
 """
 
+import contextlib
 import hashlib
 import os
+import secrets
 import tempfile
 import time
 from collections.abc import Iterator
@@ -14,7 +21,7 @@ from pathlib import Path
 from typing import BinaryIO
 
 from primary.context import Primary
-from primary.errors import BadRequest, NotFound
+from primary.errors import ApiError, BadRequest, NotFound
 from primary.pipelines.pipelines import get_spec
 from primary.timestamps import iso
 
@@ -55,9 +62,89 @@ def _inside(primary: Primary, pipeline: str, path: str) -> Path:
     return target
 
 
+def _in_store(primary: Primary) -> bool:
+    return primary.data.shared_store()
+
+
+def _check_tree(primary: Primary, pipeline: str, path: str) -> None:
+    """A file may not be a folder of other files, nor below another file (as on disk)."""
+    parents = _parents(path)
+    marks = ",".join("?" * len(parents)) or "NULL"
+    rows = primary.store.query(
+        "SELECT path FROM pipeline_files WHERE pipeline = ? AND (substr(path, 1, ?) = ?"
+        f" OR path IN ({marks})) LIMIT 1",
+        (pipeline, len(path) + 1, path + "/", *parents),
+    )
+    for row in rows:
+        if row["path"].startswith(path + "/"):
+            raise BadRequest(f"path: {path} is a folder of other files")
+        raise BadRequest(f"path: {row['path']} is a file, so nothing can be below it")
+
+
+def _parents(path: str) -> list[str]:
+    parts = path.split("/")
+    return ["/".join(parts[:i]) for i in range(1, len(parts))]
+
+
+def _put_in_store(primary: Primary, pipeline: str, path: str, stream: BinaryIO) -> dict:
+    _check_tree(primary, pipeline, path)
+    blob = secrets.token_hex(8)
+    digest, size, seq = hashlib.sha256(), 0, 0
+    try:
+        while chunk := stream.read(COPY_CHUNK):
+            digest.update(chunk)
+            size += len(chunk)
+            with primary.store.transaction() as conn:
+                conn.execute(
+                    "INSERT INTO file_chunks (blob, seq, data) VALUES (?, ?, ?)",
+                    (blob, seq, chunk),
+                )
+            seq += 1
+        with primary.store.transaction() as conn:
+            old = conn.execute(
+                "SELECT blob FROM pipeline_files WHERE pipeline = ? AND path = ? FOR UPDATE",
+                (pipeline, path),
+            ).fetchone()
+            conn.execute(
+                "INSERT INTO pipeline_files (pipeline, path, sha256, size, updated_at, blob)"
+                " VALUES (?, ?, ?, ?, ?, ?) ON CONFLICT (pipeline, path) DO UPDATE SET"
+                " sha256 = excluded.sha256, size = excluded.size,"
+                " updated_at = excluded.updated_at, blob = excluded.blob",
+                (pipeline, path, digest.hexdigest(), size, time.time(), blob),
+            )
+            if old is not None and old["blob"]:
+                conn.execute("DELETE FROM file_chunks WHERE blob = ?", (old["blob"],))
+    except BaseException:
+        _drop_chunks(primary, blob)
+        raise
+    return file_info(primary, pipeline, path)
+
+
+def _drop_chunks(primary: Primary, blob: str) -> None:
+    """Best effort: an upload that failed (the store may be what failed) leaves nothing."""
+    with contextlib.suppress(ApiError), primary.store.transaction() as conn:
+        conn.execute("DELETE FROM file_chunks WHERE blob = ?", (blob,))
+
+
+def _chunks_in_store(primary: Primary, blob: str) -> Iterator[bytes]:
+    seq = 0
+    while True:
+        rows = primary.store.query(
+            "SELECT seq, data FROM file_chunks WHERE blob = ? AND seq >= ? ORDER BY seq LIMIT 8",
+            (blob, seq),
+        )
+        for row in rows:
+            yield bytes(row["data"])
+            seq = row["seq"] + 1
+        if len(rows) < 8:
+            return
+
+
 def put_file(primary: Primary, pipeline: str, raw_path: str, stream: BinaryIO) -> dict:
     get_spec(primary, pipeline)  # 404 for an unknown pipeline
     path = normalise_path(raw_path)
+    if _in_store(primary):
+        return _put_in_store(primary, pipeline, path, stream)
     root = _root(primary, pipeline)
     root.mkdir(parents=True, exist_ok=True, mode=0o700)
     target = _inside(primary, pipeline, path)
@@ -126,6 +213,11 @@ def manifest(primary: Primary, pipeline: str) -> list[dict]:
 def read_file(primary: Primary, pipeline: str, raw_path: str) -> tuple[dict, Iterator[bytes]]:
     path = normalise_path(raw_path)
     info = file_info(primary, pipeline, path)
+    if _in_store(primary):
+        row = primary.store.query_one(
+            "SELECT blob FROM pipeline_files WHERE pipeline = ? AND path = ?", (pipeline, path)
+        )
+        return info, _chunks_in_store(primary, row["blob"] if row else "")
     target = _inside(primary, pipeline, path)
 
     def chunks() -> Iterator[bytes]:
@@ -139,6 +231,18 @@ def read_file(primary: Primary, pipeline: str, raw_path: str) -> tuple[dict, Ite
 def delete_file(primary: Primary, pipeline: str, raw_path: str) -> None:
     path = normalise_path(raw_path)
     file_info(primary, pipeline, path)
+    if _in_store(primary):
+        with primary.store.transaction() as conn:
+            row = conn.execute(
+                "SELECT blob FROM pipeline_files WHERE pipeline = ? AND path = ? FOR UPDATE",
+                (pipeline, path),
+            ).fetchone()
+            conn.execute(
+                "DELETE FROM pipeline_files WHERE pipeline = ? AND path = ?", (pipeline, path)
+            )
+            if row is not None and row["blob"]:
+                conn.execute("DELETE FROM file_chunks WHERE blob = ?", (row["blob"],))
+        return
     target = _inside(primary, pipeline, path)
     with primary.store.transaction() as conn:
         conn.execute("DELETE FROM pipeline_files WHERE pipeline = ? AND path = ?", (pipeline, path))

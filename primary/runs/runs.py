@@ -3,7 +3,7 @@
 import json
 import time
 
-from primary.context import Primary
+from primary.context import Primary, runs_changed
 from primary.errors import BadRequest, NotFound, conflict
 from primary.pipelines import pipelines
 from primary.pipelines import secrets as pipeline_secrets
@@ -48,9 +48,8 @@ def trigger_text(trigger: dict | None) -> str:
 
 
 def notify(primary: Primary) -> None:
-    """Wake everyone following runs (log tails, later the UI)."""
-    with primary.run_changed:
-        primary.run_changed.notify_all()
+    """Wake everyone following runs (log tails, the UI), on every primary."""
+    runs_changed(primary)
 
 
 def create_run(

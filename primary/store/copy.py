@@ -4,13 +4,15 @@ all of it or with nothing.
 
 Every table is copied as it is (ids kept, identity counters moved past them), the vault's
 entries (all but the server key, which stays this primary's) are sealed into the database
-with the same vault key, and every job log file becomes chunks of the same bytes. Then the
+with the same vault key, and every job log file and static file becomes chunks of the same
+bytes. Then the
 data dir names the database in its config, keeps the server key alone in its vault file,
 and the SQLite-era files move aside into BEFORE_COPY (nothing is deleted).
 """
 
 import json
 import os
+import secrets
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -22,8 +24,10 @@ from primary.store.postgres import PostgresStore
 from primary.store.sqlite import SqliteStore
 
 BEFORE_COPY = "before-copy"
+FILES_DIR = "files"  # static files (primary/pipelines/static_files.py)
+FILE_CHUNK = 1 << 20
 # Kept in the database's own way: not copied as rows.
-_NOT_COPIED = ("sqlite_sequence",)
+_NOT_COPIED = ("sqlite_sequence", "primaries")  # primaries: each announces itself
 
 
 class CopyError(Exception):
@@ -36,6 +40,7 @@ class Copied:
     vault_entries: int = 0
     logs: int = 0
     log_bytes: int = 0
+    files: int = 0
 
 
 def copy_to_postgres(data: DataDir, url: str) -> Copied:
@@ -60,6 +65,7 @@ def copy_to_postgres(data: DataDir, url: str) -> Copied:
             vault_mod.StoreVault(target, key).put_new(conn, entries)
             copied.vault_entries = len(entries)
             copied.logs, copied.log_bytes = _copy_logs(data.logs, conn.raw)
+            copied.files = _copy_files(data.root / FILES_DIR, conn)
     finally:
         target.close()
         source.close()
@@ -141,12 +147,35 @@ def _copy_logs(root: Path, raw) -> tuple[int, int]:
     return logs, total
 
 
+def _copy_files(root: Path, conn) -> int:
+    """Every pipeline's static files, as chunks in the database (a fleet's primaries all
+    serve them from there)."""
+    copied = 0
+    for row in conn.query("SELECT pipeline, path FROM pipeline_files ORDER BY pipeline, path"):
+        path = root / row["pipeline"] / row["path"]
+        blob = secrets.token_hex(8)
+        with open(path, "rb") as f:
+            seq = 0
+            while chunk := f.read(FILE_CHUNK):
+                conn.execute(
+                    "INSERT INTO file_chunks (blob, seq, data) VALUES (?, ?, ?)", (blob, seq, chunk)
+                )
+                seq += 1
+        conn.execute(
+            "UPDATE pipeline_files SET blob = ? WHERE pipeline = ? AND path = ?",
+            (blob, row["pipeline"], row["path"]),
+        )
+        copied += 1
+    return copied
+
+
 def _switch(data: DataDir, local: vault_mod.Vault, key: bytes, url: str) -> None:
     """The data dir now opens the database; the SQLite-era files go aside, unchanged."""
     server_key = local.get("server_key")
     aside = data.root / BEFORE_COPY
     aside.mkdir(mode=0o700)
-    for path in (data.store, *data.root.glob("cifleet.db-*"), data.logs, data.vault):
+    files = data.root / FILES_DIR
+    for path in (data.store, *data.root.glob("cifleet.db-*"), data.logs, data.vault, files):
         if path.exists():
             os.rename(path, aside / path.name)
     vault_mod.Vault.create(data.vault, key, {"server_key": server_key})

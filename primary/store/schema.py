@@ -215,6 +215,28 @@ MIGRATIONS: list[str] = [
         PRIMARY KEY (pipeline, delivery)
     );
     """,
+    # 11: the primaries serving the fleet (several share a PostgreSQL store), so agents
+    # learn where else to go.
+    """
+    CREATE TABLE primaries (
+        name TEXT PRIMARY KEY,
+        agent_url TEXT NOT NULL,
+        api_url TEXT NOT NULL,
+        started_at REAL NOT NULL,
+        last_seen REAL NOT NULL
+    );
+    """,
+    # 12: static files in the store of a shared fleet (PostgreSQL), so every primary
+    # serves them; on SQLite they stay in DATA/files (blob NULL).
+    """
+    ALTER TABLE pipeline_files ADD COLUMN blob TEXT;   -- its chunks in file_chunks
+    CREATE TABLE file_chunks (
+        blob TEXT NOT NULL,
+        seq INTEGER NOT NULL,
+        data BLOB NOT NULL,
+        PRIMARY KEY (blob, seq)
+    );
+    """,
 ]
 
 # Statements only PostgreSQL runs, after the migration of that number.

@@ -49,6 +49,9 @@ def test_a_primary_moves_from_sqlite_into_postgres_and_goes_on(primary, start_ag
         "    steps: ['echo \"token=$TOKEN\"']\n"
     )
     primary.client.request("PUT", "/api/v1/pipelines/secretive/secrets/TOKEN", b"s3cr3t-value")
+    static = bytes(range(256)) * 5000  # 1.28 MB: two chunks in the database
+    status, _, _ = primary.client.request("PUT", "/api/v1/pipelines/odd/files/bin/data", static)
+    assert status in (200, 201)
     run_ids = [primary.trigger("odd"), primary.trigger("secretive")]
     for run_id in run_ids:
         assert primary.wait_run(run_id)["state"] == "success"
@@ -63,7 +66,7 @@ def test_a_primary_moves_from_sqlite_into_postgres_and_goes_on(primary, start_ag
     copied = cli("store", "copy", "--to", pg_url, "--data-dir", str(primary.data_dir))
     assert copied.returncode == 0, copied.stderr
     # 300,012 bytes of the odd log and "token=***\n".
-    assert "and 2 job logs (300022 bytes)" in copied.stdout, copied.stdout
+    assert "2 job logs (300022 bytes) and 1 static files" in copied.stdout, copied.stdout
     config = json.loads((primary.data_dir / "config.json").read_text())
     assert config["store"] == pg_url
     assert (primary.data_dir / BEFORE_COPY / "cifleet.db").exists()
@@ -72,6 +75,9 @@ def test_a_primary_moves_from_sqlite_into_postgres_and_goes_on(primary, start_ag
     primary.start()
     after = snapshot(primary, run_ids)
     assert after == before
+    status, _, body = primary.client.request("GET", "/api/v1/pipelines/odd/files/bin/data")
+    assert (status, body) == (200, static)  # from the database: files/ moved aside
+    assert (primary.data_dir / BEFORE_COPY / "files" / "odd" / "bin" / "data").exists()
     # The agent goes on with its certificate; new runs take new ids, after the copied ones.
     wait_for(lambda: primary.worker("mover")["state"] == "active", 30, "the agent back")
     again = primary.trigger("secretive")
