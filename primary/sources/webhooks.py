@@ -103,20 +103,17 @@ def _spec_with_source(primary: Primary, pipeline: str) -> dict:
 
 def _ignored(source: dict, push: forges.Push) -> str | None:
     """Why the push makes no run, or None when it does."""
-    if push.ref.startswith("refs/heads/"):
-        branch = push.ref.removeprefix("refs/heads/")
-        if push.deleted:
-            return f"branch {branch} was deleted: nothing to build"
-        if not branch_matches(branch, source["branches"]):
-            return f"branch {branch} is not in the pipeline's branches {source['branches']}"
-        return None
-    if push.ref.startswith("refs/tags/"):
-        tag = push.ref.removeprefix("refs/tags/")
-        if push.deleted:
-            return f"tag {tag} was deleted: nothing to build"
-        if not branch_matches(tag, source["tags"]):
-            return f"tag {tag} is not in the pipeline's tags {source['tags']}"
-        return None
+    for prefix, kind, filters in (
+        ("refs/heads/", "branch", "branches"),
+        ("refs/tags/", "tag", "tags"),
+    ):
+        if push.ref.startswith(prefix):
+            name = push.ref.removeprefix(prefix)
+            if push.deleted:
+                return f"{kind} {name} was deleted: nothing to build"
+            if not branch_matches(name, source[filters]):
+                return f"{kind} {name} is not in the pipeline's {filters} {source[filters]}"
+            return None
     return f"{push.ref} is neither a branch nor a tag"
 
 
