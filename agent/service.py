@@ -40,8 +40,9 @@ def check(home: Path) -> tuple[int, str]:
         cert = x509.load_pem_x509_certificate((Path(home) / CERT_FILE).read_bytes())
     except (OSError, ValueError) as e:
         return CHECK_ERROR, f"cannot read the worker certificate: {e}"
+    expired = f"the worker certificate expired on {cert.not_valid_after_utc}"
     if cert.not_valid_after_utc <= datetime.datetime.now(datetime.UTC):
-        return CHECK_REFUSED, f"the worker certificate expired on {cert.not_valid_after_utc}"
+        return CHECK_REFUSED, expired
     try:
         context = agent_context(Path(home))
     except (ssl.SSLError, OSError) as e:
@@ -51,6 +52,10 @@ def check(home: Path) -> tuple[int, str]:
     except TransportError as e:
         return CHECK_ERROR, f"cannot reach the primary at {config['agent_url']}: {e}"
     if resp.status == 403 and resp.code == CODE_UNKNOWN_WORKER:
+        # The certificate may have expired while the request was on its way; the primary
+        # refuses an expired one just as a revoked one, so tell the two apart here.
+        if cert.not_valid_after_utc <= datetime.datetime.now(datetime.UTC):
+            return CHECK_REFUSED, expired
         return CHECK_REFUSED, "the primary no longer knows this worker (removed or revoked)"
     if resp.status == 403 and resp.code == CODE_CREDENTIALS_CONFLICT:
         return CHECK_CONFLICT, f"the primary refuses this worker's certificates: {resp.message}"
