@@ -47,4 +47,5 @@ python3 -m venv .venv
 .venv/bin/yamllint --strict .
 PATH="$PWD/.venv/bin:$PATH" ANSIBLE_CONFIG="$PWD/ansible.cfg" .venv/bin/ansible-lint --nocolor -q
 # pytest exits 5 when it collected nothing; set -e turns that, like any failure, into ours.
-.venv/bin/python -m pytest -q "$@"
+# The slowest tests are listed at the end: the suite has a 25-minute budget to keep.
+.venv/bin/python -m pytest -q --durations=40 "$@"
