@@ -24,4 +24,5 @@ class Deferred(Protocol):
         """The answer, in a service thread, once the wait is over."""
 
     def release(self) -> None:
-        """Give back what the wait held, when it ends without finish() (the server stops)."""
+        """Give back what the wait held, when it ends without an answer from finish() (the
+        server stops, or finish() raised): safe to call after finish()."""

@@ -29,6 +29,7 @@ from urllib.parse import unquote_to_bytes
 
 from aiohttp import web
 
+from primary.errors import ApiError
 from primary.server import deferral
 from primary.server.body import BodyReader, BodyTimeout
 from primary.server.bounds import Counts, ServerBounds
@@ -295,17 +296,28 @@ class WSGIBridge:
         """Wait for a deferred request's wake-up here, on the loop; its answer comes from a
         service thread."""
         finished = False
+        status, headers = 200, {}
         try:
             await deferred.waiter.wait_async(deferred.seconds)
             answer = await asyncio.get_running_loop().run_in_executor(self._pool, deferred.finish)
             finished = True
+        except ApiError as err:  # the store went away while it waited, say: as the app answers
+            status, headers = err.status, err.headers
+            answer = {"error": err.message, "code": err.code, **err.fields}
+        except Exception:
+            log.exception("unhandled error in a held request's answer")
+            status, answer = (
+                500,
+                {"error": "internal error; see the primary's log", "code": "internal"},
+            )
         finally:
             if not finished:
                 deferred.release()
         return web.Response(
+            status=status,
             body=json.dumps(answer, separators=(",", ":")).encode(),
             content_type="application/json",
-            headers={"Server": "cifleet"},
+            headers={**headers, "Server": "cifleet"},
         )
 
     def _run_app(self, environ: dict, responder: _Responder, deferred: list) -> None:

@@ -5,6 +5,7 @@ set short; every wait is bounded, and each test forces the event and checks its 
 import datetime
 import http.client
 import json
+import logging
 import socket
 import ssl
 import threading
@@ -15,8 +16,10 @@ from fleet import wait_for
 
 from agent.keys import csr_pem, key_pem, new_key
 from primary.cli.listeners import bind_listener
+from primary.errors import StorageUnavailable
 from primary.fleet.ca import CertificateAuthority, create_ca
 from primary.metrics.instruments import Metrics
+from primary.server import deferral
 from primary.server.bounds import ServerBounds
 from primary.server.loop import PortSpec, Servers
 
@@ -55,16 +58,47 @@ def pki(tmp_path_factory) -> dict[str, Path]:
     return files
 
 
+class _NoWait:
+    async def wait_async(self, timeout: float) -> bool:
+        return False
+
+
+class FailingAnswer:
+    """A deferred request whose answer raises: the store went away ("store"), or a bug."""
+
+    def __init__(self, how: str) -> None:
+        self.how = how
+        self.waiter = _NoWait()
+        self.seconds = 0.0
+        self.released = 0
+
+    def finish(self) -> dict:  # raises before it could release: the server must
+        if self.how == "store":
+            raise StorageUnavailable("the store cannot be reached")
+        raise RuntimeError("a bug")
+
+    def release(self) -> None:
+        self.released += 1
+
+
 class Gate:
     """A WSGI app that answers what it was asked, in JSON; requests to /wait block until
     released (so a test can hold requests in progress)."""
 
     def __init__(self) -> None:
         self.release = threading.Event()
+        self.deferred: list[FailingAnswer] = []
         self.waiting = 0
         self._lock = threading.Lock()
 
     def __call__(self, environ, start_response):
+        if environ["PATH_INFO"].startswith("/defer/"):
+            # Handed back to the server, like a held poll; its answer then fails.
+            failing = FailingAnswer(environ["PATH_INFO"].removeprefix("/defer/"))
+            self.deferred.append(failing)
+            environ[deferral.ENVIRON_KEY](failing)
+            start_response("204 No Content", [])
+            return [b""]
         if environ["PATH_INFO"] == "/wait":
             with self._lock:
                 self.waiting += 1
@@ -248,6 +282,28 @@ def test_request_headers_have_a_deadline(served):
     )
 
 
+def test_a_pipelined_requests_headers_have_a_deadline_too(served):
+    """The next request's first bytes, sent while the first is served, start its header
+    deadline once the first ends: a client cannot drip them for ever."""
+    sock = tls(served["public"], context(served["pki"]))
+    sock.sendall(b"GET /wait HTTP/1.1\r\nHost: x\r\n\r\n")
+    gate = served["apps"]["public"]
+    wait_for(lambda: gate.waiting == 1, 10, "the first request in the app")
+    sock.sendall(b"GET /x HTTP/1.1\r\nHost: x\r\n")  # the next one, never finished
+    gate.release.set()
+    sock.settimeout(10)
+    answer = b""
+    while not answer.endswith(b"\r\n0\r\n\r\n") and (data := sock.recv(4096)):
+        answer += data  # the first request's whole (chunked) answer
+    assert answer.startswith(b"HTTP/1.1 200")
+    assert closed_by_server(sock)
+    wait_for(
+        lambda: refused(served["metrics"], "public", "read_deadline") == 1,
+        10,
+        "the refusal counted",
+    )
+
+
 def test_a_connection_without_a_request_is_closed_at_the_header_deadline(served):
     sock = tls(served["agent"], context(served["pki"], "w1"))
     assert closed_by_server(sock)
@@ -289,3 +345,24 @@ def test_a_body_that_comes_in_time_is_served_whole(served):
     # Larger than the agent port reads before the app runs: the app reads it as it comes.
     status, answer = get(served["agent"], context(served["pki"], "w1"), body=b"b" * 300_000)
     assert (status, answer["body"]) == (200, 300_000)
+
+
+def test_a_held_request_whose_answer_fails_gets_the_apps_error_answer(served, caplog):
+    """A held poll answered after the store went away gets 503 storage_unavailable, as any
+    other request would, and a bug a 500 with the app's JSON; either way the hold is
+    released and the connection goes on serving."""
+    ctx = context(served["pki"], "w1")
+    with caplog.at_level(logging.ERROR, "cifleet.primary"):
+        assert get(served["agent"], ctx, "/defer/store") == (
+            503,
+            {"error": "the store cannot be reached", "code": "storage_unavailable"},
+        )
+        assert get(served["agent"], ctx, "/defer/bug") == (
+            500,
+            {"error": "internal error; see the primary's log", "code": "internal"},
+        )
+    assert [d.released for d in served["apps"]["agent"].deferred] == [1, 1]
+    assert [r.getMessage() for r in caplog.records] == [
+        "unhandled error in a held request's answer"
+    ]
+    assert get(served["agent"], ctx)[0] == 200
