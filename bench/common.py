@@ -27,7 +27,8 @@ def _load_test_module(name: str):
     return module
 
 
-_load_test_module("ports")  # fleet imports it
+_load_test_module("ports")  # fleet imports these two
+_load_test_module("leftovers")
 _fleet = _load_test_module("fleet")
 _pgcluster = _load_test_module("pgcluster")
 ENGINES = ("sqlite", "postgresql")

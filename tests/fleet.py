@@ -3,7 +3,6 @@ each started as a subprocess (the primary on loopback ports reserved for it: tes
 stopped as a process group."""
 
 import contextlib
-import fcntl
 import functools
 import http.client
 import json
@@ -23,6 +22,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 import psutil
+from leftovers import ended_runs, hold_lock, kill_what_ended_runs_left
 from ports import PortReservation, reserve_port
 
 from primary.cli.client import AdminClient
@@ -42,9 +42,9 @@ def use_passable_basetemp(config) -> None:
         return
     root = Path(tempfile.mkdtemp(prefix=BASETEMP_PREFIX))
     root.chmod(0o711)
-    lock = os.open(root / ".lock", os.O_RDWR | os.O_CREAT | os.O_CLOEXEC, 0o600)
-    fcntl.flock(lock, fcntl.LOCK_EX)  # held (the descriptor stays open) until the session ends
-    config._cifleet_basetemp_lock = lock
+    config._cifleet_basetemp_lock = hold_lock(root)  # held until the session ends
+    for line in kill_what_ended_runs_left(str(root.parent / (BASETEMP_PREFIX + "*"))):
+        print(f"killed, left by an earlier run that did not end: {line}", file=sys.stderr)
     config.option.basetemp = str(root / "t")
     global _passable_root
     _passable_root = root
@@ -55,23 +55,11 @@ _passable_root: Path | None = None  # this session's base folder's parent, when 
 
 
 def _prune_basetemps(mine: Path) -> None:
-    others = sorted(
-        (p for p in mine.parent.glob(BASETEMP_PREFIX + "*") if p != mine),
-        key=lambda p: p.stat().st_mtime,
-        reverse=True,
-    )
-    for old in others[KEEP_BASETEMPS - 1 :]:
-        try:
-            fd = os.open(old / ".lock", os.O_RDWR | os.O_CLOEXEC)
-        except OSError:
-            continue
-        try:
-            fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)  # in use: another session runs
-        except BlockingIOError:
-            os.close(fd)
-            continue
+    """Remove the folders of ended sessions, beyond the newest few (kept to look into)."""
+    ended = ended_runs(str(mine.parent / (BASETEMP_PREFIX + "*")))
+    ended.sort(key=lambda p: p.stat().st_mtime, reverse=True)
+    for old in ended[KEEP_BASETEMPS - 1 :]:
         shutil.rmtree(old, ignore_errors=True)
-        os.close(fd)
 
 
 def passable(path: Path) -> Path:

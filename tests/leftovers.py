@@ -6,10 +6,14 @@ control socket). Other runs on the same machine have other tmp dirs.
 """
 
 import contextlib
+import fcntl
 import os
 from pathlib import Path
 
 import psutil
+
+LOCK_NAME = ".lock"
+SWEPT_NAME = ".swept"
 
 
 def _names(info: dict, mark: str, root: str) -> bool:
@@ -41,4 +45,44 @@ def leftover_processes(root: Path, grace: float = 5.0) -> list[str]:
             proc.kill()
             killed.append(proc)
     psutil.wait_procs(killed, timeout=10)
+    return lines
+
+
+def hold_lock(folder: Path) -> int:
+    """Lock `folder` for as long as this process runs (the descriptor is never closed): a
+    later run can tell that the run which made it has ended (`ended_runs`)."""
+    fd = os.open(Path(folder) / LOCK_NAME, os.O_RDWR | os.O_CREAT | os.O_CLOEXEC, 0o600)
+    fcntl.flock(fd, fcntl.LOCK_EX)
+    return fd
+
+
+def ended_runs(pattern: str) -> list[Path]:
+    """The folders matching `pattern` that a run locked (`hold_lock`) and no longer holds."""
+    ended = []
+    for folder in Path("/").glob(pattern.lstrip("/")):
+        try:
+            fd = os.open(folder / LOCK_NAME, os.O_RDWR | os.O_CLOEXEC)
+        except OSError:  # not locked by anyone: a run from before the locks, or not a run
+            continue
+        try:
+            fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except BlockingIOError:
+            continue  # that run goes on
+        finally:
+            os.close(fd)
+        ended.append(folder)
+    return ended
+
+
+def kill_what_ended_runs_left(pattern: str) -> list[str]:
+    """A run that was killed (CI's time limit, ^C twice) has no session end, so its
+    primaries, agents and database servers would run on: kill them, once per folder."""
+    lines = []
+    for folder in ended_runs(pattern):
+        swept = folder / SWEPT_NAME
+        if swept.exists():
+            continue
+        lines += leftover_processes(folder, grace=0)
+        with contextlib.suppress(OSError):
+            swept.touch()
     return lines

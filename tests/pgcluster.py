@@ -19,12 +19,14 @@ from pathlib import Path
 
 import psycopg
 import pytest
+from leftovers import ended_runs, hold_lock, kill_what_ended_runs_left
 
 # For a test module whose tests must hold on both stores: `pytestmark = both_engines`
 # (the `engine` fixture of tests/conftest.py).
 both_engines = pytest.mark.parametrize("engine", ("sqlite", "postgresql"), indirect=True)
 
 SUPERUSER = "cifleet"
+ROOT_PREFIX = "cifleet-pg-"
 PORT = 5432  # only in the socket's name (.s.PGSQL.5432): there is no TCP listener
 
 
@@ -40,12 +42,22 @@ def _bindir() -> Path:
     return Path(initdb).parent
 
 
+def _remove_ended_clusters() -> None:
+    """The servers of runs that were killed before they could stop them, and their files."""
+    pattern = str(Path(tempfile.gettempdir()) / (ROOT_PREFIX + "*"))
+    kill_what_ended_runs_left(pattern)
+    for root in ended_runs(pattern):
+        shutil.rmtree(root, ignore_errors=True)
+
+
 class PgCluster:
     def __init__(self, fast: bool = True):
         """`fast`: no fsync (tests, which never crash the host); False for benchmarks."""
         self.fast = fast
         self.bindir = _bindir()
-        self.root = Path(tempfile.mkdtemp(prefix="cifleet-pg-"))
+        _remove_ended_clusters()
+        self.root = Path(tempfile.mkdtemp(prefix=ROOT_PREFIX))
+        self._lock = hold_lock(self.root)  # until this process ends
         self.data = self.root / "data"
         self.socket_dir = self.root / "socket"
         self.log = self.root / "server.log"
