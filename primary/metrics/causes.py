@@ -16,6 +16,7 @@ REFUSAL_CAUSES = (
     "client_limit",  # the client's address holds as many as it may
     "read_deadline",  # the request (line, headers, body) did not arrive in time
     "too_large",  # the request line or headers were over the limit
+    "body_memory",  # no room came in time for the request's body (--body-memory)
     "stopping",  # the primary is shutting down
     "other",
 )

@@ -85,6 +85,12 @@ class Metrics:
             ["port", "cause"],
             registry=r,
         )
+        self.body_bytes_held = Gauge(
+            "cifleet_request_body_bytes_held",
+            "Bytes of request bodies a port holds in memory now (at most --body-memory).",
+            ["port"],
+            registry=r,
+        )
         self.handshake_failures = Counter(
             "cifleet_tls_handshake_failures",
             "TLS handshakes that failed, by port and cause.",
@@ -103,6 +109,7 @@ class Metrics:
                 self.connections_refused.labels(port, cause)
             for cause in HANDSHAKE_CAUSES:
                 self.handshake_failures.labels(port, cause)
+            self.body_bytes_held.labels(port)
 
     def add_pipelines(self, names: list[str]) -> None:
         """Start each pipeline's run counters at 0, for the same reason."""
@@ -152,6 +159,10 @@ class Metrics:
     def connection_refused(self, port: str, cause: str) -> None:
         """A listener closed a connection without serving it."""
         self.connections_refused.labels(bounded(port, PORTS), bounded(cause, REFUSAL_CAUSES)).inc()
+
+    def body_bytes_now(self, port: str, held: int) -> None:
+        """The bytes of request bodies `port` holds in memory changed."""
+        self.body_bytes_held.labels(bounded(port, PORTS)).set(held)
 
     def handshake_failed(self, port: str, cause: str) -> None:
         """A TLS handshake on a listener failed."""

@@ -79,3 +79,35 @@ class BodyReader:
                 raise ConnectionAbortedError("the primary is stopping") from None
 
         return read
+
+
+class BodyBudget:
+    """The bytes of request bodies a port holds in memory at once, at most `limit`: a body
+    is read only once its declared length fits, so a thousand connections each sending the
+    largest body allowed cannot make the primary hold a gigabyte. One event loop's."""
+
+    def __init__(self, limit: int, changed: Callable[[int], None] = lambda held: None) -> None:
+        self.limit = limit
+        self.held = 0
+        self._changed = changed
+        self._room = asyncio.Condition()
+
+    async def take(self, size: int, timeout: float) -> bool:
+        """Hold `size` bytes, waiting up to `timeout` seconds for room; False if none came."""
+        size = min(size, self.limit)  # a body larger than the whole budget waits for all of it
+        async with self._room:
+            try:
+                await asyncio.wait_for(
+                    self._room.wait_for(lambda: self.held + size <= self.limit), timeout
+                )
+            except TimeoutError:
+                return False
+            self.held += size
+            self._changed(self.held)
+            return True
+
+    async def give(self, size: int) -> None:
+        async with self._room:
+            self.held -= min(size, self.limit)
+            self._changed(self.held)
+            self._room.notify_all()

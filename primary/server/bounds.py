@@ -41,6 +41,9 @@ class ServerBounds:
     body_min_rate: int = 8192
     # The largest request line and header line (bytes).
     max_header_line: int = 8190
+    # Bytes of request bodies one port holds in memory at once (bodies are read whole
+    # before a thread is taken; up to 1 MiB each): past it, a request waits for room.
+    body_memory: int = 64 << 20
 
 
 # The `serve` flag of each bound (--handshake-timeout for handshake_timeout, ...) says this.
@@ -57,6 +60,7 @@ FLAG_HELP = {
     "body_timeout": "seconds a request body has to arrive, plus one per --body-min-rate bytes",
     "body_min_rate": "bytes per second a long request body must arrive at, at least",
     "max_header_line": "longest request line or header line (bytes)",
+    "body_memory": "bytes of request bodies each port holds in memory at once (past: wait)",
 }
 
 

@@ -31,7 +31,7 @@ from aiohttp import web
 
 from primary.errors import ApiError
 from primary.server import deferral
-from primary.server.body import BodyReader, BodyTimeout
+from primary.server.body import BodyBudget, BodyReader, BodyTimeout
 from primary.server.bounds import Counts, ServerBounds
 from primary.server.connections import peer_worker
 from primary.server.deferral import Deferred
@@ -206,11 +206,13 @@ class WSGIBridge:
         worker_requests: int | None = None,
         deferrable: bool = False,
         refused: Callable[[str], None] = lambda cause: None,
+        body_memory: Callable[[int], None] = lambda held: None,
     ) -> None:
         self._app = app
         self._bounds = bounds
         self._server = server
         self._buffered_body = buffered_body
+        self._body_budget = BodyBudget(bounds.body_memory, body_memory)
         self._certificates = certificates
         self._pool = ThreadPoolExecutor(threads, thread_name_prefix=name)
         self._uploads = ThreadPoolExecutor(streamed_threads, thread_name_prefix=f"{name}-body")
@@ -247,14 +249,26 @@ class WSGIBridge:
         )
         length = request.content_length
         pool = self._pool
+        held = 0
         if not request.body_exists:
             body = io.BytesIO()
         elif length is not None and length <= self._buffered_body:
+            if not await self._body_budget.take(length, self._bounds.body_timeout):
+                self._refused("body_memory")
+                return _refuse(
+                    request,
+                    503,
+                    "the primary holds as many request bodies as it may; retry",
+                    close=False,
+                )
+            held = length
             try:
                 data = await reader.read(length)
             except BodyTimeout as exc:
+                await self._body_budget.give(held)
                 return _refuse(request, 408, str(exc))
             if len(data) < length:
+                await self._body_budget.give(held)
                 return _refuse(request, 400, "the body ended before its Content-Length")
             body = io.BytesIO(data)
         else:
@@ -269,7 +283,11 @@ class WSGIBridge:
             environ[deferral.ENVIRON_KEY] = deferred.append
         loop = asyncio.get_running_loop()
         try:
-            await loop.run_in_executor(pool, self._run_app, environ, responder, deferred)
+            try:
+                await loop.run_in_executor(pool, self._run_app, environ, responder, deferred)
+            finally:
+                if held:  # the app is done with the body
+                    await self._body_budget.give(held)
         except BodyTimeout as exc:  # the app let the body's deadline through
             if responder.response is None:
                 return _refuse(request, 408, str(exc))
@@ -349,6 +367,7 @@ REFUSAL_CODES = {
     408: "request_timeout",
     429: "too_many_requests",
     500: "internal",
+    503: "busy",
 }
 
 
@@ -358,7 +377,7 @@ def _refuse(
     """A plain JSON error before the app saw the request. The connection closes after it
     unless `close` is false (the rest of the body may still be on its way)."""
     headers = {"Server": "cifleet"}
-    if status == 429:
+    if status in (429, 503):
         headers["Retry-After"] = "1"
     response = web.json_response(
         {"error": message, "code": REFUSAL_CODES[status]}, status=status, headers=headers

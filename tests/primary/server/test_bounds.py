@@ -2,6 +2,7 @@
 one event loop (server/loop.py) over loopback TLS, serving small WSGI apps. Deadlines are
 set short; every wait is bounded, and each test forces the event and checks its effect."""
 
+import dataclasses
 import datetime
 import http.client
 import json
@@ -9,6 +10,7 @@ import logging
 import socket
 import ssl
 import threading
+from concurrent.futures import ThreadPoolExecutor, wait
 from pathlib import Path
 
 import pytest
@@ -116,7 +118,8 @@ class Gate:
 
 
 @pytest.fixture
-def served(pki):
+def served(pki, request):
+    """Both ports, serving Gates, with BOUNDS (or those a test changes: indirect params)."""
     server_ctx = []
     for require in (False, True):
         context = ssl.SSLContext(ssl.PROTOCOL_TLS_SERVER)
@@ -132,7 +135,7 @@ def served(pki):
     servers = Servers(
         PortSpec(public.sock, server_ctx[0], public_app, 8),
         PortSpec(agent.sock, server_ctx[1], agent_app, 8),
-        BOUNDS,
+        dataclasses.replace(BOUNDS, **getattr(request, "param", {})),
         metrics,
         stop_timeout=2,
     )
@@ -366,3 +369,42 @@ def test_a_held_request_whose_answer_fails_gets_the_apps_error_answer(served, ca
         "unhandled error in a held request's answer"
     ]
     assert get(served["agent"], ctx)[0] == 200
+
+
+@pytest.mark.parametrize("served", [{"body_memory": 100_000}], indirect=True)
+def test_the_request_bodies_a_port_holds_in_memory_are_bounded(served):
+    port, ctx, metrics = served["public"], context(served["pki"]), served["metrics"]
+
+    def held() -> float:
+        return metrics.registry.get_sample_value(
+            "cifleet_request_body_bytes_held", {"port": "public"}
+        )
+
+    # A declares 80,000 bytes and sends them slowly: the room is taken while it reads.
+    slow = tls(port, ctx)
+    slow.sendall(b"POST /x HTTP/1.1\r\nHost: x\r\nContent-Length: 80000\r\n\r\n" + b"a" * 1000)
+    wait_for(lambda: held() == 80_000, 10, "the slow body's room taken")
+    # 50,000 more do not fit: that request waits, then is told to retry, while A goes on
+    # sending within its deadline.
+    with ThreadPoolExecutor(1) as pool:
+        other = pool.submit(get, port, ctx, "/x", b"b" * 50_000)
+        sent = 1000
+        while not wait([other], 0.2).done:  # each piece moves A's deadline 2 s on
+            slow.sendall(b"a" * 2000)
+            sent += 2000
+            assert sent < 80_000, "the other request was never answered"
+        assert other.result() == (
+            503,
+            {"error": "the primary holds as many request bodies as it may; retry", "code": "busy"},
+        )
+    assert refused(metrics, "public", "body_memory") == 1
+    # A's body completes and is served; its room is given back, and the other fits now.
+    slow.sendall(b"a" * (80_000 - sent))
+    slow.settimeout(10)
+    answer = b""
+    while not answer.endswith(b"\r\n0\r\n\r\n") and (data := slow.recv(4096)):
+        answer += data
+    assert answer.startswith(b"HTTP/1.1 200") and b'"body": 80000' in answer
+    wait_for(lambda: held() == 0, 10, "the room given back")
+    assert get(port, ctx, "/x", b"b" * 50_000)[1]["body"] == 50_000
+    slow.close()
