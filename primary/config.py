@@ -51,6 +51,9 @@ class PrimaryConfig:
     # Failed web UI logins allowed per source address and window.
     login_failures: int = 10
     login_window: float = 300.0
+    # A notification (outgoing webhook) not delivered is tried again after this long,
+    # doubling each time (primary/notifications/delivery.py).
+    notify_retry_seconds: float = 5.0
     max_request_bytes: int = 8 << 20
     max_static_file_bytes: int = 256 << 20
     extra: dict = field(default_factory=dict)

@@ -30,6 +30,8 @@ from primary.cli.client import AdminClient
 BIN = Path(sys.executable).parent
 BASETEMP_PREFIX = "cifleet-pytest-"
 KEEP_BASETEMPS = 3
+# The heartbeat timeout of most test primaries: an agent fences after 3 s without a renewal.
+HEARTBEAT = 6.0
 
 
 def use_passable_basetemp(config) -> None:

@@ -6,6 +6,7 @@ from primary.api.auth import caller, primary_of_app, require_role
 from primary.api.parse import json_body, whole_number
 from primary.errors import BadRequest, NotFound
 from primary.fleet import registration, workers
+from primary.notifications import service as notifications
 from primary.pipelines import pipelines, static_files
 from primary.pipelines import secrets as pipeline_secrets
 from primary.runs import runs
@@ -100,6 +101,12 @@ def list_runs():
 @require_role(*VIEW)
 def get_run(run_id: int):
     return jsonify(runs.get_run(primary_of_app(), run_id))
+
+
+@bp.get("/runs/<int:run_id>/notifications")
+@require_role(*VIEW)
+def run_notifications(run_id: int):
+    return jsonify({"notifications": notifications.for_run(primary_of_app(), run_id)})
 
 
 @bp.post("/runs/<int:run_id>/cancel")

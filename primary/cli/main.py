@@ -127,6 +127,13 @@ def build_parser() -> argparse.ArgumentParser:
         default=256 << 20,
         help="largest static file a pipeline may have",
     )
+    p.add_argument(
+        "--notify-retry-seconds",
+        type=float,
+        default=5.0,
+        help="seconds before a notification that was not delivered is tried again"
+        " (doubling each time, at most an hour)",
+    )
     p.add_argument("--worker-cert-days", type=float, default=30.0)
     p.add_argument(
         "--cert-switch-over",
@@ -280,6 +287,7 @@ def cmd_serve(args) -> int:
         max_static_file_bytes=args.max_static_file_bytes,
         worker_cert_days=args.worker_cert_days,
         cert_switch_over=args.cert_switch_over,
+        notify_retry_seconds=args.notify_retry_seconds,
         builtin_work_dir=args.builtin_work_dir.absolute() if args.builtin_work_dir else None,
     )
     bounds = ServerBounds(

@@ -28,6 +28,7 @@ from primary.context import Primary, connect_signals, open_primary
 from primary.fleet import presence
 from primary.fleet.builtin_worker import local_api_url, start_builtin_worker
 from primary.metrics import metrics_of
+from primary.notifications.sender import start_sender
 from primary.runs import leases
 from primary.runs.scheduler import plan
 from primary.server.bounds import ServerBounds
@@ -126,6 +127,7 @@ def serve(config: PrimaryConfig, bounds: ServerBounds | None = None) -> int:
             target=_sweep_leases, args=(primary, stop), name="lease-sweeper", daemon=True
         )
         sweeper.start()
+        start_sender(primary, stop)  # outgoing webhooks (primary/notifications/)
 
         def on_signal(signum, frame):
             stop.set()

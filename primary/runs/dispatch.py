@@ -27,6 +27,7 @@ from primary.errors import (
     NotFound,
     conflict,
 )
+from primary.notifications import outbox
 from primary.runs.events import FirstStepStarted
 from primary.runs.runs import notify
 from primary.runs.scheduler import plan
@@ -156,6 +157,7 @@ def start_run(primary: Primary, worker: dict, run_id: int, attempt: int) -> dict
                 "UPDATE runs SET state = 'running', started_at = ?, lease_expires = ? WHERE id = ?",
                 (now, now + primary.config.heartbeat_timeout, run_id),
             )
+            outbox.queue(conn, run_id, "started", now)
     notify(primary)
     return {"state": "running"}
 

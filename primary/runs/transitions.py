@@ -5,6 +5,7 @@ take a connection, never the Primary.
 
 import json
 
+from primary.notifications import outbox
 from primary.runs.events import RunEnded
 from primary.store.db import Store, after_commit
 from primary.store.logs import ClosedAttempt
@@ -82,6 +83,7 @@ def end_run(
     # again: only a run that was running has a duration.
     started = before["started_at"] if before["state"] == "running" else None
     after_commit(RunEnded(before["pipeline"], state, started, now))
+    outbox.queue(conn, run_id, "finished", now)
 
 
 def lose(conn, run, why: str, now: float) -> None:

@@ -237,6 +237,31 @@ MIGRATIONS: list[str] = [
         PRIMARY KEY (blob, seq)
     );
     """,
+    # 13: outgoing webhooks of run state changes (an outbox): a row is written in the
+    # transaction that changes the run, and any primary's sender delivers it once it has
+    # claimed it (claimed_until), retrying with backoff.
+    """
+    CREATE TABLE notifications (
+        id INTEGER PRIMARY KEY AUTOINCREMENT,   -- the delivery id the receiver sees
+        run_id INTEGER NOT NULL,
+        pipeline TEXT NOT NULL,
+        event TEXT NOT NULL,                    -- started, finished
+        url TEXT NOT NULL,
+        secret TEXT,                            -- the name of the pipeline secret that signs it
+        body TEXT NOT NULL,                     -- the JSON posted, fixed when it was queued
+        created_at REAL NOT NULL,
+        next_at REAL NOT NULL,                  -- when the next attempt is due
+        attempts INTEGER NOT NULL DEFAULT 0,
+        claimed_until REAL,                     -- a sender is delivering it until then
+        delivered_at REAL,
+        gave_up_at REAL,
+        last_status INTEGER,                    -- the receiver's last HTTP status
+        last_error TEXT
+    );
+    CREATE INDEX notifications_due ON notifications (next_at)
+        WHERE delivered_at IS NULL AND gave_up_at IS NULL;
+    CREATE INDEX notifications_run ON notifications (run_id);
+    """,
 ]
 
 # Statements only PostgreSQL runs, after the migration of that number.
