@@ -26,6 +26,7 @@ from collections.abc import Callable
 from dataclasses import dataclass
 
 from aiohttp import web
+from aiohttp.http_exceptions import HttpProcessingError, LineTooLong
 from aiohttp.web_protocol import RequestHandler
 
 from primary.metrics.causes import handshake_cause
@@ -53,9 +54,11 @@ class ServedConnection(RequestHandler):
         on_header_deadline: Callable[[], None],
         on_closed: Callable[[], None],
         admit: Callable[[asyncio.BaseTransport], bool],
+        on_bad_request: Callable[[str], None] = lambda cause: None,
         **kwargs,
     ) -> None:
         super().__init__(manager, loop=loop, **kwargs)
+        self._on_bad_request = on_bad_request
         self._event_loop = loop
         self._header_timeout = header_timeout
         self._on_header_deadline = on_header_deadline
@@ -113,6 +116,15 @@ class ServedConnection(RequestHandler):
         if self._header_timer is not None:
             self._header_timer.cancel()
             self._header_timer = None
+
+    def handle_error(self, request, status: int = 500, exc=None, message=None):
+        """aiohttp's answer to a request it could not parse (or a handler that raised): a
+        request line or header over the limit, or too many headers, is counted as
+        `too_large`, any other unparsable request as `other`; the connection then closes."""
+        if isinstance(exc, HttpProcessingError):
+            too_large = isinstance(exc, LineTooLong) or "Too many headers" in str(exc)
+            self._on_bad_request("too_large" if too_large else "other")
+        return super().handle_error(request, status, exc, message)
 
     def _header_deadline_passed(self) -> None:
         self._header_timer = None
@@ -302,6 +314,7 @@ class TLSPort:
             on_header_deadline=header_deadline,
             on_closed=lambda: self._release(admitted),
             admit=lambda transport: self._admit_worker(admitted, transport),
+            on_bad_request=lambda cause: self._metrics.connection_refused(self.port, cause),
             **self._http_options,
         )
 

@@ -408,3 +408,20 @@ def test_the_request_bodies_a_port_holds_in_memory_are_bounded(served):
     wait_for(lambda: held() == 0, 10, "the room given back")
     assert get(port, ctx, "/x", b"b" * 50_000)[1]["body"] == 50_000
     slow.close()
+
+
+@pytest.mark.parametrize("port", ["public", "agent"])
+def test_an_oversized_header_is_refused_and_counted_as_too_large(served, port):
+    worker = "w1" if port == "agent" else None
+    sock = tls(served[port], context(served["pki"], worker))
+    sock.sendall(b"GET /x HTTP/1.1\r\nHost: x\r\nX-Big: " + b"a" * 9000 + b"\r\n\r\n")
+    sock.settimeout(10)
+    assert sock.recv(4096).split(b"\r\n")[0].endswith(b" 400 Bad Request")
+    assert closed_by_server(sock)
+    assert refused(served["metrics"], port, "too_large") == 1
+    assert refused(served["metrics"], port, "other") == 0
+    garbled = tls(served[port], context(served["pki"], worker))
+    garbled.sendall(b"NOT HTTP AT ALL\r\n\r\n")
+    garbled.settimeout(10)
+    assert garbled.recv(4096).split(b"\r\n")[0].endswith(b" 400 Bad Request")
+    wait_for(lambda: refused(served["metrics"], port, "other") == 1, 10, "the refusal counted")
