@@ -13,7 +13,15 @@ import threading
 import urllib.parse
 from pathlib import Path
 
-from fleet import BIN, Primary, wait_file_step, wait_for
+from fleet import (
+    BIN,
+    Agent,
+    Primary,
+    kill_workspace_processes,
+    register_agent,
+    wait_file_step,
+    wait_for,
+)
 from pgcluster import both_engines
 
 from primary.store.datadir import DataDir
@@ -350,3 +358,53 @@ def test_a_stale_workspace_is_deleted_on_its_worker_and_its_home_forgotten(
     assert any("cache cleared" in line for line in primary.run(again)["placement"]), primary.run(
         again
     )["placement"]
+
+
+BLOB = """
+name: {name}
+jobs:
+  - name: fill
+    steps: ["head -c 409600 /dev/urandom > blob"]
+"""
+
+
+def test_the_workspace_cap_removes_the_least_recently_used_and_its_home_is_forgotten(
+    primary, fleet_root
+):
+    done = register_agent(primary, fleet_root, "capped", "", 1)
+    assert done.returncode == 0, done.stderr
+    agent = Agent(
+        name="capped",
+        home=fleet_root / "capped",
+        log_path=fleet_root / "capped.log",
+        args=["--workspace-max-bytes", "1M"],  # two workspaces of 400 KiB fit, three do not
+    )
+    agent.start()
+    try:
+        wait_for(lambda: (w := primary.worker("capped")) and w["state"] == "active", 30, "agent")
+        worker_id = primary.worker("capped")["id"]
+        for name in ("first", "second", "third"):
+            primary.pipeline(BLOB.format(name=name))
+            assert primary.wait_run(primary.trigger(name))["state"] == "success"
+        workspaces = agent.home / "workspaces"
+
+        def home_of(name: str) -> str | None:
+            return primary.client.json("GET", f"/api/v1/pipelines/{name}")["home_worker_id"]
+
+        wait_for(lambda: home_of("first") is None, 30, "the evicted workspace's home to go")
+        assert not (workspaces / "first").exists()
+        assert (workspaces / "second" / "blob").stat().st_size == 409600
+        assert (workspaces / "third" / "blob").stat().st_size == 409600
+        assert (home_of("second"), home_of("third")) == (worker_id, worker_id)
+        assert "deleted workspace first (" in agent.log_path.read_text()
+        # Its next run is placed as after a cleared cache, from an empty workspace; the
+        # second is now the least recently used and goes.
+        again = primary.trigger("first")
+        assert primary.wait_run(again)["state"] == "success"
+        assert any("cache cleared" in line for line in primary.run(again)["placement"])
+        wait_for(lambda: home_of("second") is None, 30, "the next eviction's home to go")
+        assert not (workspaces / "second").exists()
+        assert (workspaces / "first" / "blob").exists() and (workspaces / "third").exists()
+    finally:
+        agent.stop()
+        kill_workspace_processes(agent.home)
