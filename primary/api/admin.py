@@ -16,6 +16,9 @@ from primary.sources import triggers
 bp = Blueprint("admin", __name__, url_prefix="/api/v1")
 VIEW = ("viewer",)
 MAX_PIPELINE_BYTES = 1 << 20
+# Seconds one prune request may delete for (it holds a public thread); `complete: false`
+# says more is left for the next request or the janitor's next pass.
+PRUNE_BUDGET = 20.0
 
 
 def _offset() -> int:
@@ -266,7 +269,7 @@ def prune_now():
         raise BadRequest("dry_run: must be true or false")
     if dry_run == "true":
         return jsonify({"dry_run": True, "would_prune": retention.would_prune(primary)})
-    report = janitor.prune(primary, f"{presence.name_of(primary)}:api")
+    report = janitor.prune(primary, f"{presence.name_of(primary)}:api", budget=PRUNE_BUDGET)
     if report is None:
         raise conflict("janitor_busy", "another retention pass is running; nothing was pruned")
     return jsonify({"dry_run": False, "pruned": report.as_dict()})

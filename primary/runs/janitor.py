@@ -7,10 +7,12 @@ same runs. Even without it nothing would be deleted or counted twice: each batch
 runs (SKIP LOCKED) and counts what its own DELETE removed.
 
 Batches are short transactions of at most BATCH_RUNS runs, read outside them, so dispatch
-(which writes the runs table on every assignment and report) waits for one batch at most
-(bench/retention.py measures it). What a pass deletes is noted for after the commit
-(`RunsPruned`, counted by primary/metrics) and left as a tombstone per run (`pruned_runs`),
-so its log answers 410 Gone with the date it was pruned.
+(which writes the runs table on every assignment and report) waits for one batch at most,
+and paced (a pause as long as the batch's transaction took), so a large prune holds the
+write lock at most half of the time (bench/retention.py measures dispatch during one).
+What a pass deletes is noted for after the commit (`RunsPruned`, counted by
+primary/metrics) and left as a tombstone per run (`pruned_runs`), so its log answers 410
+Gone with the date it was pruned.
 
 Job logs in files (SQLite installs) are deleted once their rows' transaction committed; a
 folder left by a crash in between is swept by the next pass (its run has a tombstone).
@@ -36,6 +38,7 @@ log = logging.getLogger("cifleet.primary")
 LEASE = "retention"
 LEASE_SECONDS = 60.0  # a pass that stops renewing it (its primary died) frees it this late
 BATCH_RUNS = 50
+MAX_PAUSE = 1.0  # seconds between two batches at most
 _FINAL = ", ".join(f"'{state}'" for state in FINAL_STATES)
 
 
@@ -47,6 +50,9 @@ class PassReport:
     attempts: int = 0
     log_bytes: int = 0
     batches: int = 0
+    # The longest a batch's transaction took (what dispatch may have waited for).
+    longest_batch_seconds: float = 0.0
+    complete: bool = True  # false: it stopped at its time budget, more is left
     homes_forgotten: list[str] = field(default_factory=list)
 
     def as_dict(self) -> dict:
@@ -55,6 +61,8 @@ class PassReport:
             "attempts": self.attempts,
             "log_bytes": self.log_bytes,
             "batches": self.batches,
+            "longest_batch_ms": round(self.longest_batch_seconds * 1000, 1),
+            "complete": self.complete,
             "homes_forgotten": self.homes_forgotten,
         }
 
@@ -82,20 +90,32 @@ def release_lease(primary: Primary, holder: str) -> None:
 
 
 def prune(
-    primary: Primary, holder: str, now: float | None = None, batch: int = BATCH_RUNS
+    primary: Primary,
+    holder: str,
+    now: float | None = None,
+    batch: int = BATCH_RUNS,
+    budget: float | None = None,
 ) -> PassReport | None:
     """One pass of the policy at `now` (default: the clock). None when another pass holds
-    the lease."""
+    the lease. `budget`: seconds after which the pass stops between two batches
+    (`complete` false; the next pass goes on), for a caller that waits for it."""
     now = time.time() if now is None else now
     if not take_lease(primary, holder, time.time()):
         return None
     report = PassReport()
+    ends = None if budget is None else time.monotonic() + budget
     try:
         for pipeline, keep in retention.pipelines_with_runs(primary).items():
             if keep.keeps_everything():
                 continue
             while ids := retention.prunable_runs(primary, pipeline, keep, now, batch):
-                deleted = _delete_batch(primary, ids, now, report)
+                if ends is not None and time.monotonic() > ends:
+                    report.complete = False
+                    return report
+                deleted, took = _delete_batch(primary, ids, now, report)
+                # Paced: as long a pause as the batch's transaction took, so a large prune
+                # holds the store's write lock at most half of the time.
+                time.sleep(min(took, MAX_PAUSE))
                 if not take_lease(primary, holder, time.time()):
                     log.warning("retention: lost the janitor's lease mid-pass; stopping")
                     return report
@@ -109,22 +129,28 @@ def prune(
         release_lease(primary, holder)
     if report.runs or report.homes_forgotten:
         log.info(
-            "retention: pruned %d run(s), %d attempt(s), %d log bytes in %d batch(es);"
-            " forgot %d stale home(s)",
+            "retention: pruned %d run(s), %d attempt(s), %d log bytes in %d batch(es)"
+            " (the longest %.1f ms); forgot %d stale home(s)",
             report.runs,
             report.attempts,
             report.log_bytes,
             report.batches,
+            report.longest_batch_seconds * 1000,
             len(report.homes_forgotten),
         )
     return report
 
 
-def _delete_batch(primary: Primary, ids: list[int], now: float, report: PassReport) -> int:
+def _delete_batch(
+    primary: Primary, ids: list[int], now: float, report: PassReport
+) -> tuple[int, float]:
     """Delete these runs (those still finished and not locked by anyone) in one short
-    transaction; return how many were deleted."""
-    marks = ",".join("?" * len(ids))
+    transaction; return how many were deleted, and the transaction's seconds."""
     files = isinstance(primary.logs, LogStore)
+    # Finished runs' logs no longer change: their sizes are read before the write lock.
+    file_bytes = {i: sum(primary.logs.sizes(i).values()) for i in ids} if files else {}
+    marks = ",".join("?" * len(ids))
+    began = time.perf_counter()
     with primary.store.transaction() as conn:
         rows = conn.execute(
             f"SELECT id, pipeline FROM runs WHERE id IN ({marks}) AND state IN ({_FINAL})"
@@ -132,12 +158,12 @@ def _delete_batch(primary: Primary, ids: list[int], now: float, report: PassRepo
             tuple(ids),
         ).fetchall()
         if not rows:
-            return 0
+            return 0, time.perf_counter() - began
         got = tuple(r["id"] for r in rows)
         marks = ",".join("?" * len(got))
         in_ids = f"run_id IN ({marks})"
         if files:
-            log_bytes = sum(sum(primary.logs.sizes(run_id).values()) for run_id in got)
+            log_bytes = sum(file_bytes[i] for i in got)
         else:
             row = conn.execute(
                 f"SELECT COALESCE(SUM(size), 0) AS n FROM job_logs WHERE {in_ids}", got
@@ -154,13 +180,15 @@ def _delete_batch(primary: Primary, ids: list[int], now: float, report: PassRepo
             [(r["id"], r["pipeline"], now) for r in rows],
         )
         after_commit(RunsPruned(runs=deleted, attempts=attempts, log_bytes=log_bytes))
+    took = time.perf_counter() - began
+    report.longest_batch_seconds = max(report.longest_batch_seconds, took)
     for run_id in got:
         primary.logs.discard(run_id)
     report.runs += deleted
     report.attempts += attempts
     report.log_bytes += log_bytes
     report.batches += 1
-    return deleted
+    return deleted, took
 
 
 def _sweep_orphan_logs(primary: Primary) -> None:
