@@ -1,7 +1,7 @@
 """Dispatch while the janitor prunes: latency of runs started during a large prune, against
 the same runs with nothing pruned. Real primary and agent on loopback. Prints one JSON object.
 
-    .venv/bin/python bench/retention.py [--old-runs 10000] [--log-bytes 4096] [--runs 30]
+    .venv/bin/python bench/retention.py [--old-runs 20000] [--log-bytes 4096] [--runs 30]
 
 Seeds `--old-runs` finished runs of one pipeline straight into the store (rows and a job
 log of `--log-bytes` each, written through the primary's own log store), sets the policy
@@ -104,64 +104,64 @@ def figures(values: list[float]) -> dict:
     }
 
 
+def bench_retention(
+    root: Path, old_runs: int, log_bytes: int, runs: int, store: str | None = None
+) -> dict:
+    primary = init_primary(
+        root, "--primary-worker-slots", "0", "--retention-interval", "0", store=store
+    )
+    seed(primary.data_dir, old_runs, log_bytes)
+    primary.start()
+    agents = start_agents(primary, root, 1, 1)
+    marks = shared_file(root / "marks.txt")
+    primary.pipeline(  # keep: {} - the policy prunes only the seeded pipeline
+        f"name: lat\nkeep: {{}}\njobs:\n  - name: w\n    steps: ['date +%s%N >> {marks}']\n"
+    )
+    try:
+        primary.wait_run(primary.trigger("lat"))  # warm up: first run, home chosen
+        quiet, _ = latencies(primary, marks, runs)
+        primary.client.json("PUT", "/api/v1/retention", {"runs": 1})
+        done = threading.Event()
+        report: dict = {"runs": 0, "requests": 0, "longest_batch_ms": 0.0}
+
+        def prune() -> None:
+            began = time.monotonic()
+            while True:  # each request prunes for at most 20 s
+                got = primary.client.json("POST", "/api/v1/retention/prune")["pruned"]
+                report["runs"] += got["runs"]
+                report["requests"] += 1
+                longest = max(report["longest_batch_ms"], got["longest_batch_ms"])
+                report["longest_batch_ms"] = longest
+                if got["complete"]:
+                    break
+            report["seconds"] = round(time.monotonic() - began, 2)
+            done.set()
+
+        pruner = threading.Thread(target=prune)
+        pruner.start()
+        busy, during = latencies(primary, marks, runs, done)
+        pruner.join()
+    finally:
+        stop_all(primary, agents)
+    return {
+        "old_runs": old_runs,
+        "log_bytes_each": log_bytes,
+        "quiet": figures(quiet),
+        "during_prune": {**figures(busy), "runs_started_while_pruning": during},
+        "prune": {**report, "runs_per_s": round(report["runs"] / max(report["seconds"], 1e-9))},
+    }
+
+
 def main() -> None:
     parser = argparse.ArgumentParser()
-    parser.add_argument("--old-runs", type=int, default=10_000)
+    parser.add_argument("--old-runs", type=int, default=20_000)
     parser.add_argument("--log-bytes", type=int, default=4096)
     parser.add_argument("--runs", type=int, default=30)
     parser.add_argument("--engine", choices=ENGINES, default="sqlite", help="the store")
     args = parser.parse_args()
     with bench_dir() as root, store_for(args.engine) as new_store:
-        primary = init_primary(
-            root, "--primary-worker-slots", "0", "--retention-interval", "0", store=new_store()
-        )
-        seed(primary.data_dir, args.old_runs, args.log_bytes)
-        primary.start()
-        agents = start_agents(primary, root, 1, 1)
-        marks = shared_file(root / "marks.txt")
-        primary.pipeline(  # keep: {} - the policy prunes only the seeded pipeline
-            f"name: lat\nkeep: {{}}\njobs:\n  - name: w\n    steps: ['date +%s%N >> {marks}']\n"
-        )
-        try:
-            primary.wait_run(primary.trigger("lat"))  # warm up: first run, home chosen
-            quiet, _ = latencies(primary, marks, args.runs)
-            primary.client.json("PUT", "/api/v1/retention", {"runs": 1})
-            done = threading.Event()
-            report: dict = {}
-
-            def prune() -> None:
-                began = time.monotonic()
-                report.update(runs=0, requests=0, longest_batch_ms=0.0)
-                while True:  # each request prunes for at most 20 s
-                    got = primary.client.json("POST", "/api/v1/retention/prune")["pruned"]
-                    report["runs"] += got["runs"]
-                    report["requests"] += 1
-                    report["longest_batch_ms"] = max(
-                        report["longest_batch_ms"], got["longest_batch_ms"]
-                    )
-                    if got["complete"]:
-                        break
-                report["seconds"] = round(time.monotonic() - began, 2)
-                done.set()
-
-            pruner = threading.Thread(target=prune)
-            pruner.start()
-            busy, during = latencies(primary, marks, args.runs, done)
-            pruner.join()
-        finally:
-            stop_all(primary, agents)
-    result = {
-        "engine": args.engine,
-        "old_runs": args.old_runs,
-        "log_bytes_each": args.log_bytes,
-        "quiet": figures(quiet),
-        "during_prune": {**figures(busy), "runs_started_while_pruning": during},
-        "prune": {
-            **report,
-            "runs_per_s": round(report["runs"] / max(report["seconds"], 1e-9)),
-        },
-    }
-    print(json.dumps(result, indent=2))
+        result = bench_retention(root, args.old_runs, args.log_bytes, args.runs, new_store())
+    print(json.dumps({"engine": args.engine, **result}, indent=2))
 
 
 if __name__ == "__main__":
