@@ -10,9 +10,12 @@ import re
 import ssl
 import subprocess
 import threading
+import time
 import urllib.parse
 from pathlib import Path
 
+import psycopg
+import pytest
 from fleet import (
     BIN,
     Agent,
@@ -408,3 +411,80 @@ def test_the_workspace_cap_removes_the_least_recently_used_and_its_home_is_forgo
     finally:
         agent.stop()
         kill_workspace_processes(agent.home)
+
+
+@pytest.mark.parametrize("engine", ["postgresql"], indirect=True)
+def test_dispatch_goes_on_while_a_prune_batch_is_open(primary, start_agent, store_url):
+    """A batch's transaction holds row locks on its own runs only: with one held open (it
+    waits on a tombstone this test inserted and has not committed), a new run is placed,
+    runs and finishes. Counted, not timed: one batch committed, the next open, one run done
+    meanwhile; then the pass completes and counts every run once."""
+    start_agent("keeper", slots=1)
+    primary.pipeline(ECHO.format(name="fresh", extra=""))
+    old = seed_finished_runs(primary, "old", 120)
+    assert call(primary, "PUT", "/api/v1/retention", {"runs": 1})[0] == 200
+    blocker = psycopg.connect(store_url, autocommit=True)
+    try:
+        blocker.execute("BEGIN")
+        # The first run of the second batch (the oldest 50 go first, the newest stays).
+        blocker.execute(
+            "INSERT INTO pruned_runs (run_id, pipeline, pruned_at) VALUES (%s, 'old', 0)",
+            (old[50],),
+        )
+        answer: list = []
+        pruner = threading.Thread(
+            target=lambda: answer.append(call(primary, "POST", "/api/v1/retention/prune"))
+        )
+        pruner.start()
+        count = "SELECT COUNT(*) AS n FROM pruned_runs"
+        wait_for(lambda: rows_of(primary, count) == [{"n": 50}], 60, "the first batch")
+        waiting = (
+            "SELECT COUNT(*) AS n FROM pg_stat_activity WHERE datname = current_database()"
+            " AND wait_event_type = 'Lock' AND query LIKE 'INSERT INTO pruned_runs%'"
+        )
+        wait_for(lambda: rows_of(primary, waiting)[0]["n"] >= 1, 60, "the second batch to wait")
+        run_id = primary.trigger("fresh")
+        assert primary.wait_run(run_id)["state"] == "success"
+        assert primary.job_log(run_id, "say") == b"hello from fresh\n"
+        assert rows_of(primary, count) == [{"n": 50}] and not answer  # still mid-pass
+        blocker.execute("ROLLBACK")
+        pruner.join(60)
+        status, body = answer[0]
+        assert status == 200 and body["pruned"]["runs"] == 119, body
+        assert metric(primary, "cifleet_retention_deleted_runs_total") == 119
+        assert rows_of(primary, count) == [{"n": 119}]
+    finally:
+        blocker.close()
+
+
+def seed_finished_runs(primary: Primary, pipeline: str, count: int) -> list[int]:
+    """Finished runs of a pipeline, a year old, each with a job and an attempt, written in
+    the store as the primary writes them (faster than running them)."""
+    store = store_of(primary)
+    long_ago = time.time() - 365 * DAY
+    spec = json.dumps({"name": pipeline, "tags": [], "env": {}, "retries_on_lost": 1, "jobs": []})
+    try:
+        with store.transaction() as conn:
+            ids = [
+                conn.execute(
+                    "INSERT INTO runs (pipeline, spec, tags, state, attempt, worker_id,"
+                    " worker_name, created_at, queued_at, finished_at)"
+                    " VALUES (?, ?, '[]', 'success', 1, 'w', 'w', ?, ?, ?) RETURNING id",
+                    (pipeline, spec, long_ago, long_ago, long_ago),
+                ).fetchone()["id"]
+                for _ in range(count)
+            ]
+            for run_id in ids:
+                conn.execute(
+                    "INSERT INTO jobs (run_id, name, position, state, exit_code)"
+                    " VALUES (?, 'j', 0, 'success', 0)",
+                    (run_id,),
+                )
+                conn.execute(
+                    "INSERT INTO attempts (run_id, attempt, worker_id, worker_name,"
+                    " assigned_at, ended_at, outcome) VALUES (?, 1, 'w', 'w', ?, ?, 'success')",
+                    (run_id, long_ago, long_ago),
+                )
+    finally:
+        store.close()
+    return ids
