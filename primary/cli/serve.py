@@ -83,7 +83,7 @@ def _janitor(primary: Primary, stop: threading.Event) -> None:
     holder = f"{presence.name_of(primary)}:{os.getpid()}"
     while not stop.wait(primary.config.retention_interval):
         try:
-            janitor.prune(primary, holder)
+            janitor.prune(primary, holder, stop=stop)
         except Exception:
             log.exception("retention pass failed")
 

@@ -23,6 +23,7 @@ run's artifacts beside its logs and counts their bytes in `RunsPruned.log_bytes`
 """
 
 import logging
+import threading
 import time
 from dataclasses import dataclass, field
 
@@ -52,7 +53,7 @@ class PassReport:
     batches: int = 0
     # The longest a batch's transaction took (what dispatch may have waited for).
     longest_batch_seconds: float = 0.0
-    complete: bool = True  # false: it stopped at its time budget, more is left
+    complete: bool = True  # false: it stopped early (time budget, stopping), more is left
     homes_forgotten: list[str] = field(default_factory=list)
 
     def as_dict(self) -> dict:
@@ -95,50 +96,68 @@ def prune(
     now: float | None = None,
     batch: int = BATCH_RUNS,
     budget: float | None = None,
+    stop: threading.Event | None = None,
 ) -> PassReport | None:
     """One pass of the policy at `now` (default: the clock). None when another pass holds
-    the lease. `budget`: seconds after which the pass stops between two batches
-    (`complete` false; the next pass goes on), for a caller that waits for it."""
+    the lease. It stops between two batches (`complete` false; the next pass goes on) once
+    `budget` seconds have passed (a caller that waits for it) or `stop` is set (the primary
+    is stopping)."""
     now = time.time() if now is None else now
     if not take_lease(primary, holder, time.time()):
         return None
     report = PassReport()
+    stop = stop or threading.Event()  # never set: the pauses are plain waits
     ends = None if budget is None else time.monotonic() + budget
     try:
-        for pipeline, keep in retention.pipelines_with_runs(primary).items():
-            if keep.keeps_everything():
-                continue
-            while ids := retention.prunable_runs(primary, pipeline, keep, now, batch):
-                if ends is not None and time.monotonic() > ends:
-                    report.complete = False
-                    return report
-                deleted, took = _delete_batch(primary, ids, now, report)
-                # Paced: as long a pause as the batch's transaction took, so a large prune
-                # holds the store's write lock at most half of the time.
-                time.sleep(min(took, MAX_PAUSE))
-                if not take_lease(primary, holder, time.time()):
-                    log.warning("retention: lost the janitor's lease mid-pass; stopping")
-                    return report
-                if not deleted:
-                    break  # every one was locked by another transaction: the next pass
-        _sweep_orphan_logs(primary)
-        days = retention.fleet_policy(primary).get("workspace_days")
-        if days is not None:
-            report.homes_forgotten = forget_stale_homes(primary, days, now)
+        report.complete = _prune_runs(primary, holder, now, batch, ends, stop, report)
+        if report.complete:
+            _sweep_orphan_logs(primary)
+            days = retention.fleet_policy(primary).get("workspace_days")
+            if days is not None:
+                report.homes_forgotten = forget_stale_homes(primary, days, now)
     finally:
         release_lease(primary, holder)
     if report.runs or report.homes_forgotten:
         log.info(
             "retention: pruned %d run(s), %d attempt(s), %d log bytes in %d batch(es)"
-            " (the longest %.1f ms); forgot %d stale home(s)",
+            " (the longest %.1f ms); forgot %d stale home(s)%s",
             report.runs,
             report.attempts,
             report.log_bytes,
             report.batches,
             report.longest_batch_seconds * 1000,
             len(report.homes_forgotten),
+            "" if report.complete else "; stopped early, the next pass goes on",
         )
     return report
+
+
+def _prune_runs(
+    primary: Primary,
+    holder: str,
+    now: float,
+    batch: int,
+    ends: float | None,
+    stop: threading.Event,
+    report: PassReport,
+) -> bool:
+    """Every pipeline's runs outside the policy, batch by batch; whether all were done."""
+    for pipeline, keep in retention.pipelines_with_runs(primary).items():
+        if keep.keeps_everything():
+            continue
+        while ids := retention.prunable_runs(primary, pipeline, keep, now, batch):
+            if (ends is not None and time.monotonic() > ends) or stop.is_set():
+                return False
+            deleted, took = _delete_batch(primary, ids, now, report)
+            # Paced: as long a pause as the batch's transaction took, so a large prune
+            # holds the store's write lock at most half of the time.
+            stop.wait(min(took, MAX_PAUSE))
+            if not take_lease(primary, holder, time.time()):
+                log.warning("retention: lost the janitor's lease mid-pass; stopping")
+                return False
+            if not deleted:
+                break  # every one was locked by another transaction: the next pass
+    return True
 
 
 def _delete_batch(
