@@ -268,7 +268,13 @@ def prune_now():
     if dry_run not in ("true", "false"):
         raise BadRequest("dry_run: must be true or false")
     if dry_run == "true":
-        return jsonify({"dry_run": True, "would_prune": retention.would_prune(primary)})
+        return jsonify(
+            {
+                "dry_run": True,
+                "would_prune": retention.would_prune(primary),
+                "would_forget_homes": retention.would_forget_homes(primary),
+            }
+        )
     report = janitor.prune(primary, f"{presence.name_of(primary)}:api", budget=PRUNE_BUDGET)
     if report is None:
         raise conflict("janitor_busy", "another retention pass is running; nothing was pruned")

@@ -54,6 +54,9 @@ def run(args: argparse.Namespace) -> int:
                     f"{item['pipeline']}: {item['runs']} run(s), ids {item['first']}"
                     f"..{item['last']} (keep {keep})"
                 )
+            homes = retention.would_forget_homes(primary)
+            if homes:
+                print(f"would forget the unused home of: {' '.join(homes)}")
             print(f"would prune {sum(i['runs'] for i in found)} run(s); nothing was deleted")
         else:
             report = janitor.prune(primary, f"{presence.name_of(primary)}:cli:{os.getpid()}")

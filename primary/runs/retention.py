@@ -171,3 +171,11 @@ def stale_homes(primary: Primary, days: int, now: float) -> list[dict]:
         (now - days * DAY,),
     )
     return [dict(r) for r in rows]
+
+
+def would_forget_homes(primary: Primary, now: float | None = None) -> list[str]:
+    """The pipelines whose unused home a pass would forget now (`workspace_days`)."""
+    days = fleet_policy(primary).get("workspace_days")
+    if days is None:
+        return []
+    return [r["name"] for r in stale_homes(primary, days, time.time() if now is None else now)]

@@ -348,6 +348,9 @@ def test_a_stale_workspace_is_deleted_on_its_worker_and_its_home_forgotten(
     assert home == worker_id
     age(primary, cached, days=10)
     assert call(primary, "PUT", "/api/v1/retention", {"workspace_days": 7})[0] == 200
+    dry = prune(primary, dry_run=True)
+    assert (dry["would_prune"], dry["would_forget_homes"]) == ([], ["cached"])
+    assert (workspaces / "cached").is_dir()  # a dry run changes nothing
 
     pruned = prune(primary)["pruned"]
     assert (pruned["runs"], pruned["homes_forgotten"]) == (0, ["cached"])
