@@ -106,6 +106,12 @@ def _parser() -> argparse.ArgumentParser:
         help="comma-separated agent URLs (https://HOST:PORT) of the fleet's other primaries, to"
         " move to when the registered one cannot be reached (the primaries also tell the agent)",
     )
+    run.add_argument(
+        "--workspace-max-bytes",
+        metavar="SIZE",
+        help="cap on the disk the pipelines' workspaces take (500M, 20G, 1T): past it, the"
+        " least recently used are deleted after a run ends. Off by default",
+    )
     run.set_defaults(func=_run)
 
     chk = sub.add_parser(
@@ -188,6 +194,14 @@ def _run(args: argparse.Namespace) -> int:
     bad = [u for u in _url_list(args.primaries) if not valid_url(u)]
     if bad:
         return _fail(f"--primaries: not an https://HOST[:PORT] URL: {bad[0]}")
+    cap = None
+    if args.workspace_max_bytes is not None:
+        from agent.workspace_cap import parse_size
+
+        try:
+            cap = parse_size(args.workspace_max_bytes)
+        except ValueError as e:
+            return _fail(f"--workspace-max-bytes: {e}")
     listener = None
     if args.metrics_listen is not None:
         from agent.metrics import bind
@@ -203,7 +217,7 @@ def _run(args: argparse.Namespace) -> int:
         except OSError as e:
             return _fail(f"cannot start the daemon: {e}")
     try:
-        return _run_agent(args.home, listener, _url_list(args.primaries))
+        return _run_agent(args.home, listener, _url_list(args.primaries), cap)
     finally:
         if listener is not None:
             listener.close()
@@ -216,7 +230,10 @@ def _url_list(value: str) -> list[str]:
 
 
 def _run_agent(
-    home: Path, metrics_socket: socket.socket | None = None, primaries: list[str] | None = None
+    home: Path,
+    metrics_socket: socket.socket | None = None,
+    primaries: list[str] | None = None,
+    workspace_max_bytes: int | None = None,
 ) -> int:
     from agent.home import ConfigError
     from agent.metrics import MetricsServer
@@ -228,7 +245,7 @@ def _run_agent(
         format="%(asctime)s %(levelname)s %(name)s: %(message)s",
     )
     try:
-        agent = Agent(home, primaries=primaries)
+        agent = Agent(home, primaries=primaries, workspace_max_bytes=workspace_max_bytes)
     except ConfigError as e:
         return _fail(str(e))
     except (ssl.SSLError, OSError) as e:

@@ -32,6 +32,8 @@ MAX_LOG_CHUNK_BYTES = 4 << 20
 
 # Most lines one prepare call carries (the primary refuses more).
 MAX_PREPARE_LINES = 1000
+# Workspaces the agent deleted for its disk cap, named in one poll (the rest in the next).
+MAX_EVICTED_WORKSPACES = 1000
 
 # Error codes in JSON error bodies ({"error": message, "code": CODE}) the agent acts on.
 CODE_STALE_ATTEMPT = "stale_attempt"  # 409: this attempt was taken back; stop the run

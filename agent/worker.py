@@ -43,6 +43,7 @@ from agent.protocol import (
     CODE_STORAGE_FULL,
     CODE_STORAGE_UNAVAILABLE,
     CODE_UNKNOWN_WORKER,
+    MAX_EVICTED_WORKSPACES,
     MAX_SLOTS,
     MIN_SLOTS,
     POLL_CLIENT_TIMEOUT_SECONDS,
@@ -51,7 +52,8 @@ from agent.protocol import (
     REFUSED_CODES,
 )
 from agent.runner import RunHandle
-from agent.workspace import delete_workspaces, empty_trash, list_workspaces
+from agent.workspace import delete_workspaces, empty_trash, list_workspaces, mark_used
+from agent.workspace_cap import evict
 
 log = logging.getLogger(__name__)
 
@@ -79,10 +81,12 @@ class Agent:
         kill_grace: float = KILL_GRACE_SECONDS,
         force_delivery: float = FORCE_DELIVERY_SECONDS,
         primaries: list[str] | None = None,
+        workspace_max_bytes: int | None = None,
     ) -> None:
         """Load the registered home (ConfigError if it is not usable) and its TLS identity.
         `primaries`: more agent URLs of the fleet's primaries to move to when the current
-        one cannot be reached (agent.primaries)."""
+        one cannot be reached (agent.primaries). `workspace_max_bytes`: the cap on the
+        workspaces' disk use (agent.workspace_cap)."""
         # Absolute, so the CIFLEET_WORKSPACE of every job names this home wherever it runs.
         self.home = Path(home).absolute()
         self.config = load_config(self.home)
@@ -116,6 +120,10 @@ class Agent:
         self._force_delivery = force_delivery
         self._runs: dict[tuple[int, int], RunHandle] = {}
         self._lock = threading.Lock()
+        self.workspace_max_bytes = workspace_max_bytes
+        self._evicting = threading.Lock()  # one eviction at a time (runs end in parallel)
+        # Workspaces deleted for the cap that the primary has not been told of yet.
+        self._evicted: set[str] = set()
         renewal.recover(self.home)
         # Clients read the context at each connect: a renewal swaps it for all of them.
         # Every client connects to the current primary: after a move, each request goes to
@@ -391,6 +399,7 @@ class Agent:
         self._leases_kept(body, sent)
         with self._lock:
             self._abandoned -= {(r["run_id"], r["attempt"]) for r in body["abandoned"]}
+            self._evicted -= set(body["evicted_workspaces"])
 
     def _leases_kept(self, body: dict[str, Any], sent: float) -> None:
         """The primary heard the poll sent at `sent`: the leases of the runs it listed last
@@ -439,6 +448,7 @@ class Agent:
             "abandoned": [{"run_id": r, "attempt": a} for r, a in sorted(self._abandoned)],
             "session": self.session,
             "workspaces": list_workspaces(self.work_dir),
+            "evicted_workspaces": sorted(self._evicted)[:MAX_EVICTED_WORKSPACES],
             "job_identity": self.identities.describe(),
             "wait": True,
         }
@@ -546,6 +556,10 @@ class Agent:
                 self._new_backoff,
             )
             self._runs[assignment.key] = handle
+        try:
+            mark_used(self.home, assignment.pipeline)  # for the cap: least recently used
+        except OSError as e:
+            log.warning("cannot record the use of workspace %s: %s", assignment.pipeline, e)
         handle.start()
         return True
 
@@ -560,6 +574,26 @@ class Agent:
                 "run %s attempt %s: stopped for lack of contact; the primary will re-queue it",
                 *handle.key,
             )
+        self._keep_under_cap()
+
+    def _keep_under_cap(self) -> None:
+        """After a run ends: delete the least recently used workspaces past the cap."""
+        if self.workspace_max_bytes is None or not self._evicting.acquire(blocking=False):
+            return  # no cap, or another run's end is checking it now
+        try:
+            with self._lock:
+                busy = {handle.assignment.pipeline for handle in self._runs.values()}
+            evicted = evict(self.home, self.work_dir, self.workspace_max_bytes, busy)
+            for name in evicted:
+                self._release_identity(name)
+            if evicted:
+                with self._lock:
+                    self._evicted.update(evicted)
+                self._interrupt_poll()  # the primary forgets their homes now
+        except OSError as e:
+            log.warning("cannot check the workspaces' disk use: %s", e)
+        finally:
+            self._evicting.release()
 
     def _unknown_worker(self, code: str = CODE_UNKNOWN_WORKER, message: str = "") -> None:
         """The primary refused this worker's certificate: stop, saying why."""

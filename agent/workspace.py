@@ -54,6 +54,17 @@ def record_path(home: Path, pipeline: str) -> Path:
     return home / FILES_DIR / f"{pipeline}.json"
 
 
+def used_path(home: Path, pipeline: str) -> Path:
+    """Its mtime is when a run of the pipeline was last taken here (workspace_cap.py)."""
+    return home / FILES_DIR / f"{pipeline}.used"
+
+
+def mark_used(home: Path, pipeline: str) -> None:
+    path = used_path(home, pipeline)
+    path.parent.mkdir(mode=0o700, parents=True, exist_ok=True)
+    path.touch()  # an existing file gets the current time
+
+
 def list_workspaces(work_dir: Path) -> list[str]:
     """Names of the pipeline workspaces in the work dir, as the poll reports them."""
     if not work_dir.is_dir():
@@ -73,6 +84,7 @@ def delete_workspace(home: Path, work_dir: Path, name: str) -> bool:
     elif path.is_dir():
         _throw_away(work_dir, path)
     record_path(home, name).unlink(missing_ok=True)
+    used_path(home, name).unlink(missing_ok=True)
     return existed
 
 

@@ -31,6 +31,7 @@ from footprint import bench_footprint
 from hostile_input import bench_hostile_input
 from idle_fleet import bench_idle_fleet
 from logs import bench_logs
+from retention import bench_retention
 from scrape import bench_scrape
 
 FULL = {
@@ -44,6 +45,8 @@ FULL = {
     "scrape_workers": (10, 100, 1000),
     "hostile_repeat": 5,
     "playbook_hosts": 10,
+    "retention_old_runs": 20_000,
+    "retention_runs": 30,
 }
 QUICK = {
     "latency_runs": 10,
@@ -56,6 +59,8 @@ QUICK = {
     "scrape_workers": (10, 100),
     "hostile_repeat": 1,
     "playbook_hosts": 3,
+    "retention_old_runs": 2_000,
+    "retention_runs": 10,
 }
 # Benchmarks of the store: run on each engine (`store` is a URL for init, or None).
 STORE_BENCHES = {
@@ -66,6 +71,9 @@ STORE_BENCHES = {
     ),
     "logs": lambda root, s, store: bench_logs(
         root, s["log_megabytes"], s["log_repeat"], store=store
+    ),
+    "retention": lambda root, s, store: bench_retention(
+        root, s["retention_old_runs"], 4096, s["retention_runs"], store
     ),
 }
 BENCHES = {

@@ -56,6 +56,9 @@ class PrimaryConfig:
     notify_retry_seconds: float = 5.0
     max_request_bytes: int = 8 << 20
     max_static_file_bytes: int = 256 << 20
+    # Seconds between the janitor's passes (the retention policy, primary/runs/janitor.py);
+    # 0: none (prune with `cifleet-primary prune` or POST /api/v1/retention/prune).
+    retention_interval: float = 3600.0
     extra: dict = field(default_factory=dict)
 
     @property

@@ -37,6 +37,13 @@ class NotFound(ApiError):
     code = "not_found"
 
 
+class Gone(ApiError):
+    """It existed and was deleted on purpose (a run the retention policy pruned)."""
+
+    status = 410
+    code = "pruned"
+
+
 class Conflict(ApiError):
     status = 409
     code = "conflict"

@@ -4,12 +4,12 @@ from flask import Blueprint, Response, jsonify, request
 
 from primary.api.auth import caller, primary_of_app, require_role
 from primary.api.parse import json_body, whole_number
-from primary.errors import BadRequest, NotFound
-from primary.fleet import registration, workers
+from primary.errors import BadRequest, NotFound, conflict
+from primary.fleet import presence, registration, workers
 from primary.notifications import service as notifications
 from primary.pipelines import pipelines, static_files
 from primary.pipelines import secrets as pipeline_secrets
-from primary.runs import runs
+from primary.runs import janitor, retention, runs
 from primary.runs.runlog import run_log
 from primary.runs.runs import RUN_STATES
 from primary.sources import triggers
@@ -17,6 +17,9 @@ from primary.sources import triggers
 bp = Blueprint("admin", __name__, url_prefix="/api/v1")
 VIEW = ("viewer",)
 MAX_PIPELINE_BYTES = 1 << 20
+# Seconds one prune request may delete for (it holds a public thread); `complete: false`
+# says more is left for the next request or the janitor's next pass.
+PRUNE_BUDGET = 20.0
 
 
 def _offset() -> int:
@@ -106,7 +109,10 @@ def get_run(run_id: int):
 @bp.get("/runs/<int:run_id>/notifications")
 @require_role(*VIEW)
 def run_notifications(run_id: int):
-    return jsonify({"notifications": notifications.for_run(primary_of_app(), run_id)})
+    found = notifications.for_run(primary_of_app(), run_id)
+    if found is None:
+        raise runs.missing_run(primary_of_app(), run_id)  # 404, or 410 once pruned
+    return jsonify({"notifications": found})
 
 
 @bp.post("/runs/<int:run_id>/cancel")
@@ -249,3 +255,37 @@ def set_secret(name: str, secret: str):
 def delete_secret(name: str, secret: str):
     pipeline_secrets.delete_secret(primary_of_app(), name, secret)
     return "", 204
+
+
+@bp.get("/retention")
+@require_role(*VIEW)
+def get_retention():
+    return jsonify({"policy": retention.fleet_policy(primary_of_app())})
+
+
+@bp.put("/retention")
+@require_role()
+def set_retention():
+    return jsonify({"policy": retention.set_fleet_policy(primary_of_app(), json_body())})
+
+
+@bp.post("/retention/prune")
+@require_role()
+def prune_now():
+    """A pass of the policy now (`?dry_run=true`: what it would delete, deleting nothing)."""
+    primary = primary_of_app()
+    dry_run = request.args.get("dry_run", "false")
+    if dry_run not in ("true", "false"):
+        raise BadRequest("dry_run: must be true or false")
+    if dry_run == "true":
+        return jsonify(
+            {
+                "dry_run": True,
+                "would_prune": retention.would_prune(primary),
+                "would_forget_homes": retention.would_forget_homes(primary),
+            }
+        )
+    report = janitor.prune(primary, f"{presence.name_of(primary)}:api", budget=PRUNE_BUDGET)
+    if report is None:
+        raise conflict("janitor_busy", "another retention pass is running; nothing was pruned")
+    return jsonify({"dry_run": False, "pruned": report.as_dict()})

@@ -13,11 +13,11 @@ import threading
 import time
 from collections.abc import Callable
 
-from agent.protocol import NAME_RE
+from agent.protocol import MAX_EVICTED_WORKSPACES, NAME_RE
 from primary.context import Primary
 from primary.metrics import metrics_of
+from primary.pipelines import pipelines, static_files
 from primary.pipelines import secrets as pipeline_secrets
-from primary.pipelines import static_files
 from primary.runs import leases
 from primary.runs.dispatch import ACTIVE_STATES
 from primary.runs.scheduler import plan
@@ -102,6 +102,16 @@ def _renew_leases(primary: Primary, worker: dict, held: set[tuple[int, int]], no
                 " AND state = 'running'",
                 (expires, run_id, attempt, worker["id"]),
             )
+
+
+def _evicted(body: dict) -> list[str]:
+    """The workspaces the agent removed to stay under its disk cap (valid names only)."""
+    names = body.get("evicted_workspaces")
+    if not isinstance(names, list):
+        return []
+    return sorted(
+        {n for n in names[:MAX_EVICTED_WORKSPACES] if isinstance(n, str) and NAME_RE.match(n)}
+    )
 
 
 def _stale_workspaces(primary: Primary, worker: dict, body: dict) -> list[str]:
@@ -303,6 +313,7 @@ def poll(
         leases.adopt_session(primary, worker, session, held, now)
     _renew_leases(primary, worker, held, now)
     leases.abandon_runs(primary, worker, _listed_runs(body, "abandoned"), now)
+    pipelines.forget_evicted_homes(primary, worker["id"], _evicted(body))
     waiter = primary.waiters.arm(worker["id"])
     plan(primary)  # a worker back from inactive, or with a free slot, may take queued runs
     answer = _answer(primary, worker, held, body)

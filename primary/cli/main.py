@@ -1,4 +1,4 @@
-"""`cifleet-primary`: init, serve, secret show|rotate, stop, demo."""
+"""`cifleet-primary`: init, serve, secret show|rotate, stop, demo, retention, prune."""
 
 import argparse
 import dataclasses
@@ -9,6 +9,7 @@ import sys
 from pathlib import Path
 
 from agent.protocol import NAME_RE
+from primary.cli import retention as retention_cli
 from primary.cli import store as store_cli
 from primary.cli import tokens as token_cli
 from primary.cli import users as user_cli
@@ -150,6 +151,14 @@ def build_parser() -> argparse.ArgumentParser:
             help=f"{FLAG_HELP[bound.name]} (default %(default)s)",
         )
     p.add_argument(
+        "--retention-interval",
+        type=float,
+        default=3600.0,
+        metavar="SECONDS",
+        help="seconds between the janitor's passes of the retention policy; 0: none"
+        " (default %(default)s)",
+    )
+    p.add_argument(
         "--builtin-work-dir",
         type=Path,
         metavar="DIR",
@@ -178,6 +187,7 @@ def build_parser() -> argparse.ArgumentParser:
     token_cli.add_parser(sub, _data_dir)
     store_cli.add_parser(sub, _data_dir)
     user_cli.add_parser(sub, _data_dir)
+    retention_cli.add_parser(sub, _data_dir)
 
     p = sub.add_parser("server-cert", help="re-issue the server certificate with new names")
     p.add_argument(
@@ -288,6 +298,7 @@ def cmd_serve(args) -> int:
         worker_cert_days=args.worker_cert_days,
         cert_switch_over=args.cert_switch_over,
         notify_retry_seconds=args.notify_retry_seconds,
+        retention_interval=args.retention_interval,
         builtin_work_dir=args.builtin_work_dir.absolute() if args.builtin_work_dir else None,
     )
     bounds = ServerBounds(
@@ -444,6 +455,8 @@ COMMANDS = {
     "token": token_cli.run,
     "store": store_cli.run,
     "user": user_cli.run,
+    "retention": retention_cli.run,
+    "prune": retention_cli.run,
     "server-cert": cmd_server_cert,
     "stop": cmd_stop,
     "demo": cmd_demo,

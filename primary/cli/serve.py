@@ -30,6 +30,7 @@ from primary.fleet.builtin_worker import local_api_url, start_builtin_worker
 from primary.metrics import metrics_of
 from primary.notifications.sender import start_sender
 from primary.runs import leases
+from primary.runs import janitor, leases
 from primary.runs.scheduler import plan
 from primary.server.bounds import ServerBounds
 from primary.server.loop import PortSpec, Servers
@@ -76,6 +77,17 @@ def _sweep_leases(primary: Primary, stop: threading.Event) -> None:
                 plan(primary, refresh_reasons=True)
         except Exception:
             log.exception("lease sweep failed")
+
+
+def _janitor(primary: Primary, stop: threading.Event) -> None:
+    """A pass of the retention policy every retention_interval (the first one interval
+    after the start, so a restart loop does not prune in a loop)."""
+    holder = f"{presence.name_of(primary)}:{os.getpid()}"
+    while not stop.wait(primary.config.retention_interval):
+        try:
+            janitor.prune(primary, holder, stop=stop)
+        except Exception:
+            log.exception("retention pass failed")
 
 
 def serve(config: PrimaryConfig, bounds: ServerBounds | None = None) -> int:
@@ -128,6 +140,10 @@ def serve(config: PrimaryConfig, bounds: ServerBounds | None = None) -> int:
         )
         sweeper.start()
         start_sender(primary, stop)  # outgoing webhooks (primary/notifications/)
+        if config.retention_interval > 0:
+            threading.Thread(
+                target=_janitor, args=(primary, stop), name="janitor", daemon=True
+            ).start()
 
         def on_signal(signum, frame):
             stop.set()

@@ -24,7 +24,7 @@ from prometheus_client import (
 )
 
 from primary.metrics.causes import HANDSHAKE_CAUSES, PORTS, REFUSAL_CAUSES, bounded
-from primary.runs.events import FirstStepStarted, RunEnded
+from primary.runs.events import FirstStepStarted, RunEnded, RunsPruned
 from primary.runs.runs import FINAL_STATES
 
 # Seconds. Dispatch is milliseconds on an idle fleet and minutes behind a queue.
@@ -69,6 +69,21 @@ class Metrics:
             " lock included) to its commit or rollback.",
             ["outcome"],
             buckets=STORE_BUCKETS,
+            registry=r,
+        )
+        self.retention_runs = Counter(
+            "cifleet_retention_deleted_runs",
+            "Runs this primary's janitor deleted (the retention policy).",
+            registry=r,
+        )
+        self.retention_attempts = Counter(
+            "cifleet_retention_deleted_attempts",
+            "Attempt rows of the runs this primary's janitor deleted.",
+            registry=r,
+        )
+        self.retention_log_bytes = Counter(
+            "cifleet_retention_deleted_log_bytes",
+            "Job log bytes of the runs this primary's janitor deleted.",
             registry=r,
         )
         self.polls_held = Gauge(
@@ -130,6 +145,10 @@ class Metrics:
                     self.run_duration.observe(max(note.finished_at - note.started_at, 0.0))
             elif isinstance(note, FirstStepStarted):
                 self.dispatch_latency.observe(max(note.started_at - note.queued_at, 0.0))
+            elif isinstance(note, RunsPruned):
+                self.retention_runs.inc(note.runs)
+                self.retention_attempts.inc(note.attempts)
+                self.retention_log_bytes.inc(note.log_bytes)
 
     def transaction_done(self, seconds: float, committed: bool) -> None:
         """A store transaction observer."""

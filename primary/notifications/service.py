@@ -1,13 +1,13 @@
 """What the API shows of a run's notifications."""
 
 from primary.context import Primary
-from primary.errors import NotFound
 from primary.timestamps import iso
 
 
-def for_run(primary: Primary, run_id: int) -> list[dict]:
+def for_run(primary: Primary, run_id: int) -> list[dict] | None:
+    """The run's notifications, oldest first; None when there is no such run."""
     if primary.store.query_one("SELECT id FROM runs WHERE id = ?", (run_id,)) is None:
-        raise NotFound(f"no run {run_id}")
+        return None
     rows = primary.store.query(
         "SELECT * FROM notifications WHERE run_id = ? ORDER BY id", (run_id,)
     )

@@ -51,6 +51,21 @@ def clear_cache(primary: Primary, name: str) -> dict:
     return get_pipeline(primary, name)
 
 
+def forget_evicted_homes(primary: Primary, worker_id: str, names: list[str]) -> int:
+    """The agent removed these workspaces to keep under its disk cap: the pipelines whose
+    home it was have none any more, so their next run is placed as after a cleared cache
+    (an empty workspace, wherever it goes). Returns how many homes were forgotten."""
+    if not names:
+        return 0
+    marks = ",".join("?" * len(names))
+    with primary.store.transaction() as conn:
+        return conn.execute(
+            "UPDATE pipelines SET home_worker_id = NULL, cache_cleared = 1"
+            f" WHERE home_worker_id = ? AND name IN ({marks})",
+            (worker_id, *names),
+        ).rowcount
+
+
 def _describe(row) -> dict:
     spec = json.loads(row["spec"])
     return {

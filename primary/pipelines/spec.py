@@ -14,6 +14,7 @@ from typing import Any
 import yaml
 
 from agent.protocol import NAME_RE
+from primary.pipelines.keep_spec import validate_keep
 from primary.pipelines.notify_spec import validate_notify
 from primary.pipelines.source_spec import validate_parameters, validate_source
 
@@ -27,7 +28,7 @@ MAX_CHARS = 4 << 20  # characters in scalars after expanding aliases (definition
 DEFAULT_JOB_TIMEOUT = 3600
 MAX_JOB_TIMEOUT = 7 * 24 * 3600
 PIPELINE_KEYS = {"name", "tags", "env", "secrets", "jobs", "retries_on_lost", "run_as_root"}
-PIPELINE_KEYS |= {"source", "parameters", "notify"}
+PIPELINE_KEYS |= {"source", "parameters", "notify", "keep"}
 JOB_KEYS = {"name", "steps", "env", "secrets", "timeout", "needs"}
 
 
@@ -248,6 +249,8 @@ def validate_pipeline(data: Any, lines: dict[str, int] | None = None) -> dict[st
         spec["parameters"] = validate_parameters(data["parameters"], env, fail)
     if "notify" in data:
         spec["notify"] = validate_notify(data["notify"], fail)
+    if "keep" in data:  # the retention policy of this pipeline, instead of the fleet's
+        spec["keep"] = validate_keep(data["keep"], fail)
     return spec
 
 

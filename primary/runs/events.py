@@ -23,3 +23,13 @@ class FirstStepStarted:
 
     queued_at: float
     started_at: float
+
+
+@dataclass(frozen=True)
+class RunsPruned:
+    """The janitor deleted runs (primary/runs/janitor.py): their rows, attempts and job
+    logs. Counted once, by the primary whose transaction deleted them."""
+
+    runs: int
+    attempts: int
+    log_bytes: int

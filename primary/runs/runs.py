@@ -4,7 +4,7 @@ import json
 import time
 
 from primary.context import Primary, runs_changed
-from primary.errors import BadRequest, NotFound, conflict
+from primary.errors import BadRequest, Gone, NotFound, conflict
 from primary.pipelines import pipelines
 from primary.pipelines import secrets as pipeline_secrets
 from primary.runs.scheduler import plan
@@ -115,8 +115,25 @@ def _insert_run(conn, row: tuple, spec: dict) -> int:
 def _run_row(primary: Primary, run_id: int) -> dict:
     row = primary.store.query_one("SELECT * FROM runs WHERE id = ?", (run_id,))
     if row is None:
-        raise NotFound(f"no run {run_id}")
+        raise missing_run(primary, run_id)
     return dict(row)
+
+
+def missing_run(primary: Primary, run_id: int) -> NotFound | Gone:
+    """404 for a run that never was; 410 with the date for one the retention policy pruned
+    (its tombstone in pruned_runs)."""
+    pruned = primary.store.query_one(
+        "SELECT pipeline, pruned_at FROM pruned_runs WHERE run_id = ?", (run_id,)
+    )
+    if pruned is None:
+        return NotFound(f"no run {run_id}")
+    when = iso(pruned["pruned_at"])
+    return Gone(
+        f"run {run_id} of pipeline {pruned['pipeline']}: log pruned on {when[:10]} by the"
+        " retention policy (its rows and logs are deleted)",
+        pipeline=pruned["pipeline"],
+        pruned_at=when,
+    )
 
 
 def job_rows(primary: Primary, run_id: int) -> list[dict]:
@@ -238,7 +255,7 @@ def cancel_run(primary: Primary, run_id: int) -> dict:
     with primary.store.transaction() as conn:
         run = conn.execute("SELECT * FROM runs WHERE id = ? FOR UPDATE", (run_id,)).fetchone()
         if run is None:
-            raise NotFound(f"no run {run_id}")
+            raise missing_run(primary, run_id)
         if run["state"] in FINAL_STATES:
             raise conflict("already_finished", f"run {run_id} already finished ({run['state']})")
         if run["state"] in ("queued", "assigned"):

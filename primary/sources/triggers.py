@@ -10,7 +10,7 @@ id), `run again` (of which run, and who asked). Schedules will add `schedule`.
 import json
 
 from primary.context import Primary
-from primary.errors import BadRequest, NotFound, conflict
+from primary.errors import BadRequest, conflict
 from primary.pipelines import pipelines
 from primary.pipelines import secrets as pipeline_secrets
 from primary.pipelines.source_spec import parameter_values, valid_ref
@@ -53,7 +53,7 @@ def run_again(primary: Primary, run_id: int, by: dict) -> int:
         "SELECT pipeline, spec, state, source, parameters FROM runs WHERE id = ?", (run_id,)
     )
     if row is None:
-        raise NotFound(f"no run {run_id}")
+        raise runs.missing_run(primary, run_id)  # 410 for a pruned one
     if row["state"] not in FINAL_STATES:
         raise conflict("not_finished", f"run {run_id} has not finished ({row['state']})")
     pipelines.get_spec(primary, row["pipeline"])  # 404 once the pipeline is gone

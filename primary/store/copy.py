@@ -27,7 +27,8 @@ BEFORE_COPY = "before-copy"
 FILES_DIR = "files"  # static files (primary/pipelines/static_files.py)
 FILE_CHUNK = 1 << 20
 # Kept in the database's own way: not copied as rows.
-_NOT_COPIED = ("sqlite_sequence", "primaries")  # primaries: each announces itself
+# primaries: each announces itself; janitor_lease: a pass in progress is no one's after it.
+_NOT_COPIED = ("sqlite_sequence", "primaries", "janitor_lease")
 
 
 class CopyError(Exception):

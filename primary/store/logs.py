@@ -9,6 +9,7 @@ is answered instead of swallowed.
 import io
 import logging
 import os
+import shutil
 import threading
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
@@ -200,6 +201,16 @@ class LogStore:
                     return
                 remaining -= len(chunk)
                 yield chunk
+
+    def run_ids(self) -> set[int]:
+        """The runs that have a folder of logs here."""
+        if not self.root.is_dir():
+            return set()
+        return {int(p.name) for p in self.root.iterdir() if p.name.isdigit() and p.is_dir()}
+
+    def discard(self, run_id: int) -> None:
+        """Delete every log of a run the retention policy pruned (its rows are gone)."""
+        shutil.rmtree(self.root / str(run_id), ignore_errors=True)
 
     def last_byte(self, run_id: int, attempt: int, job: str) -> bytes:
         size = self.size(run_id, attempt, job)

@@ -175,6 +175,13 @@ class PostgresLogStore:
                 if position >= end:
                     return
 
+    def run_ids(self) -> set[int]:
+        """None to sweep: a pruned run's chunks go in the transaction that deletes its rows."""
+        return set()
+
+    def discard(self, run_id: int) -> None:
+        """Nothing to do: see run_ids."""
+
     def last_byte(self, run_id: int, attempt: int, job: str) -> bytes:
         rows = self._query(
             "SELECT substring(c.data FROM length(c.data)) AS last FROM job_logs l"

@@ -237,7 +237,28 @@ MIGRATIONS: list[str] = [
         PRIMARY KEY (blob, seq)
     );
     """,
-    # 13: outgoing webhooks of run state changes (an outbox): a row is written in the
+    # 13: retention (issue 20). Settings of the whole fleet an admin sets (JSON values; the
+    # retention policy is one), a tombstone per run the janitor pruned (so its log answers
+    # 410 with the date instead of a 404), and the janitor's lease (one pass at a time
+    # across the primaries of a shared store).
+    """
+    CREATE TABLE fleet_settings (
+        name TEXT PRIMARY KEY,
+        value TEXT NOT NULL             -- JSON
+    );
+    CREATE TABLE pruned_runs (
+        run_id INTEGER PRIMARY KEY,
+        pipeline TEXT NOT NULL,
+        pruned_at REAL NOT NULL
+    );
+    CREATE TABLE janitor_lease (
+        name TEXT PRIMARY KEY,
+        holder TEXT NOT NULL,
+        expires_at REAL NOT NULL
+    );
+    CREATE INDEX runs_by_pipeline ON runs (pipeline, id);
+    """,
+    # 14: outgoing webhooks of run state changes (an outbox): a row is written in the
     # transaction that changes the run, and any primary's sender delivers it once it has
     # claimed it (claimed_until), retrying with backoff.
     """

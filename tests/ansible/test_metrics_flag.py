@@ -1,5 +1,6 @@
 """The role passes `--metrics-listen` to the agent when cifleet_worker_metrics_listen is set,
-in the systemd unit and in the daemon command of hosts without systemd."""
+in the systemd unit and in the daemon command of hosts without systemd; likewise
+`--workspace-max-bytes` for cifleet_worker_workspace_max_bytes."""
 
 import os
 import shlex
@@ -46,6 +47,19 @@ def test_the_unit_starts_the_agent_with_the_listener(tmp_path):
     )
 
 
+def test_the_unit_passes_the_workspace_cap(tmp_path):
+    unit = tmp_path / "cifleet-agent.service"
+    playbook(
+        "render_unit.yml",
+        f"unit_dest={unit} cifleet_worker_venv=/opt/v cifleet_worker_home=/var/lib/c"
+        " cifleet_worker_workspace_max_bytes=20G",
+    )
+    assert (
+        "ExecStart=/opt/v/bin/cifleet-agent run --home /var/lib/c --workspace-max-bytes 20G"
+        in unit.read_text().splitlines()
+    )
+
+
 @pytest.mark.parametrize("listen", ["[::1]:9252", ""])
 def test_the_daemon_gets_the_flag_only_when_it_is_set(tmp_path, listen):
     venv = tmp_path / "venv"
@@ -58,9 +72,10 @@ def test_the_daemon_gets_the_flag_only_when_it_is_set(tmp_path, listen):
         "start_daemon.yml",
         f"cifleet_worker_service_manager=none cifleet_worker_venv={venv}"
         f" cifleet_worker_home={tmp_path}/home cifleet_worker_pidfile={tmp_path}/agent.pid"
-        f" cifleet_worker_log_dir={tmp_path} cifleet_worker_metrics_listen={shlex.quote(listen)}",
+        f" cifleet_worker_log_dir={tmp_path} cifleet_worker_metrics_listen={shlex.quote(listen)}"
+        f" cifleet_worker_workspace_max_bytes={'500M' if listen else ''}",
     )
     expected = ["run", "--daemon", "--home", f"{tmp_path}/home", "--pidfile"]
     expected += [f"{tmp_path}/agent.pid", "--log-file", f"{tmp_path}/agent.log"]
-    expected += ["--metrics-listen", listen] if listen else []
+    expected += ["--metrics-listen", listen, "--workspace-max-bytes", "500M"] if listen else []
     assert argv_file.read_text().splitlines() == expected
