@@ -29,7 +29,6 @@ from primary.fleet import presence
 from primary.fleet.builtin_worker import local_api_url, start_builtin_worker
 from primary.metrics import metrics_of
 from primary.notifications.sender import start_sender
-from primary.runs import leases
 from primary.runs import janitor, leases
 from primary.runs.scheduler import plan
 from primary.server.bounds import ServerBounds
