@@ -16,7 +16,7 @@ from fault_fleet import HEARTBEAT, assert_never_twice_at_once, event, executions
 from fleet import wait_for
 from pgcluster import both_engines
 
-pytestmark = [pytest.mark.faults, both_engines]
+pytestmark = pytest.mark.faults
 
 RUNS = 20
 FENCE_LINE = "no contact with the primary for"
@@ -68,6 +68,7 @@ def crash_when_busy(primary, ids: list[int]) -> Counter:
     return at_crash
 
 
+@both_engines
 def test_a_primary_crash_shorter_than_the_fence_loses_nothing(serve, fleet_of):
     # A heartbeat timeout long enough that the outage, restart included, stays well within
     # the fence (half of it): no agent stops a job.
@@ -108,6 +109,8 @@ def test_a_primary_crash_shorter_than_the_fence_loses_nothing(serve, fleet_of):
     assert not any(FENCE_LINE in fleet.log(name) for name in fleet.agents)
 
 
+# SQLite only: what this adds to the test above is the agents' fencing, which does not
+# depend on the store (the fleet in PostgreSQL has its own outage test: test_database_down).
 def test_a_primary_down_longer_than_the_fence_has_its_running_jobs_stopped(serve, fleet_of):
     # Jobs of six seconds: the ones running at the crash outlive the fence (3 s).
     lines = 60
