@@ -22,6 +22,8 @@ class Job:
     timeout: float | None = None  # seconds; None: no limit
     needs: list[str] = field(default_factory=list)
     secrets: list[str] = field(default_factory=list)  # names put into this job's environment
+    # Globs inside the workspace whose files are uploaded after the job (agent/artifacts.py).
+    artifacts: list[str] = field(default_factory=list)
 
 
 @dataclass(frozen=True)
@@ -162,7 +164,18 @@ def _parse_job(data: Any) -> Job:
     secrets = data.get("secrets") or []
     if not isinstance(secrets, list) or not all(isinstance(n, str) for n in secrets):
         raise ValueError(f"job {name}: secrets must be a list of names")
-    return Job(name, list(steps), _env(data.get("env")), timeout, list(needs), list(secrets))
+    artifacts = data.get("artifacts") or []
+    if not isinstance(artifacts, list) or not all(isinstance(a, str) for a in artifacts):
+        raise ValueError(f"job {name}: artifacts must be a list of paths")
+    return Job(
+        name,
+        list(steps),
+        _env(data.get("env")),
+        timeout,
+        list(needs),
+        list(secrets),
+        list(artifacts),
+    )
 
 
 def _env(data: Any) -> dict[str, str]:

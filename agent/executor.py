@@ -18,6 +18,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Protocol
 
+from agent.artifacts import NoArtifacts, artifacts_path, collect
 from agent.assignment import Assignment, Job
 from agent.calls import Cancelled
 from agent.identity import JobIdentity
@@ -51,6 +52,8 @@ class Sink(Protocol):
     def job_finished(
         self, job: str, state: str, exit_code: int | None, log_size: int | None
     ) -> None: ...
+
+    def artifacts(self, job: str, path: Path, size: int) -> None: ...
 
     def run_finished(self) -> None: ...
 
@@ -174,7 +177,8 @@ class RunExecutor:
                 self._sink.job_started(job.name)
                 result = self.run_job(job)
                 states[job.name] = result.state
-                self._sink.job_finished(job.name, result.state, result.exit_code, result.log_size)
+                log_size = self._collect_artifacts(job, result)
+                self._sink.job_finished(job.name, result.state, result.exit_code, log_size)
         finally:
             if acquired:
                 lock.release()
@@ -270,6 +274,23 @@ class RunExecutor:
                 masking.finish()
             os.close(fd)
         return JobResult(state, exit_code, os.stat(path).st_size)
+
+    def _collect_artifacts(self, job: Job, result: JobResult) -> int:
+        """After a job that ran to its end (success or failure, not killed), queue its
+        artifacts for upload before its final state; a failure to collect them is said in
+        its log. The job's log size, that line included."""
+        if not job.artifacts or result.state not in ("success", "failed"):
+            return result.log_size
+        out = artifacts_path(self.spool_dir, job.name)
+        try:
+            size = collect(self.workspace, job.artifacts, self.identity, out)
+        except NoArtifacts as e:
+            path = log_path(self.spool_dir, job.name)
+            with open(path, "ab") as f:
+                f.write(f"cifleet: the job's artifacts were not uploaded: {e}\n".encode())
+            return os.stat(path).st_size
+        self._sink.artifacts(job.name, out, size)
+        return result.log_size
 
     def _wait(self, proc: subprocess.Popen, deadline: float | None) -> str | None:
         """Wait for the step; return None when it exited, else why it must be killed."""

@@ -26,6 +26,7 @@ from agent.executor import log_path
 from agent.protocol import (
     CODE_LOG_GAP,
     CODE_LOG_INCOMPLETE,
+    JOB_ARTIFACTS_PATH,
     JOB_LOG_PATH,
     JOB_STATUS_PATH,
     LOG_CHUNK_BYTES,
@@ -109,6 +110,9 @@ class RunReporter:
     ) -> None:
         self._add(("finished", job, state, exit_code, log_size))
 
+    def artifacts(self, job: str, path: Path, size: int) -> None:
+        self._add(("artifacts", job, path, size))
+
     def run_finished(self) -> None:
         self._add(("run_finished",))
 
@@ -186,6 +190,8 @@ class RunReporter:
                     return
                 path = self._job_path(JOB_STATUS_PATH, job)
                 self._final(job, log_size, path, status, f"job {job} status")
+            elif kind == "artifacts":
+                self._upload_artifacts(event[1], event[2])
             elif kind == "abort":
                 raise event[1]
             else:
@@ -233,6 +239,23 @@ class RunReporter:
                 self._acked[job] = _size(resp)
                 continue
             raise Refused(f"{what}: HTTP {resp.status}: {resp.message}")
+
+    def _upload_artifacts(self, job: str, path: Path) -> None:
+        """Send the job's artifacts (a tar the collector wrote, at most MAX_ARTIFACT_BYTES)
+        before its final status; a refusal (too large, a bad member) is logged here and the
+        run goes on: its log already says what was collected."""
+        data = path.read_bytes()
+        url = f"{self._job_path(JOB_ARTIFACTS_PATH, job)}?attempt={self._run.attempt}"
+        resp = self._call(url, data, "application/x-tar")
+        if resp.status != 200:
+            log.warning(
+                "run %s job %s: the primary refused its artifacts: HTTP %s: %s",
+                self._run.run_id,
+                job,
+                resp.status,
+                resp.message,
+            )
+        path.unlink(missing_ok=True)
 
     def _status(self, job: str, body: dict[str, Any]) -> None:
         resp = self._call(

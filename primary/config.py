@@ -56,6 +56,8 @@ class PrimaryConfig:
     notify_retry_seconds: float = 5.0
     max_request_bytes: int = 8 << 20
     max_static_file_bytes: int = 256 << 20
+    # A job's artifacts (one tar); the agent's own limit is the same (agent/artifacts.py).
+    max_artifact_bytes: int = 64 << 20
     # Seconds between the janitor's passes (the retention policy, primary/runs/janitor.py);
     # 0: none (prune with `cifleet-primary prune` or POST /api/v1/retention/prune).
     retention_interval: float = 3600.0

@@ -9,7 +9,7 @@ from primary.fleet import presence, registration, workers
 from primary.notifications import service as notifications
 from primary.pipelines import pipelines, static_files
 from primary.pipelines import secrets as pipeline_secrets
-from primary.runs import janitor, retention, runs
+from primary.runs import artifacts, janitor, retention, runs
 from primary.runs.runlog import run_log
 from primary.runs.runs import RUN_STATES
 from primary.sources import triggers
@@ -113,6 +113,30 @@ def run_notifications(run_id: int):
     if found is None:
         raise runs.missing_run(primary_of_app(), run_id)  # 404, or 410 once pruned
     return jsonify({"notifications": found})
+
+
+@bp.get("/runs/<int:run_id>/artifacts")
+@require_role(*VIEW)
+def list_artifacts(run_id: int):
+    primary = primary_of_app()
+    runs.get_run(primary, run_id)  # 404, or 410 once pruned
+    return jsonify({"artifacts": artifacts.list_for_run(primary, run_id)})
+
+
+@bp.get("/runs/<int:run_id>/jobs/<job>/artifacts.tar")
+@require_role(*VIEW)
+def get_artifacts(run_id: int, job: str):
+    attempt = request.args.get("attempt")
+    number = whole_number(attempt, "attempt") if attempt is not None else None
+    info, chunks = artifacts.read(primary_of_app(), run_id, job, number)
+    response = Response(chunks, mimetype="application/x-tar")
+    response.headers["Content-Length"] = str(info["size"])
+    response.headers["X-Sha256"] = info["sha256"]
+    response.headers["X-Run-Attempt"] = str(info["attempt"])
+    response.headers["Content-Disposition"] = (
+        f'attachment; filename="run-{run_id}-{job}-artifacts.tar"'
+    )
+    return response
 
 
 @bp.post("/runs/<int:run_id>/cancel")

@@ -12,7 +12,7 @@ from primary.errors import ApiError, BadRequest
 from primary.fleet import credentials, workers
 from primary.metrics import metrics_of
 from primary.pipelines import static_files
-from primary.runs import dispatch
+from primary.runs import artifacts, dispatch
 from primary.server import deferral
 
 bp = Blueprint("agent", __name__, url_prefix="/agent/v1")
@@ -69,6 +69,23 @@ def append_log(run_id: int, job: str):
     finally:
         metrics_of(primary).log_bytes_received(body.count)
     return jsonify(answer)
+
+
+@bp.post("/runs/<int:run_id>/jobs/<job>/artifacts")
+@require_worker
+def store_artifacts(run_id: int, job: str):
+    attempt = whole_number(request.args.get("attempt"), "attempt")
+    if request.content_length is None:
+        err = ApiError("artifacts need a Content-Length")
+        err.status, err.code = 411, "length_required"
+        raise err
+    # From the WSGI input, past the app's request limit: the service has its own.
+    read = request.environ["wsgi.input"].read
+    return jsonify(
+        artifacts.store(
+            primary_of_app(), g.worker, run_id, job, attempt, request.content_length, read
+        )
+    )
 
 
 class _CountingReader:

@@ -129,6 +129,12 @@ def build_parser() -> argparse.ArgumentParser:
         help="largest static file a pipeline may have",
     )
     p.add_argument(
+        "--max-artifact-bytes",
+        type=int,
+        default=64 << 20,
+        help="largest tar of one job's artifacts the primary keeps",
+    )
+    p.add_argument(
         "--notify-retry-seconds",
         type=float,
         default=5.0,
@@ -295,6 +301,7 @@ def cmd_serve(args) -> int:
         log_streams=args.log_streams,
         log_stream_seconds=args.log_stream_seconds,
         max_static_file_bytes=args.max_static_file_bytes,
+        max_artifact_bytes=args.max_artifact_bytes,
         worker_cert_days=args.worker_cert_days,
         cert_switch_over=args.cert_switch_over,
         notify_retry_seconds=args.notify_retry_seconds,

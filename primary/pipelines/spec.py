@@ -29,7 +29,8 @@ DEFAULT_JOB_TIMEOUT = 3600
 MAX_JOB_TIMEOUT = 7 * 24 * 3600
 PIPELINE_KEYS = {"name", "tags", "env", "secrets", "jobs", "retries_on_lost", "run_as_root"}
 PIPELINE_KEYS |= {"source", "parameters", "notify", "keep"}
-JOB_KEYS = {"name", "steps", "env", "secrets", "timeout", "needs"}
+JOB_KEYS = {"name", "steps", "env", "secrets", "timeout", "needs", "artifacts"}
+MAX_ARTIFACT_PATTERNS = 32
 
 
 class SpecError(ValueError):
@@ -231,6 +232,8 @@ def validate_pipeline(data: Any, lines: dict[str, int] | None = None) -> dict[st
                 "needs": needs,
             }
         )
+        if "artifacts" in raw:  # only when given, so specs stored before it compare equal
+            jobs[-1]["artifacts"] = _artifact_patterns(raw["artifacts"], f"{where}.artifacts", fail)
     for i, job in enumerate(jobs):
         for need in job["needs"]:
             if need not in seen:
@@ -309,3 +312,28 @@ def _env(value: Any, field: str, fail) -> dict[str, str]:
             raise fail(f"{field}.{key}", "contains a NUL character")
         env[key] = str(val)
     return env
+
+
+def _artifact_patterns(value: Any, field: str, fail) -> list[str]:
+    """Globs relative to the workspace (`dist/*.whl`, `reports/**`); never out of it."""
+    if (
+        not isinstance(value, list)
+        or not 0 < len(value) <= MAX_ARTIFACT_PATTERNS
+        or not all(isinstance(p, str) for p in value)
+    ):
+        raise fail(field, f"must be a list of 1 to {MAX_ARTIFACT_PATTERNS} paths or globs")
+    for i, pattern in enumerate(value):
+        parts = pattern.split("/")
+        if (
+            not 0 < len(pattern) <= 256
+            or not pattern.isprintable()
+            or "\\" in pattern
+            or pattern.startswith("/")
+            or ".." in parts
+        ):
+            raise fail(
+                f"{field}[{i}]",
+                "must be a path or glob inside the workspace (relative, no '..', at most 256"
+                " printable characters)",
+            )
+    return list(value)

@@ -10,10 +10,8 @@ paths, `..` and anything that would resolve outside the pipeline's folder (a lin
 there, say) are refused.
 """
 
-import contextlib
 import hashlib
 import os
-import secrets
 import tempfile
 import time
 from collections.abc import Iterator
@@ -21,8 +19,9 @@ from pathlib import Path
 from typing import BinaryIO
 
 from primary.context import Primary
-from primary.errors import ApiError, BadRequest, NotFound
+from primary.errors import BadRequest, NotFound
 from primary.pipelines.pipelines import get_spec
+from primary.store import blobs
 from primary.timestamps import iso
 
 MAX_PATH = 1024
@@ -88,18 +87,8 @@ def _parents(path: str) -> list[str]:
 
 def _put_in_store(primary: Primary, pipeline: str, path: str, stream: BinaryIO) -> dict:
     _check_tree(primary, pipeline, path)
-    blob = secrets.token_hex(8)
-    digest, size, seq = hashlib.sha256(), 0, 0
+    blob, sha256, size = blobs.write(primary.store, stream)
     try:
-        while chunk := stream.read(COPY_CHUNK):
-            digest.update(chunk)
-            size += len(chunk)
-            with primary.store.transaction() as conn:
-                conn.execute(
-                    "INSERT INTO file_chunks (blob, seq, data) VALUES (?, ?, ?)",
-                    (blob, seq, chunk),
-                )
-            seq += 1
         with primary.store.transaction() as conn:
             old = conn.execute(
                 "SELECT blob FROM pipeline_files WHERE pipeline = ? AND path = ? FOR UPDATE",
@@ -110,34 +99,14 @@ def _put_in_store(primary: Primary, pipeline: str, path: str, stream: BinaryIO) 
                 " VALUES (?, ?, ?, ?, ?, ?) ON CONFLICT (pipeline, path) DO UPDATE SET"
                 " sha256 = excluded.sha256, size = excluded.size,"
                 " updated_at = excluded.updated_at, blob = excluded.blob",
-                (pipeline, path, digest.hexdigest(), size, time.time(), blob),
+                (pipeline, path, sha256, size, time.time(), blob),
             )
             if old is not None and old["blob"]:
                 conn.execute("DELETE FROM file_chunks WHERE blob = ?", (old["blob"],))
     except BaseException:
-        _drop_chunks(primary, blob)
+        blobs.drop(primary.store, blob)
         raise
     return file_info(primary, pipeline, path)
-
-
-def _drop_chunks(primary: Primary, blob: str) -> None:
-    """Best effort: an upload that failed (the store may be what failed) leaves nothing."""
-    with contextlib.suppress(ApiError), primary.store.transaction() as conn:
-        conn.execute("DELETE FROM file_chunks WHERE blob = ?", (blob,))
-
-
-def _chunks_in_store(primary: Primary, blob: str) -> Iterator[bytes]:
-    seq = 0
-    while True:
-        rows = primary.store.query(
-            "SELECT seq, data FROM file_chunks WHERE blob = ? AND seq >= ? ORDER BY seq LIMIT 8",
-            (blob, seq),
-        )
-        for row in rows:
-            yield bytes(row["data"])
-            seq = row["seq"] + 1
-        if len(rows) < 8:
-            return
 
 
 def put_file(primary: Primary, pipeline: str, raw_path: str, stream: BinaryIO) -> dict:
@@ -217,7 +186,7 @@ def read_file(primary: Primary, pipeline: str, raw_path: str) -> tuple[dict, Ite
         row = primary.store.query_one(
             "SELECT blob FROM pipeline_files WHERE pipeline = ? AND path = ?", (pipeline, path)
         )
-        return info, _chunks_in_store(primary, row["blob"] if row else "")
+        return info, blobs.read(primary.store, row["blob"] if row else "")
     target = _inside(primary, pipeline, path)
 
     def chunks() -> Iterator[bytes]:

@@ -18,8 +18,8 @@ Job logs in files (SQLite installs) are deleted once their rows' transaction com
 folder left by a crash in between is swept by the next pass (its run has a tombstone).
 PostgreSQL log chunks are deleted in the rows' transaction.
 
-Artifacts (issue 17, part two) do not exist yet: when they do, `_delete_batch` deletes a
-run's artifacts beside its logs and counts their bytes in `RunsPruned.log_bytes`' sibling.
+A run's artifacts go with it, like its logs: their rows and chunks in the transaction,
+their files (SQLite) after it. Their bytes are not counted yet.
 """
 
 import logging
@@ -28,7 +28,7 @@ import time
 from dataclasses import dataclass, field
 
 from primary.context import Primary
-from primary.runs import retention
+from primary.runs import artifacts, retention
 from primary.runs.events import RunsPruned
 from primary.runs.runs import FINAL_STATES
 from primary.store.db import after_commit
@@ -191,6 +191,7 @@ def _delete_batch(
             conn.execute(f"DELETE FROM log_chunks WHERE {in_ids}", got)
             conn.execute(f"DELETE FROM job_logs WHERE {in_ids}", got)
         conn.execute(f"DELETE FROM notifications WHERE {in_ids}", got)  # the outbox's, any state
+        artifacts.delete_for_runs(conn, got)  # their rows and chunks; files after the commit
         attempts = conn.execute(f"DELETE FROM attempts WHERE {in_ids}", got).rowcount
         conn.execute(f"DELETE FROM jobs WHERE {in_ids}", got)
         deleted = conn.execute(f"DELETE FROM runs WHERE id IN ({marks})", got).rowcount
@@ -204,6 +205,7 @@ def _delete_batch(
     report.longest_batch_seconds = max(report.longest_batch_seconds, took)
     for run_id in got:
         primary.logs.discard(run_id)
+    artifacts.remove_files(primary.data.root, got)
     report.runs += deleted
     report.attempts += attempts
     report.log_bytes += log_bytes

@@ -283,6 +283,21 @@ MIGRATIONS: list[str] = [
         WHERE delivered_at IS NULL AND gave_up_at IS NULL;
     CREATE INDEX notifications_run ON notifications (run_id);
     """,
+    # 15: a job's artifacts, one tar per job and attempt: on SQLite in DATA/artifacts (blob
+    # NULL), in a shared fleet in file_chunks under `blob`, so every primary serves them.
+    """
+    CREATE TABLE artifacts (
+        run_id INTEGER NOT NULL,
+        attempt INTEGER NOT NULL,
+        job TEXT NOT NULL,
+        size INTEGER NOT NULL,
+        sha256 TEXT NOT NULL,
+        files TEXT NOT NULL,            -- JSON: [{"path", "size"}] of the tar's members
+        blob TEXT,
+        created_at REAL NOT NULL,
+        PRIMARY KEY (run_id, attempt, job)
+    );
+    """,
 ]
 
 # Statements only PostgreSQL runs, after the migration of that number.
