@@ -1,15 +1,19 @@
 """How git gets a source's credentials without them touching argv, a log or a file.
 
 - An HTTPS token: git's credential helper is a shell function given in the environment
-  (GIT_CONFIG_COUNT/KEY/VALUE, git 2.31+) that prints the user name and the token from two
-  environment variables. Only git and its helper see them (/proc/PID/environ is readable by
-  the same uid and root alone); the helper's text, in the environment too, holds no secret.
+  (GIT_CONFIG_COUNT/KEY/VALUE, git 2.31+), scoped to the source's scheme and host, that
+  prints the user name and the token from two environment variables; redirects are not
+  followed, so no other host is ever asked for them. Only git and its helper see them
+  (/proc/PID/environ is readable by the same uid and root alone); the helper's text, in
+  the environment too, holds no secret.
 - An SSH key: a private ssh-agent for the one git command, its socket in a 0700 folder of
   its own; the key goes to `ssh-add -` on stdin and lives in that agent's memory until it
   is killed right after. ssh gets the known_hosts lines from a file in that folder, with
   StrictHostKeyChecking=yes: a server that is not the one named is refused.
 
-Used by the agent (the checkout, as the job's uid) and the primary (`git ls-remote` when a
+Every command that talks to a remote also gets remote_env's limits: the source's transport
+only, no hooks, no fsmonitor. Used by the agent (the fetch into its own git directory) and
+the primary (`git ls-remote` when a
 run is triggered), so it imports nothing of either.
 """
 
@@ -20,6 +24,7 @@ import signal
 import subprocess
 import tempfile
 import time
+import urllib.parse
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -57,17 +62,34 @@ def base_env(home: str, path: str | None = None) -> dict[str, str]:
     }
 
 
-def token_env(username: str, token: str) -> dict[str, str]:
-    """Environment entries that make git answer an HTTP auth challenge with the token."""
-    return {
-        "GIT_CONFIG_COUNT": "2",
-        "GIT_CONFIG_KEY_0": "credential.helper",
-        "GIT_CONFIG_VALUE_0": "",  # forget any helper configured elsewhere first
-        "GIT_CONFIG_KEY_1": "credential.helper",
-        "GIT_CONFIG_VALUE_1": HELPER,
-        "CIFLEET_GIT_USERNAME": username,
-        "CIFLEET_GIT_PASSWORD": token,
-    }
+def remote_env(url: str, username: str | None = None, token: str | None = None) -> dict[str, str]:
+    """Environment entries for a git command that talks to `url`: only the URL's transport
+    (GIT_ALLOW_PROTOCOL), no hooks, no fsmonitor, no redirects to elsewhere, and, with a
+    token, a credential helper that answers for that scheme and host alone."""
+    scheme = transport(url)
+    config = [
+        ("core.hooksPath", "/dev/null"),
+        ("core.fsmonitor", "false"),
+        ("http.followRedirects", "false"),
+        ("credential.helper", ""),  # forget any helper configured elsewhere
+    ]
+    env = {"GIT_ALLOW_PROTOCOL": scheme}
+    if token is not None:
+        host = urllib.parse.urlsplit(url).netloc
+        config.append((f"credential.{scheme}://{host}.helper", HELPER))
+        env |= {"CIFLEET_GIT_USERNAME": username or "", "CIFLEET_GIT_PASSWORD": token}
+    env["GIT_CONFIG_COUNT"] = str(len(config))
+    for i, (key, value) in enumerate(config):
+        env[f"GIT_CONFIG_KEY_{i}"] = key
+        env[f"GIT_CONFIG_VALUE_{i}"] = value
+    return env
+
+
+def transport(url: str) -> str:
+    """The transport git would use for `url`: its scheme, or ssh for user@host:path."""
+    if "://" not in url:
+        return "ssh" if "@" in url.split(":", 1)[0] else "file"
+    return url.split("://", 1)[0].lower()
 
 
 def nss_wrapper() -> str | None:

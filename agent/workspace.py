@@ -28,7 +28,7 @@ from pathlib import Path, PurePosixPath
 from typing import Any
 
 from agent.assignment import Assignment, StaticFile
-from agent.home import FILES_DIR, TRASH_DIR, write_atomic
+from agent.home import FILES_DIR, TRASH_DIR, git_dir, write_atomic
 from agent.protocol import NAME_RE
 
 log = logging.getLogger(__name__)
@@ -62,8 +62,9 @@ def list_workspaces(work_dir: Path) -> list[str]:
 
 
 def delete_workspace(home: Path, work_dir: Path, name: str) -> bool:
-    """Delete a pipeline's workspace and its static-file record; True if a workspace was
-    there. The caller makes sure no run of the pipeline is using it."""
+    """Delete a pipeline's workspace, its clone (agent.git_checkout) and its static-file
+    record; True if a workspace was there. The caller makes sure no run of the pipeline is
+    using it."""
     if not NAME_RE.match(name):  # also refuses "", ".", ".." and anything with a "/"
         raise ValueError(f"bad workspace name {name!r}")
     path = workspace_dir(work_dir, name)
@@ -72,6 +73,9 @@ def delete_workspace(home: Path, work_dir: Path, name: str) -> bool:
         path.unlink()  # never follow a link out of the work dir
     elif path.is_dir():
         _throw_away(work_dir, path)
+    clone = git_dir(home, name)
+    if clone.is_dir() and not clone.is_symlink():
+        _throw_away(clone.parent, clone)
     record_path(home, name).unlink(missing_ok=True)
     return existed
 
@@ -91,10 +95,10 @@ def _throw_away(work_dir: Path, path: Path) -> None:
 
 
 def empty_trash(home: Path, work_dir: Path) -> None:
-    """Remove what an earlier agent process left in the trash (in the background); also
-    HOME/trash, where agents before the work dir kept it."""
+    """Remove what an earlier agent process left in the trashes of the work dir and the
+    clones (in the background); also HOME/trash, where agents before the work dir kept it."""
     found: list[Path] = []
-    for trash in (work_dir / TRASH, home / TRASH_DIR):
+    for trash in (work_dir / TRASH, git_dir(home, "x").parent / TRASH, home / TRASH_DIR):
         found += sorted(trash.iterdir()) if trash.is_dir() else []
     _remove_in_background(found)
 

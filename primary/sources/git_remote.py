@@ -9,7 +9,7 @@ argv or the primary's disk; what git says is scrubbed of them before anyone sees
 import subprocess
 import tempfile
 
-from agent.git_auth import GitAuthError, base_env, scrub, ssh_env, token_env
+from agent.git_auth import GitAuthError, base_env, remote_env, scrub, ssh_env
 from primary.errors import ApiError, BadRequest
 from primary.pipelines.source_spec import url_kind
 
@@ -51,8 +51,9 @@ def _ls_remote(settings: dict, refs: list[str], secrets: dict[str, str]) -> dict
         env = base_env(home)
         try:
             if "token" in settings:
-                env |= token_env(settings["username"], secrets[settings["token"]])
+                env |= remote_env(url, settings["username"], secrets[settings["token"]])
                 return _run(url, refs, env, home, values)
+            env |= remote_env(url)
             if url_kind(url) == "ssh":
                 key = secrets.get(settings["ssh_key"]) if "ssh_key" in settings else None
                 with ssh_env(settings["known_hosts"], key) as extra:
