@@ -321,13 +321,14 @@ mkdir -p evil-hooks; cp .git/hooks/* evil-hooks/
 git config core.hooksPath "$PWD/evil-hooks"
 git config core.fsmonitor "$PWD/evil-hooks/fsmonitor-watchman"
 git config url.http://127.0.0.1:1/.insteadOf "$SOURCE"
+# (3, first) every object it can reach: garbage.
+find .git/objects -type f | while read -r f; do chmod u+w "$f"; printf 'garbage' > "$f"; done
 # (2) a commondir and alternates of its own: another config, another object store.
 mkdir -p evil-common/objects; cp .git/config evil-common/config
 git config -f evil-common/config protocol.ext.allow always
 echo "$PWD/evil-common" > .git/commondir
 echo "$PWD/evil-common/objects" > .git/objects/info/alternates
-# (3) the objects it can reach, and the tracked files: overwritten, deleted, replaced.
-for f in .git/objects/pack/*; do chmod u+w "$f"; printf 'garbage' > "$f"; done
+# (3) the tracked files: overwritten, deleted, replaced by a link.
 printf 'forged\n' > README
 rm lib/util.c
 mkdir -p /tmp/evil-src-$$; printf 'int evil;\n' > /tmp/evil-src-$$/main.c
