@@ -237,6 +237,13 @@ MIGRATIONS: list[str] = [
         PRIMARY KEY (blob, seq)
     );
     """,
+    # 13: a webhook delivery is also unique by its body's digest: a captured signed body
+    # resent under a new delivery id (the id is not signed) makes no second run. Rows from
+    # before have none (NULL never conflicts).
+    """
+    ALTER TABLE hook_deliveries ADD COLUMN body_sha256 TEXT;
+    CREATE UNIQUE INDEX hook_deliveries_by_body ON hook_deliveries (pipeline, body_sha256);
+    """,
 ]
 
 # Statements only PostgreSQL runs, after the migration of that number.
