@@ -54,17 +54,24 @@ def base_env(home: str, path: str | None = None) -> dict[str, str]:
     }
 
 
-def remote_env(url: str, username: str | None = None, token: str | None = None) -> dict[str, str]:
+def remote_env(
+    url: str, username: str | None = None, token: str | None = None, ca_file: str | None = None
+) -> dict[str, str]:
     """Environment entries for a git command that talks to `url`: only the URL's transport
-    (GIT_ALLOW_PROTOCOL), no hooks, no fsmonitor, no redirects to elsewhere, and, with a
-    token, a credential helper that answers for that scheme and host alone."""
+    (GIT_ALLOW_PROTOCOL), no hooks, no fsmonitor, no redirects to elsewhere, with a token a
+    credential helper that answers for that scheme and host alone (https only: GitAuthError
+    otherwise), and `ca_file` the CAs an https server is checked against."""
     scheme = transport(url)
+    if token is not None and scheme != "https":
+        raise GitAuthError("a token is sent only over https")
     config = [
         ("core.hooksPath", "/dev/null"),
         ("core.fsmonitor", "false"),
         ("http.followRedirects", "false"),
         ("credential.helper", ""),  # forget any helper configured elsewhere
     ]
+    if ca_file is not None:
+        config.append(("http.sslCAInfo", ca_file))
     env = {"GIT_ALLOW_PROTOCOL": scheme}
     if token is not None:
         host = urllib.parse.urlsplit(url).netloc

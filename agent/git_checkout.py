@@ -120,8 +120,12 @@ def _fetch(git: "_AgentGit", source: GitSource, secrets: dict[str, str], values:
         else ("refs/remotes/origin/" + source.ref.removeprefix("refs/heads/"))
     )
     token = secrets[source.token] if source.token else None
-    env = git.env | remote_env(source.url, source.username, token)
+    ca_file = None
+    if source.ca:
+        ca_file = git.repo / "cifleet-ca.pem"  # no secret, and out of jobs' reach anyway
+        write_atomic(ca_file, source.ca.encode())
     try:
+        env = git.env | remote_env(source.url, source.username, token, ca_file and str(ca_file))
         if source.ssh_key is not None or source.url.startswith("ssh://") or _scp_like(source.url):
             key = secrets[source.ssh_key] if source.ssh_key else None
             # As the agent: its helper folder and ssh-agent are its own, never the job's.

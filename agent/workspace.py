@@ -69,14 +69,15 @@ def delete_workspace(home: Path, work_dir: Path, name: str) -> bool:
         raise ValueError(f"bad workspace name {name!r}")
     path = workspace_dir(work_dir, name)
     existed = path.is_dir() or path.is_symlink()
+    # The workspace goes last: once it is gone (what polls report), so is the rest.
+    record_path(home, name).unlink(missing_ok=True)
+    clone = git_dir(home, name)
+    if clone.is_dir() and not clone.is_symlink():
+        _throw_away(clone.parent, clone)
     if path.is_symlink():
         path.unlink()  # never follow a link out of the work dir
     elif path.is_dir():
         _throw_away(work_dir, path)
-    clone = git_dir(home, name)
-    if clone.is_dir() and not clone.is_symlink():
-        _throw_away(clone.parent, clone)
-    record_path(home, name).unlink(missing_ok=True)
     return existed
 
 

@@ -49,11 +49,17 @@ def _ls_remote(settings: dict, refs: list[str], secrets: dict[str, str]) -> dict
     values = [secrets[settings[k]] for k in ("token", "ssh_key") if settings.get(k) in secrets]
     with tempfile.TemporaryDirectory(prefix="cifleet-ls-remote-") as home:
         env = base_env(home)
+        ca_file = None
+        if settings.get("ca"):
+            ca_file = f"{home}/ca.pem"  # certificates, no secret; gone with the folder
+            with open(ca_file, "w") as f:
+                f.write(settings["ca"])
         try:
             if "token" in settings:
-                env |= remote_env(url, settings["username"], secrets[settings["token"]])
+                token = secrets[settings["token"]]
+                env |= remote_env(url, settings["username"], token, ca_file)
                 return _run(url, refs, env, home, values)
-            env |= remote_env(url)
+            env |= remote_env(url, ca_file=ca_file)
             if url_kind(url) == "ssh":
                 key = secrets.get(settings["ssh_key"]) if "ssh_key" in settings else None
                 with ssh_env(settings["known_hosts"], key) as extra:

@@ -126,7 +126,8 @@ def test_https_token_from_a_secret_in_no_log_argv_or_file(fleet, repos, http_git
     first = repos.commit("private", "main.c", "int main;\n", "private code")
     url = http_git.url("private")
     primary.pipeline(
-        f"name: https\nsource: {{git: '{url}', ref: main, token: GIT_TOKEN, username: ci}}\n"
+        f"name: https\nsource: {{git: '{url}', ref: main, token: GIT_TOKEN, username: ci,"
+        f" ca: {json.dumps(http_git.ca)}}}\n"
         "jobs:\n  - name: build\n    steps: ['git rev-parse HEAD', 'env']\n"
     )
     cmdlines: list[bytes] = []
@@ -288,6 +289,9 @@ def test_definition_errors_name_the_field(fleet):
         "source: {git: 'ext::sh -c touch% /tmp/x'}": "source.git: must be an https",
         "source: {git: 'https://u:p@example.com/r.git'}": "source.git: must be an https",
         "source: {git: 'https://example.com/r.git', ssh_key: K}": "source.ssh_key: is for ssh",
+        "source: {git: 'http://example.com/r.git', token: T}": "source.token: is sent only over",
+        "source: {git: 'git://example.com/r.git', ca: x}": "source.ca: is for https",
+        "source: {git: 'https://example.com/r.git', ca: x}": "source.ca: must be PEM",
         "source: {git: 'ssh://git@example.com/r.git'}": "source.known_hosts: an ssh source needs",
         "source: {git: 'https://example.com/r.git', ref: 'a..b'}": "source.ref: must be a branch",
         "source: {git: 'https://example.com/r.git', colour: 1}": "source.colour: unknown field",
@@ -383,7 +387,8 @@ def test_a_job_cannot_tamper_with_the_next_runs_checkout(fleet, repos, http_git,
     plant = PLANT.replace("\n", "\n      ").strip()
     check = CHECK.replace("\n", "\n      ").strip()
     definition = (
-        f"name: tamper\nsource: {{git: '{url}', ref: main, token: GIT_TOKEN, username: ci}}\n"
+        f"name: tamper\nsource: {{git: '{url}', ref: main, token: GIT_TOKEN, username: ci,"
+        f" ca: {json.dumps(http_git.ca)}}}\n"
         f"env: {{MARKERS: '{markers}', SOURCE: '{url}'}}\n"
         "jobs:\n"
         f"  - name: check\n    steps:\n    - |\n      {check}\n"
