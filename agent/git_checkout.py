@@ -9,12 +9,12 @@ work tree is the job's.
   source's transport and no redirects (agent.git_auth.remote_env).
 - **The work tree** is written into the workspace by processes of the job's own identity,
   from a `git archive` of the commit the agent streams to them: first the files the last
-  checkout had and this commit has not are deleted, then whatever stands where a file of
-  the commit goes (a folder, a link) is removed, then the archive is unpacked (file times
-  now, so incremental builds see every file as new). So every tracked file is exactly the
-  commit's, whatever a job did; untracked and ignored files (build output, caches) stay
-  unless the source says `clean: true`. The agent never runs git inside the workspace
-  and never writes there itself.
+  checkout had and this commit has not are deleted, then whatever stands where a file or
+  folder of the commit goes is removed, then the files that differ from what the agent
+  wrote last time (agent.work_tree: recorded inode and ctime) are unpacked. So every
+  tracked file is exactly the commit's, whatever a job did; untracked and ignored files
+  (build output, caches) stay unless the source says `clean: true`. The agent never runs
+  git inside the workspace and never writes there itself.
 - **The workspace's `.git`** is made afresh by the job's identity every run, for jobs that
   ask git about their commit: HEAD at the commit, a shallow history of that one commit
   and its trees (no file contents but the links'), and an index, so `git rev-parse HEAD`,
@@ -28,6 +28,7 @@ import stat
 import threading
 from pathlib import Path
 
+from agent import work_tree
 from agent.assignment import GitSource
 from agent.git_auth import GitAuthError, base_env, remote_env, scrub, ssh_env
 from agent.git_commands import Commands, Step
@@ -38,6 +39,7 @@ from agent.workspace import PrepareFailed
 CONFIG = b"[core]\n\trepositoryformatversion = 0\n\tfilemode = true\n\tbare = true\n"
 CONFIG += b"[gc]\n\tauto = 0\n"  # no background gc: it would race the next run's fetch
 WORKSPACE_REF = "refs/cifleet/workspace"  # the commit last written into the workspace
+RECORD_FILE = "cifleet-workspace.json"  # what was written there (agent.work_tree)
 # Git settings for every command, remote or not: nothing of a repository may run code.
 LOCAL_CONFIG = {
     "GIT_CONFIG_COUNT": "2",
@@ -148,32 +150,37 @@ def _write_tree(
 ) -> None:
     job_env = base_env(home=str(workspace)) | LOCAL_CONFIG
     entries = git.tree(commit)
-    remove = [".git"]  # the job's: thrown away, made afresh below
     previous = git.output("rev-parse", "-q", "--verify", WORKSPACE_REF, check=False)
+    record_file = git.repo / RECORD_FILE
+    record = work_tree.read_record(record_file) if previous else None
+    todo = work_tree.plan(workspace, entries, record)
+    remove = [".git", *todo.remove]  # the job's .git: thrown away, made afresh below
     if previous and previous != commit:
         remove += git.output_z(
             "diff-tree", "-r", "-z", "--name-only", "--no-renames", "--diff-filter=D",
             previous, commit,
         )  # fmt: skip
-    for mode, _oid, path in entries:
-        if mode != "160000" and _is_folder(workspace / path):
-            remove.append(path)  # a folder where the commit has a file or a link
     commands.run(
         Step(["xargs", "-0", "-r", "rm", "-rf", "--"], workspace, job_env, identity, "rm"),
         stdin=b"".join(p.encode(errors="surrogateescape") + b"\0" for p in remove),
     )
-    # Recorded before the files are written: if that fails halfway, the next run still
-    # deletes what this commit has and its own has not.
+    # Forgotten before the files are written: if that fails halfway, the next run writes
+    # every file, and still deletes what this commit has and its own has not.
+    record_file.unlink(missing_ok=True)
     git.run("update-ref", WORKSPACE_REF, commit)
-    commands.run(
-        git.step("archive", "--format=tar", commit),
-        Step(
-            ["tar", "-x", "-m", "-f", "-", "--no-same-owner", "--no-same-permissions"],
-            workspace, job_env, identity, "tar",
-        ),
+    tar = Step(
+        ["tar", "-x", "-m", "-f", "-", "--no-same-owner", "--no-same-permissions"],
+        workspace, job_env, identity, "tar",
     )  # fmt: skip
+    if todo.everything:
+        commands.run(git.step("archive", "--format=tar", commit), tar)
+    for chunk in _chunks(todo.write if not todo.everything else []):
+        commands.run(
+            git.step("--literal-pathspecs", "archive", "--format=tar", commit, "--", *chunk), tar
+        )
+    work_tree.write_record(record_file, work_tree.record_of(workspace, entries))
     objects = git.output("rev-list", "--objects", "--no-walk", "--filter=blob:none", commit)
-    objects += "".join(f"\n{oid}" for mode, oid, _ in entries if mode == "120000")
+    objects += "".join(f"\n{oid}" for mode, oid, _ in entries if mode == work_tree.LINK)
     commands.run(
         git.step("pack-objects", "--stdout", "-q"),
         Step(["sh", "-c", MAKE_DOT_GIT, "cifleet-git", commit], workspace, job_env, identity,
@@ -187,11 +194,17 @@ def _write_tree(
         )
 
 
-def _is_folder(path: Path) -> bool:
-    try:
-        return stat.S_ISDIR(os.lstat(path).st_mode)
-    except OSError:  # missing, or below something that is not a folder
-        return False
+def _chunks(paths: list[str], limit: int = 64 * 1024) -> list[list[str]]:
+    """`paths` in argument lists of at most `limit` bytes each."""
+    chunks: list[list[str]] = []
+    size = limit
+    for path in paths:
+        if size + len(path) + 1 > limit:
+            chunks.append([])
+            size = 0
+        chunks[-1].append(path)
+        size += len(path) + 1
+    return chunks
 
 
 def _scp_like(url: str) -> bool:
@@ -222,9 +235,9 @@ class _AgentGit:
         return [p for p in self.run(*args).decode(errors="surrogateescape").split("\0") if p]
 
     def tree(self, commit: str) -> list[tuple[str, str, str]]:
-        """(mode, object id, path) of every file, link and submodule of the commit."""
+        """(mode, object id, path) of every folder, file, link and submodule of the commit."""
         entries = []
-        for record in self.output_z("ls-tree", "-r", "-z", "--full-tree", commit):
+        for record in self.output_z("ls-tree", "-r", "-t", "-z", "--full-tree", commit):
             info, _, path = record.partition("\t")
             mode, _kind, oid = info.split(" ")
             entries.append((mode, oid, path))

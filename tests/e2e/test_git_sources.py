@@ -349,7 +349,7 @@ CHECK = r"""
 [ -e .planted ] && for i in $(seq 3000); do [ -e "$MARKERS/../seen" ] && break; sleep 0.01; done
 git rev-parse HEAD
 git status --porcelain --untracked-files=no | sed 's/^/changed: /'
-cat README src/main.c lib/util.c
+cat README src/main.c lib/util.c docs/guide.txt
 test -L src && echo "src is a link"; test -e old.txt && echo "old.txt is back"; ls build
 test -e evil-hooks && echo "untracked evil-hooks stays"; ls .git/hooks | grep -v sample || true
 """
@@ -382,6 +382,7 @@ def test_a_job_cannot_tamper_with_the_next_runs_checkout(fleet, repos, http_git,
     repos.commit("tamper", "src/main.c", "int main;\n", "main")
     repos.commit("tamper", "lib/util.c", "int util;\n", "util")
     repos.commit("tamper", "old.txt", "old\n", "old")
+    repos.commit("tamper", "docs/guide.txt", "guide\n", "guide")
     repos.commit("tamper", "README", "one\n", "first")
     url = http_git.url("tamper")
     plant = PLANT.replace("\n", "\n      ").strip()
@@ -403,6 +404,8 @@ def test_a_job_cannot_tamper_with_the_next_runs_checkout(fleet, repos, http_git,
         "cat: CLONES/tamper.git/config: Permission denied\n"
         "touch: cannot touch 'CLONES/tamper.git/hooks/reference-transaction': Permission denied\n"
     )
+    workspace = agent.home / "workspaces" / "tamper"
+    untouched = (workspace / "docs" / "guide.txt").stat()
     clone = agent.home / "git" / "tamper.git"
     assert (clone.stat().st_uid, clone.stat().st_mode & 0o777) == (0, 0o700)
     assert (clone.parent.stat().st_uid, clone.parent.stat().st_mode & 0o777) == (0, 0o700)
@@ -424,17 +427,19 @@ def test_a_job_cannot_tamper_with_the_next_runs_checkout(fleet, repos, http_git,
         watcher.join()
     assert run["state"] == "success", run_log(primary, run["id"])
     assert primary.job_log(run["id"], "check").decode() == (
-        f"{second}\ntwo\nint main;\nint util;\nout.o\nuntracked evil-hooks stays\n"
+        f"{second}\ntwo\nint main;\nint util;\nguide\nout.o\nuntracked evil-hooks stays\n"
     )
     assert sorted(p.name for p in markers.iterdir()) == [], "no hook or fsmonitor ran"
     log = run_log(primary, run["id"])
     # The commit, its tree, README's new blob (old.txt's removal changes only the tree).
-    assert "git: fetched 3 new objects into the clone kept from earlier runs (17 in all)\n" in log
-    # The workspace's tracked files are exactly the commit's.
-    workspace = agent.home / "workspaces" / "tamper"
+    assert "git: fetched 3 new objects into the clone kept from earlier runs (21 in all)\n" in log
+    # The workspace's tracked files are exactly the commit's; what nobody changed was not
+    # written again (same inode, same modification time: make stays incremental).
     bare = repos.root / "tamper.git"
     listed = git("ls-tree", "-r", "--name-only", second, cwd=bare).split("\n")
-    assert listed == ["README", "lib/util.c", "src/main.c"]
+    assert listed == ["README", "docs/guide.txt", "lib/util.c", "src/main.c"]
+    again = (workspace / "docs" / "guide.txt").stat()
+    assert (again.st_ino, again.st_mtime_ns) == (untouched.st_ino, untouched.st_mtime_ns)
     for path in listed:
         assert (workspace / path).read_bytes() == git(
             "cat-file", "blob", f"{second}:{path}", cwd=bare
