@@ -32,6 +32,7 @@ from primary.runs import leases
 from primary.runs.scheduler import plan
 from primary.server.bounds import ServerBounds
 from primary.server.loop import PortSpec, Servers
+from primary.sources import schedules
 
 log = logging.getLogger("cifleet.primary")
 SWEEP_INTERVAL = 1.0
@@ -75,6 +76,16 @@ def _sweep_leases(primary: Primary, stop: threading.Event) -> None:
                 plan(primary, refresh_reasons=True)
         except Exception:
             log.exception("lease sweep failed")
+
+
+def _fire_schedules(primary: Primary, stop: threading.Event) -> None:
+    # A thread of its own: a fire may ask a repository for its commit (up to 30 s), which
+    # must not hold up the lease sweeper.
+    while not stop.wait(schedules.INTERVAL_SECONDS):
+        try:
+            schedules.fire_due(primary)
+        except Exception:
+            log.exception("firing schedules failed")
 
 
 def serve(config: PrimaryConfig, bounds: ServerBounds | None = None) -> int:
@@ -126,6 +137,9 @@ def serve(config: PrimaryConfig, bounds: ServerBounds | None = None) -> int:
             target=_sweep_leases, args=(primary, stop), name="lease-sweeper", daemon=True
         )
         sweeper.start()
+        threading.Thread(
+            target=_fire_schedules, args=(primary, stop), name="schedules", daemon=True
+        ).start()
 
         def on_signal(signum, frame):
             stop.set()

@@ -14,6 +14,7 @@ from typing import Any
 import yaml
 
 from agent.protocol import NAME_RE
+from primary.pipelines.schedule_spec import validate_schedule
 from primary.pipelines.source_spec import validate_parameters, validate_source
 
 # libyaml's parser (in PyYAML's wheels) when present: the pure-Python one scans a whole flow
@@ -26,7 +27,7 @@ MAX_CHARS = 4 << 20  # characters in scalars after expanding aliases (definition
 DEFAULT_JOB_TIMEOUT = 3600
 MAX_JOB_TIMEOUT = 7 * 24 * 3600
 PIPELINE_KEYS = {"name", "tags", "env", "secrets", "jobs", "retries_on_lost", "run_as_root"}
-PIPELINE_KEYS |= {"source", "parameters"}
+PIPELINE_KEYS |= {"source", "parameters", "schedule"}
 JOB_KEYS = {"name", "steps", "env", "secrets", "timeout", "needs"}
 
 
@@ -245,6 +246,8 @@ def validate_pipeline(data: Any, lines: dict[str, int] | None = None) -> dict[st
         spec["source"] = validate_source(data["source"], fail)
     if "parameters" in data:
         spec["parameters"] = validate_parameters(data["parameters"], env, fail)
+    if "schedule" in data:
+        spec["schedule"] = validate_schedule(data["schedule"], fail)
     return spec
 
 

@@ -5,11 +5,14 @@ prints the commit the run records, a second run fetches only the new objects int
 clone it kept, and no credential shows in a log, an argv or the primary's files."""
 
 import contextlib
+import datetime
 import json
+import sqlite3
 import threading
 from pathlib import Path
 
 import pytest
+from fleet import wait_for
 from git_servers import HttpGit, fleet_with_builder, git
 from sshd import SSHD, start_sshd, stop_sshd
 
@@ -450,3 +453,24 @@ def test_a_job_cannot_tamper_with_the_next_runs_checkout(fleet, repos, http_git,
     assert (git_root / "seen").exists(), "the watcher saw the check job's processes"
     assert not any(TOKEN.encode() in e for e in environs)
     assert _files_hold(workspace, TOKEN.encode()) == []
+
+
+def test_a_scheduled_run_builds_the_commit_its_ref_names_when_it_fires(fleet, repos, daemon):
+    """The schedule's slot is due at once: the definition is made to look saved a day ago."""
+    primary, _ = fleet
+    repos.create("cron")
+    head = repos.commit("cron", "a", "1\n", "nightly build")
+    hour = (datetime.datetime.now(datetime.UTC).hour + 12) % 24  # no slot while it runs
+    primary.pipeline(
+        f"name: cron\nsource: {{git: '{daemon.url('cron')}'}}\n"
+        f"schedule: {{cron: '0 {hour} * * *', timezone: UTC}}\n{JOB}"
+    )
+    with contextlib.closing(sqlite3.connect(primary.data_dir / "cifleet.db")) as db, db:
+        db.execute("UPDATE pipelines SET updated_at = updated_at - 86400 WHERE name = 'cron'")
+    wait_for(lambda: primary.client.json("GET", "/api/v1/runs?pipeline=cron")["runs"], 30, "fire")
+    [listed] = primary.client.json("GET", "/api/v1/runs?pipeline=cron")["runs"]
+    run = primary.wait_run(listed["id"])
+    assert run["state"] == "success", run_log(primary, run["id"])
+    assert run["trigger"]["kind"] == "schedule" and run["source"]["sha"] == head
+    assert primary.job_log(run["id"], "build").decode().split("\n")[:2] == [head, "nightly build"]
+    assert "    triggered by: the schedule '0 " in run_log(primary, run["id"])

@@ -10,46 +10,11 @@ import json
 import signal
 import subprocess
 import time
-from pathlib import Path
 
 import pytest
 from fleet import BIN, Agent, Primary, register_agent, shared_file, wait_file_step, wait_for
 
 HEARTBEAT = 6.0  # the agent fences after 3 s without a lease renewal
-
-
-def init(data_dir: Path, *args: str) -> None:
-    subprocess.run(
-        [str(BIN / "cifleet-primary"), "init", "--data-dir", str(data_dir), *args],
-        check=True,
-        capture_output=True,
-        timeout=60,
-    )
-
-
-@pytest.fixture
-def two_primaries(tmp_path, pg_url, request):
-    """Two primaries of one fleet, with a short heartbeat timeout unless the test gives
-    serve flags: @pytest.mark.parametrize("two_primaries", [(...)], indirect=True)."""
-    first, second = tmp_path / "one", tmp_path / "two"
-    init(first, "--store", pg_url)
-    init(second, "--store", pg_url, "--vault-key-file", str(first / "vault.key"))
-    flags = getattr(request, "param", ("--heartbeat-timeout", str(HEARTBEAT)))
-    primaries = [
-        Primary(
-            data_dir=d,
-            serve_args=[*flags, "--primary-worker-slots", "0"],
-            log_path=tmp_path / f"{d.name}.log",
-        )
-        for d in (first, second)
-    ]
-    try:
-        for p in primaries:
-            p.start()
-        yield primaries
-    finally:
-        for p in primaries:
-            p.close()
 
 
 @pytest.fixture
