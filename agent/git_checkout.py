@@ -89,7 +89,7 @@ def checkout(
         )
     if source.clean:
         lines.append("git: removed untracked and ignored files (clean: true)")
-    author, subject = git.output("log", "-1", "--format=%an <%ae>%n%s", commit).split("\n", 1)
+    author, _, subject = git.output("log", "-1", "--format=%an <%ae>%n%s", commit).partition("\n")
     lines.append(f"git: checked out {commit} ({source.ref}): {subject} ({author})")
     return {"commit": commit, "subject": subject[:500], "author": author[:500]}
 
