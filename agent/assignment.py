@@ -48,6 +48,7 @@ class GitSource:
     token: str | None = None  # names of secrets in the assignment
     ssh_key: str | None = None
     known_hosts: str = ""
+    ca: str = ""  # https: PEM certificates to trust instead of the system's
 
 
 @dataclass(frozen=True)
@@ -123,14 +124,17 @@ def _parse_source(data: Any, secrets: dict[str, str]) -> GitSource | None:
     for key in ("token", "ssh_key"):
         if data.get(key) is not None and data[key] not in secrets:
             raise ValueError(f"source: {key} names a secret the assignment does not carry")
-    clean, username, hosts = (
+    clean, username, hosts, ca = (
         data.get("clean", False),
         data.get("username", ""),
         data.get("known_hosts", ""),
+        data.get("ca", ""),
     )
-    if not isinstance(clean, bool) or not isinstance(username, str) or not isinstance(hosts, str):
-        raise ValueError("source: bad clean, username or known_hosts")
-    return GitSource(url, ref, sha, clean, username, data.get("token"), data.get("ssh_key"), hosts)
+    if not isinstance(clean, bool) or not all(isinstance(v, str) for v in (username, hosts, ca)):
+        raise ValueError("source: bad clean, username, known_hosts or ca")
+    return GitSource(
+        url, ref, sha, clean, username, data.get("token"), data.get("ssh_key"), hosts, ca
+    )
 
 
 def _parse_file(data: Any) -> StaticFile:

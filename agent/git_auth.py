@@ -1,16 +1,20 @@
 """How git gets a source's credentials without them touching argv, a log or a file.
 
 - An HTTPS token: git's credential helper is a shell function given in the environment
-  (GIT_CONFIG_COUNT/KEY/VALUE, git 2.31+) that prints the user name and the token from two
-  environment variables. Only git and its helper see them (/proc/PID/environ is readable by
-  the same uid and root alone); the helper's text, in the environment too, holds no secret.
-- An SSH key: a private ssh-agent for the one git command, its socket in a 0700 folder of
-  its own; the key goes to `ssh-add -` on stdin and lives in that agent's memory until it
-  is killed right after. ssh gets the known_hosts lines from a file in that folder, with
-  StrictHostKeyChecking=yes: a server that is not the one named is refused.
+  (GIT_CONFIG_COUNT/KEY/VALUE, git 2.31+), scoped to the source's scheme and host, that
+  prints the user name and the token from two environment variables; redirects are not
+  followed, so no other host is ever asked for them. Only git and its helper see them
+  (/proc/PID/environ is readable by the same uid and root alone); the helper's text, in
+  the environment too, holds no secret.
+- An SSH key: a private ssh-agent for the one git command, run as the caller (the agent
+  or the primary, never a job's uid), its socket in a 0700 folder of its own; the key goes
+  to `ssh-add -` on stdin and lives in that agent's memory until it is killed right after.
+  ssh gets the known_hosts lines from a file in that folder, with StrictHostKeyChecking=yes:
+  a server that is not the one named is refused.
 
-Used by the agent (the checkout, as the job's uid) and the primary (`git ls-remote` when a
-run is triggered), so it imports nothing of either.
+Every command that talks to a remote also gets remote_env's limits: the source's transport
+only, no hooks, no fsmonitor. Used by the agent (the fetch into its own git directory) and
+the primary (`git ls-remote` when a run is triggered), so it imports nothing of either.
 """
 
 import contextlib
@@ -20,6 +24,7 @@ import signal
 import subprocess
 import tempfile
 import time
+import urllib.parse
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -28,14 +33,6 @@ HELPER = (
     ' "$CIFLEET_GIT_USERNAME" "$CIFLEET_GIT_PASSWORD"; }; f'
 )
 AGENT_START_SECONDS = 5.0
-# Jobs' uids have no passwd entry, and ssh refuses to run without one ("No user exists for
-# uid"): nss_wrapper (Debian: libnss-wrapper) gives the one ssh process an entry.
-NSS_WRAPPER_PATHS = (
-    "/usr/lib/x86_64-linux-gnu/libnss_wrapper.so",
-    "/usr/lib/aarch64-linux-gnu/libnss_wrapper.so",
-    "/usr/lib64/libnss_wrapper.so",
-    "/usr/lib/libnss_wrapper.so",
-)
 
 
 class GitAuthError(Exception):
@@ -57,70 +54,62 @@ def base_env(home: str, path: str | None = None) -> dict[str, str]:
     }
 
 
-def token_env(username: str, token: str) -> dict[str, str]:
-    """Environment entries that make git answer an HTTP auth challenge with the token."""
-    return {
-        "GIT_CONFIG_COUNT": "2",
-        "GIT_CONFIG_KEY_0": "credential.helper",
-        "GIT_CONFIG_VALUE_0": "",  # forget any helper configured elsewhere first
-        "GIT_CONFIG_KEY_1": "credential.helper",
-        "GIT_CONFIG_VALUE_1": HELPER,
-        "CIFLEET_GIT_USERNAME": username,
-        "CIFLEET_GIT_PASSWORD": token,
-    }
+def remote_env(
+    url: str, username: str | None = None, token: str | None = None, ca_file: str | None = None
+) -> dict[str, str]:
+    """Environment entries for a git command that talks to `url`: only the URL's transport
+    (GIT_ALLOW_PROTOCOL), no hooks, no fsmonitor, no redirects to elsewhere, with a token a
+    credential helper that answers for that scheme and host alone (https only: GitAuthError
+    otherwise), and `ca_file` the CAs an https server is checked against."""
+    scheme = transport(url)
+    if token is not None and scheme != "https":
+        raise GitAuthError("a token is sent only over https")
+    config = [
+        ("core.hooksPath", "/dev/null"),
+        ("core.fsmonitor", "false"),
+        ("http.followRedirects", "false"),
+        ("credential.helper", ""),  # forget any helper configured elsewhere
+    ]
+    if ca_file is not None:
+        config.append(("http.sslCAInfo", ca_file))
+    env = {"GIT_ALLOW_PROTOCOL": scheme}
+    if token is not None:
+        host = urllib.parse.urlsplit(url).netloc
+        config.append((f"credential.{scheme}://{host}.helper", HELPER))
+        env |= {"CIFLEET_GIT_USERNAME": username or "", "CIFLEET_GIT_PASSWORD": token}
+    env["GIT_CONFIG_COUNT"] = str(len(config))
+    for i, (key, value) in enumerate(config):
+        env[f"GIT_CONFIG_KEY_{i}"] = key
+        env[f"GIT_CONFIG_VALUE_{i}"] = value
+    return env
 
 
-def nss_wrapper() -> str | None:
-    return next((p for p in NSS_WRAPPER_PATHS if os.path.exists(p)), None)
+def transport(url: str) -> str:
+    """The transport git would use for `url`: its scheme, or ssh for user@host:path."""
+    if "://" not in url:
+        return "ssh" if "@" in url.split(":", 1)[0] else "file"
+    return url.split("://", 1)[0].lower()
 
 
 @contextlib.contextmanager
-def ssh_env(
-    known_hosts: str,
-    key: str | None,
-    uid: int | None = None,
-    gid: int | None = None,
-    needs_passwd_entry: bool = False,
-    home: str = "/",
-) -> Iterator[dict[str, str]]:
+def ssh_env(known_hosts: str, key: str | None) -> Iterator[dict[str, str]]:
     """Environment entries for git over ssh: GIT_SSH_COMMAND with the known hosts, and the
-    key in a private ssh-agent (run as `uid` when given, as git will be). Everything is
-    gone when the block ends."""
+    key in a private ssh-agent, both the caller's own (the agent's or the primary's: never
+    a job's). Everything is gone when the block ends."""
     folder = Path(tempfile.mkdtemp(prefix="cifleet-ssh-"))
     agent = None
     try:
-        if uid is not None:
-            os.chown(folder, uid, gid if gid is not None else uid)
         hosts = folder / "known_hosts"
         hosts.write_text(known_hosts)
         env: dict[str, str] = {}
-        if needs_passwd_entry:
-            library = nss_wrapper()
-            if library is None:
-                raise GitAuthError(
-                    "git over ssh as a job uid needs libnss-wrapper on the worker (the uid has"
-                    " no passwd entry, and ssh refuses to run without one)"
-                )
-            (folder / "passwd").write_text(
-                f"cifleet-job:x:{uid}:{gid}:cifleet job:{home}:/bin/sh\n"
-            )
-            (folder / "group").write_text(f"cifleet-job:x:{gid}:\n")
-            env |= {
-                "LD_PRELOAD": library,
-                "NSS_WRAPPER_PASSWD": str(folder / "passwd"),
-                "NSS_WRAPPER_GROUP": str(folder / "group"),
-            }
-        for name in ("known_hosts", "passwd", "group"):
-            if (folder / name).exists() and uid is not None:
-                os.chown(folder / name, uid, gid if gid is not None else uid)
         options = (
             f"-o UserKnownHostsFile={hosts} -o StrictHostKeyChecking=yes -o BatchMode=yes"
             " -o IdentityFile=none -o ConnectTimeout=30 -F /dev/null"
         )
         if key is not None:
             socket_path = folder / "agent.sock"
-            agent = _start_agent(socket_path, uid, gid, env)
-            _add_key(socket_path, key, uid, gid, env)
+            agent = _start_agent(socket_path)
+            _add_key(socket_path, key)
             env["SSH_AUTH_SOCK"] = str(socket_path)
         env["GIT_SSH_COMMAND"] = f"ssh {options}"
         env["GIT_SSH_VARIANT"] = "ssh"
@@ -131,21 +120,14 @@ def ssh_env(
         shutil.rmtree(folder, ignore_errors=True)
 
 
-def _user_kwargs(uid: int | None, gid: int | None) -> dict:
-    if uid is None:
-        return {}
-    return {"user": uid, "group": gid if gid is not None else uid, "extra_groups": []}
-
-
-def _start_agent(socket_path: Path, uid, gid, env: dict[str, str]) -> subprocess.Popen:
+def _start_agent(socket_path: Path) -> subprocess.Popen:
     agent = subprocess.Popen(
         ["ssh-agent", "-D", "-a", str(socket_path)],
         stdin=subprocess.DEVNULL,
         stdout=subprocess.DEVNULL,
         stderr=subprocess.DEVNULL,
-        env={"PATH": os.environ.get("PATH", os.defpath), **env},
+        env={"PATH": os.environ.get("PATH", os.defpath)},
         start_new_session=True,
-        **_user_kwargs(uid, gid),
     )
     deadline = time.monotonic() + AGENT_START_SECONDS
     while not socket_path.exists():
@@ -156,15 +138,14 @@ def _start_agent(socket_path: Path, uid, gid, env: dict[str, str]) -> subprocess
     return agent
 
 
-def _add_key(socket_path: Path, key: str, uid, gid, env: dict[str, str]) -> None:
+def _add_key(socket_path: Path, key: str) -> None:
     text = key if key.endswith("\n") else key + "\n"  # ssh-add wants the final newline
     result = subprocess.run(
         ["ssh-add", "-q", "-"],
         input=text.encode(),
         capture_output=True,
-        env={"PATH": os.environ.get("PATH", os.defpath), "SSH_AUTH_SOCK": str(socket_path), **env},
+        env={"PATH": os.environ.get("PATH", os.defpath), "SSH_AUTH_SOCK": str(socket_path)},
         timeout=AGENT_START_SECONDS,
-        **_user_kwargs(uid, gid),
     )
     if result.returncode != 0:
         # ssh-add names no key material in its errors ("Error loading key "(stdin)": ...).

@@ -1,35 +1,63 @@
-"""Check out a run's commit in its pipeline's workspace: the first run there clones, later
-runs fetch only what is new and check the commit out, as the job's own uid.
+"""Check out a run's commit into its pipeline's workspace. The clone is the agent's; the
+work tree is the job's.
 
-The workspace is the clone (`git init` + `fetch`, so static files may already stand in
-it). Tracked files are reset to the commit; untracked and ignored files (build output,
-caches) stay unless the source says `clean: true`. A job of the pipeline may have changed
-`.git/config` (its uid owns it), so the agent writes that file afresh before every fetch:
-an `insteadOf`, proxy or extra header left there cannot send the credentials elsewhere.
-The credentials reach git as agent.git_auth hands them over: never in argv or a file.
+- **The clone** (`HOME/git/PIPELINE.git`, bare, 0700 in a 0700 folder, the agent's) is
+  out of every job's reach: a job can neither leave a hook, a `commondir` or an
+  `alternates` there nor change an object. The first run clones (`init` + `fetch`), later
+  runs fetch only what is new. Git runs there as the agent, with no system or global
+  config, HOME in the clone itself (no `.netrc`), no hooks, no fsmonitor, only the
+  source's transport and no redirects (agent.git_auth.remote_env).
+- **The work tree** is written into the workspace by processes of the job's own identity,
+  from a `git archive` of the commit the agent streams to them: first the files the last
+  checkout had and this commit has not are deleted, then whatever stands where a file or
+  folder of the commit goes is removed, then the files that differ from what the agent
+  wrote last time (agent.work_tree: recorded inode and ctime) are unpacked. So every
+  tracked file is exactly the commit's, whatever a job did; untracked and ignored files
+  (build output, caches) stay unless the source says `clean: true`. The agent never runs
+  git inside the workspace and never writes there itself.
+- **The workspace's `.git`** is made afresh by the job's identity every run, for jobs that
+  ask git about their commit: HEAD at the commit, a shallow history of that one commit
+  and its trees (no file contents but the links'), and an index, so `git rev-parse HEAD`,
+  `git log -1`, `git status` and `git describe --always --dirty` work. Whatever a job
+  leaves in it is thrown away with it before the next run writes anything.
 """
 
-import contextlib
 import os
-import pwd
-import signal
-import subprocess
+import shutil
+import stat
 import threading
-import time
 from pathlib import Path
 
+from agent import work_tree
 from agent.assignment import GitSource
-from agent.calls import Cancelled
-from agent.git_auth import GitAuthError, base_env, scrub, ssh_env, token_env
+from agent.git_auth import GitAuthError, base_env, remote_env, scrub, ssh_env
+from agent.git_commands import Commands, Step
+from agent.home import git_dir, write_atomic
 from agent.identity import JobIdentity
-from agent.workspace import PrepareFailed, write_inside
+from agent.workspace import PrepareFailed
 
-GIT_TIMEOUT_SECONDS = 1800.0  # one git command; a large first clone takes its time
-CONFIG = b"[core]\n\trepositoryformatversion = 0\n\tfilemode = true\n\tbare = false\n"
+CONFIG = b"[core]\n\trepositoryformatversion = 0\n\tfilemode = true\n\tbare = true\n"
 CONFIG += b"[gc]\n\tauto = 0\n"  # no background gc: it would race the next run's fetch
+WORKSPACE_REF = "refs/cifleet/workspace"  # the commit last written into the workspace
+RECORD_FILE = "cifleet-workspace.json"  # what was written there (agent.work_tree)
+# Git settings for every command, remote or not: nothing of a repository may run code.
+LOCAL_CONFIG = {
+    "GIT_CONFIG_COUNT": "2",
+    "GIT_CONFIG_KEY_0": "core.hooksPath",
+    "GIT_CONFIG_VALUE_0": "/dev/null",
+    "GIT_CONFIG_KEY_1": "core.fsmonitor",
+    "GIT_CONFIG_VALUE_1": "false",
+}
+# Run by the job's identity in the workspace, the pack of the commit and its trees on stdin.
+MAKE_DOT_GIT = (
+    "set -e; rm -rf -- .git; git init -q; git index-pack --stdin >/dev/null;"
+    ' printf "%s\\n" "$1" >.git/shallow; git update-ref --no-deref HEAD "$1";'
+    ' git read-tree "$1"'
+)
 
 
 def checkout(
+    home: Path,
     workspace: Path,
     source: GitSource,
     secrets: dict[str, str],
@@ -37,99 +65,192 @@ def checkout(
     lines: list[str],
     cancel: threading.Event,
     keep: list[str] | None = None,
+    fresh: bool = False,
 ) -> dict[str, str]:
-    """Check `source.sha` out in `workspace`; return {commit, subject, author}. Appends what
-    it did to `lines`; PrepareFailed (with no secret in it) when it cannot."""
+    """Check `source.sha` out into `workspace`; return {commit, subject, author}. `fresh`:
+    the workspace was just emptied, so the clone starts again too. Appends what it did to
+    `lines`; PrepareFailed (with no secret in it) when it cannot."""
     values = [secrets[n] for n in (source.token, source.ssh_key) if n]
-    owner = (identity.uid, identity.gid) if identity.uid is not None else None
-    git = _Git(workspace, identity, values, cancel)
-    fresh = not (workspace / ".git").is_dir() or (workspace / ".git").is_symlink()
-    if fresh:
-        git.run("init", "-q")
-    # Written by the agent, through descriptors that follow no link (agent.workspace).
-    try:
-        write_inside(workspace, ".git/config", CONFIG, owner, mode=0o644)
-    except OSError as e:
-        raise PrepareFailed(
-            f"git: cannot write .git/config in the workspace: {e.strerror}"
-        ) from None
-    before = 0 if fresh else git.object_count()
-    env = base_env(home=identity.home or str(workspace))
-    tracking = (
-        source.ref
-        if source.ref.startswith("refs/tags/")
-        else ("refs/remotes/origin/" + source.ref.removeprefix("refs/heads/"))
-    )
-    try:
-        if source.token:
-            env |= token_env(source.username, secrets[source.token])
-            git.fetch(env, source, tracking)
-        elif source.url.startswith(("ssh://",)) or _scp_like(source.url):
-            key = secrets[source.ssh_key] if source.ssh_key else None
-            needs_entry = identity.uid is not None and not _has_passwd_entry(identity.uid)
-            with ssh_env(
-                source.known_hosts, key, identity.uid, identity.gid, needs_entry, env["HOME"]
-            ) as extra:
-                git.fetch(env | extra, source, tracking)
-        else:
-            git.fetch(env, source, tracking)
-    except GitAuthError as e:
-        raise PrepareFailed(f"git: {scrub(str(e), values)}") from None
-    git.run(
-        "-c",
-        "advice.detachedHead=false",
-        "checkout",
-        "-q",
-        "--force",
-        "--detach",
-        f"{source.sha}^{{commit}}",
-    )
-    if source.clean:
-        excludes = [arg for path in keep or [] for arg in ("-e", f"/{path}")]
-        git.run("clean", "-ffdxq", *excludes)
-        lines.append("git: removed untracked and ignored files (clean: true)")
+    commands = Commands(cancel, values)
+    repo = git_dir(home, workspace.name)
+    cloned = _open_clone(repo, commands, fresh)
+    git = _AgentGit(repo, commands)
+    before = 0 if cloned else git.object_count()
+    _fetch(git, source, secrets, values)
+    commit = git.output("rev-parse", "--verify", f"{source.sha}^{{commit}}")
+    _write_tree(git, commands, workspace, commit, identity, source.clean, keep or [])
     after = git.object_count()
-    if fresh:
+    if cloned:
         lines.append(f"git: cloned {source.url} ({after} objects)")
     else:
         lines.append(
             f"git: fetched {after - before} new objects into the clone kept from earlier runs"
             f" ({after} in all)"
         )
-    commit, author, subject = git.output("log", "-1", "--format=%H%n%an <%ae>%n%s", "HEAD").split(
-        "\n", 2
-    )[:3]
+    if source.clean:
+        lines.append("git: removed untracked and ignored files (clean: true)")
+    author, _, subject = git.output("log", "-1", "--format=%an <%ae>%n%s", commit).partition("\n")
     lines.append(f"git: checked out {commit} ({source.ref}): {subject} ({author})")
     return {"commit": commit, "subject": subject[:500], "author": author[:500]}
 
 
-def _has_passwd_entry(uid: int) -> bool:
+def _open_clone(repo: Path, commands: Commands, fresh: bool) -> bool:
+    """Make sure the agent's clone exists and is its own; True if it was made now."""
+    folder = repo.parent
+    folder.mkdir(mode=0o700, exist_ok=True)
+    st = os.lstat(folder)
+    if not stat.S_ISDIR(st.st_mode) or st.st_uid != os.geteuid():
+        raise PrepareFailed(f"git: {folder} is not a folder of the agent's own")
+    os.chmod(folder, 0o700)
+    made = fresh or not repo.is_dir() or repo.is_symlink() or os.lstat(repo).st_uid != os.geteuid()
+    if made:
+        if repo.is_symlink() or repo.is_file():
+            repo.unlink()
+        shutil.rmtree(repo, ignore_errors=True)
+        commands.run(
+            Step(["git", "init", "-q", "--bare", str(repo)], folder, base_env(str(folder)))
+        )
+    os.chmod(repo, 0o700)
+    write_atomic(repo / "config", CONFIG)  # the agent's own settings, nothing else's
+    return made
+
+
+def _fetch(git: "_AgentGit", source: GitSource, secrets: dict[str, str], values: list[str]):
+    tracking = (
+        source.ref
+        if source.ref.startswith("refs/tags/")
+        else ("refs/remotes/origin/" + source.ref.removeprefix("refs/heads/"))
+    )
+    token = secrets[source.token] if source.token else None
+    ca_file = None
+    if source.ca:
+        ca_file = git.repo / "cifleet-ca.pem"  # no secret, and out of jobs' reach anyway
+        write_atomic(ca_file, source.ca.encode())
     try:
-        pwd.getpwuid(uid)
-    except KeyError:
-        return False
-    return True
+        env = git.env | remote_env(source.url, source.username, token, ca_file and str(ca_file))
+        if source.ssh_key is not None or source.url.startswith("ssh://") or _scp_like(source.url):
+            key = secrets[source.ssh_key] if source.ssh_key else None
+            # As the agent: its helper folder and ssh-agent are its own, never the job's.
+            with ssh_env(source.known_hosts, key) as extra:
+                git.fetch(env | extra, source, tracking)
+        else:
+            git.fetch(env, source, tracking)
+    except GitAuthError as e:
+        raise PrepareFailed(f"git: {scrub(str(e), values)}") from None
+
+
+def _write_tree(
+    git: "_AgentGit",
+    commands: Commands,
+    workspace: Path,
+    commit: str,
+    identity: JobIdentity,
+    clean: bool,
+    keep: list[str],
+) -> None:
+    job_env = base_env(home=str(workspace)) | LOCAL_CONFIG
+    entries = git.tree(commit)
+    previous = git.output("rev-parse", "-q", "--verify", WORKSPACE_REF, check=False)
+    record_file = git.repo / RECORD_FILE
+    record = work_tree.read_record(record_file) if previous else None
+    todo = work_tree.plan(workspace, entries, record)
+    remove = [".git", *todo.remove]  # the job's .git: thrown away, made afresh below
+    if previous and previous != commit:
+        remove += git.output_z(
+            "diff-tree", "-r", "-z", "--name-only", "--no-renames", "--diff-filter=D",
+            previous, commit,
+        )  # fmt: skip
+    commands.run(
+        Step(["xargs", "-0", "-r", "rm", "-rf", "--"], workspace, job_env, identity, "rm"),
+        stdin=b"".join(p.encode(errors="surrogateescape") + b"\0" for p in remove),
+    )
+    # Forgotten before the files are written: if that fails halfway, the next run writes
+    # every file, and still deletes what this commit has and its own has not.
+    record_file.unlink(missing_ok=True)
+    git.run("update-ref", WORKSPACE_REF, commit)
+    tar = Step(
+        ["tar", "-x", "-m", "-f", "-", "--no-same-owner", "--no-same-permissions"],
+        workspace, job_env, identity, "tar",
+    )  # fmt: skip
+    if todo.everything:
+        commands.run(git.step("archive", "--format=tar", commit), tar)
+    for chunk in _chunks(todo.write if not todo.everything else []):
+        commands.run(
+            git.step("--literal-pathspecs", "archive", "--format=tar", commit, "--", *chunk), tar
+        )
+    work_tree.write_record(record_file, work_tree.record_of(workspace, entries))
+    objects = git.output("rev-list", "--objects", "--no-walk", "--filter=blob:none", commit)
+    objects += "".join(f"\n{oid}" for mode, oid, _ in entries if mode == work_tree.LINK)
+    commands.run(
+        git.step("pack-objects", "--stdout", "-q"),
+        Step(["sh", "-c", MAKE_DOT_GIT, "cifleet-git", commit], workspace, job_env, identity,
+             "making the workspace's .git"),
+        stdin=objects.encode() + b"\n",
+    )  # fmt: skip
+    if clean:
+        excludes = [arg for path in keep for arg in ("-e", f"/{path}")]
+        commands.run(
+            Step(["git", "clean", "-ffdxq", *excludes], workspace, job_env, identity, "git clean")
+        )
+
+
+def _chunks(paths: list[str], limit: int = 64 * 1024) -> list[list[str]]:
+    """`paths` in argument lists of at most `limit` bytes each."""
+    chunks: list[list[str]] = []
+    size = limit
+    for path in paths:
+        if size + len(path) + 1 > limit:
+            chunks.append([])
+            size = 0
+        chunks[-1].append(path)
+        size += len(path) + 1
+    return chunks
 
 
 def _scp_like(url: str) -> bool:
     return "://" not in url and "@" in url.split(":", 1)[0]
 
 
-class _Git:
-    def __init__(self, workspace: Path, identity: JobIdentity, secrets: list[str], cancel):
-        self.workspace = workspace
-        self.identity = identity
-        self.secrets = secrets
-        self.cancel = cancel
-        self.env = base_env(home=identity.home or str(workspace))
+class _AgentGit:
+    """Git on the agent's own clone, as the agent."""
+
+    def __init__(self, repo: Path, commands: Commands) -> None:
+        self.repo = repo
+        self.commands = commands
+        self.env = base_env(home=str(repo)) | {"GIT_DIR": str(repo)} | LOCAL_CONFIG
+
+    def step(self, *args: str, env: dict[str, str] | None = None) -> Step:
+        return Step(["git", *args], self.repo, env or self.env)
+
+    def run(self, *args: str, env: dict[str, str] | None = None) -> bytes:
+        return self.commands.run(self.step(*args, env=env))
+
+    def output(self, *args: str, check: bool = True) -> str:
+        if check:
+            return self.run(*args).decode(errors="replace").strip()
+        code, out, _ = self.commands.attempt(self.step(*args))
+        return out.decode(errors="replace").strip() if code == 0 else ""
+
+    def output_z(self, *args: str) -> list[str]:
+        return [p for p in self.run(*args).decode(errors="surrogateescape").split("\0") if p]
+
+    def tree(self, commit: str) -> list[tuple[str, str, str]]:
+        """(mode, object id, path) of every folder, file, link and submodule of the commit."""
+        entries = []
+        for record in self.output_z("ls-tree", "-r", "-t", "-z", "--full-tree", commit):
+            info, _, path = record.partition("\t")
+            mode, _kind, oid = info.split(" ")
+            entries.append((mode, oid, path))
+        return entries
 
     def fetch(self, env: dict[str, str], source: GitSource, tracking: str) -> None:
         """The ref's new objects; the commit by its id if the ref no longer reaches it (a
         force-push after the trigger), which servers allow when it is still reachable."""
         self.run("fetch", "-q", "--no-tags", "--", source.url, f"+{source.ref}:{tracking}", env=env)
         if not self.has(source.sha):
-            with contextlib.suppress(PrepareFailed):
-                self.run("fetch", "-q", "--no-tags", "--", source.url, source.sha, env=env)
+            self.commands.attempt(
+                self.step("fetch", "-q", "--no-tags", "--", source.url, source.sha, env=env)
+            )
             if not self.has(source.sha):
                 raise PrepareFailed(
                     f"git: commit {source.sha} is not on {source.ref} of {source.url} any more"
@@ -137,54 +258,12 @@ class _Git:
                 )
 
     def has(self, sha: str) -> bool:
-        return self._run(("cat-file", "-e", f"{sha}^{{commit}}"), self.env)[0] == 0
+        return self.commands.attempt(self.step("cat-file", "-e", f"{sha}^{{commit}}"))[0] == 0
 
     def object_count(self) -> int:
         counts = dict(
-            line.split(": ", 1) for line in self.output("count-objects", "-v").splitlines()
+            line.split(": ", 1)
+            for line in self.output("count-objects", "-v").splitlines()
+            if ": " in line
         )
         return int(counts.get("count", 0)) + int(counts.get("in-pack", 0))
-
-    def output(self, *args: str) -> str:
-        return self.run(*args).strip()
-
-    def run(self, *args: str, env: dict[str, str] | None = None) -> str:
-        code, out, err = self._run(args, env or self.env)
-        if code != 0:
-            what = scrub(err.strip() or out.strip() or f"exit status {code}", self.secrets)
-            lines = [line for line in what.splitlines() if line.strip()][-3:]
-            raise PrepareFailed(f"git {args[0]} failed: {' / '.join(lines)[:1000]}")
-        return out
-
-    def _run(self, args, env: dict[str, str]) -> tuple[int, str, str]:
-        if self.cancel.is_set():
-            raise Cancelled()
-        try:
-            proc = subprocess.Popen(
-                ["git", *args],
-                cwd=self.workspace,
-                env=env,
-                stdin=subprocess.DEVNULL,
-                stdout=subprocess.PIPE,
-                stderr=subprocess.PIPE,
-                start_new_session=True,
-                **self.identity.popen_kwargs(),
-            )
-        except OSError as e:
-            raise PrepareFailed(f"git: cannot run git on this worker: {e.strerror}") from None
-        deadline = time.monotonic() + GIT_TIMEOUT_SECONDS
-        while True:
-            try:
-                out, err = proc.communicate(timeout=0.05)
-                return proc.returncode, out.decode(errors="replace"), err.decode(errors="replace")
-            except subprocess.TimeoutExpired:
-                pass
-            if self.cancel.is_set() or time.monotonic() > deadline:
-                with contextlib.suppress(ProcessLookupError):
-                    os.killpg(proc.pid, signal.SIGKILL)
-                proc.communicate()
-                if self.cancel.is_set():
-                    raise Cancelled()
-                raise PrepareFailed(
-                    f"git {args[0]}: still running after {GIT_TIMEOUT_SECONDS:.0f} s"
-                )

@@ -7,6 +7,8 @@
 <home>/files/<pipeline>.json         static files fetched into that workspace: path -> sha256
 <home>/spool/<run_id>-<attempt>/<job>.log   output not yet acknowledged by the primary
 <home>/agent.lock   held (flock) by the one agent process running with this home
+<home>/git/<pipeline>.git            the pipeline's clone (bare, the agent's own, 0700): the
+                     checkout fetches into it and writes the work tree into the workspace
 
 The work dir (config `work_dir`, default <home>/workspaces) holds what jobs may touch:
 <work>/<pipeline>/   a pipeline's workspace, kept between runs (its cache), owned by the
@@ -31,6 +33,7 @@ SPOOL_DIR = "spool"
 FILES_DIR = "files"
 TRASH_DIR = "trash"
 LOCK_FILE = "agent.lock"
+GIT_DIR = "git"
 
 CONFIG_KEYS = ("worker_id", "name", "tags", "slots", "primary_url", "agent_url")
 # Optional keys: work_dir (absolute), job_uids ([start, end]), job_user, renew_after.
@@ -75,6 +78,11 @@ def _fsync_dir(directory: Path) -> None:
         os.fsync(fd)
     finally:
         os.close(fd)
+
+
+def git_dir(home: Path, pipeline: str) -> Path:
+    """Where the agent keeps a pipeline's clone: outside the workspace, out of jobs' reach."""
+    return Path(home) / GIT_DIR / f"{pipeline}.git"
 
 
 def is_registered(home: Path) -> bool:

@@ -132,6 +132,7 @@ class RunHandle:
         def checkout() -> None:
             keep = [f.path for f in run.files]  # static files are not the clone's to clean
             self.reporter.commit = git_checkout.checkout(
+                self.home,
                 self.workspace,
                 run.source,
                 run.secrets,
@@ -139,6 +140,7 @@ class RunHandle:
                 lines,
                 self.executor.cancel_event,
                 keep,
+                fresh=run.clean_workspace,
             )
 
         prepare_workspace(

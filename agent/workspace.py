@@ -28,7 +28,7 @@ from pathlib import Path, PurePosixPath
 from typing import Any
 
 from agent.assignment import Assignment, StaticFile
-from agent.home import FILES_DIR, TRASH_DIR, write_atomic
+from agent.home import FILES_DIR, TRASH_DIR, git_dir, write_atomic
 from agent.protocol import NAME_RE
 
 log = logging.getLogger(__name__)
@@ -73,18 +73,23 @@ def list_workspaces(work_dir: Path) -> list[str]:
 
 
 def delete_workspace(home: Path, work_dir: Path, name: str) -> bool:
-    """Delete a pipeline's workspace and its static-file record; True if a workspace was
-    there. The caller makes sure no run of the pipeline is using it."""
+    """Delete a pipeline's workspace, its clone (agent.git_checkout) and its static-file
+    record; True if a workspace was there. The caller makes sure no run of the pipeline is
+    using it."""
     if not NAME_RE.match(name):  # also refuses "", ".", ".." and anything with a "/"
         raise ValueError(f"bad workspace name {name!r}")
     path = workspace_dir(work_dir, name)
     existed = path.is_dir() or path.is_symlink()
+    # The workspace goes last: once it is gone (what polls report), so is the rest.
+    record_path(home, name).unlink(missing_ok=True)
+    used_path(home, name).unlink(missing_ok=True)
+    clone = git_dir(home, name)
+    if clone.is_dir() and not clone.is_symlink():
+        _throw_away(clone.parent, clone)
     if path.is_symlink():
         path.unlink()  # never follow a link out of the work dir
     elif path.is_dir():
         _throw_away(work_dir, path)
-    record_path(home, name).unlink(missing_ok=True)
-    used_path(home, name).unlink(missing_ok=True)
     return existed
 
 
@@ -103,10 +108,10 @@ def _throw_away(work_dir: Path, path: Path) -> None:
 
 
 def empty_trash(home: Path, work_dir: Path) -> None:
-    """Remove what an earlier agent process left in the trash (in the background); also
-    HOME/trash, where agents before the work dir kept it."""
+    """Remove what an earlier agent process left in the trashes of the work dir and the
+    clones (in the background); also HOME/trash, where agents before the work dir kept it."""
     found: list[Path] = []
-    for trash in (work_dir / TRASH, home / TRASH_DIR):
+    for trash in (work_dir / TRASH, git_dir(home, "x").parent / TRASH, home / TRASH_DIR):
         found += sorted(trash.iterdir()) if trash.is_dir() else []
     _remove_in_background(found)
 

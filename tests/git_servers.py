@@ -9,6 +9,7 @@ import hmac
 import os
 import shutil
 import signal
+import ssl
 import subprocess
 import threading
 from collections.abc import Iterator
@@ -146,8 +147,9 @@ class GitDaemon:
 
 
 class HttpGit:
-    """Smart HTTP: git http-backend as CGI behind basic auth (`user`, `token`). Records the
-    Authorization headers it was sent."""
+    """Smart HTTP over TLS: git http-backend as CGI behind basic auth (`user`, `token`), with
+    a self-signed certificate for 127.0.0.1 (`ca`: its PEM, what a source's `ca` gives).
+    Records the Authorization headers it was sent."""
 
     def __init__(self, root: Path, user: str, token: str) -> None:
         self.root, self.user, self.token = root, user, token
@@ -169,12 +171,24 @@ class HttpGit:
 
         self.httpd = ThreadingHTTPServer(("127.0.0.1", 0), Handler)
         self.httpd.daemon_threads = True
+        tls = root.parent / "http-git-tls"
+        tls.mkdir(exist_ok=True)
+        subprocess.run(
+            ["openssl", "req", "-x509", "-newkey", "ec", "-pkeyopt", "ec_paramgen_curve:P-256",
+             "-nodes", "-keyout", str(tls / "key.pem"), "-out", str(tls / "cert.pem"),
+             "-subj", "/CN=127.0.0.1", "-addext", "subjectAltName=IP:127.0.0.1", "-days", "2"],
+            check=True, capture_output=True,
+        )  # fmt: skip
+        self.ca = (tls / "cert.pem").read_text()
+        context = ssl.SSLContext(ssl.PROTOCOL_TLS_SERVER)
+        context.load_cert_chain(tls / "cert.pem", tls / "key.pem")
+        self.httpd.socket = context.wrap_socket(self.httpd.socket, server_side=True)
         self.port = self.httpd.server_address[1]
         self.thread = threading.Thread(target=self.httpd.serve_forever, daemon=True)
         self.thread.start()
 
     def url(self, name: str) -> str:
-        return f"http://127.0.0.1:{self.port}/{name}.git"
+        return f"https://127.0.0.1:{self.port}/{name}.git"
 
     def _serve(self, h: BaseHTTPRequestHandler) -> None:
         given = h.headers.get("Authorization") or ""

@@ -36,8 +36,6 @@ install_missing --no-install-recommends -- "${needed_bare[@]}"
 # PostgreSQL's server programs (initdb, pg_ctl) are not on PATH in Debian's package: the
 # suite starts a throwaway server of its own from them (tests/pgcluster.py).
 compgen -G "/usr/lib/postgresql/*/bin/initdb" >/dev/null || install_missing -- initdb:postgresql
-# libnss-wrapper: git over ssh as a job uid with no passwd entry (agent/git_auth.py).
-compgen -G "/usr/lib/*/libnss_wrapper.so" >/dev/null || install_missing -- nss-wrapper-lib:libnss-wrapper
 
 python3 -m venv .venv
 .venv/bin/python -m pip install -q --upgrade pip

@@ -2,9 +2,10 @@
 credential), and the admin views that show and rotate that secret.
 
 Bounded work for anyone who can reach the port: the body is read up to MAX_HOOK_BYTES
-(413 past that, before anything is parsed or hashed), and a source whose deliveries are
-refused (400, 401, 404, 413) more than `hook_failures` times in `hook_window` seconds is
-answered 429 until the oldest refusal ages out, as registration is.
+(413 past that, before anything is parsed or hashed), and its signature is checked (one
+HMAC) before anything else. A source whose unsigned deliveries (400, 401, 413) number more
+than `hook_failures` in `hook_window` seconds gets 429 for its next unsigned ones until
+the oldest refusal ages out, as registration does; a signed delivery is never limited.
 """
 
 from flask import Blueprint, current_app, jsonify, request
@@ -28,7 +29,7 @@ class TooLarge(ApiError):
 def receive(name: str):
     limiter = current_app.extensions["cifleet.hook_limiter"]
     source = source_key(request.remote_addr or "unknown")
-    refuse_when_limited(limiter, source, "refused deliveries")
+    primary = primary_of_app()
     try:
         limit = webhooks.MAX_HOOK_BYTES
         if (request.content_length or 0) > limit:
@@ -36,11 +37,15 @@ def receive(name: str):
         body = request.stream.read(limit + 1)
         if len(body) > limit:
             raise TooLarge(f"a delivery is at most {limit} bytes")
-        status, answer = webhooks.receive(primary_of_app(), name, request.headers, body)
+        signed = webhooks.authenticate(primary, name, request.headers, body)
     except ApiError as e:
+        # Only what is not signed counts and is limited: a forge's genuine deliveries are
+        # never refused because someone else sent bad ones from its addresses.
         if 400 <= e.status < 500:
+            refuse_when_limited(limiter, source, "refused deliveries")
             limiter.failed(source)
         raise
+    status, answer = webhooks.receive(primary, signed, body)
     return jsonify(answer), status
 
 

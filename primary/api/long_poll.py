@@ -198,7 +198,7 @@ def _source(spec: dict, recorded: str) -> dict:
     settings, source = spec["source"], json.loads(recorded)
     answer = {"git": settings["git"], "ref": source["ref"], "sha": source["sha"]}
     answer["clean"] = settings.get("clean", False)
-    for key in ("token", "username", "ssh_key", "known_hosts"):
+    for key in ("token", "username", "ssh_key", "known_hosts", "ca"):
         if key in settings:
             answer[key] = settings[key]
     return answer

@@ -33,6 +33,7 @@ from primary.runs import janitor, leases
 from primary.runs.scheduler import plan
 from primary.server.bounds import ServerBounds
 from primary.server.loop import PortSpec, Servers
+from primary.sources import schedules
 
 log = logging.getLogger("cifleet.primary")
 SWEEP_INTERVAL = 1.0
@@ -89,6 +90,16 @@ def _janitor(primary: Primary, stop: threading.Event) -> None:
             log.exception("retention pass failed")
 
 
+def _fire_schedules(primary: Primary, stop: threading.Event) -> None:
+    # A thread of its own: a fire may ask a repository for its commit (up to 30 s), which
+    # must not hold up the lease sweeper.
+    while not stop.wait(schedules.INTERVAL_SECONDS):
+        try:
+            schedules.fire_due(primary)
+        except Exception:
+            log.exception("firing schedules failed")
+
+
 def serve(config: PrimaryConfig, bounds: ServerBounds | None = None) -> int:
     """Serve until SIGTERM or SIGINT. Raises ListenError, before anything has started, when
     a port cannot be bound. `bounds`: what one client may take of each port."""
@@ -143,6 +154,9 @@ def serve(config: PrimaryConfig, bounds: ServerBounds | None = None) -> int:
             threading.Thread(
                 target=_janitor, args=(primary, stop), name="janitor", daemon=True
             ).start()
+        threading.Thread(
+            target=_fire_schedules, args=(primary, stop), name="schedules", daemon=True
+        ).start()
 
         def on_signal(signum, frame):
             stop.set()

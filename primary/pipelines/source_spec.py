@@ -5,8 +5,9 @@ against their declaration.
     source:
       git: https://git.example.com/team/app.git   # https, http, git, ssh, file, or user@host:path
       ref: main                 # the branch (or refs/tags/NAME) a manual run builds
-      token: GIT_TOKEN          # https: a pipeline secret with a token (the basic-auth password)
+      token: GIT_TOKEN          # https only: a pipeline secret with a token (basic-auth password)
       username: x-access-token  # https: the user name sent with the token
+      ca: "-----BEGIN CERTIFICATE-----..."   # https: the CA(s) to trust instead of the system's
       ssh_key: DEPLOY_KEY       # ssh: a pipeline secret with a private key
       known_hosts: "host ssh-ed25519 AAAA..."   # ssh: the server's host key line(s)
       branches: [main, "release/*"]   # pushes to these branches run it (globs; default: [ref])
@@ -25,7 +26,8 @@ from collections.abc import Callable
 from typing import Any
 
 SOURCE_KEYS = {"git", "ref", "token", "username", "ssh_key", "known_hosts", "branches", "tags"}
-SOURCE_KEYS |= {"clean"}
+SOURCE_KEYS |= {"clean", "ca"}
+MAX_CA_CHARS = 65536
 URL_SCHEMES = ("https", "http", "git", "ssh", "file")
 SCP_LIKE = re.compile(r"^[A-Za-z0-9._-]+@[A-Za-z0-9.-]+:[^/\\][^\\]*$")  # git@host:team/app.git
 REF_RE = re.compile(r"^[A-Za-z0-9._][A-Za-z0-9._/+-]{0,254}$")
@@ -67,7 +69,9 @@ def validate_source(value: Any, fail: Fail) -> dict[str, Any]:
     if token is not None and ssh_key is not None:
         raise fail("source", "give token (https) or ssh_key (ssh), not both")
     if token is not None:
-        if kind not in ("https", "http"):
+        if kind == "http":
+            raise fail("source.token", "is sent only over https (http would send it in clear)")
+        if kind != "https":
             raise fail("source.token", "is for https URLs; an ssh URL takes ssh_key")
         source["token"] = _secret_name(token, "source.token", fail)
         username = value.get("username", DEFAULT_USERNAME)
@@ -91,6 +95,18 @@ def validate_source(value: Any, fail: Fail) -> dict[str, Any]:
         source["known_hosts"] = known_hosts.strip() + "\n"
     elif known_hosts is not None:
         raise fail("source.known_hosts", "is for ssh URLs")
+    ca = value.get("ca")
+    if ca is not None:
+        if kind != "https":
+            raise fail("source.ca", "is for https URLs")
+        if (
+            not isinstance(ca, str)
+            or "-----BEGIN CERTIFICATE-----" not in ca
+            or len(ca) > MAX_CA_CHARS
+            or "\x00" in ca
+        ):
+            raise fail("source.ca", f"must be PEM certificates, at most {MAX_CA_CHARS} characters")
+        source["ca"] = ca.strip() + "\n"
     default_branches = [] if ref.startswith("refs/") else [ref]
     source["branches"] = _globs(value.get("branches", default_branches), "source.branches", fail)
     source["tags"] = _globs(value.get("tags", []), "source.tags", fail)

@@ -16,6 +16,7 @@ import yaml
 from agent.protocol import NAME_RE
 from primary.pipelines.keep_spec import validate_keep
 from primary.pipelines.notify_spec import validate_notify
+from primary.pipelines.schedule_spec import validate_schedule
 from primary.pipelines.source_spec import validate_parameters, validate_source
 
 # libyaml's parser (in PyYAML's wheels) when present: the pure-Python one scans a whole flow
@@ -28,7 +29,7 @@ MAX_CHARS = 4 << 20  # characters in scalars after expanding aliases (definition
 DEFAULT_JOB_TIMEOUT = 3600
 MAX_JOB_TIMEOUT = 7 * 24 * 3600
 PIPELINE_KEYS = {"name", "tags", "env", "secrets", "jobs", "retries_on_lost", "run_as_root"}
-PIPELINE_KEYS |= {"source", "parameters", "notify", "keep"}
+PIPELINE_KEYS |= {"source", "parameters", "notify", "keep", "schedule"}
 JOB_KEYS = {"name", "steps", "env", "secrets", "timeout", "needs", "artifacts"}
 MAX_ARTIFACT_PATTERNS = 32
 
@@ -254,6 +255,8 @@ def validate_pipeline(data: Any, lines: dict[str, int] | None = None) -> dict[st
         spec["notify"] = validate_notify(data["notify"], fail)
     if "keep" in data:  # the retention policy of this pipeline, instead of the fleet's
         spec["keep"] = validate_keep(data["keep"], fail)
+    if "schedule" in data:
+        spec["schedule"] = validate_schedule(data["schedule"], fail)
     return spec
 
 

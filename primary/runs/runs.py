@@ -40,6 +40,9 @@ def trigger_text(trigger: dict | None) -> str:
         by = f" by {trigger['pusher']}" if trigger.get("pusher") else ""
         what = f"{trigger.get('forge')} {trigger.get('event')}"
         return f"a {what} (delivery {trigger.get('delivery')}){by}"
+    if kind == "schedule":
+        cron, zone, slot = trigger.get("cron"), trigger.get("timezone"), trigger.get("slot")
+        return f"the schedule {cron!r} ({zone}), slot {slot}"
     if kind == "run again":
         return f"run again of run {trigger.get('of_run')}" + (f", by {who}" if who else "")
     if kind == "ui":

@@ -9,7 +9,7 @@ argv or the primary's disk; what git says is scrubbed of them before anyone sees
 import subprocess
 import tempfile
 
-from agent.git_auth import GitAuthError, base_env, scrub, ssh_env, token_env
+from agent.git_auth import GitAuthError, base_env, remote_env, scrub, ssh_env
 from primary.errors import ApiError, BadRequest
 from primary.pipelines.source_spec import url_kind
 
@@ -49,10 +49,17 @@ def _ls_remote(settings: dict, refs: list[str], secrets: dict[str, str]) -> dict
     values = [secrets[settings[k]] for k in ("token", "ssh_key") if settings.get(k) in secrets]
     with tempfile.TemporaryDirectory(prefix="cifleet-ls-remote-") as home:
         env = base_env(home)
+        ca_file = None
+        if settings.get("ca"):
+            ca_file = f"{home}/ca.pem"  # certificates, no secret; gone with the folder
+            with open(ca_file, "w") as f:
+                f.write(settings["ca"])
         try:
             if "token" in settings:
-                env |= token_env(settings["username"], secrets[settings["token"]])
+                token = secrets[settings["token"]]
+                env |= remote_env(url, settings["username"], token, ca_file)
                 return _run(url, refs, env, home, values)
+            env |= remote_env(url, ca_file=ca_file)
             if url_kind(url) == "ssh":
                 key = secrets.get(settings["ssh_key"]) if "ssh_key" in settings else None
                 with ssh_env(settings["known_hosts"], key) as extra:

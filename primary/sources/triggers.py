@@ -4,7 +4,7 @@ run at the same commit. Pushes are primary/sources/webhooks.py.
 
 What started a run is recorded with it (`triggered_by`), one JSON object whose `kind` says
 which: `api` (with the token's name), `ui` (the user), `webhook` (forge, event, delivery
-id), `run again` (of which run, and who asked). Schedules will add `schedule`.
+id), `run again` (of which run, and who asked), `schedule` (primary/sources/schedules.py).
 """
 
 import json

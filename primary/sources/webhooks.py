@@ -1,5 +1,5 @@
 """Push webhooks: a forge's delivery for one pipeline, verified with the pipeline's hook
-secret, turned into a run of the pushed commit, once per delivery id.
+secret, turned into a run of the pushed commit, once per delivery.
 
 What a push does (docs/api.md, "Webhooks"):
 - a branch in the pipeline's `branches` (default: its ref): a run of the pushed commit
@@ -7,16 +7,22 @@ What a push does (docs/api.md, "Webhooks"):
   branch has moved on by the time a worker starts it;
 - a tag in its `tags`: a run of the tag;
 - a deleted branch or tag, a branch or tag it does not list, any other ref: no run;
-- the same delivery id again (a redelivery): no second run, the first answer's run id.
+- the same delivery again (a redelivery: its id; or its body under another id, since the
+  id is not signed and a captured body could be replayed): no second run, the first
+  answer's run id.
 
-The answer says which, so the forge's delivery log shows why nothing ran. The work is
-bounded before the body is parsed: its size is capped by the view, the signature is one
-HMAC over those bytes, and nothing is parsed until it matches.
+Two steps, so the view can rate-limit only what is not signed: `authenticate` (bounded:
+the body's size is capped by the view, the signature is one HMAC over those bytes, and
+nothing is parsed until it matches) refuses every delivery not signed with the pipeline's
+hook secret with the same 401, whether or not that pipeline exists, so an outsider learns
+no pipeline names; `receive` acts on a signed one.
 """
 
+import hashlib
 import json
 import secrets
 import time
+from dataclasses import dataclass
 
 from primary.context import Primary
 from primary.errors import ApiError, BadRequest, NotFound, Unauthorized
@@ -59,21 +65,42 @@ def _stored_secret(primary: Primary, pipeline: str) -> str | None:
         return None
 
 
-def receive(primary: Primary, pipeline: str, headers, body: bytes) -> tuple[int, dict]:
-    """One delivery: (HTTP status, answer). Raises 400 (not a forge's delivery, a push
-    without its fields), 401 (bad signature), 404 (no such pipeline with a git source, or
-    the push is of another repository)."""
-    spec = _spec_with_source(primary, pipeline)
+@dataclass(frozen=True)
+class Signed:
+    """A delivery that carries its pipeline's hook secret's signature."""
+
+    spec: dict
+    delivery: forges.Delivery
+
+
+def authenticate(primary: Primary, pipeline: str, headers, body: bytes) -> Signed:
+    """The delivery, if it is signed with the hook secret of `pipeline` (which has a git
+    source). 400 when it is no forge's delivery at all; otherwise one 401 for every
+    delivery that is not signed, whatever the pipeline: an unknown pipeline, one without a
+    git source or without a secret yet cost the same HMAC and read the same."""
     try:
         delivery = forges.identify(headers)
     except forges.NotAWebhook as e:
         raise BadRequest(str(e)) from None
-    secret = _stored_secret(primary, pipeline)
-    if secret is None or not forges.verify(delivery.forge, headers, body, secret):
+    spec = _spec_with_source(primary, pipeline)
+    secret = _stored_secret(primary, pipeline) if spec is not None else None
+    signed = forges.verify(delivery.forge, headers, body, secret or _NO_SECRET)
+    if secret is None or not signed:
         raise BadSignature(
-            f"the delivery is not signed with pipeline {pipeline!r}'s hook secret"
-            f" (GET /api/v1/pipelines/{pipeline}/hook shows it)"
+            f"the delivery is not signed with the hook secret of pipeline {pipeline!r}"
+            " (an admin's GET /api/v1/pipelines/NAME/hook shows it)"
         )
+    return Signed(spec, delivery)
+
+
+_NO_SECRET = secrets.token_hex(32)  # verified against when there is none: the same work
+
+
+def receive(primary: Primary, signed: Signed, body: bytes) -> tuple[int, dict]:
+    """Act on a signed delivery: (HTTP status, answer). Raises 400 (a push without its
+    fields) and 404 (the push is of another repository than the pipeline's source)."""
+    spec, delivery = signed.spec, signed.delivery
+    pipeline = spec["name"]
     if delivery.kind == "ping":
         return 200, {"ok": True, "answer": "pong", "pipeline": pipeline}
     if delivery.kind != "push":
@@ -88,17 +115,16 @@ def receive(primary: Primary, pipeline: str, headers, body: bytes) -> tuple[int,
             f"repository {push.repository} is not pipeline {pipeline!r}'s source ({source['git']})"
         )
     ignored = _ignored(source, push)
-    return _record(primary, spec, delivery, push, ignored)
+    digest = hashlib.sha256(body).hexdigest()
+    return _record(primary, spec, delivery, digest, push, ignored)
 
 
-def _spec_with_source(primary: Primary, pipeline: str) -> dict:
+def _spec_with_source(primary: Primary, pipeline: str) -> dict | None:
     try:
         spec = pipelines.get_spec(primary, pipeline)
-    except NotFound:
-        spec = None
-    if spec is None or not spec.get("source"):
-        raise NotFound(f"no pipeline {pipeline!r} with a git source")
-    return spec
+    except (NotFound, BadRequest):  # no such pipeline, or a name that cannot be one
+        return None
+    return spec if spec and spec.get("source") else None
 
 
 def _ignored(source: dict, push: forges.Push) -> str | None:
@@ -118,26 +144,30 @@ def _ignored(source: dict, push: forges.Push) -> str | None:
 
 
 def _record(
-    primary: Primary, spec: dict, delivery, push: forges.Push, ignored: str | None
+    primary: Primary, spec: dict, delivery, digest: str, push: forges.Push, ignored: str | None
 ) -> tuple[int, dict]:
     """Record the delivery and, unless it is ignored, queue its run, in one transaction:
-    the delivery row is inserted first, so of two copies of one delivery arriving together
-    (through two primaries too) one inserts it and the other finds it."""
+    the delivery row is inserted first, unique by (pipeline, delivery id) and by (pipeline,
+    body digest), so of two copies of one delivery arriving together (through two primaries
+    too, under two ids too) one inserts it and the other finds it."""
     name = spec["name"]
     run_id = None
     with primary.store.transaction() as conn:
         inserted = conn.execute(
-            "INSERT INTO hook_deliveries (pipeline, delivery, forge, received_at, outcome)"
-            " VALUES (?, ?, ?, ?, ?) ON CONFLICT (pipeline, delivery) DO NOTHING"
-            " RETURNING pipeline",
-            (name, delivery.delivery, delivery.forge, time.time(), ignored or "run"),
+            "INSERT INTO hook_deliveries"
+            " (pipeline, delivery, forge, received_at, outcome, body_sha256)"
+            " VALUES (?, ?, ?, ?, ?, ?) ON CONFLICT DO NOTHING RETURNING pipeline",
+            (name, delivery.delivery, delivery.forge, time.time(), ignored or "run", digest),
         ).fetchone()
         if inserted is None:
             row = conn.execute(
-                "SELECT run_id, outcome FROM hook_deliveries WHERE pipeline = ? AND delivery = ?",
-                (name, delivery.delivery),
+                "SELECT delivery, run_id, outcome FROM hook_deliveries WHERE pipeline = ?"
+                " AND (delivery = ? OR body_sha256 = ?) ORDER BY delivery = ? DESC LIMIT 1",
+                (name, delivery.delivery, digest, delivery.delivery),
             ).fetchone()
             answer = {"duplicate": True, "delivery": delivery.delivery, "run_id": row["run_id"]}
+            if row["delivery"] != delivery.delivery:
+                answer["same_body_as"] = row["delivery"]
             if row["outcome"] != "run":
                 answer["ignored"] = row["outcome"]
             return 200, answer

@@ -298,6 +298,26 @@ MIGRATIONS: list[str] = [
         PRIMARY KEY (run_id, attempt, job)
     );
     """,
+    # 16: a webhook delivery is also unique by its body's digest: a captured signed body
+    # resent under a new delivery id (the id is not signed) makes no second run. Rows from
+    # before have none (NULL never conflicts).
+    """
+    ALTER TABLE hook_deliveries ADD COLUMN body_sha256 TEXT;
+    CREATE UNIQUE INDEX hook_deliveries_by_body ON hook_deliveries (pipeline, body_sha256);
+    """,
+    # 17: a pipeline schedule's fires, one per (pipeline, slot): whichever primary inserts
+    # the row makes the run in the same transaction, so a slot fires once with several
+    # primaries and across restarts.
+    """
+    CREATE TABLE schedule_fires (
+        pipeline TEXT NOT NULL,
+        slot REAL NOT NULL,             -- the cron slot's time (Unix seconds)
+        fired_at REAL NOT NULL,
+        run_id INTEGER,                 -- null: no run (outcome says why)
+        outcome TEXT NOT NULL,
+        PRIMARY KEY (pipeline, slot)
+    );
+    """,
 ]
 
 # Statements only PostgreSQL runs, after the migration of that number.

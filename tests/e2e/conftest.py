@@ -1,6 +1,6 @@
-"""Fixtures of the end-to-end tests: two primaries of one fleet on PostgreSQL; and for the
-git-source and webhook tests, a folder per module, its repositories and a git daemon
-serving them (tests/git_servers.py)."""
+"""Fixtures of the end-to-end tests: for git sources and webhooks a folder per module, its
+repositories and a git daemon serving them (tests/git_servers.py); two primaries of one
+fleet on PostgreSQL (several primaries, schedules)."""
 
 import subprocess
 from pathlib import Path

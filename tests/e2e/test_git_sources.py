@@ -5,12 +5,15 @@ prints the commit the run records, a second run fetches only the new objects int
 clone it kept, and no credential shows in a log, an argv or the primary's files."""
 
 import contextlib
+import datetime
 import json
+import sqlite3
 import threading
 from pathlib import Path
 
 import pytest
-from git_servers import HttpGit, fleet_with_builder
+from fleet import wait_for
+from git_servers import HttpGit, fleet_with_builder, git
 from sshd import SSHD, start_sshd, stop_sshd
 
 TOKEN = "glpat-s3cr3t-t0ken-for-the-test"
@@ -126,7 +129,8 @@ def test_https_token_from_a_secret_in_no_log_argv_or_file(fleet, repos, http_git
     first = repos.commit("private", "main.c", "int main;\n", "private code")
     url = http_git.url("private")
     primary.pipeline(
-        f"name: https\nsource: {{git: '{url}', ref: main, token: GIT_TOKEN, username: ci}}\n"
+        f"name: https\nsource: {{git: '{url}', ref: main, token: GIT_TOKEN, username: ci,"
+        f" ca: {json.dumps(http_git.ca)}}}\n"
         "jobs:\n  - name: build\n    steps: ['git rev-parse HEAD', 'env']\n"
     )
     cmdlines: list[bytes] = []
@@ -288,6 +292,9 @@ def test_definition_errors_name_the_field(fleet):
         "source: {git: 'ext::sh -c touch% /tmp/x'}": "source.git: must be an https",
         "source: {git: 'https://u:p@example.com/r.git'}": "source.git: must be an https",
         "source: {git: 'https://example.com/r.git', ssh_key: K}": "source.ssh_key: is for ssh",
+        "source: {git: 'http://example.com/r.git', token: T}": "source.token: is sent only over",
+        "source: {git: 'git://example.com/r.git', ca: x}": "source.ca: is for https",
+        "source: {git: 'https://example.com/r.git', ca: x}": "source.ca: must be PEM",
         "source: {git: 'ssh://git@example.com/r.git'}": "source.known_hosts: an ssh source needs",
         "source: {git: 'https://example.com/r.git', ref: 'a..b'}": "source.ref: must be a branch",
         "source: {git: 'https://example.com/r.git', colour: 1}": "source.colour: unknown field",
@@ -302,3 +309,168 @@ def test_definition_errors_name_the_field(fleet):
         )
         assert status == 400, field
         assert json.loads(answer)["error"].startswith(message), (field, answer)
+
+
+PLANT = r"""
+set -e
+[ -e .planted ] && exit 0  # the first run plants; the second checks what it finds
+touch .planted
+m="$MARKERS"
+hook='#!/bin/sh
+env > "'"$m"'/$(basename "$0").$$"; cat /proc/self/environ >> "'"$m"'/environ.$$" || true
+'
+# (1) hooks in every .git the job can reach, and settings that would run its commands.
+for name in reference-transaction post-checkout post-merge post-index-change pre-auto-gc \
+    post-rewrite pre-push fsmonitor-watchman push-to-checkout; do
+  printf '%s' "$hook" > ".git/hooks/$name"; chmod +x ".git/hooks/$name"
+done
+mkdir -p evil-hooks; cp .git/hooks/* evil-hooks/
+git config core.hooksPath "$PWD/evil-hooks"
+git config core.fsmonitor "$PWD/evil-hooks/fsmonitor-watchman"
+git config url.http://127.0.0.1:1/.insteadOf "$SOURCE"
+# (3, first) every object it can reach: garbage.
+find .git/objects -type f | while read -r f; do chmod u+w "$f"; printf 'garbage' > "$f"; done
+# (2) a commondir and alternates of its own: another config, another object store.
+mkdir -p evil-common/objects; cp .git/config evil-common/config
+git config -f evil-common/config protocol.ext.allow always
+echo "$PWD/evil-common" > .git/commondir
+echo "$PWD/evil-common/objects" > .git/objects/info/alternates
+# (3) the tracked files: overwritten, deleted, replaced by a link.
+printf 'forged\n' > README
+rm lib/util.c
+mkdir -p /tmp/evil-src-$$; printf 'int evil;\n' > /tmp/evil-src-$$/main.c
+rm -rf src; ln -s /tmp/evil-src-$$ src
+mkdir -p build; printf 'object\n' > build/out.o
+# The agent's own clone is out of reach: not listed, not read, not written.
+clones="$CIFLEET_WORKSPACE/../../git"
+ls "$clones" 2>&1 | sed "s|$clones|CLONES|" || true
+cat "$clones/tamper.git/config" 2>&1 | sed "s|$clones|CLONES|" || true
+touch "$clones/tamper.git/hooks/reference-transaction" 2>&1 | sed "s|$clones|CLONES|" || true
+"""
+CHECK = r"""
+# The second run waits (30 s at most) until the test's watcher has seen this process.
+[ -e .planted ] && for i in $(seq 3000); do [ -e "$MARKERS/../seen" ] && break; sleep 0.01; done
+git rev-parse HEAD
+git status --porcelain --untracked-files=no | sed 's/^/changed: /'
+cat README src/main.c lib/util.c docs/guide.txt
+test -L src && echo "src is a link"; test -e old.txt && echo "old.txt is back"; ls build
+test -e evil-hooks && echo "untracked evil-hooks stays"; ls .git/hooks | grep -v sample || true
+"""
+
+
+def _environs_of_uid_processes(found: list[bytes], stop: threading.Event, seen: Path) -> None:
+    """Every environment of a job uid's process (from 65536) while the run goes; `seen` is
+    made once one of them is the check job's (it waits for that)."""
+    while not stop.wait(0.005):
+        for status in Path("/proc").glob("[0-9]*/status"):
+            with contextlib.suppress(OSError, ValueError, IndexError):
+                uid = int(status.read_text().split("\nUid:\t", 1)[1].split("\t", 1)[0])
+                if uid >= 65536:
+                    found.append((status.parent / "environ").read_bytes())
+                    if b"MARKERS=" in found[-1]:
+                        seen.touch()
+
+
+def test_a_job_cannot_tamper_with_the_next_runs_checkout(fleet, repos, http_git, git_root):
+    """A job plants hooks, fsmonitor and insteadOf settings, a commondir and alternates in
+    the .git it sees, garbage in its objects, forged and deleted tracked files and a link
+    for a folder; the agent's clone is out of its reach. The next run fetches with the
+    token (nothing the job left runs, nothing of the token reaches a job's process or
+    file) and builds exactly the pushed commit, incrementally."""
+    primary, agent = fleet
+    markers = git_root / "markers"
+    markers.mkdir(mode=0o777)
+    markers.chmod(0o1777)
+    repos.create("tamper")
+    repos.commit("tamper", "src/main.c", "int main;\n", "main")
+    repos.commit("tamper", "lib/util.c", "int util;\n", "util")
+    repos.commit("tamper", "old.txt", "old\n", "old")
+    repos.commit("tamper", "docs/guide.txt", "guide\n", "guide")
+    repos.commit("tamper", "README", "one\n", "first")
+    url = http_git.url("tamper")
+    plant = PLANT.replace("\n", "\n      ").strip()
+    check = CHECK.replace("\n", "\n      ").strip()
+    definition = (
+        f"name: tamper\nsource: {{git: '{url}', ref: main, token: GIT_TOKEN, username: ci,"
+        f" ca: {json.dumps(http_git.ca)}}}\n"
+        f"env: {{MARKERS: '{markers}', SOURCE: '{url}'}}\n"
+        "jobs:\n"
+        f"  - name: check\n    steps:\n    - |\n      {check}\n"
+        f"  - name: plant\n    steps:\n    - |\n      {plant}\n"
+    )
+    primary.pipeline(definition)
+    set_secret(primary, "tamper", "GIT_TOKEN", TOKEN)
+    first = primary.wait_run(primary.trigger("tamper"))
+    assert first["state"] == "success", run_log(primary, first["id"])
+    assert primary.job_log(first["id"], "plant").decode() == (
+        "ls: cannot open directory 'CLONES': Permission denied\n"
+        "cat: CLONES/tamper.git/config: Permission denied\n"
+        "touch: cannot touch 'CLONES/tamper.git/hooks/reference-transaction': Permission denied\n"
+    )
+    workspace = agent.home / "workspaces" / "tamper"
+    untouched = (workspace / "docs" / "guide.txt").stat()
+    clone = agent.home / "git" / "tamper.git"
+    assert (clone.stat().st_uid, clone.stat().st_mode & 0o777) == (0, 0o700)
+    assert (clone.parent.stat().st_uid, clone.parent.stat().st_mode & 0o777) == (0, 0o700)
+
+    # A new commit: README changes, old.txt goes.
+    work = repos.root / "tamper.work"
+    git("rm", "-q", "old.txt", cwd=work)
+    second = repos.commit("tamper", "README", "two\n", "second")
+    environs: list[bytes] = []
+    stop = threading.Event()
+    watcher = threading.Thread(
+        target=_environs_of_uid_processes, args=(environs, stop, git_root / "seen")
+    )
+    watcher.start()
+    try:
+        run = primary.wait_run(primary.trigger("tamper"))
+    finally:
+        stop.set()
+        watcher.join()
+    assert run["state"] == "success", run_log(primary, run["id"])
+    assert primary.job_log(run["id"], "check").decode() == (
+        f"{second}\ntwo\nint main;\nint util;\nguide\nout.o\nuntracked evil-hooks stays\n"
+    )
+    assert sorted(p.name for p in markers.iterdir()) == [], "no hook or fsmonitor ran"
+    log = run_log(primary, run["id"])
+    # The commit, its tree, README's new blob (old.txt's removal changes only the tree).
+    assert "git: fetched 3 new objects into the clone kept from earlier runs (21 in all)\n" in log
+    # The workspace's tracked files are exactly the commit's; what nobody changed was not
+    # written again (same inode, same modification time: make stays incremental).
+    bare = repos.root / "tamper.git"
+    listed = git("ls-tree", "-r", "--name-only", second, cwd=bare).split("\n")
+    assert listed == ["README", "docs/guide.txt", "lib/util.c", "src/main.c"]
+    again = (workspace / "docs" / "guide.txt").stat()
+    assert (again.st_ino, again.st_mtime_ns) == (untouched.st_ino, untouched.st_mtime_ns)
+    for path in listed:
+        assert (workspace / path).read_bytes() == git(
+            "cat-file", "blob", f"{second}:{path}", cwd=bare
+        ).encode() + b"\n", path
+    assert not (workspace / "src").is_symlink()
+    # The token reached no process of a job's uid (the checkout's tar and .git ones
+    # included) and no file the job can read.
+    assert (git_root / "seen").exists(), "the watcher saw the check job's processes"
+    assert not any(TOKEN.encode() in e for e in environs)
+    assert _files_hold(workspace, TOKEN.encode()) == []
+
+
+def test_a_scheduled_run_builds_the_commit_its_ref_names_when_it_fires(fleet, repos, daemon):
+    """The schedule's slot is due at once: the definition is made to look saved a day ago."""
+    primary, _ = fleet
+    repos.create("cron")
+    head = repos.commit("cron", "a", "1\n", "nightly build")
+    hour = (datetime.datetime.now(datetime.UTC).hour + 12) % 24  # no slot while it runs
+    primary.pipeline(
+        f"name: cron\nsource: {{git: '{daemon.url('cron')}'}}\n"
+        f"schedule: {{cron: '0 {hour} * * *', timezone: UTC}}\n{JOB}"
+    )
+    with contextlib.closing(sqlite3.connect(primary.data_dir / "cifleet.db")) as db, db:
+        db.execute("UPDATE pipelines SET updated_at = updated_at - 86400 WHERE name = 'cron'")
+    wait_for(lambda: primary.client.json("GET", "/api/v1/runs?pipeline=cron")["runs"], 30, "fire")
+    [listed] = primary.client.json("GET", "/api/v1/runs?pipeline=cron")["runs"]
+    run = primary.wait_run(listed["id"])
+    assert run["state"] == "success", run_log(primary, run["id"])
+    assert run["trigger"]["kind"] == "schedule" and run["source"]["sha"] == head
+    assert primary.job_log(run["id"], "build").decode().split("\n")[:2] == [head, "nightly build"]
+    assert "    triggered by: the schedule '0 " in run_log(primary, run["id"])

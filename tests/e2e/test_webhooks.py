@@ -1,10 +1,11 @@
 """Push webhooks from GitHub, GitLab and Gitea, as they send them (their documented sample
 payloads, trimmed, pointed at a real git daemon, signed as each forge signs), posted to a
 real primary with a real agent: the run builds exactly the pushed commit, once per
-delivery; deleted branches, other branches, tags and force-pushes do what docs/api.md
-says; forged, foreign, oversized and repeated deliveries are refused, and a source that
-keeps sending them is rate limited."""
+delivery and body; deleted branches, other branches, tags and force-pushes do what
+docs/api.md says; forged, foreign, oversized, repeated and replayed deliveries are refused,
+and a source that keeps sending unsigned ones is rate limited (never its signed ones)."""
 
+import concurrent.futures
 import hashlib
 import hmac
 import http.client
@@ -146,6 +147,20 @@ def test_a_github_push_runs_the_pushed_commit_once(fleet, repos, daemon):
     repos.commit("gh", "README.md", "three\n", "pushed after")
     status, _, again = hook.github(payload, delivery=delivery)  # a redelivery
     assert (status, again) == (200, {"duplicate": True, "delivery": delivery, "run_id": run_id})
+    # The same signed body under new delivery ids (the id is not signed: a replay), sent
+    # together: no second run, whichever copy the store sees first.
+    with concurrent.futures.ThreadPoolExecutor(8) as pool:
+        replays = list(pool.map(lambda _: hook.github(payload), range(8)))
+    seen = [(status, answer["run_id"], answer["same_body_as"]) for status, _, answer in replays]
+    assert seen == [(200, run_id, delivery)] * 8
+    # A new body, eight copies under eight ids at once: one run (a unique key, not a read
+    # before the write).
+    forced = github_push(daemon.url("gh"), "refs/heads/main", ZERO, pushed, "again", True)
+    with concurrent.futures.ThreadPoolExecutor(8) as pool:
+        copies = list(pool.map(lambda _: hook.github(forced), range(8)))
+    assert sorted(status for status, _, _ in copies) == [200] * 7 + [201]
+    assert len({answer["run_id"] for _, _, answer in copies}) == 1
+    second = copies[0][2]["run_id"]
     primary.client.json("POST", "/api/v1/workers/builder/unlock")
 
     assert built(primary, run_id) == pushed
@@ -160,7 +175,8 @@ def test_a_github_push_runs_the_pushed_commit_once(fleet, repos, daemon):
     }
     assert run["source"]["sha"] == run["source"]["commit"] == pushed
     assert run["source"]["subject"] == "the pushed commit"  # from the repository itself
-    assert [r["id"] for r in runs_of(primary, "gh")] == [run_id]
+    assert sorted(r["id"] for r in runs_of(primary, "gh")) == [run_id, second]
+    assert built(primary, second) == pushed
     status, _, log = primary.client.request("GET", f"/api/v1/runs/{run_id}/log")
     assert f"    triggered by: a github push (delivery {delivery}) by Codertocat\n" in log.decode()
 
@@ -294,13 +310,19 @@ def test_refused_deliveries_and_the_rate_limit(fleet, repos, daemon):
     hook = Hook(primary, "strict")
     payload = github_push(url, "refs/heads/main", ZERO, sha, "a")
 
-    status, _, answer = hook.github(payload, secret="not-the-secret")
-    assert (status, answer["code"]) == (401, "bad_signature")
-    status, _, answer = post(primary, "/hooks/v1/pipelines/nope", {}, b"{}")
-    assert (status, answer["code"]) == (404, "not_found")
+    # Not signed with the pipeline's secret: one answer whether the pipeline exists, has
+    # no git source or no secret yet, so an outsider learns no pipeline names.
     primary.pipeline("name: plain\njobs:\n  - name: a\n    steps: ['true']\n")
-    status, _, answer = post(primary, "/hooks/v1/pipelines/plain", {}, b"{}")
-    assert (status, answer["error"]) == (404, "no pipeline 'plain' with a git source")
+    for name in ("strict", "nope", "plain"):
+        body = json.dumps(payload).encode()
+        headers = github_headers("not-the-secret", body)
+        status, _, answer = post(primary, f"/hooks/v1/pipelines/{name}", headers, body)
+        assert (status, answer["code"], answer["error"]) == (
+            401,
+            "bad_signature",
+            f"the delivery is not signed with the hook secret of pipeline {name!r}"
+            " (an admin's GET /api/v1/pipelines/NAME/hook shows it)",
+        ), name
     foreign = {**payload, "repository": {**payload["repository"], "git_url": "git://x/y.git"}}
     status, _, answer = hook.github(foreign)
     assert (status, answer["code"]) == (404, "unknown_repository")
@@ -332,10 +354,17 @@ def test_refused_deliveries_and_the_rate_limit(fleet, repos, daemon):
     assert hook.github({"zen": "x"}, "ping", secret=rotated)[0] == 200
     assert primary.client.json("GET", "/api/v1/pipelines/strict/hook")["secret"] == rotated
 
-    # Another source that keeps failing is refused for a while; this one is not.
+    # A source that keeps sending unsigned deliveries is refused for a while (this one
+    # is not); its signed ones are never refused: the forge's genuine deliveries get
+    # through even when someone sends bad ones from the forge's addresses.
     for _ in range(20):
         assert hook.github(payload, secret="guess", source="127.0.0.2")[0] == 401
-    status, headers, answer = hook.github(payload, secret=rotated, source="127.0.0.2")
+    status, headers, answer = hook.github(payload, secret="guess", source="127.0.0.2")
     assert (status, answer["code"]) == (429, "rate_limited")
     assert int(headers["Retry-After"]) > 0
-    assert hook.github({"zen": "x"}, "ping", secret=rotated)[0] == 200
+    assert hook.github({"zen": "x"}, "ping", secret=rotated, source="127.0.0.2")[0] == 200
+    status, _, answer = hook.github(payload, secret=rotated, source="127.0.0.2")
+    assert status == 201, answer
+    assert built(primary, answer["run_id"]) == sha
+    assert hook.github(payload, secret="guess", source="127.0.0.2")[0] == 429
+    assert hook.github({"zen": "x"}, "ping", secret="guess")[0] == 401
