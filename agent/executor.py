@@ -23,7 +23,7 @@ from agent.assignment import Assignment, Job
 from agent.calls import Cancelled
 from agent.identity import JobIdentity
 from agent.masking import MaskingPipe
-from agent.procs import kill_groups
+from agent.procs import kill_every_process_of, kill_groups
 from agent.workspace import PrepareFailed
 
 log = logging.getLogger(__name__)
@@ -270,6 +270,13 @@ class RunExecutor:
             # Background processes a step started live until the end of the job, no longer:
             # with a uid of its own, also those that left the job's process groups.
             kill_groups(pgids, self._kill_grace, uid=identity.uid if identity.dedicated else None)
+            if identity.dedicated and not kill_every_process_of(identity.uid):
+                log.error(
+                    "run %s job %s: processes of uid %s outlived the job's end",
+                    self.assignment.run_id,
+                    job.name,
+                    identity.uid,
+                )
             if masking:
                 masking.finish()
             os.close(fd)

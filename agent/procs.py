@@ -168,21 +168,38 @@ def end_uid_processes(uid: int, grace: float) -> list[int]:
     while pids and time.monotonic() < deadline:
         pids = [p for p in pids if _pid_alive(p)]
         time.sleep(POLL_SECONDS)
-    # The shell sending it is the one process kill -1 spares; it exits right after.
-    subprocess.run(
-        ["/bin/sh", "-c", "kill -KILL -1 2>/dev/null; true"],
-        user=uid,
-        group=uid,
-        extra_groups=[],
-        env={"PATH": "/usr/bin:/bin"},
-        cwd="/",
-        stdin=subprocess.DEVNULL,
-        stdout=subprocess.DEVNULL,
-        stderr=subprocess.DEVNULL,
-        check=False,
-        timeout=30,
-    )
+    kill_every_process_of(uid)
     return pids
+
+
+KILL_ROUNDS = 20
+
+
+def kill_every_process_of(uid: int) -> bool:
+    """SIGKILL every process of `uid`, sent as that uid to every process it may signal
+    (kill -1), again until none is left: a process that forked while a round went by (or one
+    that caught the SIGTERM of kill_groups and started a new session) is caught by the next.
+    False if some survived every round (a process of the uid that is stuck in the kernel)."""
+    for _ in range(KILL_ROUNDS):
+        # The shell sending it is the one process kill -1 spares; it exits right after.
+        subprocess.run(
+            ["/bin/sh", "-c", "kill -KILL -1 2>/dev/null; true"],
+            user=uid,
+            group=uid,
+            extra_groups=[],
+            env={"PATH": "/usr/bin:/bin"},
+            cwd="/",
+            stdin=subprocess.DEVNULL,
+            stdout=subprocess.DEVNULL,
+            stderr=subprocess.DEVNULL,
+            check=False,
+            timeout=30,
+        )
+        alive = [p for p in processes_of_uid(uid, thorough=True) if _pid_alive(p)]
+        if not alive:
+            return True
+        time.sleep(POLL_SECONDS)
+    return False
 
 
 def _pid_alive(pid: int) -> bool:

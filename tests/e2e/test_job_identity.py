@@ -2,6 +2,7 @@
 uid switching. Also root jobs (only where an admin allows them) and an agent that cannot
 switch users (it says so, and so does the primary)."""
 
+import base64
 import json
 import os
 import subprocess
@@ -232,6 +233,50 @@ def test_an_agent_that_cannot_switch_users_says_so(primary, fleet_root):
     finally:
         proc.terminate()
         proc.wait(20)
+
+
+# A daemon that, told to stop, hands over to an heir in a session of its own and exits: the
+# heir was on no list of the job's processes when the SIGKILLs went out.
+HEIR = """
+import os, signal, time
+ws = os.environ["CIFLEET_WORKSPACE"]
+def handover(*_):
+    if os.fork() == 0:
+        os.setsid()
+        with open(os.path.join(ws, "heir.pid.tmp"), "w") as f:
+            f.write(str(os.getpid()))
+        os.rename(os.path.join(ws, "heir.pid.tmp"), os.path.join(ws, "heir.pid"))
+        time.sleep(300)
+    os._exit(0)
+signal.signal(signal.SIGTERM, handover)
+open(os.path.join(ws, "daemon.pid"), "w").write(str(os.getpid()))
+while True:
+    time.sleep(0.05)
+"""
+
+
+def test_a_process_that_hands_over_to_an_heir_when_told_to_stop_ends_with_the_job(fleet):
+    primary, agent = fleet
+    encoded = base64.b64encode(HEIR.encode()).decode()
+    steps = [
+        f"echo {encoded} | base64 -d > heir.py",
+        "(setsid python3 heir.py &)",
+        "while [ ! -s daemon.pid ]; do sleep 0.05; done; echo started",
+    ]
+    primary.pipeline(_pipeline("heirs", steps, ["remote"]))
+    run = primary.wait_run(primary.trigger("heirs"))
+    assert run["state"] == "success" and primary.job_log(run["id"], "probe") == b"started\n"
+    workspace = agent.home / "workspaces" / "heirs"
+    uid = os.stat(workspace).st_uid
+    heir = workspace / "heir.pid"
+    # Whether the heir got as far as writing its pid or not, none of the uid's processes
+    # outlives the job (dead ones may stay zombies here: PID 1 does not reap them).
+    survivors = [
+        p.pid
+        for p in psutil.process_iter(["uids", "status"])
+        if p.info["uids"].real == uid and p.info["status"] != psutil.STATUS_ZOMBIE
+    ]
+    assert survivors == [], (survivors, heir.exists() and heir.read_text())
 
 
 def test_what_a_job_leaves_running_ends_with_it_and_its_uid_is_freed_with_its_workspace(
