@@ -39,12 +39,15 @@ def _add(workspace: str, rel: str, found: set[str]) -> None:
 
 
 def write_tar(workspace: str, files: list[str], out) -> None:
-    with tarfile.open(fileobj=out, mode="w|", format=tarfile.PAX_FORMAT) as tar:
+    """POSIX ustar, the only format the primary reads (primary/runs/tar_check.py): a file
+    whose name does not fit it (over 255 bytes) is left out."""
+    with tarfile.open(fileobj=out, mode="w|", format=tarfile.USTAR_FORMAT) as tar:
         for rel in files:
             path = os.path.join(workspace, rel)
             try:
-                # O_NOFOLLOW: a file swapped for a link since it was listed is skipped.
-                fd = os.open(path, os.O_RDONLY | os.O_NOFOLLOW | os.O_CLOEXEC)
+                # O_NOFOLLOW: a file swapped for a link since it was listed is skipped;
+                # O_NONBLOCK: one swapped for a FIFO cannot hold the open up.
+                fd = os.open(path, os.O_RDONLY | os.O_NOFOLLOW | os.O_NONBLOCK | os.O_CLOEXEC)
             except OSError:  # gone, unreadable, or swapped for a link since it was listed
                 continue
             with os.fdopen(fd, "rb") as f:
@@ -53,4 +56,7 @@ def write_tar(workspace: str, files: list[str], out) -> None:
                     continue
                 info = tarfile.TarInfo(rel)
                 info.size, info.mtime, info.mode = st.st_size, int(st.st_mtime), st.st_mode & 0o755
-                tar.addfile(info, f)
+                try:
+                    tar.addfile(info, f)
+                except ValueError:  # the name does not fit ustar; nothing was written
+                    continue

@@ -12,7 +12,9 @@ primary checks the tar again before it keeps it (primary/runs/artifacts.py).
 
 import contextlib
 import os
+import select
 import signal
+import threading
 import time
 from pathlib import Path
 
@@ -22,7 +24,10 @@ from agent.identity import JobIdentity
 # The primary's default limit too. The reporter sends the tar in one request body, read
 # into memory, so this also bounds what an upload costs the agent.
 MAX_ARTIFACT_BYTES = 64 << 20
-COLLECT_TIMEOUT = 600.0
+COLLECT_TIMEOUT = 300.0
+WAIT_SLICE = 0.2  # how soon a cancel stops the collection
+PIPE_FD = 3  # the child's write end, once every other descriptor is closed
+MAX_FD = os.sysconf("SC_OPEN_MAX")
 
 
 class NoArtifacts(Exception):
@@ -38,27 +43,40 @@ def collect(
     patterns: list[str],
     identity: JobIdentity,
     out: Path,
+    cancel: threading.Event,
     max_bytes: int = MAX_ARTIFACT_BYTES,
 ) -> int:
     """Write the tar of the files `patterns` name to `out`; its size. NoArtifacts if the
-    collector failed or the tar would pass `max_bytes` (then `out` is removed)."""
+    collector failed, took longer than COLLECT_TIMEOUT (a job's process may stop it: it runs
+    as the job's uid), `cancel` was set, or the tar would pass `max_bytes` (then `out` is
+    removed)."""
     read_end, write_end = os.pipe()
     pid = os.fork()
     if pid == 0:  # the child: only plain file work from here, then _exit
-        os.close(read_end)
         _child(workspace, patterns, identity, write_end)
     os.close(write_end)
     size, failure = 0, None
     deadline = time.monotonic() + COLLECT_TIMEOUT
+    waiting = select.poll()
+    waiting.register(read_end, select.POLLIN)
     try:
         with open(out, "wb", opener=_private) as f:
-            while chunk := os.read(read_end, 1 << 16):
+            while True:
+                left = deadline - time.monotonic()
+                if cancel.is_set():
+                    failure = "the run was cancelled"
+                    break
+                if left <= 0:
+                    failure = f"collecting them took more than {COLLECT_TIMEOUT:g} s"
+                    break
+                if not waiting.poll(min(left, WAIT_SLICE) * 1000):
+                    continue
+                chunk = os.read(read_end, 1 << 16)
+                if not chunk:
+                    break
                 size += len(chunk)
                 if size > max_bytes:
                     failure = f"they come to more than {max_bytes} bytes"
-                    break
-                if time.monotonic() > deadline:
-                    failure = f"collecting them took more than {COLLECT_TIMEOUT:g} s"
                     break
                 f.write(chunk)
     finally:
@@ -77,11 +95,18 @@ def collect(
 def _child(workspace: Path, patterns: list[str], identity: JobIdentity, fd: int) -> None:
     code = 1
     try:
+        # Nothing of the agent's stays open here (its TLS connections, other jobs' log
+        # pipes): a stopped child must not hold another job's pipe open.
+        os.dup2(fd, PIPE_FD)
+        null = os.open(os.devnull, os.O_RDWR)
+        for target in (0, 1, 2):
+            os.dup2(null, target)
+        os.closerange(PIPE_FD + 1, MAX_FD)
         if identity.uid is not None:
             os.setgroups(list(identity.groups))
             os.setgid(identity.gid)
             os.setuid(identity.uid)
-        with os.fdopen(fd, "wb") as pipe:
+        with os.fdopen(PIPE_FD, "wb") as pipe:
             files = artifact_tar.matches(str(workspace), patterns)
             artifact_tar.write_tar(str(workspace), files, pipe)
         code = 0

@@ -290,7 +290,7 @@ class RunExecutor:
             return result.log_size
         out = artifacts_path(self.spool_dir, job.name)
         try:
-            size = collect(self.workspace, job.artifacts, self.identity, out)
+            size = collect(self.workspace, job.artifacts, self.identity, out, self._cancel)
         except NoArtifacts as e:
             path = log_path(self.spool_dir, job.name)
             with open(path, "ab") as f:

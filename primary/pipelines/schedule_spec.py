@@ -10,7 +10,7 @@ import zoneinfo
 from collections.abc import Callable
 from typing import Any
 
-from croniter import croniter
+from croniter import CroniterBadDateError, croniter
 
 SCHEDULE_KEYS = {"cron", "timezone"}
 MAX_CRON_CHARS = 200
@@ -42,7 +42,20 @@ def validate_schedule(value: Any, fail: Fail) -> dict[str, str]:
     zone = value.get("timezone", "UTC")
     if not isinstance(zone, str) or not _known_zone(zone):
         raise fail("schedule.timezone", "must be an IANA time zone, e.g. UTC or Europe/Berlin")
-    return {"cron": " ".join(cron.split()), "timezone": zone}
+    normal = {"cron": " ".join(cron.split()), "timezone": zone}
+    if not _has_slots(normal):
+        raise fail("schedule.cron", f"names no time that ever comes ({normal['cron']!r})")
+    return normal
+
+
+def _has_slots(schedule: dict[str, str]) -> bool:
+    """Valid fields can still name no date at all (`0 0 30 2 *`, February 30th): croniter
+    then raises when asked for one, so ask now rather than in the firing loop."""
+    try:
+        latest_slot(schedule, datetime.datetime.now(datetime.UTC).timestamp())
+    except (CroniterBadDateError, ValueError):
+        return False
+    return True
 
 
 def _known_zone(zone: str) -> bool:

@@ -3,15 +3,14 @@ status, kept where static files are kept (DATA/artifacts on SQLite, the store's 
 in a shared fleet), listed and downloaded through the admin API, pruned with their run.
 
 The agent reads the files as the job's own uid, but the tar is the job's work all the same,
-so it is checked here before it is kept: at most `max_artifact_bytes`, a tar whose every
-member is a regular file under a relative path with no `..` (no links, devices or absolute
-names), at most MAX_MEMBERS of them."""
+so it is checked here before it is kept: at most `max_artifact_bytes`, a POSIX ustar
+(read by tar_check.py, not tarfile) whose every member is a regular file under a relative
+path with no `..` (no links, devices or absolute names), at most MAX_MEMBERS of them."""
 
 import hashlib
 import json
 import os
 import shutil
-import tarfile
 import tempfile
 import time
 from collections.abc import Callable, Iterator
@@ -20,6 +19,7 @@ from pathlib import Path
 from primary.context import Primary
 from primary.errors import ApiError, BadRequest, NotFound
 from primary.pipelines.static_files import normalise_path
+from primary.runs import tar_check
 from primary.runs.dispatch import current_run
 from primary.store import blobs
 from primary.timestamps import iso
@@ -74,6 +74,9 @@ def store(
             os.replace(tmp, target)
         try:
             with primary.store.transaction() as conn:
+                # One upload of the run at a time: two of the same job would each see no
+                # old blob and the first one's chunks would be left behind.
+                conn.execute("SELECT id FROM runs WHERE id = ? FOR UPDATE", (run_id,))
                 old = conn.execute(
                     "SELECT blob FROM artifacts WHERE run_id = ? AND attempt = ? AND job = ?",
                     (run_id, attempt, job),
@@ -98,23 +101,20 @@ def store(
 
 
 def _members(tar_path: Path) -> list[dict]:
-    """The tar's files as [{"path", "size"}]; 400 for anything but a tar of regular files
-    under safe relative paths."""
+    """The tar's files as [{"path", "size"}]; 400 for anything but a ustar of regular files
+    under safe relative paths (primary/runs/tar_check.py)."""
     files = []
     try:
-        with tarfile.open(tar_path, mode="r:") as tar:
-            for member in tar:
-                if len(files) >= MAX_MEMBERS:
-                    raise BadRequest(f"artifacts: at most {MAX_MEMBERS} files")
-                if not member.isreg():
-                    raise BadRequest(f"artifacts: {member.name!r} is not a regular file")
-                try:
-                    path = normalise_path(member.name)
-                except BadRequest as e:
-                    raise BadRequest(f"artifacts: {member.name!r}: {e.message}") from None
-                files.append({"path": path, "size": member.size})
-    except tarfile.TarError as e:
-        raise BadRequest(f"artifacts: not a tar: {e}") from None
+        with open(tar_path, "rb") as f:
+            found = tar_check.members(f, tar_path.stat().st_size, MAX_MEMBERS)
+    except tar_check.BadTar as e:
+        raise BadRequest(f"artifacts: not a tar of files: {e}") from None
+    for name, size in found:
+        try:
+            path = normalise_path(name)
+        except BadRequest as e:
+            raise BadRequest(f"artifacts: {name!r}: {e.message}") from None
+        files.append({"path": path, "size": size})
     return files
 
 

@@ -22,7 +22,7 @@ import logging
 import time
 
 from primary.context import Primary
-from primary.errors import ApiError
+from primary.errors import ApiError, StorageUnavailable
 from primary.pipelines import secrets as pipeline_secrets
 from primary.pipelines.schedule_spec import latest_slot
 from primary.pipelines.source_spec import parameter_values
@@ -46,19 +46,31 @@ def fire_due(primary: Primary, now: float | None = None) -> list[int]:
         schedule = spec.get("schedule")
         if not schedule:
             continue
-        slot = latest_slot(schedule, now)
-        if slot < row["updated_at"]:
+        try:
+            run_id = _fire_latest(primary, spec, schedule, row["updated_at"], now)
+        except StorageUnavailable:
+            raise  # the store is down: the next pass tries again, for every pipeline
+        except Exception:  # one pipeline's schedule must not stop the others'
+            log.exception("schedule of %s: cannot fire", spec["name"])
             continue
-        if _fired(primary, spec["name"], slot):
-            _note_fired(primary, spec["name"], slot)
-            continue
-        run_id = _fire(primary, spec, slot)
         if run_id is not None:
             made.append(run_id)
     if made:
         plan(primary)
         runs.notify(primary)
     return made
+
+
+def _fire_latest(
+    primary: Primary, spec: dict, schedule: dict, updated_at: float, now: float
+) -> int | None:
+    slot = latest_slot(schedule, now)
+    if slot < updated_at:
+        return None
+    if _fired(primary, spec["name"], slot):
+        _note_fired(primary, spec["name"], slot)
+        return None
+    return _fire(primary, spec, slot)
 
 
 _noted: dict[tuple[int, str], float] = {}  # (primary, pipeline) -> the last slot logged

@@ -53,3 +53,9 @@ def test_the_time_zone_is_the_schedules():
     assert latest_slot(berlin, at("2026-12-02T02:30:00+00:00")) == at("2026-12-02T03:00:00+01:00")
     # Summer time (UTC+2): 03:00 in Berlin is 01:00 UTC.
     assert latest_slot(berlin, at("2026-07-01T01:30:00+00:00")) == at("2026-07-01T03:00:00+02:00")
+
+
+@pytest.mark.parametrize("cron", ["0 0 30 2 *", "0 0 31 4 *"])
+def test_an_expression_that_names_no_date_is_refused(cron):
+    with pytest.raises(ValueError, match="schedule.cron: names no time that ever comes"):
+        validate_schedule(cron, fail)
