@@ -6,7 +6,7 @@ from primary.api.auth import caller, primary_of_app, require_role
 from primary.api.parse import json_body, whole_number
 from primary.errors import BadRequest, NotFound
 from primary.fleet import registration, workers
-from primary.pipelines import pipelines, static_files
+from primary.pipelines import lifecycle, pipelines, static_files
 from primary.pipelines import secrets as pipeline_secrets
 from primary.runs import runs
 from primary.runs.runlog import run_log
@@ -46,18 +46,34 @@ def get_worker(worker_id: str):
     return jsonify(workers.get_worker(primary_of_app(), worker_id))
 
 
-@bp.post("/pipelines")
-@require_role()
-def save_pipeline():
+def _definition() -> str:
     raw = request.get_data(cache=False)
     if len(raw) > MAX_PIPELINE_BYTES:
         raise BadRequest(f"the definition is larger than {MAX_PIPELINE_BYTES} bytes")
     try:
-        text = raw.decode("utf-8")
+        return raw.decode("utf-8")
     except UnicodeDecodeError as exc:
         raise BadRequest(f"yaml: the definition is not valid UTF-8 (byte {exc.start})") from None
-    pipeline, created = pipelines.save_pipeline(primary_of_app(), text)
+
+
+@bp.post("/pipelines")
+@require_role()
+def save_pipeline():
+    pipeline, created = pipelines.save_pipeline(primary_of_app(), _definition())
     return jsonify(pipeline), 201 if created else 200
+
+
+@bp.put("/pipelines/<name>")
+@require_role()
+def replace_pipeline(name: str):
+    """Replace NAME's definition; a definition with another name renames it."""
+    return jsonify(lifecycle.replace_pipeline(primary_of_app(), name, _definition()))
+
+
+@bp.delete("/pipelines/<name>")
+@require_role()
+def delete_pipeline(name: str):
+    return jsonify(lifecycle.delete_pipeline(primary_of_app(), name))
 
 
 @bp.get("/pipelines")

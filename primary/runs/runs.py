@@ -99,6 +99,11 @@ def create_run(
 
 
 def _insert_run(conn, row: tuple, spec: dict) -> int:
+    # The lock a delete or rename takes (primary/pipelines/lifecycle.py): no run is made of
+    # a pipeline that is going, nor under a name that just went.
+    conn.lock(f"pipeline {spec['name']}")
+    if conn.execute("SELECT 1 FROM pipelines WHERE name = ?", (spec["name"],)).fetchone() is None:
+        raise NotFound(f"no pipeline {spec['name']!r}")
     run_id = conn.execute(
         "INSERT INTO runs (pipeline, spec, tags, run_as_root, state, created_at, queued_at,"
         " source, triggered_by, parameters) VALUES (?, ?, ?, ?, 'queued', ?, ?, ?, ?, ?)"

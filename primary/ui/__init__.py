@@ -136,6 +136,7 @@ from primary.ui import (  # noqa: E402
     auth_views,
     pipelines_views,
     runs_views,
+    secrets_views,
     settings_views,
     workers_views,
 )
@@ -143,5 +144,6 @@ from primary.ui import (  # noqa: E402
 bp.register_blueprint(auth_views.bp)
 bp.register_blueprint(workers_views.bp)
 bp.register_blueprint(pipelines_views.bp)
+bp.register_blueprint(secrets_views.bp)
 bp.register_blueprint(runs_views.bp)
 bp.register_blueprint(settings_views.bp)

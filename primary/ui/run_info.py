@@ -74,3 +74,8 @@ def tail_start(primary: Primary, run: dict, keep: int) -> int:
     finally:
         chunks.close()
     return near
+
+
+def run_count(primary: Primary, pipeline: str) -> int:
+    row = primary.store.query_one("SELECT COUNT(*) AS n FROM runs WHERE pipeline = ?", (pipeline,))
+    return row["n"]
