@@ -1,6 +1,9 @@
 """Read helpers for the Pipelines and Runs pages: what only the UI shows, on top of the
 services (primary/runs/runs.py, primary/pipelines/pipelines.py, primary/fleet/workers.py)."""
 
+import zlib
+from collections.abc import Iterator
+
 from primary.context import Primary
 from primary.fleet import workers
 from primary.runs.runlog import prepare_lines as attempt_prepare_lines
@@ -79,3 +82,60 @@ def tail_start(primary: Primary, run: dict, keep: int) -> int:
 def run_count(primary: Primary, pipeline: str) -> int:
     row = primary.store.query_one("SELECT COUNT(*) AS n FROM runs WHERE pipeline = ?", (pipeline,))
     return row["n"]
+
+
+def log_piece(primary: Primary, run_id: int, offset: int, limit: int) -> tuple[bytes, bool]:
+    """At most `limit` bytes of the run log from `offset`, and whether they end the log of
+    a finished run (nothing more will come)."""
+    chunks, complete = run_log(primary, run_id, offset)
+    piece = bytearray()
+    try:
+        for chunk in chunks:
+            piece += chunk
+            if len(piece) > limit:
+                break
+    finally:
+        chunks.close()
+    ends = complete and len(piece) <= limit
+    return bytes(piece[:limit]), ends
+
+
+def line_start_before(primary: Primary, run_id: int, end: int, back: int) -> int:
+    """The start of the first whole line in the `back` bytes before `end` (0 when that
+    reaches the start): where "load earlier" begins."""
+    if end <= back:
+        return 0
+    piece, _ = log_piece(primary, run_id, end - back, back)
+    newline = piece.find(b"\n")
+    return end - back + newline + 1 if 0 <= newline < len(piece) - 1 else end - back
+
+
+def lines_before(primary: Primary, run_id: int, offset: int) -> int:
+    """How many lines the run log has before `offset` (the number of the line there, less
+    one): read at the speed of the disk, once when a long log's page opens."""
+    chunks, _ = run_log(primary, run_id, 0)
+    count, seen = 0, 0
+    try:
+        for chunk in chunks:
+            count += chunk.count(b"\n", 0, max(0, offset - seen))
+            seen += len(chunk)
+            if seen >= offset:
+                break
+    finally:
+        chunks.close()
+    return count
+
+
+def gzip_chunks(chunks: Iterator[bytes]) -> Iterator[bytes]:
+    """The chunks as one gzip stream, compressed as they come (never all in memory)."""
+    compressor = zlib.compressobj(6, zlib.DEFLATED, 31)  # 31: a gzip header and trailer
+    try:
+        for chunk in chunks:
+            out = compressor.compress(chunk)
+            if out:
+                yield out
+    finally:
+        close = getattr(chunks, "close", None)
+        if close:
+            close()
+    yield compressor.flush()

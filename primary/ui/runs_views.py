@@ -1,6 +1,7 @@
 """Runs pages: the list with filters, a run with its jobs and attempts, its live log (SSE,
 primary/ui/log_stream.py), its raw logs, and Cancel."""
 
+import json
 import re
 
 from flask import Blueprint, Response, current_app, render_template, request, url_for
@@ -14,13 +15,23 @@ from primary.runs.runlog import run_log
 from primary.sources import triggers
 from primary.ui import log_stream
 from primary.ui.respond import done
-from primary.ui.run_info import prepare_lines, tail_start
+from primary.ui.run_info import (
+    gzip_chunks,
+    line_start_before,
+    lines_before,
+    log_piece,
+    prepare_lines,
+    run_state,
+    tail_start,
+)
 from primary.ui.session import current_user, require_admin
 
 bp = Blueprint("runs", __name__, url_prefix="/runs")
 SLOTS = "cifleet.ui_log_streams"
 # A run page opens its log at most this far from the end (the raw log has all of it).
 TAIL_BYTES = 1 << 20
+# One piece of the log the page asks for: the whole tail of a finished run in one request.
+MAX_PIECE_BYTES = 2 << 20
 # ASCII digits only: str.isdigit() also takes "²", which int() then refuses.
 WHOLE_NUMBER = re.compile(r"[0-9]{1,18}")
 
@@ -85,9 +96,14 @@ def _summary_context(run_id: int) -> dict:
 
 @bp.get("/<int:run_id>")
 def show(run_id: int):
+    primary = primary_of_app()
     context = _summary_context(run_id)
-    start = tail_start(primary_of_app(), context["run"], TAIL_BYTES)
-    return render_template("run_show.html", **context, start=start)
+    start = tail_start(primary, context["run"], TAIL_BYTES)
+    first_line = lines_before(primary, run_id, start) + 1 if start else 1
+    state = json.dumps(run_state(primary, run_id), separators=(",", ":"))
+    return render_template(
+        "run_show.html", **context, start=start, first_line=first_line, live_state=state
+    )
 
 
 @bp.get("/<int:run_id>/summary")
@@ -131,11 +147,60 @@ def events(run_id: int):
     return response
 
 
+def _number(name: str, default: int) -> int:
+    raw = request.args.get(name)
+    if raw is None:
+        return default
+    if not WHOLE_NUMBER.fullmatch(raw):
+        raise BadRequest(f"{name}: must be a whole number of bytes")
+    return int(raw)
+
+
 @bp.get("/<int:run_id>/log")
 def raw_log(run_id: int):
-    """The whole run log, exactly the bytes of GET /api/v1/runs/ID/log."""
-    chunks, _ = run_log(primary_of_app(), run_id, 0)
-    return Response(chunks, mimetype="text/plain")
+    """The whole run log, exactly the bytes of GET /api/v1/runs/ID/log (`?download=1`: as a
+    file). With `limit`, one piece of it for the run page, which follows a log with these
+    plain requests and holds no connection: from `offset`, or the whole lines just before
+    `before`; headers say where it starts and ends, whether the log is complete, and the
+    run's state (read after the log, so a complete log comes with its final state)."""
+    primary = primary_of_app()
+    if "limit" not in request.args:
+        runs.get_run(primary, run_id)  # 404 before the body starts
+        chunks, _ = run_log(primary, run_id, 0)
+        response = Response(chunks, mimetype="text/plain")
+        if request.args.get("download"):
+            response.headers["Content-Disposition"] = f'attachment; filename="run-{run_id}.log"'
+        return response
+    limit = _number("limit", 0)
+    if not 1 <= limit <= MAX_PIECE_BYTES:
+        raise BadRequest(f"limit: must be 1 to {MAX_PIECE_BYTES} bytes")
+    runs.get_run(primary, run_id)
+    if "before" in request.args:
+        before = _number("before", 0)
+        start = line_start_before(primary, run_id, before, limit)
+        piece, _ = log_piece(primary, run_id, start, before - start)
+        ends = False
+    else:
+        start = _number("offset", 0)
+        piece, ends = log_piece(primary, run_id, start, limit)
+    state = run_state(primary, run_id)
+    response = Response(piece, mimetype="application/octet-stream")
+    response.headers["X-Log-Offset"] = str(start)
+    response.headers["X-Log-Next"] = str(start + len(piece))
+    response.headers["X-Log-Complete"] = "true" if ends else "false"
+    response.headers["X-Run-State"] = json.dumps(state, separators=(",", ":"))  # ASCII
+    return response
+
+
+@bp.get("/<int:run_id>/log.gz")
+def raw_log_gzip(run_id: int):
+    """The whole run log gzipped, as a file (compressed as it is read)."""
+    primary = primary_of_app()
+    runs.get_run(primary, run_id)
+    chunks, _ = run_log(primary, run_id, 0)
+    response = Response(gzip_chunks(chunks), mimetype="application/gzip")
+    response.headers["Content-Disposition"] = f'attachment; filename="run-{run_id}.log.gz"'
+    return response
 
 
 @bp.get("/<int:run_id>/attempts/<int:attempt>/jobs/<job>/log")
