@@ -22,10 +22,19 @@
     box.replaceChildren(p);
   }
 
-  // Someone typing or with an editor open in the region: do not replace it under them.
+  // Someone typing, with an editor open, about to click or tapping in the region: do not
+  // replace it under them (a tap's target would be gone before its click).
+  let lastPointerDown = { region: null, at: 0 };
+  document.addEventListener("pointerdown", (event) => {
+    const region = event.target.closest?.("[data-refresh-url]");
+    if (region) lastPointerDown = { region, at: Date.now() };
+  }, true);
+
   function busy(region) {
     const active = document.activeElement;
     if (region.querySelector("details[open]")) return true;
+    if (lastPointerDown.region === region && Date.now() - lastPointerDown.at < 3000) return true;
+    if (region.querySelector("button:hover, a:hover, summary:hover")) return true;
     return !!active && region.contains(active) && /^(INPUT|TEXTAREA|SELECT)$/.test(active.tagName);
   }
 
@@ -96,6 +105,15 @@
     button.textContent = "Copied";
     setTimeout(() => { button.textContent = label; }, 1500);
   });
+
+  // A message of success goes after a while (an error stays until the next action).
+  function fadeLater(flash) {
+    if (!flash.classList.contains("flash-error")) setTimeout(() => flash.remove(), 8000);
+  }
+  document.querySelectorAll("#messages .flash").forEach(fadeLater);
+  new MutationObserver((changes) => {
+    for (const change of changes) change.addedNodes.forEach((n) => n.classList && fadeLater(n));
+  }).observe(document.getElementById("messages") || document.createElement("div"), { childList: true });
 
   document.querySelectorAll("[data-refresh-url]").forEach(startRefresh);
   window.cifleet = { csrfToken, refresh, say, fetchHeaders: FETCH_HEADERS };

@@ -1,0 +1,119 @@
+"""Every page at both widths (1366 px and a 390 px phone): nothing to pan sideways to, the
+header's controls inside the window; a styled page for an unknown URL (JSON still for
+the API), the favicon, the untagged pipeline's label, and a success message that goes."""
+
+import re
+
+import pytest
+from widths import PHONE, both_widths, no_sideways_overflow
+
+pytestmark = pytest.mark.e2e
+
+
+def _pages(primary, run_id: int, worker_id: str) -> list[tuple[str, str]]:
+    return [
+        ("workers", "/workers"),
+        ("settings", "/settings/worker"),
+        ("settings-rotate", "/settings/worker/rotate"),
+        ("worker-deregister", f"/workers/{worker_id}/deregister"),
+        ("pipelines", "/pipelines"),
+        ("pipeline", "/pipelines/build"),
+        ("pipeline-edit", "/pipelines/build/edit"),
+        ("pipeline-new", "/pipelines/_new"),
+        ("pipeline-clear-cache", "/pipelines/build/cache/clear"),
+        ("pipeline-delete", "/pipelines/build/delete"),
+        ("pipeline-file-delete", "/pipelines/build/files/conf/app.ini/delete"),
+        ("runs", "/runs"),
+        ("run", f"/runs/{run_id}"),
+        ("not-found", "/no/such/page"),
+    ]
+
+
+@both_widths
+def test_every_page_fits_the_window(new_page, login, primary, start_agent, viewport, shot):
+    from playwright.sync_api import expect
+
+    start_agent("a-worker-with-a-long-name-0123", tags="linux,arm64,gpu")
+    primary.pipeline(
+        "name: build\ntags: [linux]\njobs:\n  - name: compile-everything-at-once\n"
+        "    steps: ['echo a-long-line-without-spaces-" + "x" * 300 + "']\n"
+    )
+    status, _, _ = primary.client.request(
+        "PUT", "/api/v1/pipelines/build/files/conf/app.ini", b"[app]\n", "text/plain"
+    )
+    assert status == 200
+    run_id = primary.wait_run(primary.trigger("build"))["id"]
+    worker_id = primary.worker("a-worker-with-a-long-name-0123")["id"]
+    width = "phone" if viewport == PHONE else "desktop"
+
+    page = new_page(viewport)
+    page.goto("/login")
+    no_sideways_overflow(page)
+    shot(page, f"login-{width}")
+    login(page, "admin")
+    for name, path in _pages(primary, run_id, worker_id):
+        page.goto(path)
+        expect(page.locator("main h1")).to_be_visible()
+        if name == "run":
+            expect(page.locator("#log")).to_have_attribute("data-complete", "true")
+        no_sideways_overflow(page)
+        # The header's controls are inside the window (not cut off or past the bar).
+        for control in (
+            page.get_by_role("link", name="Settings"),
+            page.get_by_role("button", name="Log out"),
+        ):
+            box = control.bounding_box()
+            assert box and box["x"] >= 0 and box["x"] + box["width"] <= viewport["width"], (
+                name,
+                box,
+            )
+        if name == "workers":  # its actions within reach, not past the right edge
+            lock = page.get_by_role("button", name="Lock a-worker-with-a-long-name-0123")
+            box = lock.bounding_box()
+            assert box["x"] + box["width"] <= viewport["width"], box
+        shot(page, f"{name}-{width}")
+
+
+def test_unknown_urls_get_the_styled_page_the_api_json_and_there_is_a_favicon(
+    page, login, primary, session_get
+):
+    from playwright.sync_api import expect
+
+    login(page, "viewer")
+    response = page.goto("/no/such/page")
+    assert response.status == 404
+    expect(page.get_by_role("heading", name="Not found")).to_be_visible()
+    expect(page.locator("main")).to_contain_text("there is no page at /no/such/page")
+    status, headers, body = session_get(page, "/api/v1/no-such-thing", {"Accept": "text/html"})
+    assert status == 404 and headers["Content-Type"] == "application/json"
+    assert b'"code":"not_found"' in body.replace(b" ", b"")
+    status, headers, body = session_get(page, "/favicon.ico")
+    assert status == 200 and headers["Content-Type"].startswith("image/svg+xml")
+    assert body.startswith(b"<svg")
+    icon = page.locator('link[rel="icon"]').get_attribute("href")
+    assert session_get(page, icon)[2] == body
+
+
+def test_untagged_pipelines_say_where_they_run_and_success_messages_go(
+    page, login, primary, start_agent
+):
+    from playwright.sync_api import expect
+
+    start_agent("plain")
+    primary.pipeline("name: anywhere\njobs:\n  - name: a\n    steps: ['sleep 30']\n")
+    login(page, "admin")
+    page.goto("/pipelines")
+    expect(page.locator('tr[data-pipeline="anywhere"] td').first).to_have_text(
+        "untagged workers only"
+    )
+    page.goto("/pipelines/anywhere")
+    expect(page.locator("main .facts")).to_contain_text("none: runs only on workers with no tags")
+    page.get_by_role("button", name="Run", exact=True).click()
+    expect(page).to_have_url(re.compile(r"/runs/\d+$"))
+    run_id = int(page.url.rsplit("/", 1)[1])
+    expect(page.locator("#messages")).to_have_text(f"run {run_id} queued")
+    # The run's state comes without a reload, and the message goes while the run runs on.
+    expect(page.locator("#run-state")).to_have_text("running")
+    expect(page.locator("#messages .flash")).to_have_count(0)
+    assert primary.run(run_id)["state"] == "running"
+    primary.client.json("POST", f"/api/v1/runs/{run_id}/cancel")
