@@ -220,9 +220,21 @@ def list_runs(
     state: str | None = None,
     limit: int = 100,
     worker: str | None = None,
+    before: int | None = None,
+    created: tuple[float | None, float | None] = (None, None),
 ) -> list[dict]:
-    """Newest first. `worker`: a worker name; the runs that had an attempt on it."""
+    """Newest first. `worker`: a worker name; the runs that had an attempt on it. `before`:
+    only runs with a lower id (the next page). `created`: [from, until) as epoch seconds."""
     sql, params = "SELECT * FROM runs WHERE 1=1", []
+    if before is not None:
+        sql += " AND id < ?"
+        params.append(before)
+    if created[0] is not None:
+        sql += " AND created_at >= ?"
+        params.append(created[0])
+    if created[1] is not None:
+        sql += " AND created_at < ?"
+        params.append(created[1])
     if pipeline:
         sql += " AND pipeline = ?"
         params.append(pipeline)

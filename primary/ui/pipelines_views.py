@@ -95,8 +95,24 @@ def trigger(name: str):
         # Not a dead end: back to the pipeline page, where the secrets can be set.
         message = f"{name} needs secrets that are not set: {', '.join(unset)}; set them below"
         return failed(message, url_for(".show", name=name, _anchor="secrets"))
-    run_id = triggers.trigger(primary_of_app(), name, {}, {"kind": "ui", "user": user.name})
+    try:
+        run_id = triggers.trigger(primary, name, _trigger_body(), {"kind": "ui", "user": user.name})
+    except BadRequest as err:  # a parameter or ref not valid: back to the form, with why
+        return failed(err.message, url_for(".show", name=name, _anchor="run-with"), 400)
     return done(f"run {run_id} queued", url_for("ui.runs.show", run_id=run_id), id=run_id)
+
+
+def _trigger_body() -> dict:
+    """The Run with parameters form as the admin API's trigger body: `env.NAME` fields
+    (text, as a form sends them; the service checks their types) and `ref`."""
+    body: dict = {}
+    env = {k[4:]: v for k, v in request.form.items() if k.startswith("env.")}
+    if env:
+        body["env"] = env
+    ref = request.form.get("ref", "").strip()
+    if ref:
+        body["ref"] = ref
+    return body
 
 
 @bp.get("/_new")  # "_" starts no pipeline name

@@ -79,6 +79,13 @@ def tail_start(primary: Primary, run: dict, keep: int) -> int:
     return near
 
 
+def queue_positions(primary: Primary) -> dict[int, int]:
+    """Each queued run's place in the queue (1: planned first), in the order the scheduler
+    takes them (by id)."""
+    rows = primary.store.query("SELECT id FROM runs WHERE state = 'queued' ORDER BY id")
+    return {r["id"]: i for i, r in enumerate(rows, 1)}
+
+
 def run_count(primary: Primary, pipeline: str) -> int:
     row = primary.store.query_one("SELECT COUNT(*) AS n FROM runs WHERE pipeline = ?", (pipeline,))
     return row["n"]

@@ -1,10 +1,11 @@
 """Runs pages: the list with filters, a run with its jobs and attempts, its live log (SSE,
 primary/ui/log_stream.py), its raw logs, and Cancel."""
 
+import datetime
 import json
 import re
 
-from flask import Blueprint, Response, current_app, render_template, request, url_for
+from flask import Blueprint, Response, current_app, redirect, render_template, request, url_for
 
 from primary.api.auth import primary_of_app
 from primary.errors import BadRequest
@@ -21,6 +22,7 @@ from primary.ui.run_info import (
     lines_before,
     log_piece,
     prepare_lines,
+    queue_positions,
     run_state,
     tail_start,
 )
@@ -42,21 +44,43 @@ def _make_slots(state) -> None:
     state.app.extensions[SLOTS] = log_stream.StreamSlots(config.log_streams)
 
 
+PAGE = 100
+DAY = re.compile(r"[0-9]{4}-[0-9]{2}-[0-9]{2}")
+
+
 def _filters() -> dict[str, str]:
-    """The list's filters from the query string; a state that does not exist is refused."""
-    chosen = {key: request.args.get(key, "").strip() for key in ("pipeline", "state", "worker")}
+    """The list's filters from the query string; a state that does not exist is refused,
+    and so is a day that is not YYYY-MM-DD or a page mark that is not a run id."""
+    keys = ("pipeline", "state", "worker", "from", "until", "before")
+    chosen = {key: request.args.get(key, "").strip() for key in keys}
     if chosen["state"] and chosen["state"] not in runs.RUN_STATES:
         raise BadRequest(f"state: must be one of {', '.join(runs.RUN_STATES)}")
+    for key in ("from", "until"):
+        if chosen[key] and not (DAY.fullmatch(chosen[key]) and _day(chosen[key], key)):
+            raise BadRequest(f"{key}: must be a day, YYYY-MM-DD")
+    if chosen["before"] and not WHOLE_NUMBER.fullmatch(chosen["before"]):
+        raise BadRequest("before: must be a run number")
     return chosen
 
 
-def _listed(chosen: dict[str, str], limit: int = 100) -> list[dict]:
+def _day(text: str, key: str) -> float | None:
+    """Midnight UTC starting the day (`from`) or after it (`until`, so the day is in)."""
+    try:
+        day = datetime.datetime.strptime(text, "%Y-%m-%d").replace(tzinfo=datetime.UTC)
+    except ValueError:
+        return None
+    return (day + datetime.timedelta(days=1 if key == "until" else 0)).timestamp()
+
+
+def _listed(chosen: dict[str, str], limit: int = PAGE) -> list[dict]:
     return runs.list_runs(
         primary_of_app(),
         chosen["pipeline"] or None,
         chosen["state"] or None,
         limit,
         worker=chosen["worker"] or None,
+        before=int(chosen["before"]) if chosen["before"] else None,
+        created=tuple(_day(chosen[k], k) if chosen[k] else None for k in ("from", "until")),
     )
 
 
@@ -64,24 +88,45 @@ def _listed(chosen: dict[str, str], limit: int = 100) -> list[dict]:
 def index():
     primary = primary_of_app()
     chosen = _filters()
+    listed = _listed(chosen)
+    kept = {k: v for k, v in chosen.items() if v and k != "before"}
+    older = url_for(".index", **kept, before=listed[-1]["id"]) if len(listed) == PAGE else None
     return render_template(
         "runs.html",
-        runs=_listed(chosen),
+        runs=listed,
+        queue=queue_positions(primary),
         chosen=chosen,
         pipeline_names=[p["name"] for p in pipelines.list_pipelines(primary)],
         worker_names=sorted(w["name"] for w in workers.list_workers(primary)),
         states=runs.RUN_STATES,
-        table_url=url_for(".table", **{k: v for k, v in chosen.items() if v}),
+        # A page of older runs stays as it is; the newest page follows new runs.
+        table_url=None if chosen["before"] else url_for(".table", **kept),
+        older_url=older,
+        newest_url=url_for(".index", **kept) if chosen["before"] else None,
     )
+
+
+@bp.get("/go")
+def go():
+    """Jump to a run by its number (the Runs page's box)."""
+    raw = request.args.get("id", "").strip().lstrip("#")
+    if not WHOLE_NUMBER.fullmatch(raw):
+        raise BadRequest("run: give a run number, e.g. 42")
+    run = runs.get_run(primary_of_app(), int(raw))  # 404: the styled page says so
+    return redirect(url_for(".show", run_id=run["id"]))
 
 
 @bp.get("/table")
 def table():
     """The table alone, for the periodic refresh (also the pipeline page's recent runs)."""
-    limit = request.args.get("limit", "100")
-    if not WHOLE_NUMBER.fullmatch(limit) or not 1 <= int(limit) <= 100:
-        raise BadRequest("limit: must be a whole number from 1 to 100")
-    return render_template("runs_table.html", runs=_listed(_filters(), int(limit)))
+    limit = request.args.get("limit", str(PAGE))
+    if not WHOLE_NUMBER.fullmatch(limit) or not 1 <= int(limit) <= PAGE:
+        raise BadRequest(f"limit: must be a whole number from 1 to {PAGE}")
+    return render_template(
+        "runs_table.html",
+        runs=_listed(_filters(), int(limit)),
+        queue=queue_positions(primary_of_app()),
+    )
 
 
 def _summary_context(run_id: int) -> dict:

@@ -2,6 +2,7 @@
 header's controls inside the window; a styled page for an unknown URL (JSON still for
 the API), the favicon, the untagged pipeline's label, and a success message that goes."""
 
+import datetime
 import re
 
 import pytest
@@ -117,3 +118,53 @@ def test_untagged_pipelines_say_where_they_run_and_success_messages_go(
     expect(page.locator("#messages .flash")).to_have_count(0)
     assert primary.run(run_id)["state"] == "running"
     primary.client.json("POST", f"/api/v1/runs/{run_id}/cancel")
+
+
+@both_widths
+def test_runs_history_pages_dates_jump_and_queue_places(new_page, login, primary, viewport):
+    from playwright.sync_api import expect
+
+    primary.pipeline("name: waits\ntags: [nobody]\njobs:\n  - name: a\n    steps: ['true']\n")
+    ids = [primary.trigger("waits") for _ in range(101)]  # nobody takes them: all queued
+    page = new_page(viewport)
+    login(page, "viewer")
+    page.goto("/runs")
+    rows = page.locator("#runs tr[data-run]")
+    expect(rows).to_have_count(100)
+    newest = page.locator(f'#runs tr[data-run="{ids[-1]}"]')
+    expect(newest.locator("[data-queue]")).to_contain_text("101st in the queue")
+    reason = primary.run(ids[-1])["reason"]
+    assert reason and reason in newest.locator("[data-queue]").text_content()
+    no_sideways_overflow(page)
+    page.locator("#older-runs").click()
+    expect(rows).to_have_count(1)
+    expect(page.locator(f'#runs tr[data-run="{ids[0]}"] [data-queue]')).to_contain_text(
+        "1st in the queue"
+    )
+    expect(page.locator("#older-runs")).to_have_count(0)
+    page.get_by_role("link", name="← Newest runs").click()
+    expect(rows).to_have_count(100)
+
+    # Days in UTC: today has them all, tomorrow none.
+    today = datetime.datetime.now(datetime.UTC).date()
+    page.locator("#filter-from").fill(str(today + datetime.timedelta(days=1)))
+    page.get_by_role("button", name="Filter").click()
+    expect(page.locator("#runs")).to_contain_text("No runs.")
+    page.goto(f"/runs?from={today}&until={today}")
+    expect(rows).to_have_count(100)
+    page.goto("/runs?from=2026-02-30")
+    expect(page.locator("main")).to_contain_text("from: must be a day, YYYY-MM-DD")
+
+    page.goto("/runs")
+    page.get_by_label("Run #").fill(str(ids[41]))
+    page.get_by_role("button", name="Go").click()
+    expect(page).to_have_url(re.compile(rf"/runs/{ids[41]}$"))
+    page.goto("/runs")
+    page.get_by_label("Run #").fill("99999")
+    page.get_by_role("button", name="Go").click()
+    expect(page.get_by_role("heading", name="Not found")).to_be_visible()
+    expect(page.locator("main")).to_contain_text("no run 99999")
+    # Hovering a time shows it in local time and UTC.
+    page.goto("/runs")
+    title = page.locator("#runs time").first.get_attribute("title")
+    assert title.endswith(" UTC)"), title

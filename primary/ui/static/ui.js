@@ -115,6 +115,17 @@
     for (const change of changes) change.addedNodes.forEach((n) => n.classList && fadeLater(n));
   }).observe(document.getElementById("messages") || document.createElement("div"), { childList: true });
 
+  // Times: the page says "3 min ago"; hovering shows the reader's local time and UTC.
+  function localTimes(root) {
+    root.querySelectorAll("time[datetime]").forEach((el) => {
+      const at = new Date(el.getAttribute("datetime"));
+      if (isNaN(at)) return;
+      el.title = `${at.toLocaleString()} (${at.toISOString().replace("T", " ").slice(0, 19)} UTC)`;
+    });
+  }
+  localTimes(document);
+  document.addEventListener("cifleet:refreshed", (event) => localTimes(event.target));
+
   document.querySelectorAll("[data-refresh-url]").forEach(startRefresh);
   window.cifleet = { csrfToken, refresh, say, fetchHeaders: FETCH_HEADERS };
 })();
