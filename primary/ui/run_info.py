@@ -1,6 +1,7 @@
 """Read helpers for the Pipelines and Runs pages: what only the UI shows, on top of the
 services (primary/runs/runs.py, primary/pipelines/pipelines.py, primary/fleet/workers.py)."""
 
+import re
 import zlib
 from collections.abc import Iterator
 
@@ -131,6 +132,38 @@ def lines_before(primary: Primary, run_id: int, offset: int) -> int:
     finally:
         chunks.close()
     return count
+
+
+# Escape sequences, as ansi.js drops them: CSI, OSC (ended by BEL or ESC \\), nF, two-byte.
+ESCAPE = re.compile(rb"\x1b(?:\[[0-?]*[ -/]*[@-~]|\][^\x07\x1b]*(?:\x07|\x1b\\)|[ -/]+[0-~]|[0-~])")
+
+
+def search_log(primary: Primary, run_id: int, query: str, most: int) -> dict:
+    """The lines of the whole run log that contain `query` (case-insensitive, escape codes
+    left out): at most `most`, each with its number, byte offset and text. Read once, a
+    chunk at a time (never the whole log in memory)."""
+    needle = query.casefold()
+    chunks, _ = run_log(primary, run_id, 0)
+    matches, number, offset, carry = [], 0, 0, b""
+    try:
+        for chunk in chunks:
+            lines = (carry + chunk).split(b"\n")
+            carry = lines.pop()
+            for line in lines:
+                number += 1
+                text = ESCAPE.sub(b"", line).decode("utf-8", "replace")
+                if needle in text.casefold():
+                    matches.append({"line": number, "offset": offset, "text": text[:500]})
+                    if len(matches) >= most:
+                        return {"matches": matches, "complete": False}
+                offset += len(line) + 1
+        if carry:
+            text = ESCAPE.sub(b"", carry).decode("utf-8", "replace")
+            if needle in text.casefold():
+                matches.append({"line": number + 1, "offset": offset, "text": text[:500]})
+    finally:
+        chunks.close()
+    return {"matches": matches, "complete": True}
 
 
 def gzip_chunks(chunks: Iterator[bytes]) -> Iterator[bytes]:

@@ -5,7 +5,16 @@ import datetime
 import json
 import re
 
-from flask import Blueprint, Response, current_app, redirect, render_template, request, url_for
+from flask import (
+    Blueprint,
+    Response,
+    current_app,
+    jsonify,
+    redirect,
+    render_template,
+    request,
+    url_for,
+)
 
 from primary.api.auth import primary_of_app
 from primary.errors import BadRequest
@@ -24,6 +33,7 @@ from primary.ui.run_info import (
     prepare_lines,
     queue_positions,
     run_state,
+    search_log,
     tail_start,
 )
 from primary.ui.session import current_user, require_admin
@@ -34,6 +44,8 @@ SLOTS = "cifleet.ui_log_streams"
 TAIL_BYTES = 1 << 20
 # One piece of the log the page asks for: the whole tail of a finished run in one request.
 MAX_PIECE_BYTES = 2 << 20
+MAX_QUERY = 200
+MAX_MATCHES = 200
 # ASCII digits only: str.isdigit() also takes "²", which int() then refuses.
 WHOLE_NUMBER = re.compile(r"[0-9]{1,18}")
 
@@ -235,6 +247,18 @@ def raw_log(run_id: int):
     response.headers["X-Log-Complete"] = "true" if ends else "false"
     response.headers["X-Run-State"] = json.dumps(state, separators=(",", ":"))  # ASCII
     return response
+
+
+@bp.get("/<int:run_id>/log/search")
+def search(run_id: int):
+    """Lines of the whole log that contain `q`, for the run page's search (a log may be
+    far longer than what the page holds)."""
+    query = request.args.get("q", "")
+    if not 1 <= len(query) <= MAX_QUERY:
+        raise BadRequest(f"q: search for 1 to {MAX_QUERY} characters")
+    primary = primary_of_app()
+    runs.get_run(primary, run_id)
+    return jsonify(search_log(primary, run_id, query, MAX_MATCHES))
 
 
 @bp.get("/<int:run_id>/log.gz")

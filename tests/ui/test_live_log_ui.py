@@ -110,7 +110,10 @@ def test_progress_lines_colours_and_line_links(new_page, login, primary, start_a
         "echo after",
     ]
     lines = "\n".join(f"      - {json.dumps(s)}" for s in steps)
-    primary.pipeline(f"name: tty\njobs:\n  - name: draw\n    steps:\n{lines}\n")
+    primary.pipeline(
+        f"name: tty\njobs:\n  - name: draw\n    steps:\n{lines}\n"
+        "  - name: breaks\n    needs: [draw]\n    steps: ['echo broken; exit 3']\n"
+    )
     run_id = primary.wait_run(primary.trigger("tty"))["id"]
     page = new_page(viewport)
     login(page, "viewer")
@@ -129,6 +132,7 @@ def test_progress_lines_colours_and_line_links(new_page, login, primary, start_a
     # The line number links to the line; opened with the link, the line is marked.
     after = log.locator(".line", has_text="after")
     number = after.get_attribute("data-n")
+    after.scroll_into_view_if_needed()
     box = after.bounding_box()
     page.mouse.click(box["x"] + 4, box["y"] + box["height"] / 2)
     expect(page).to_have_url(re.compile(rf"/runs/{run_id}#L{number}$"))
@@ -138,4 +142,61 @@ def test_progress_lines_colours_and_line_links(new_page, login, primary, start_a
     other.goto(f"/runs/{run_id}#L{number}")
     expect(other.locator(f"#L{number}")).to_have_class(re.compile(r"\btarget\b"))
     # The title says the state.
-    expect(other).to_have_title(re.compile(r"^success · Run "))
+    expect(other).to_have_title(re.compile(r"^failed · Run "))
+
+    # Jump to the failed job: its header is marked; a job's section folds and opens.
+    jump = page.get_by_role("link", name="Jump to the failed job (breaks)")
+    jump.click()
+    header = log.locator(".line.section", has_text="=== job breaks")
+    expect(header).to_have_class(re.compile(r"\btarget\b"))
+    assert page.url.endswith(f"#{header.get_attribute('id')}")
+    draw = log.locator(".line.section", has_text="=== job draw")
+    body_lines = log.locator(".line", has_text="downloading")
+    expect(body_lines).to_be_visible()
+    draw.press("Enter")
+    expect(draw).to_have_attribute("aria-expanded", "false")
+    expect(body_lines).to_be_hidden()
+    expect(log.locator(".line", has_text="=== job draw: success")).to_be_visible()
+    draw.press("Enter")
+    expect(body_lines).to_be_visible()
+
+
+def test_search_finds_lines_in_the_whole_log_and_opens_one_not_shown(
+    new_page, login, primary, start_agent
+):
+    from playwright.sync_api import expect
+
+    start_agent("search-host")
+    step = "seq -f 'row %g' 1 12000; printf 'needle \\033[31mred\\033[0m here\\n'; seq 1 3"
+    primary.pipeline(f"name: hay\njobs:\n  - name: stack\n    steps:\n      - {json.dumps(step)}\n")
+    run_id = primary.wait_run(primary.trigger("hay"))["id"]
+    page = new_page()
+    login(page, "viewer")
+    page.goto(f"/runs/{run_id}")
+    log = page.locator("#log")
+    expect(log).to_have_attribute("data-complete", "true")
+    _, _, body = primary.client.request("GET", f"/api/v1/runs/{run_id}/log")
+    stored = body.decode().split("\n")
+    row_7 = stored.index("row 7") + 1  # its line number
+    assert log.locator(f"#L{row_7}").count() == 0  # left the page: 5,000 lines at most
+
+    page.get_by_label("Search the whole log").fill("NEEDLE red")
+    page.get_by_role("button", name="Search").click()
+    results = page.locator("#log-search-results li")
+    expect(results).to_have_count(1)
+    needle = stored.index("needle \x1b[31mred\x1b[0m here") + 1
+    expect(results).to_have_text(f"line {needle}: needle red here")
+    page.get_by_label("Search the whole log").fill("row 7")
+    page.get_by_role("button", name="Search").click()
+    expect(results.first).to_have_text(f"line {row_7}: row 7")
+    results.first.get_by_role("link").click()
+    line = log.locator(f"#L{row_7}")
+    expect(line).to_have_class(re.compile(r"\btarget\b"))
+    assert line.text_content() == "row 7\n"
+    expect(log.locator(f"#L{row_7 + 1}")).to_have_text("row 8\n")
+    assert page.url.endswith(f"#L{row_7}")
+    # Bad queries are a 400.
+    page.get_by_label("Search the whole log").evaluate("el => el.removeAttribute('maxlength')")
+    page.get_by_label("Search the whole log").fill("x" * 201)
+    page.get_by_role("button", name="Search").click()
+    expect(page.locator("#log-search-results")).to_have_text("q: search for 1 to 200 characters")

@@ -64,14 +64,17 @@ def parse_events(stream: bytes) -> list[dict]:
     return events
 
 
-def hold_stream(primary, path: str, cookies: str) -> None:
+def hold_stream(primary, path: str, cookies: str, opened: threading.Event) -> None:
     """Read an event stream to its end, in a thread of its own (Playwright is not for
-    threads: the cookies are taken before)."""
+    threads: the cookies are taken before); `opened` is set once it is answered."""
     context = ssl.create_default_context(cafile=str(primary.ca_file))
     conn = http.client.HTTPSConnection("127.0.0.1", primary.api_port, context=context, timeout=120)
     try:
         conn.request("GET", path, headers={"Cookie": cookies})
-        conn.getresponse().read()
+        response = conn.getresponse()
+        assert response.status == 200
+        opened.set()
+        response.read()
     finally:
         conn.close()
 
@@ -213,11 +216,12 @@ def test_pages_hold_no_stream_so_the_cap_blanks_no_log_and_other_pages_load(
 
     # The only stream slot, held by a client of the event stream (it ends with the run).
     cookies = "; ".join(f"{c['name']}={c['value']}" for c in first.context.cookies())
-    holder = threading.Thread(target=hold_stream, args=(primary, f"/runs/{live}/events", cookies))
-    holder.start()
-    wait_for(
-        lambda: session_get(first, f"/runs/{live}/events")[0] == 503, 30, "the slot to be taken"
+    opened = threading.Event()
+    holder = threading.Thread(
+        target=hold_stream, args=(primary, f"/runs/{live}/events", cookies, opened)
     )
+    holder.start()
+    assert opened.wait(60), "the event stream was not answered"
     status, headers, body = session_get(first, f"/runs/{live}/events")
     assert status == 503 and headers["Retry-After"] == "5" and body.startswith(b"retry: 5000\n")
 

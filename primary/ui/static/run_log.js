@@ -40,6 +40,8 @@
   let failures = 0;
   let requests = 0;
   let targetShown = false;
+  let polling = false; // a request or a timer for the next one is on its way
+  let shown = 0; // which start the log shows: a search result opened makes a new one
 
   function status(text) { statusLine.textContent = text; }
 
@@ -56,7 +58,13 @@
     followButton.hidden = on;
   }
 
-  log.addEventListener("scroll", () => follow(atBottom()));
+  // Only the reader's own scrolling starts or stops following: the page's own (a line
+  // scrolled to, the log emptied to show a search result) does not.
+  let touchedAt = 0;
+  for (const kind of ["wheel", "touchmove", "keydown", "pointerdown"]) {
+    log.addEventListener(kind, () => { touchedAt = Date.now(); }, { passive: true });
+  }
+  log.addEventListener("scroll", () => { if (Date.now() - touchedAt < 1500) follow(atBottom()); });
   followButton.addEventListener("click", () => {
     log.scrollTop = log.scrollHeight;
     follow(true);
@@ -90,6 +98,46 @@
       fragment.append(span);
     }
     el.replaceChildren(fragment);
+  }
+
+  // Sections: a job's header (`=== job NAME`) or a Prepare environment header starts one,
+  // which a click (or Enter) on the header folds; it runs to the next `=== ` line. A job's
+  // failed footer offers a jump to that job's header.
+  const HEADER = /^=== (job [^:\n]+|Prepare environment[^\n]*)\r?\n?$/;
+  const FAILED = /^=== job (.+): (failed|timed_out)\b/;
+  const jumpButton = document.getElementById("log-jump-failed");
+  let section = null; // the header of the section lines now go into
+  const headers = new Map(); // job name -> its header line
+
+  function classify(el, text) {
+    const header = HEADER.exec(text);
+    if (header) {
+      el.classList.add("section");
+      el.tabIndex = 0;
+      el.setAttribute("role", "button");
+      el.setAttribute("aria-expanded", "true");
+      section = el;
+      if (header[1].startsWith("job ")) headers.set(header[1].slice(4), el);
+      return;
+    }
+    if (text.startsWith("=== ")) section = null; // a footer or an attempt's end: no section
+    else if (section && section.classList.contains("folded")) el.hidden = true;
+    const failed = FAILED.exec(text);
+    if (failed && jumpButton) {
+      const target = headers.get(failed[1]) || el;
+      jumpButton.href = `#${target.id}`;
+      jumpButton.textContent = `Jump to the failed job (${failed[1]})`;
+      jumpButton.hidden = false;
+    }
+  }
+
+  function toggle(header) {
+    const fold = !header.classList.contains("folded");
+    header.classList.toggle("folded", fold);
+    header.setAttribute("aria-expanded", String(!fold));
+    for (let el = header.nextElementSibling; el && !el.textContent.startsWith("=== "); el = el.nextElementSibling) {
+      el.hidden = fold;
+    }
   }
 
   function lineElement(number, start) {
@@ -148,25 +196,42 @@
       lines[0] = { text: partial.text + lines[0].text, start: partial.offset, ansi: partial.ansi, el: partial.el };
       partial = null;
     }
-    // Lines past what the DOM keeps are only run through the colour parser.
-    const skip = Math.max(0, lines.length - MAX_LINES);
+    // Following: lines past what the DOM keeps are only run through the colour parser.
+    // Reading (scrolled up, or at a search result): only what fits below what is read; the
+    // rest is asked for again later, from the first line not shown.
+    const skip = following ? Math.max(0, lines.length - MAX_LINES) : 0;
+    const room = following ? Infinity : MAX_LINES - log.childElementCount;
+    let added = 0;
     for (let i = 0; i < lines.length; i += LINES_PER_SLICE) {
       const fragment = document.createDocumentFragment();
       for (let k = i; k < Math.min(lines.length, i + LINES_PER_SLICE); k++) {
         const line = lines[k];
+        if (!line.el && added >= room) { // no room: stop at this line's start
+          log.append(fragment);
+          offset = lineStart = line.start;
+          decoder.decode(); // what it held of later bytes: they are asked for again
+          return;
+        }
         const out = ansi.segments(line.text, line.ansi || ansiState);
         ansiState = out.state;
-        if (line.el) { fill(line.el, out.segments); continue; }
+        if (line.el) { fill(line.el, out.segments); classify(line.el, line.text); continue; }
         const number = nextNumber++;
         if (k < skip) continue;
         const el = lineElement(number, line.start);
         fill(el, out.segments);
+        classify(el, line.text);
         fragment.append(el);
+        added += 1;
       }
       log.append(fragment);
       trimTop();
       if (following) log.scrollTop = log.scrollHeight;
       if (i + LINES_PER_SLICE < lines.length) await nextFrame(); // let the page answer
+    }
+    if (!following && rest && added >= room) { // the unfinished line too waits
+      offset = lineStart;
+      decoder.decode();
+      return;
     }
     if (rest || partial) {
       if (!partial) {
@@ -205,6 +270,15 @@
   }
 
   async function poll() {
+    polling = true;
+    const generation = shown;
+    // Reading up in a long log (or at a search result): new lines wait, so the ones being
+    // read do not leave the page; Follow the end goes on.
+    if (!following && log.childElementCount >= MAX_LINES) {
+      status("paused while you read above; Follow the end goes on");
+      setTimeout(poll, LIVE_MS);
+      return;
+    }
     let response;
     try {
       response = await fetchPiece({ offset, limit: PIECE_BYTES });
@@ -218,6 +292,7 @@
     }
     if (failures) { failures = 0; document.body.classList.remove("stale"); }
     const bytes = new Uint8Array(await response.arrayBuffer());
+    if (generation !== shown) { setTimeout(poll, 0); return; } // a search result was opened meanwhile
     await render(bytes, Number(response.headers.get("X-Log-Next")));
     if (!targetShown && location.hash) targetShown = markTarget(); // the linked line came
     const state = noteState(response.headers.get("X-Run-State"));
@@ -227,6 +302,7 @@
       log.dataset.complete = "true";
       status("complete");
       refreshParts();
+      polling = false;
       return;
     }
     const queued = state && state.state === "queued";
@@ -270,12 +346,27 @@
   });
 
   // A click on a line's number links to it (#L123), as on a forge.
+  log.addEventListener("keydown", (event) => {
+    const line = event.target.closest?.(".line.section");
+    if (line && (event.key === "Enter" || event.key === " ")) { event.preventDefault(); toggle(line); }
+  });
+  if (jumpButton) {
+    jumpButton.addEventListener("click", (event) => {
+      event.preventDefault();
+      history.replaceState(null, "", jumpButton.getAttribute("href"));
+      markTarget();
+    });
+  }
+
   log.addEventListener("click", (event) => {
     const line = event.target.closest(".line");
     if (!line || window.getSelection().toString()) return;
     const left = line.getClientRects()[0]?.left ?? 0;
     const gutter = parseFloat(getComputedStyle(line, "::before").width) || 0;
-    if (event.clientX - left > gutter + 4) return;
+    if (event.clientX - left > gutter + 4) {
+      if (line.classList.contains("section")) toggle(line);
+      return;
+    }
     history.replaceState(null, "", `#${line.id}`);
     markTarget();
   });
@@ -290,6 +381,60 @@
     line.scrollIntoView({ block: "center" });
     return true;
   }
+
+  // Search: the server reads the whole log; a match shown here is marked, one that is not
+  // is opened by showing the log from that line on.
+  const searchForm = document.getElementById("log-search");
+  const results = document.getElementById("log-search-results");
+
+  function showFrom(match) {
+    shown += 1;
+    log.replaceChildren();
+    offset = match.offset;
+    lineStart = match.offset;
+    nextNumber = match.line;
+    partial = null;
+    section = null;
+    ansiState = ansi.fresh(); // colours set before this line are not known here
+    decoder.decode(); // forget an unfinished character
+    follow(false);
+    delete log.dataset.complete;
+    history.replaceState(null, "", `#L${match.line}`);
+    targetShown = false;
+    showEarlier();
+    fetchLater();
+  }
+
+  function fetchLater() { if (!polling) poll(); }
+
+  searchForm?.addEventListener("submit", async (event) => {
+    event.preventDefault();
+    const url = new URL(searchForm.action, location.href);
+    url.searchParams.set("q", searchForm.elements.q.value);
+    const response = await fetch(url, { headers: window.cifleet.fetchHeaders, credentials: "same-origin" });
+    const body = await response.json();
+    results.hidden = false;
+    if (!response.ok) { results.textContent = body.error; return; }
+    const list = document.createElement("ol");
+    for (const match of body.matches) {
+      const item = document.createElement("li");
+      const link = document.createElement("a");
+      link.href = `#L${match.line}`;
+      link.textContent = `line ${match.line}`;
+      link.addEventListener("click", (e) => {
+        e.preventDefault();
+        history.replaceState(null, "", link.getAttribute("href"));
+        if (!markTarget()) showFrom(match);
+      });
+      item.append(link, ": ", match.text);
+      list.append(item);
+    }
+    const count = body.matches.length;
+    const summary = document.createElement("p");
+    summary.textContent = count === 0 ? "No line matches."
+      : `${count}${body.complete ? "" : "+"} matching line${count === 1 ? "" : "s"}${body.complete ? "" : " (the first shown)"}:`;
+    results.replaceChildren(summary, list);
+  });
 
   poll();
 })();

@@ -31,21 +31,27 @@
   }, true);
 
   function busy(region) {
-    const active = document.activeElement;
     if (region.querySelector("details[open]")) return true;
     if (lastPointerDown.region === region && Date.now() - lastPointerDown.at < 3000) return true;
     if (region.querySelector("button:hover, a:hover, summary:hover")) return true;
+    return typing(region);
+  }
+
+  function typing(region) {
+    const active = document.activeElement;
     return !!active && region.contains(active) && /^(INPUT|TEXTAREA|SELECT)$/.test(active.tagName);
   }
 
-  async function refresh(region) {
+  // `afterAction`: the refresh that shows what the user's own action changed, which no
+  // hover or recent tap holds back.
+  async function refresh(region, afterAction = false) {
     const response = await fetch(region.dataset.refreshUrl, {
       headers: FETCH_HEADERS, credentials: "same-origin", cache: "no-store",
     });
     if (response.status === 401) { location.reload(); return; } // the session ended: log in
     if (!response.ok) return;
     const html = await response.text();
-    if (busy(region)) return;
+    if (afterAction ? typing(region) : busy(region)) return;
     const focusedId = region.contains(document.activeElement) ? document.activeElement.id : "";
     region.innerHTML = html;
     if (focusedId) document.getElementById(focusedId)?.focus(); // keyboard users keep their place
@@ -76,7 +82,7 @@
     const details = form.closest("details");
     if (details) details.open = false;
     const region = form.closest("[data-refresh-url]");
-    if (region) await refresh(region);
+    if (region) await refresh(region, true);
   }
 
   document.addEventListener("submit", (event) => {
