@@ -5,6 +5,8 @@ import datetime
 from flask import Flask
 from markupsafe import Markup, escape
 
+from primary.runs.runlog import signal_name
+
 
 def ago(iso_time: str | None, now: datetime.datetime | None = None) -> str:
     """'never', 'just now', '42 s ago', '5 min ago', '3 h ago' or '2 d ago'."""
@@ -45,6 +47,14 @@ def duration(seconds: float | None) -> str:
         return f"{minutes} min {secs:02d} s"
     hours, minutes = divmod(minutes, 60)
     return f"{hours} h {minutes:02d} min"
+
+
+def exit_code(code: int | None) -> str:
+    """A job's exit code as the jobs table shows it: '3', 'SIGTERM' for a job a signal
+    ended (a negative code), '–' for none."""
+    if code is None:
+        return "–"
+    return str(code) if code >= 0 else signal_name(-code)
 
 
 def ordinal(n: int) -> str:
@@ -99,6 +109,7 @@ def install_filters(app: Flask) -> None:
         duration=duration,
         badge_class=badge_class,
         ordinal=ordinal,
+        exit_code=exit_code,
         when=when,
         seconds_between=seconds_between,
         bytes_text=bytes_text,

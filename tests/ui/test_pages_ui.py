@@ -168,3 +168,56 @@ def test_runs_history_pages_dates_jump_and_queue_places(new_page, login, primary
     page.goto("/runs")
     title = page.locator("#runs time").first.get_attribute("title")
     assert title.endswith(" UTC)"), title
+
+
+def _luminance(rgb: str) -> float:
+    def channel(v: int) -> float:
+        c = v / 255
+        return c / 12.92 if c <= 0.03928 else ((c + 0.055) / 1.055) ** 2.4
+
+    r, g, b = (int(x) for x in re.findall(r"\d+", rgb)[:3])
+    return 0.2126 * channel(r) + 0.7152 * channel(g) + 0.0722 * channel(b)
+
+
+def contrast(a: str, b: str) -> float:
+    hi, lo = sorted((_luminance(a), _luminance(b)), reverse=True)
+    return (hi + 0.05) / (lo + 0.05)
+
+
+@both_widths
+def test_dark_mode_focus_rings_and_signals_by_name(browser, primary, start_agent, users, viewport):
+    from playwright.sync_api import expect
+
+    start_agent("sig-host")
+    primary.pipeline("name: sig\njobs:\n  - name: killed\n    steps: ['kill -TERM $$']\n")
+    run_id = primary.wait_run(primary.trigger("sig"))["id"]
+    for scheme in ("light", "dark"):
+        context = browser.new_context(viewport=viewport, base_url=primary.url, color_scheme=scheme)
+        page = context.new_page()
+        page.goto("/login")
+        page.get_by_label("Name").fill(users["viewer"].name)
+        page.get_by_label("Password").fill(users["viewer"].password)
+        page.get_by_role("button", name="Log in").click()
+        page.goto(f"/runs/{run_id}")
+        expect(page.locator("#log")).to_have_attribute("data-complete", "true")
+        background = page.evaluate("getComputedStyle(document.documentElement).backgroundColor")
+        text = page.evaluate("getComputedStyle(document.body).color")
+        assert (_luminance(background) < 0.1) == (scheme == "dark"), (scheme, background)
+        assert contrast(background, text) >= 4.5
+        # Focus rings: at least 3:1 against what is behind them, on the page and the header.
+        page.keyboard.press("Tab")  # the skip link, then the brand in the header
+        page.keyboard.press("Tab")
+        ring = page.evaluate("getComputedStyle(document.activeElement).outlineColor")
+        header = page.evaluate("getComputedStyle(document.querySelector('.top')).backgroundColor")
+        assert contrast(ring, header) >= 3, (scheme, ring, header)
+        page.locator("#log").focus()  # its ring is inside the box, against the log's dark
+        ring, inside, offset = page.evaluate(
+            "(s => [s.outlineColor, s.backgroundColor, s.outlineOffset])"
+            "(getComputedStyle(document.activeElement))"
+        )
+        assert offset.startswith("-") and contrast(ring, inside) >= 3, (scheme, ring, inside)
+        # A job a signal ended: its name, in the table and the log.
+        expect(page.locator('tr[data-job="killed"] [data-exit]')).to_have_text("SIGTERM")
+        expect(page.locator("#log")).to_contain_text("=== job killed: failed, killed by SIGTERM")
+        no_sideways_overflow(page)
+        context.close()
