@@ -109,7 +109,18 @@ def list_runs():
     state = request.args.get("state")
     if state and state not in RUN_STATES:
         raise BadRequest(f"state: must be one of {', '.join(RUN_STATES)}")
-    return jsonify({"runs": runs.list_runs(primary_of_app(), request.args.get("pipeline"), state)})
+    limit = whole_number(request.args.get("limit", "100"), "limit")
+    if not 1 <= limit <= 100:
+        raise BadRequest("limit: must be 1 to 100")
+    before = request.args.get("before")
+    listed = runs.list_runs(
+        primary_of_app(),
+        request.args.get("pipeline"),
+        state,
+        limit,
+        before=whole_number(before, "before") if before is not None else None,
+    )
+    return jsonify({"runs": listed})
 
 
 @bp.get("/runs/<int:run_id>")

@@ -104,3 +104,15 @@ def test_a_rename_moves_everything_and_a_delete_removes_what_it_says(primary, st
     assert primary.client.json("GET", "/api/v1/pipelines/new/files") == {"files": []}
     assert primary.client.json("GET", "/api/v1/pipelines/new/secrets") == {"secrets": []}
     assert not (primary.data_dir / "files" / "new").exists()
+
+
+def test_runs_are_paged_through_with_before_and_limit(primary):
+    primary.pipeline("name: many\ntags: [nobody]\njobs:\n  - name: a\n    steps: ['true']\n")
+    ids = [primary.trigger("many") for _ in range(5)]
+    first = primary.client.json("GET", "/api/v1/runs?limit=2")["runs"]
+    assert [r["id"] for r in first] == ids[:-3:-1]
+    rest = primary.client.json("GET", f"/api/v1/runs?limit=2&before={first[-1]['id']}")["runs"]
+    assert [r["id"] for r in rest] == [ids[2], ids[1]]
+    for query in ("limit=0", "limit=101", "before=x", "limit=%C2%B2"):
+        status, _, body = primary.client.request("GET", f"/api/v1/runs?{query}")
+        assert status == 400, (query, body)

@@ -17,6 +17,7 @@ def _pages(primary, run_id: int, worker_id: str) -> list[tuple[str, str]]:
         ("settings", "/settings/worker"),
         ("settings-rotate", "/settings/worker/rotate"),
         ("worker-deregister", f"/workers/{worker_id}/deregister"),
+        ("worker", f"/workers/{worker_id}"),
         ("pipelines", "/pipelines"),
         ("pipeline", "/pipelines/build"),
         ("pipeline-edit", "/pipelines/build/edit"),
@@ -221,3 +222,56 @@ def test_dark_mode_focus_rings_and_signals_by_name(browser, primary, start_agent
         expect(page.locator("#log")).to_contain_text("=== job killed: failed, killed by SIGTERM")
         no_sideways_overflow(page)
         context.close()
+
+
+def test_runs_and_workers_link_to_each_other_with_what_each_ran_and_how_long(
+    page, login, primary, start_agent
+):
+    from playwright.sync_api import expect
+
+    start_agent("linked-host")
+    primary.pipeline("name: quick\njobs:\n  - name: a\n    steps: ['sleep 1']\n")
+    run_id = primary.wait_run(primary.trigger("quick"))["id"]
+    login(page, "viewer")
+    page.goto("/runs")
+    page.locator(f'#runs tr[data-run="{run_id}"]').get_by_role("link", name="linked-host").click()
+    expect(page.get_by_role("heading", name="Worker linked-host")).to_be_visible()
+    expect(page.locator("#current-runs")).to_have_text("Nothing.")
+    row = page.locator(f'tr[data-attempt-of="{run_id}"]')
+    expect(row.locator(".badge")).to_have_text("success")
+    took = row.locator("td").nth(3).text_content()
+    assert re.fullmatch(r"\d+\.\d s", took) and float(took[:-2]) >= 1, took
+    row.get_by_role("link", name=f"#{run_id}").click()
+    expect(page).to_have_url(re.compile(rf"/runs/{run_id}$"))
+    expect(page.locator("#run-in-all")).to_have_text(re.compile(r"^\d+\.\d s$"))
+    expect(page.locator('#run-history tr[data-attempt="1"] [data-took]')).to_have_text(
+        re.compile(r"^\d+\.\d s$")
+    )
+    page.locator("#run-worker").get_by_role("link", name="linked-host").click()
+    expect(page.get_by_role("heading", name="Worker linked-host")).to_be_visible()
+    page.get_by_role("link", name="All its runs").click()
+    expect(page.locator(f'#runs tr[data-run="{run_id}"]')).to_have_count(1)
+    page.goto("/workers")
+    page.get_by_role("link", name="linked-host").click()
+    expect(page.get_by_role("heading", name="Worker linked-host")).to_be_visible()
+
+
+def test_a_banner_says_when_the_primary_stops_answering(new_page, login, primary):
+    from playwright.sync_api import expect
+
+    primary.pipeline("name: waits\ntags: [nobody]\njobs:\n  - name: a\n    steps: ['true']\n")
+    run_id = primary.trigger("waits")
+    workers_page, run_page = new_page(), new_page()
+    for page, path in ((workers_page, "/workers"), (run_page, f"/runs/{run_id}")):
+        login(page, "viewer")
+        page.goto(path)
+        expect(page.locator("body")).not_to_have_class(re.compile(r"\bstale\b"))
+    expect(run_page.locator("#log-status")).to_have_text("waiting for a worker")
+    primary.stop()
+    for page in (workers_page, run_page):
+        expect(page.locator("body")).to_have_class(re.compile(r"\bstale\b"), timeout=30_000)
+        banner = page.evaluate(
+            "getComputedStyle(document.querySelector('main'), '::before').content"
+        )
+        assert "does not answer" in banner
+    expect(run_page.locator("#log-status")).to_contain_text("the primary does not answer")

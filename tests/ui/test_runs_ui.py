@@ -381,9 +381,11 @@ def test_a_viewer_sees_no_cancel_button_and_their_cancel_is_refused(
     viewer.goto(f"/runs/{run_id}")
     expect(viewer.locator("#log")).to_contain_text("started")
     expect(viewer.locator("#run-state")).to_have_text("running")
-    expect(
-        viewer.locator("main button:not(#log-follow):not(#log-load-earlier), main form")
-    ).to_have_count(0)
+    controls = (
+        "main button:not(#log-follow):not(#log-load-earlier):not(#log-search *),"
+        " main form:not(#log-search)"
+    )
+    expect(viewer.locator(controls)).to_have_count(0)
     status, body = session_post(viewer, f"/runs/{run_id}/cancel", {"csrf_token": csrf_of(viewer)})
     assert (status, "only an admin may do this" in body) == (403, True)
     run = primary.run(run_id)

@@ -49,6 +49,7 @@
       headers: FETCH_HEADERS, credentials: "same-origin", cache: "no-store",
     });
     if (response.status === 401) { location.reload(); return; } // the session ended: log in
+    if (response.status >= 500) throw new Error(`HTTP ${response.status}`); // not answering
     if (!response.ok) return;
     const html = await response.text();
     if (afterAction ? typing(region) : busy(region)) return;
@@ -62,7 +63,12 @@
     const interval = Number(region.dataset.refreshMs) || 2000;
     const tick = async () => {
       if (!document.hidden) {
-        try { await refresh(region); } catch (e) { /* a network blip: the next tick retries */ }
+        try {
+          await refresh(region);
+          document.body.classList.remove("stale");
+        } catch (e) {
+          document.body.classList.add("stale"); // the banner: what is shown may be old
+        }
       }
       setTimeout(tick, interval);
     };
