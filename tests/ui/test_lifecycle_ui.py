@@ -5,7 +5,7 @@ the editor leaves one pipeline, and Delete asks first, then removes it."""
 import re
 
 import pytest
-from widths import both_widths, no_sideways_overflow
+from widths import DESKTOP, PHONE, both_widths, no_sideways_overflow
 
 pytestmark = pytest.mark.e2e
 
@@ -140,37 +140,39 @@ jobs:
 """
 
 
-@both_widths
-def test_run_with_parameters(new_page, login, primary, start_agent, viewport):
+def test_run_with_parameters(new_page, login, primary, start_agent):
     from playwright.sync_api import expect
 
     start_agent("param-host")
     primary.pipeline(PARAMETERS)
-    page = new_page(viewport)
-    login(page, "admin")
-    page.goto("/pipelines/params")
-    page.get_by_text("Run with parameters…").click()
-    expect(page.get_by_label("TARGET")).to_have_value("x86")  # the defaults
-    expect(page.get_by_label("COUNT")).to_have_value("1")
-    expect(page.get_by_label("DEBUG")).to_have_value("false")
-    no_sideways_overflow(page)
-    page.get_by_label("TARGET").select_option("arm")
-    page.get_by_label("COUNT").fill("3")
-    page.get_by_label("DEBUG").select_option("true")
-    page.get_by_role("button", name="Run with these").click()
-    expect(page).to_have_url(re.compile(r"/runs/\d+$"))
-    run_id = int(page.url.rsplit("/", 1)[1])
-    expect(page.locator("#log")).to_have_attribute("data-complete", "true")
-    assert primary.job_log(run_id, "show") == b"arm 3 true\n"
-    expect(page.locator("#run-origin")).to_contain_text("COUNT=3")
+    for viewport in (DESKTOP, PHONE):
+        page = new_page(viewport)
+        login(page, "admin")
+        page.goto("/pipelines/params")
+        page.get_by_text("Run with parameters…").click()
+        expect(page.get_by_label("TARGET")).to_have_value("x86")  # the defaults
+        expect(page.get_by_label("COUNT")).to_have_value("1")
+        expect(page.get_by_label("DEBUG")).to_have_value("false")
+        no_sideways_overflow(page)
+        page.get_by_label("TARGET").select_option("arm")
+        page.get_by_label("COUNT").fill("3")
+        page.get_by_label("DEBUG").select_option("true")
+        page.get_by_role("button", name="Run with these").click()
+        expect(page).to_have_url(re.compile(r"/runs/\d+$"))
+        run_id = int(page.url.rsplit("/", 1)[1])
+        expect(page.locator("#log")).to_have_attribute("data-complete", "true")
+        assert primary.job_log(run_id, "show") == b"arm 3 true\n"
+        expect(page.locator("#run-origin")).to_contain_text("COUNT=3")
 
-    # A value out of range: back at the form with the reason; no run.
-    page.goto("/pipelines/params")
-    page.get_by_text("Run with parameters…").click()
-    page.get_by_label("COUNT").evaluate("el => { el.removeAttribute('max'); el.value = '11'; }")
-    page.get_by_role("button", name="Run with these").click()
-    expect(page).to_have_url(re.compile(r"/pipelines/params#run-with$"))
-    expect(page.locator("#messages .flash-error")).to_have_text(
-        "env.COUNT: must be a whole number from 1 to 10"
-    )
-    assert [r["id"] for r in primary.client.json("GET", "/api/v1/runs")["runs"]] == [run_id]
+        # A value out of range: back at the form with the reason; no run.
+        made = [r["id"] for r in primary.client.json("GET", "/api/v1/runs")["runs"]]
+        assert made[0] == run_id
+        page.goto("/pipelines/params")
+        page.get_by_text("Run with parameters…").click()
+        page.get_by_label("COUNT").evaluate("el => { el.removeAttribute('max'); el.value = '11'; }")
+        page.get_by_role("button", name="Run with these").click()
+        expect(page).to_have_url(re.compile(r"/pipelines/params#run-with$"))
+        expect(page.locator("#messages .flash-error")).to_have_text(
+            "env.COUNT: must be a whole number from 1 to 10"
+        )
+        assert [r["id"] for r in primary.client.json("GET", "/api/v1/runs")["runs"]] == made

@@ -8,7 +8,7 @@ import time
 
 import pytest
 from fleet import wait_file_step, wait_for
-from widths import both_widths, no_sideways_overflow
+from widths import DESKTOP, PHONE, no_sideways_overflow
 
 pytestmark = pytest.mark.e2e
 
@@ -99,8 +99,7 @@ def test_a_20_mb_live_log_keeps_a_bounded_dom_and_the_page_answers(
     assert shown == "\n".join(stored[new_first - 1 :]) + "\n"
 
 
-@both_widths
-def test_progress_lines_colours_and_line_links(new_page, login, primary, start_agent, viewport):
+def test_progress_lines_colours_and_line_links(new_page, login, primary, start_agent):
     from playwright.sync_api import expect
 
     start_agent("tty-host")
@@ -115,50 +114,51 @@ def test_progress_lines_colours_and_line_links(new_page, login, primary, start_a
         "  - name: breaks\n    needs: [draw]\n    steps: ['echo broken; exit 3']\n"
     )
     run_id = primary.wait_run(primary.trigger("tty"))["id"]
-    page = new_page(viewport)
-    login(page, "viewer")
-    page.goto(f"/runs/{run_id}")
-    log = page.locator("#log")
-    expect(log).to_have_attribute("data-complete", "true")
-    no_sideways_overflow(page)
-    progress = log.locator(".line", has_text="downloading")
-    expect(progress).to_have_text("downloading 100%\n")  # what a terminal shows at the end
-    styled = log.locator("span.ansi-underline.ansi-bg-44")
-    expect(styled).to_have_text("underlined on blue")
-    orange = log.locator(".line span", has_text="orange")
-    assert orange.evaluate("el => getComputedStyle(el).color") == "rgb(255, 135, 0)"
-    expect(page.locator("#log-earlier")).to_be_hidden()  # all of it is shown
+    for viewport in (DESKTOP, PHONE):
+        page = new_page(viewport)
+        login(page, "viewer")
+        page.goto(f"/runs/{run_id}")
+        log = page.locator("#log")
+        expect(log).to_have_attribute("data-complete", "true")
+        no_sideways_overflow(page)
+        progress = log.locator(".line", has_text="downloading")
+        expect(progress).to_have_text("downloading 100%\n")  # what a terminal shows at the end
+        styled = log.locator("span.ansi-underline.ansi-bg-44")
+        expect(styled).to_have_text("underlined on blue")
+        orange = log.locator(".line span", has_text="orange")
+        assert orange.evaluate("el => getComputedStyle(el).color") == "rgb(255, 135, 0)"
+        expect(page.locator("#log-earlier")).to_be_hidden()  # all of it is shown
 
-    # The line number links to the line; opened with the link, the line is marked.
-    after = log.locator(".line", has_text="after")
-    number = after.get_attribute("data-n")
-    after.scroll_into_view_if_needed()
-    box = after.bounding_box()
-    page.mouse.click(box["x"] + 4, box["y"] + box["height"] / 2)
-    expect(page).to_have_url(re.compile(rf"/runs/{run_id}#L{number}$"))
-    expect(after).to_have_class(re.compile(r"\btarget\b"))
-    other = new_page(viewport)
-    login(other, "viewer")
-    other.goto(f"/runs/{run_id}#L{number}")
-    expect(other.locator(f"#L{number}")).to_have_class(re.compile(r"\btarget\b"))
-    # The title says the state.
-    expect(other).to_have_title(re.compile(r"^failed · Run "))
+        # The line number links to the line; opened with the link, the line is marked.
+        after = log.locator(".line", has_text="after")
+        number = after.get_attribute("data-n")
+        after.scroll_into_view_if_needed()
+        box = after.bounding_box()
+        page.mouse.click(box["x"] + 4, box["y"] + box["height"] / 2)
+        expect(page).to_have_url(re.compile(rf"/runs/{run_id}#L{number}$"))
+        expect(after).to_have_class(re.compile(r"\btarget\b"))
+        other = new_page(viewport)
+        login(other, "viewer")
+        other.goto(f"/runs/{run_id}#L{number}")
+        expect(other.locator(f"#L{number}")).to_have_class(re.compile(r"\btarget\b"))
+        # The title says the state.
+        expect(other).to_have_title(re.compile(r"^failed · Run "))
 
-    # Jump to the failed job: its header is marked; a job's section folds and opens.
-    jump = page.get_by_role("link", name="Jump to the failed job (breaks)")
-    jump.click()
-    header = log.locator(".line.section", has_text="=== job breaks")
-    expect(header).to_have_class(re.compile(r"\btarget\b"))
-    assert page.url.endswith(f"#{header.get_attribute('id')}")
-    draw = log.locator(".line.section", has_text="=== job draw")
-    body_lines = log.locator(".line", has_text="downloading")
-    expect(body_lines).to_be_visible()
-    draw.press("Enter")
-    expect(draw).to_have_attribute("aria-expanded", "false")
-    expect(body_lines).to_be_hidden()
-    expect(log.locator(".line", has_text="=== job draw: success")).to_be_visible()
-    draw.press("Enter")
-    expect(body_lines).to_be_visible()
+        # Jump to the failed job: its header is marked; a job's section folds and opens.
+        jump = page.get_by_role("link", name="Jump to the failed job (breaks)")
+        jump.click()
+        header = log.locator(".line.section", has_text="=== job breaks")
+        expect(header).to_have_class(re.compile(r"\btarget\b"))
+        assert page.url.endswith(f"#{header.get_attribute('id')}")
+        draw = log.locator(".line.section", has_text="=== job draw")
+        body_lines = log.locator(".line", has_text="downloading")
+        expect(body_lines).to_be_visible()
+        draw.press("Enter")
+        expect(draw).to_have_attribute("aria-expanded", "false")
+        expect(body_lines).to_be_hidden()
+        expect(log.locator(".line", has_text="=== job draw: success")).to_be_visible()
+        draw.press("Enter")
+        expect(body_lines).to_be_visible()
 
 
 def test_search_finds_lines_in_the_whole_log_and_opens_one_not_shown(

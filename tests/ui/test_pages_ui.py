@@ -6,7 +6,7 @@ import datetime
 import re
 
 import pytest
-from widths import PHONE, both_widths, no_sideways_overflow
+from widths import DESKTOP, PHONE, no_sideways_overflow
 
 pytestmark = pytest.mark.e2e
 
@@ -31,8 +31,7 @@ def _pages(primary, run_id: int, worker_id: str) -> list[tuple[str, str]]:
     ]
 
 
-@both_widths
-def test_every_page_fits_the_window(new_page, login, primary, start_agent, viewport, shot):
+def test_every_page_fits_the_window(new_page, login, primary, start_agent, shot):
     from playwright.sync_api import expect
 
     start_agent("a-worker-with-a-long-name-0123", tags="linux,arm64,gpu")
@@ -46,34 +45,35 @@ def test_every_page_fits_the_window(new_page, login, primary, start_agent, viewp
     assert status == 200
     run_id = primary.wait_run(primary.trigger("build"))["id"]
     worker_id = primary.worker("a-worker-with-a-long-name-0123")["id"]
-    width = "phone" if viewport == PHONE else "desktop"
+    for viewport in (DESKTOP, PHONE):
+        width = "phone" if viewport == PHONE else "desktop"
 
-    page = new_page(viewport)
-    page.goto("/login")
-    no_sideways_overflow(page)
-    shot(page, f"login-{width}")
-    login(page, "admin")
-    for name, path in _pages(primary, run_id, worker_id):
-        page.goto(path)
-        expect(page.locator("main h1")).to_be_visible()
-        if name == "run":
-            expect(page.locator("#log")).to_have_attribute("data-complete", "true")
+        page = new_page(viewport)
+        page.goto("/login")
         no_sideways_overflow(page)
-        # The header's controls are inside the window (not cut off or past the bar).
-        for control in (
-            page.get_by_role("link", name="Settings"),
-            page.get_by_role("button", name="Log out"),
-        ):
-            box = control.bounding_box()
-            assert box and box["x"] >= 0 and box["x"] + box["width"] <= viewport["width"], (
-                name,
-                box,
-            )
-        if name == "workers":  # its actions within reach, not past the right edge
-            lock = page.get_by_role("button", name="Lock a-worker-with-a-long-name-0123")
-            box = lock.bounding_box()
-            assert box["x"] + box["width"] <= viewport["width"], box
-        shot(page, f"{name}-{width}")
+        shot(page, f"login-{width}")
+        login(page, "admin")
+        for name, path in _pages(primary, run_id, worker_id):
+            page.goto(path)
+            expect(page.locator("main h1")).to_be_visible()
+            if name == "run":
+                expect(page.locator("#log")).to_have_attribute("data-complete", "true")
+            no_sideways_overflow(page)
+            # The header's controls are inside the window (not cut off or past the bar).
+            for control in (
+                page.get_by_role("link", name="Settings"),
+                page.get_by_role("button", name="Log out"),
+            ):
+                box = control.bounding_box()
+                assert box and box["x"] >= 0 and box["x"] + box["width"] <= viewport["width"], (
+                    name,
+                    box,
+                )
+            if name == "workers":  # its actions within reach, not past the right edge
+                lock = page.get_by_role("button", name="Lock a-worker-with-a-long-name-0123")
+                box = lock.bounding_box()
+                assert box["x"] + box["width"] <= viewport["width"], box
+            shot(page, f"{name}-{width}")
 
 
 def test_unknown_urls_get_the_styled_page_the_api_json_and_there_is_a_favicon(
@@ -121,54 +121,54 @@ def test_untagged_pipelines_say_where_they_run_and_success_messages_go(
     primary.client.json("POST", f"/api/v1/runs/{run_id}/cancel")
 
 
-@both_widths
-def test_runs_history_pages_dates_jump_and_queue_places(new_page, login, primary, viewport):
+def test_runs_history_pages_dates_jump_and_queue_places(new_page, login, primary):
     from playwright.sync_api import expect
 
     primary.pipeline("name: waits\ntags: [nobody]\njobs:\n  - name: a\n    steps: ['true']\n")
     ids = [primary.trigger("waits") for _ in range(101)]  # nobody takes them: all queued
-    page = new_page(viewport)
-    login(page, "viewer")
-    page.goto("/runs")
-    rows = page.locator("#runs tr[data-run]")
-    expect(rows).to_have_count(100)
-    newest = page.locator(f'#runs tr[data-run="{ids[-1]}"]')
-    expect(newest.locator("[data-queue]")).to_contain_text("101st in the queue")
-    reason = primary.run(ids[-1])["reason"]
-    assert reason and reason in newest.locator("[data-queue]").text_content()
-    no_sideways_overflow(page)
-    page.locator("#older-runs").click()
-    expect(rows).to_have_count(1)
-    expect(page.locator(f'#runs tr[data-run="{ids[0]}"] [data-queue]')).to_contain_text(
-        "1st in the queue"
-    )
-    expect(page.locator("#older-runs")).to_have_count(0)
-    page.get_by_role("link", name="← Newest runs").click()
-    expect(rows).to_have_count(100)
+    for viewport in (DESKTOP, PHONE):
+        page = new_page(viewport)
+        login(page, "viewer")
+        page.goto("/runs")
+        rows = page.locator("#runs tr[data-run]")
+        expect(rows).to_have_count(100)
+        newest = page.locator(f'#runs tr[data-run="{ids[-1]}"]')
+        expect(newest.locator("[data-queue]")).to_contain_text("101st in the queue")
+        reason = primary.run(ids[-1])["reason"]
+        assert reason and reason in newest.locator("[data-queue]").text_content()
+        no_sideways_overflow(page)
+        page.locator("#older-runs").click()
+        expect(rows).to_have_count(1)
+        expect(page.locator(f'#runs tr[data-run="{ids[0]}"] [data-queue]')).to_contain_text(
+            "1st in the queue"
+        )
+        expect(page.locator("#older-runs")).to_have_count(0)
+        page.get_by_role("link", name="← Newest runs").click()
+        expect(rows).to_have_count(100)
 
-    # Days in UTC: today has them all, tomorrow none.
-    today = datetime.datetime.now(datetime.UTC).date()
-    page.locator("#filter-from").fill(str(today + datetime.timedelta(days=1)))
-    page.get_by_role("button", name="Filter").click()
-    expect(page.locator("#runs")).to_contain_text("No runs.")
-    page.goto(f"/runs?from={today}&until={today}")
-    expect(rows).to_have_count(100)
-    page.goto("/runs?from=2026-02-30")
-    expect(page.locator("main")).to_contain_text("from: must be a day, YYYY-MM-DD")
+        # Days in UTC: today has them all, tomorrow none.
+        today = datetime.datetime.now(datetime.UTC).date()
+        page.locator("#filter-from").fill(str(today + datetime.timedelta(days=1)))
+        page.get_by_role("button", name="Filter").click()
+        expect(page.locator("#runs")).to_contain_text("No runs.")
+        page.goto(f"/runs?from={today}&until={today}")
+        expect(rows).to_have_count(100)
+        page.goto("/runs?from=2026-02-30")
+        expect(page.locator("main")).to_contain_text("from: must be a day, YYYY-MM-DD")
 
-    page.goto("/runs")
-    page.get_by_label("Run #").fill(str(ids[41]))
-    page.get_by_role("button", name="Go").click()
-    expect(page).to_have_url(re.compile(rf"/runs/{ids[41]}$"))
-    page.goto("/runs")
-    page.get_by_label("Run #").fill("99999")
-    page.get_by_role("button", name="Go").click()
-    expect(page.get_by_role("heading", name="Not found")).to_be_visible()
-    expect(page.locator("main")).to_contain_text("no run 99999")
-    # Hovering a time shows it in local time and UTC.
-    page.goto("/runs")
-    title = page.locator("#runs time").first.get_attribute("title")
-    assert title.endswith(" UTC)"), title
+        page.goto("/runs")
+        page.get_by_label("Run #").fill(str(ids[41]))
+        page.get_by_role("button", name="Go").click()
+        expect(page).to_have_url(re.compile(rf"/runs/{ids[41]}$"))
+        page.goto("/runs")
+        page.get_by_label("Run #").fill("99999")
+        page.get_by_role("button", name="Go").click()
+        expect(page.get_by_role("heading", name="Not found")).to_be_visible()
+        expect(page.locator("main")).to_contain_text("no run 99999")
+        # Hovering a time shows it in local time and UTC.
+        page.goto("/runs")
+        title = page.locator("#runs time").first.get_attribute("title")
+        assert title.endswith(" UTC)"), title
 
 
 def _luminance(rgb: str) -> float:
@@ -185,43 +185,49 @@ def contrast(a: str, b: str) -> float:
     return (hi + 0.05) / (lo + 0.05)
 
 
-@both_widths
-def test_dark_mode_focus_rings_and_signals_by_name(browser, primary, start_agent, users, viewport):
+def test_dark_mode_focus_rings_and_signals_by_name(browser, primary, start_agent, users):
     from playwright.sync_api import expect
 
     start_agent("sig-host")
     primary.pipeline("name: sig\njobs:\n  - name: killed\n    steps: ['kill -TERM $$']\n")
     run_id = primary.wait_run(primary.trigger("sig"))["id"]
-    for scheme in ("light", "dark"):
-        context = browser.new_context(viewport=viewport, base_url=primary.url, color_scheme=scheme)
-        page = context.new_page()
-        page.goto("/login")
-        page.get_by_label("Name").fill(users["viewer"].name)
-        page.get_by_label("Password").fill(users["viewer"].password)
-        page.get_by_role("button", name="Log in").click()
-        page.goto(f"/runs/{run_id}")
-        expect(page.locator("#log")).to_have_attribute("data-complete", "true")
-        background = page.evaluate("getComputedStyle(document.documentElement).backgroundColor")
-        text = page.evaluate("getComputedStyle(document.body).color")
-        assert (_luminance(background) < 0.1) == (scheme == "dark"), (scheme, background)
-        assert contrast(background, text) >= 4.5
-        # Focus rings: at least 3:1 against what is behind them, on the page and the header.
-        page.keyboard.press("Tab")  # the skip link, then the brand in the header
-        page.keyboard.press("Tab")
-        ring = page.evaluate("getComputedStyle(document.activeElement).outlineColor")
-        header = page.evaluate("getComputedStyle(document.querySelector('.top')).backgroundColor")
-        assert contrast(ring, header) >= 3, (scheme, ring, header)
-        page.locator("#log").focus()  # its ring is inside the box, against the log's dark
-        ring, inside, offset = page.evaluate(
-            "(s => [s.outlineColor, s.backgroundColor, s.outlineOffset])"
-            "(getComputedStyle(document.activeElement))"
-        )
-        assert offset.startswith("-") and contrast(ring, inside) >= 3, (scheme, ring, inside)
-        # A job a signal ended: its name, in the table and the log.
-        expect(page.locator('tr[data-job="killed"] [data-exit]')).to_have_text("SIGTERM")
-        expect(page.locator("#log")).to_contain_text("=== job killed: failed, killed by SIGTERM")
-        no_sideways_overflow(page)
-        context.close()
+    for viewport in (DESKTOP, PHONE):
+        for scheme in ("light", "dark"):
+            context = browser.new_context(
+                viewport=viewport, base_url=primary.url, color_scheme=scheme
+            )
+            page = context.new_page()
+            page.goto("/login")
+            page.get_by_label("Name").fill(users["viewer"].name)
+            page.get_by_label("Password").fill(users["viewer"].password)
+            page.get_by_role("button", name="Log in").click()
+            page.goto(f"/runs/{run_id}")
+            expect(page.locator("#log")).to_have_attribute("data-complete", "true")
+            background = page.evaluate("getComputedStyle(document.documentElement).backgroundColor")
+            text = page.evaluate("getComputedStyle(document.body).color")
+            assert (_luminance(background) < 0.1) == (scheme == "dark"), (scheme, background)
+            assert contrast(background, text) >= 4.5
+            # Focus rings: at least 3:1 against what is behind them, on the page and the header.
+            page.keyboard.press("Tab")  # the skip link, then the brand in the header
+            page.keyboard.press("Tab")
+            ring = page.evaluate("getComputedStyle(document.activeElement).outlineColor")
+            header = page.evaluate(
+                "getComputedStyle(document.querySelector('.top')).backgroundColor"
+            )
+            assert contrast(ring, header) >= 3, (scheme, ring, header)
+            page.locator("#log").focus()  # its ring is inside the box, against the log's dark
+            ring, inside, offset = page.evaluate(
+                "(s => [s.outlineColor, s.backgroundColor, s.outlineOffset])"
+                "(getComputedStyle(document.activeElement))"
+            )
+            assert offset.startswith("-") and contrast(ring, inside) >= 3, (scheme, ring, inside)
+            # A job a signal ended: its name, in the table and the log.
+            expect(page.locator('tr[data-job="killed"] [data-exit]')).to_have_text("SIGTERM")
+            expect(page.locator("#log")).to_contain_text(
+                "=== job killed: failed, killed by SIGTERM"
+            )
+            no_sideways_overflow(page)
+            context.close()
 
 
 def test_runs_and_workers_link_to_each_other_with_what_each_ran_and_how_long(
