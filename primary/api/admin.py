@@ -7,7 +7,7 @@ from primary.api.parse import json_body, whole_number
 from primary.errors import BadRequest, NotFound, conflict
 from primary.fleet import presence, registration, workers
 from primary.notifications import service as notifications
-from primary.pipelines import pipelines, static_files
+from primary.pipelines import lifecycle, pipelines, static_files
 from primary.pipelines import secrets as pipeline_secrets
 from primary.runs import artifacts, janitor, retention, runs
 from primary.runs.runlog import run_log
@@ -50,18 +50,34 @@ def get_worker(worker_id: str):
     return jsonify(workers.get_worker(primary_of_app(), worker_id))
 
 
-@bp.post("/pipelines")
-@require_role()
-def save_pipeline():
+def _definition() -> str:
     raw = request.get_data(cache=False)
     if len(raw) > MAX_PIPELINE_BYTES:
         raise BadRequest(f"the definition is larger than {MAX_PIPELINE_BYTES} bytes")
     try:
-        text = raw.decode("utf-8")
+        return raw.decode("utf-8")
     except UnicodeDecodeError as exc:
         raise BadRequest(f"yaml: the definition is not valid UTF-8 (byte {exc.start})") from None
-    pipeline, created = pipelines.save_pipeline(primary_of_app(), text)
+
+
+@bp.post("/pipelines")
+@require_role()
+def save_pipeline():
+    pipeline, created = pipelines.save_pipeline(primary_of_app(), _definition())
     return jsonify(pipeline), 201 if created else 200
+
+
+@bp.put("/pipelines/<name>")
+@require_role()
+def replace_pipeline(name: str):
+    """Replace NAME's definition; a definition with another name renames it."""
+    return jsonify(lifecycle.replace_pipeline(primary_of_app(), name, _definition()))
+
+
+@bp.delete("/pipelines/<name>")
+@require_role()
+def delete_pipeline(name: str):
+    return jsonify(lifecycle.delete_pipeline(primary_of_app(), name))
 
 
 @bp.get("/pipelines")
@@ -97,7 +113,18 @@ def list_runs():
     state = request.args.get("state")
     if state and state not in RUN_STATES:
         raise BadRequest(f"state: must be one of {', '.join(RUN_STATES)}")
-    return jsonify({"runs": runs.list_runs(primary_of_app(), request.args.get("pipeline"), state)})
+    limit = whole_number(request.args.get("limit", "100"), "limit")
+    if not 1 <= limit <= 100:
+        raise BadRequest("limit: must be 1 to 100")
+    before = request.args.get("before")
+    listed = runs.list_runs(
+        primary_of_app(),
+        request.args.get("pipeline"),
+        state,
+        limit,
+        before=whole_number(before, "before") if before is not None else None,
+    )
+    return jsonify({"runs": listed})
 
 
 @bp.get("/runs/<int:run_id>")

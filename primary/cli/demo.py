@@ -1,15 +1,26 @@
 """`cifleet-primary demo`: the README's first command. Initialises a data dir, starts a
 primary in the background (with its built-in worker), runs an example pipeline, prints its
-log live, then says where to look and how to stop."""
+log live, then says where to look: the web UI's address and login (an admin made for the
+demo, its password in a file of the data dir, never printed), how to make a browser trust
+the fleet CA, and how to stop."""
 
+import os
+import secrets
 import subprocess
 import sys
 import time
 from pathlib import Path
 
+from agent.home import write_atomic
 from primary.cli.client import AdminClient, ApiFailure
+from primary.config import PrimaryConfig
 from primary.fleet.initdir import initialise
+from primary.fleet.users import UserError, create_user
 from primary.store.datadir import DataDir
+
+DEMO_USER = "admin"
+# The demo admin's password, 0600 in the data dir (as Jenkins' initialAdminPassword).
+PASSWORD_FILE = "ui-admin-password"
 
 EXAMPLE_PIPELINE = """\
 name: hello
@@ -92,6 +103,45 @@ def _wait_for_builtin_worker(client: AdminClient, timeout: float) -> None:
     raise TimeoutError("the built-in worker did not come up; see primary.log in the data dir")
 
 
+def _demo_login(root: Path) -> Path | None:
+    """An admin for the web UI, made once; its password goes to a 0600 file. None when a
+    user of that name was made otherwise (then its password is not ours to know)."""
+    from primary.context import open_primary
+
+    path = root / PASSWORD_FILE
+    if path.exists():
+        return path
+    password = secrets.token_urlsafe(18)
+    store = open_primary(PrimaryConfig(data_dir=root)).store
+    try:
+        create_user(store, DEMO_USER, "admin", password)
+    except UserError:
+        return None
+    write_atomic(path, (password + "\n").encode(), 0o600)
+    return path
+
+
+def _ui_lines(root: Path, url: str, ca: Path) -> str:
+    path = _demo_login(root)
+    if path is not None:
+        login = f"name {DEMO_USER}, password: cat {path}"
+    else:
+        login = (
+            f"a user {DEMO_USER!r} exists already; make another with"
+            f" cifleet-primary user create NAME --role admin --data-dir {root}"
+        )
+    home = Path(os.environ.get("HOME", "~"))
+    return f"""web UI:         {url}/
+  log in:       {login}
+  trust the fleet CA first, or the browser refuses the page (NET::ERR_CERT_AUTHORITY_INVALID):
+    Chromium/Chrome on Linux: certutil -d sql:{home}/.pki/nssdb -A -t C,, -n cifleet -i {ca}
+                  (certutil is in libnss3-tools; or Settings > Privacy and security > Security
+                  > Manage certificates > Authorities > Import {ca}, trust it for websites)
+    Firefox:      Settings > Privacy & Security > Certificates > View Certificates >
+                  Authorities > Import {ca}, trust it to identify websites
+    curl, Python: --cacert {ca} (as below)"""
+
+
 def demo(root: Path, api_port: int, agent_port: int) -> int:
     root = root.absolute()
     if initialise(root, []):
@@ -135,6 +185,7 @@ def demo(root: Path, api_port: int, agent_port: int) -> int:
 run {run_id} finished: {run["state"]}
 
 where to look:
+{_ui_lines(root, url, data.ca_cert)}
   data folder:  {root}
   primary log:  {root / "primary.log"}
   status:       curl --cacert {data.ca_cert} -H "Authorization: Bearer $(cat {token_file})" \\

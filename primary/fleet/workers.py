@@ -131,12 +131,13 @@ def set_flag(primary: Primary, worker_id: str, flag: str, on: bool) -> dict:
 def set_tags(primary: Primary, worker_id: str, tags: object) -> dict:
     """Change a worker's tags; the next scheduling decision uses them."""
 
-    if (
-        not isinstance(tags, list)
-        or len(tags) > MAX_TAGS
-        or not all(isinstance(t, str) and NAME_RE.match(t) for t in tags)
-    ):
-        raise BadRequest("tags: must be a list of names (letters, digits, '.', '_', '-')")
+    if not isinstance(tags, list) or len(tags) > MAX_TAGS:
+        raise BadRequest(f"tags: must be a list of at most {MAX_TAGS} names")
+    for tag in tags:
+        if not (isinstance(tag, str) and NAME_RE.match(tag)):
+            # The tag at fault, named: in a list of ten, which one is wrong matters.
+            shown = json.dumps(tag)[:80]
+            raise BadRequest(f"tags: {shown} is not a name (letters, digits, '.', '_', '-')")
     with primary.store.transaction() as conn:
         conn.lock(PLANNER_LOCK)  # no plan in flight decides on the old tags after this
         row = _worker_row(conn, worker_id)

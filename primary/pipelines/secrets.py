@@ -9,6 +9,9 @@ from primary.pipelines.source_spec import source_secrets
 
 MAX_SECRET_BYTES = 64 << 10
 VAULT_KEY = "pipeline_secrets"
+# The pipeline's webhook secret (primary/sources/webhooks.py makes and checks it); named
+# here, with the pipeline's other vault entries, so a rename or delete moves it too.
+HOOK_SECRET_ENTRY = "hook_secret/{pipeline}"
 
 
 def _all(primary: Primary) -> dict[str, dict[str, str]]:
@@ -61,6 +64,14 @@ def missing(primary: Primary, spec: dict) -> list[str]:
     return sorted(_wanted(spec) - set(have))
 
 
+def overview(primary: Primary, pipeline: str) -> list[dict]:
+    """Every secret the pipeline names or has, with whether it is set and used (never its
+    value): [{"name", "set", "used"}] by name."""
+    spec = get_spec(primary, pipeline)
+    have, wanted = set(_all(primary).get(pipeline, {})), _wanted(spec)
+    return [{"name": n, "set": n in have, "used": n in wanted} for n in sorted(have | wanted)]
+
+
 def _wanted(spec: dict) -> set[str]:
     """The secrets a run of `spec` needs: its jobs', and its git source's credentials (which
     the agent masks like any other, and gives to no job that does not name it)."""
@@ -75,3 +86,25 @@ def values_for(primary: Primary, spec: dict) -> dict[str, str]:
     """The values an assignment of this pipeline carries: only the names its jobs use."""
     have = _all(primary).get(spec["name"], {})
     return {n: have[n] for n in sorted(_wanted(spec)) if n in have}
+
+
+def move_all(primary: Primary, old: str, new: str | None) -> None:
+    """The pipeline's secrets and hook secret go to `new` (None: they are dropped). For a
+    rename or delete, after the store's rows moved."""
+
+    def move(secrets: dict) -> dict:
+        values = secrets.pop(old, None)
+        if new is not None and values:
+            secrets[new] = values
+        return secrets
+
+    primary.vault.update(VAULT_KEY, move, {})
+    taken: list = []
+
+    def take(value):
+        taken.append(value)
+        return None  # the vault keeps no empty entry's value: None reads as "none made yet"
+
+    primary.vault.update(HOOK_SECRET_ENTRY.format(pipeline=old), take)
+    if new is not None and taken[0] is not None:
+        primary.vault.update(HOOK_SECRET_ENTRY.format(pipeline=new), lambda _: taken[0])

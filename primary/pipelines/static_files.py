@@ -48,12 +48,12 @@ def normalise_path(raw: str) -> str:
     return "/".join(segments)
 
 
-def _root(primary: Primary, pipeline: str) -> Path:
+def folder(primary: Primary, pipeline: str) -> Path:
     return primary.data.root / "files" / pipeline
 
 
 def _inside(primary: Primary, pipeline: str, path: str) -> Path:
-    root = _root(primary, pipeline)
+    root = folder(primary, pipeline)
     target = root / path
     # A link inside the tree must not lead out of it.
     if not os.path.realpath(target).startswith(os.path.realpath(root) + os.sep):
@@ -114,7 +114,7 @@ def put_file(primary: Primary, pipeline: str, raw_path: str, stream: BinaryIO) -
     path = normalise_path(raw_path)
     if _in_store(primary):
         return _put_in_store(primary, pipeline, path, stream)
-    root = _root(primary, pipeline)
+    root = folder(primary, pipeline)
     root.mkdir(parents=True, exist_ok=True, mode=0o700)
     target = _inside(primary, pipeline, path)
     if target.is_dir():

@@ -8,6 +8,7 @@ and a line saying how it ended; the next attempt follows it.
 """
 
 import json
+import signal
 from collections.abc import Iterator
 
 from primary.context import Primary
@@ -15,6 +16,22 @@ from primary.runs.runs import FINAL_STATES, _run_row, job_rows, trigger_text
 
 # A piece of the log: literal bytes, or (attempt, job, size): that many bytes of a job log.
 Part = bytes | tuple[int, str, int]
+
+
+def signal_name(number: int) -> str:
+    """SIGTERM for 15; `signal 99` for a number no signal has. Pure."""
+    try:
+        return signal.Signals(number).name
+    except ValueError:
+        return f"signal {number}"
+
+
+def exit_text(code: int | None) -> str:
+    """A job footer's end: ', exit code 3', ', killed by SIGTERM' (a negative code is the
+    signal that ended it), or '' when there is none. Pure."""
+    if code is None:
+        return ""
+    return f", killed by {signal_name(-code)}" if code < 0 else f", exit code {code}"
 
 
 def prepare_lines(
@@ -73,7 +90,7 @@ def _attempt_parts(
             parts.append((attempt, name, size))
         if state == "running":
             break  # later jobs have not started; stop so the log stays append-only
-        exit_code = "" if job["exit_code"] is None else f", exit code {job['exit_code']}"
+        exit_code = exit_text(job["exit_code"])
         parts.append(
             _newline_after(primary, run_id, parts)
             + f"=== job {name}: {state}{exit_code}\n".encode()

@@ -102,6 +102,11 @@ def create_run(
 
 
 def _insert_run(conn, row: tuple, spec: dict) -> int:
+    # The lock a delete or rename takes (primary/pipelines/lifecycle.py): no run is made of
+    # a pipeline that is going, nor under a name that just went.
+    conn.lock(f"pipeline {spec['name']}")
+    if conn.execute("SELECT 1 FROM pipelines WHERE name = ?", (spec["name"],)).fetchone() is None:
+        raise NotFound(f"no pipeline {spec['name']!r}")
     run_id = conn.execute(
         "INSERT INTO runs (pipeline, spec, tags, run_as_root, state, created_at, queued_at,"
         " source, triggered_by, parameters) VALUES (?, ?, ?, ?, 'queued', ?, ?, ?, ?, ?)"
@@ -235,9 +240,21 @@ def list_runs(
     state: str | None = None,
     limit: int = 100,
     worker: str | None = None,
+    before: int | None = None,
+    created: tuple[float | None, float | None] = (None, None),
 ) -> list[dict]:
-    """Newest first. `worker`: a worker name; the runs that had an attempt on it."""
+    """Newest first. `worker`: a worker name; the runs that had an attempt on it. `before`:
+    only runs with a lower id (the next page). `created`: [from, until) as epoch seconds."""
     sql, params = "SELECT * FROM runs WHERE 1=1", []
+    if before is not None:
+        sql += " AND id < ?"
+        params.append(before)
+    if created[0] is not None:
+        sql += " AND created_at >= ?"
+        params.append(created[0])
+    if created[1] is not None:
+        sql += " AND created_at < ?"
+        params.append(created[1])
     if pipeline:
         sql += " AND pipeline = ?"
         params.append(pipeline)

@@ -67,7 +67,8 @@ def run_again(primary: Primary, run_id: int, by: dict) -> int:
         {**{k: v for k, v in by.items() if k != "kind"}, "kind": "run again", "of_run": run_id},
         source,
         parameters,
-        spec=json.loads(row["spec"]),
+        # Its name as it is now: the pipeline may have been renamed since.
+        spec={**json.loads(row["spec"]), "name": row["pipeline"]},
     )
 
 

@@ -27,13 +27,13 @@ from dataclasses import dataclass
 from primary.context import Primary
 from primary.errors import ApiError, BadRequest, NotFound, Unauthorized
 from primary.pipelines import pipelines
+from primary.pipelines.secrets import HOOK_SECRET_ENTRY as SECRET_ENTRY
 from primary.pipelines.source_spec import branch_matches, parameter_values
 from primary.runs import runs
 from primary.runs.scheduler import plan
 from primary.sources import forges
 
 MAX_HOOK_BYTES = 1 << 20  # a push of many commits is some tens of KiB
-SECRET_ENTRY = "hook_secret/{pipeline}"
 
 
 class BadSignature(Unauthorized):

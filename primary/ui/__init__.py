@@ -12,8 +12,10 @@ from flask import (
     Blueprint,
     Flask,
     current_app,
+    jsonify,
     redirect,
     request,
+    send_from_directory,
     url_for,
 )
 from markupsafe import Markup, escape
@@ -52,6 +54,10 @@ CONTENT_SECURITY_POLICY = (
 )
 
 
+# Paths of machine clients: an unknown one is answered in JSON, as the API answers.
+MACHINE_PATHS = ("/api/", "/hooks/", "/agent/")
+
+
 def init_app(app: Flask, primary: Primary) -> None:
     ui_session.configure(app, primary)
     app.extensions["cifleet.login_limiter"] = FailureLimiter(
@@ -59,6 +65,15 @@ def init_app(app: Flask, primary: Primary) -> None:
     )
     install_filters(app)
     app.register_blueprint(bp)
+    app.register_error_handler(404, unknown_path)
+
+
+def unknown_path(err: HTTPException):
+    """A URL no route has: the styled page for a browser, JSON for a machine client."""
+    wants_page = request.accept_mimetypes.accept_html and not request.path.startswith(MACHINE_PATHS)
+    if not wants_page:
+        return jsonify({"error": err.description, "code": "not_found"}), 404
+    return error_page(404, f"there is no page at {request.path}", "not_found", {})
 
 
 @bp.before_request
@@ -80,19 +95,27 @@ def require_login_and_csrf():
     return None
 
 
+@bp.get("/favicon.ico")  # for what a browser asks before it reads a page's <link>
+@ui_session.public
+def favicon():
+    response = send_from_directory(bp.static_folder, "favicon.svg", mimetype="image/svg+xml")
+    response.cache_control.max_age = 86400
+    return response
+
+
 @bp.after_request
 def security_headers(response):
     response.headers.setdefault("Content-Security-Policy", CONTENT_SECURITY_POLICY)
     response.headers["X-Content-Type-Options"] = "nosniff"
     response.headers["Referrer-Policy"] = "same-origin"
-    if request.endpoint != "ui.static":
+    if request.endpoint not in ("ui.static", "ui.favicon"):
         # Pages hold CSRF tokens (and, once revealed, the worker secret): keep them out of
         # caches and the back-forward cache.
         response.headers["Cache-Control"] = "no-store"
     return response
 
 
-@bp.context_processor
+@bp.app_context_processor  # also for the error page of a URL outside the UI's routes
 def template_globals() -> dict:
     user = ui_session.current_user()
     nav = [
@@ -136,6 +159,7 @@ from primary.ui import (  # noqa: E402
     auth_views,
     pipelines_views,
     runs_views,
+    secrets_views,
     settings_views,
     workers_views,
 )
@@ -143,5 +167,6 @@ from primary.ui import (  # noqa: E402
 bp.register_blueprint(auth_views.bp)
 bp.register_blueprint(workers_views.bp)
 bp.register_blueprint(pipelines_views.bp)
+bp.register_blueprint(secrets_views.bp)
 bp.register_blueprint(runs_views.bp)
 bp.register_blueprint(settings_views.bp)

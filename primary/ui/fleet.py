@@ -6,6 +6,7 @@ from pathlib import Path
 
 from primary.context import Primary
 from primary.fleet import workers
+from primary.timestamps import iso
 
 
 def homes_by_worker(primary: Primary) -> dict[str, list[str]]:
@@ -22,6 +23,26 @@ def workers_with_homes(primary: Primary) -> list[dict]:
     """Every worker as the admin API describes it, with `homes`: its pipelines."""
     homes = homes_by_worker(primary)
     return [{**w, "homes": homes.get(w["id"], [])} for w in workers.list_workers(primary)]
+
+
+def worker_attempts(primary: Primary, worker_id: str, limit: int) -> list[dict]:
+    """The newest attempts on a worker (what it ran, and how each ended; `outcome` None
+    while it goes on), with each run's pipeline and state."""
+    rows = primary.store.query(
+        "SELECT a.run_id, a.attempt, a.assigned_at, a.ended_at, a.outcome, r.pipeline, r.state"
+        " FROM attempts a JOIN runs r ON r.id = a.run_id WHERE a.worker_id = ?"
+        " ORDER BY a.assigned_at DESC, a.run_id DESC LIMIT ?",
+        (worker_id, limit),
+    )
+    return [
+        {
+            **dict(r),
+            "assigned_at": iso(r["assigned_at"]),
+            "ended_at": iso(r["ended_at"]),
+            "seconds": (r["ended_at"] - r["assigned_at"]) if r["ended_at"] else None,
+        }
+        for r in rows
+    ]
 
 
 def parse_tags(text: str) -> list[str]:

@@ -3,6 +3,9 @@
 import datetime
 
 from flask import Flask
+from markupsafe import Markup, escape
+
+from primary.runs.runlog import signal_name
 
 
 def ago(iso_time: str | None, now: datetime.datetime | None = None) -> str:
@@ -46,6 +49,29 @@ def duration(seconds: float | None) -> str:
     return f"{hours} h {minutes:02d} min"
 
 
+def exit_code(code: int | None) -> str:
+    """A job's exit code as the jobs table shows it: '3', 'SIGTERM' for a job a signal
+    ended (a negative code), '–' for none."""
+    if code is None:
+        return "–"
+    return str(code) if code >= 0 else signal_name(-code)
+
+
+def ordinal(n: int) -> str:
+    """1 -> '1st', 2 -> '2nd', 11 -> '11th'. Pure."""
+    suffix = "th" if 10 <= n % 100 <= 20 else {1: "st", 2: "nd", 3: "rd"}.get(n % 10, "th")
+    return f"{n}{suffix}"
+
+
+def when(iso_time: str | None) -> Markup:
+    """A <time>: '3 min ago', with the exact UTC time on hover; the page's script puts the
+    reader's local time there too (ui.js)."""
+    if not iso_time:
+        return Markup("–")
+    at = escape(iso_time)
+    return Markup(f'<time datetime="{at}" title="{at} UTC">{escape(ago(iso_time))}</time>')
+
+
 def badge_class(state: str) -> str:
     """CSS class of a state badge: 'version mismatch' -> 'badge badge-version-mismatch'."""
     return "badge badge-" + state.replace(" ", "-").replace("_", "-")
@@ -82,6 +108,9 @@ def install_filters(app: Flask) -> None:
         load_text=load_text,
         duration=duration,
         badge_class=badge_class,
+        ordinal=ordinal,
+        exit_code=exit_code,
+        when=when,
         seconds_between=seconds_between,
         bytes_text=bytes_text,
     )

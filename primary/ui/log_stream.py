@@ -20,8 +20,7 @@ import time
 from collections.abc import Iterator
 
 from primary.context import Primary
-from primary.runs.runlog import run_log
-from primary.ui.run_info import run_state
+from primary.ui.run_info import log_piece, run_state
 
 # Bytes of log one event carries at most: a long backlog goes out as several events.
 MAX_EVENT_BYTES = 64 << 10
@@ -87,22 +86,12 @@ class StreamSlots:
 
 def read_log(primary: Primary, run_id: int, offset: int) -> tuple[bytes, bool, bool]:
     """The next piece of the run log from `offset`: at most MAX_EVENT_BYTES, ending on a
-    character boundary unless it is the end of a complete log. Also whether more is
+    character boundary unless it is the end of a complete log. Also whether more may be
     there already (a backlog), and whether the log ends with this piece."""
-    chunks, complete = run_log(primary, run_id, offset)
-    piece = bytearray()
-    try:
-        for chunk in chunks:
-            piece += chunk
-            if len(piece) > MAX_EVENT_BYTES:
-                break
-    finally:
-        chunks.close()
-    more = len(piece) > MAX_EVENT_BYTES
-    del piece[MAX_EVENT_BYTES:]
-    if more or not complete:
-        return bytes(piece[: utf8_complete_end(piece)]), more, False
-    return bytes(piece), False, True
+    piece, ends = log_piece(primary, run_id, offset, MAX_EVENT_BYTES)
+    if ends:
+        return piece, False, True
+    return piece[: utf8_complete_end(piece)], len(piece) == MAX_EVENT_BYTES, False
 
 
 def follow(

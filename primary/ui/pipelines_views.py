@@ -8,11 +8,12 @@ from werkzeug.exceptions import RequestEntityTooLarge
 
 from primary.api.auth import primary_of_app
 from primary.errors import ApiError, BadRequest
-from primary.pipelines import pipelines, static_files
+from primary.pipelines import lifecycle, pipelines, static_files
+from primary.pipelines import secrets as pipeline_secrets
 from primary.runs import runs
 from primary.sources import triggers
-from primary.ui.respond import done, error_page
-from primary.ui.run_info import last_runs, worker_names
+from primary.ui.respond import done, error_page, failed
+from primary.ui.run_info import last_runs, run_count, worker_names
 from primary.ui.session import current_user, require_admin
 
 bp = Blueprint("pipelines", __name__, url_prefix="/pipelines")
@@ -79,6 +80,7 @@ def show(name: str):
         pipeline=pipeline,
         home=worker_names(primary).get(pipeline["home_worker_id"]),
         files=static_files.list_files(primary, name),
+        secrets=pipeline_secrets.overview(primary, name),
         runs=runs.list_runs(primary, name, limit=RECENT_RUNS),
     )
 
@@ -87,8 +89,30 @@ def show(name: str):
 @require_admin
 def trigger(name: str):
     user = current_user()
-    run_id = triggers.trigger(primary_of_app(), name, {}, {"kind": "ui", "user": user.name})
+    primary = primary_of_app()
+    unset = pipeline_secrets.missing(primary, pipelines.get_spec(primary, name))
+    if unset:
+        # Not a dead end: back to the pipeline page, where the secrets can be set.
+        message = f"{name} needs secrets that are not set: {', '.join(unset)}; set them below"
+        return failed(message, url_for(".show", name=name, _anchor="secrets"))
+    try:
+        run_id = triggers.trigger(primary, name, _trigger_body(), {"kind": "ui", "user": user.name})
+    except BadRequest as err:  # a parameter or ref not valid: back to the form, with why
+        return failed(err.message, url_for(".show", name=name, _anchor="run-with"), 400)
     return done(f"run {run_id} queued", url_for("ui.runs.show", run_id=run_id), id=run_id)
+
+
+def _trigger_body() -> dict:
+    """The Run with parameters form as the admin API's trigger body: `env.NAME` fields
+    (text, as a form sends them; the service checks their types) and `ref`."""
+    body: dict = {}
+    env = {k[4:]: v for k, v in request.form.items() if k.startswith("env.")}
+    if env:
+        body["env"] = env
+    ref = request.form.get("ref", "").strip()
+    if ref:
+        body["ref"] = ref
+    return body
 
 
 @bp.get("/_new")  # "_" starts no pipeline name
@@ -117,11 +141,39 @@ def save():
     try:
         if len(text.encode()) > MAX_DEFINITION_BYTES:
             raise BadRequest(f"the definition is larger than {MAX_DEFINITION_BYTES} bytes")
-        pipeline, created = pipelines.save_pipeline(primary_of_app(), text)
-    except ApiError as err:  # invalid, or the store could not take it (disk full)
+        if editing:  # replaces the pipeline edited: another name renames it
+            pipeline, created = lifecycle.replace_pipeline(primary_of_app(), editing, text), False
+        else:
+            pipeline, created = pipelines.save_pipeline(primary_of_app(), text)
+    except ApiError as err:  # invalid, a name taken, or the store could not take it
         return _edit_again(text, editing, err)
-    word = "created" if created else "saved"
-    return done(f"pipeline {pipeline['name']} {word}", url_for(".show", name=pipeline["name"]))
+    if editing and pipeline["name"] != editing:
+        message = f"pipeline {editing} renamed to {pipeline['name']} and saved"
+    else:
+        message = f"pipeline {pipeline['name']} {'created' if created else 'saved'}"
+    return done(message, url_for(".show", name=pipeline["name"]))
+
+
+@bp.get("/<name>/delete")
+@require_admin
+def delete_confirm(name: str):
+    primary = primary_of_app()
+    pipeline = pipelines.get_pipeline(primary, name)
+    return render_template(
+        "pipeline_delete.html",
+        pipeline=pipeline,
+        files=static_files.list_files(primary, name),
+        secrets=pipeline_secrets.overview(primary, name),
+        run_count=run_count(primary, name),
+    )
+
+
+@bp.post("/<name>/delete")
+@require_admin
+def delete(name: str):
+    result = lifecycle.delete_pipeline(primary_of_app(), name)
+    message = f"pipeline {name} deleted; its runs stay in Runs ({result['runs_kept']})"
+    return done(message, url_for(".index"))
 
 
 def _edit_again(text: str, editing: str | None, err: ApiError):

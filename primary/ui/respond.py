@@ -16,6 +16,15 @@ def done(message: str, next_url: str, **fields):
     return redirect(next_url, 303)
 
 
+def failed(message: str, next_url: str, status: int = 409):
+    """An action refused with a way on: `{"error"}` to fetch(), else the message flashed
+    as an error and a 303 to `next_url` (where it can be put right)."""
+    if is_fetch():
+        return jsonify({"error": message}), status
+    flash(message, "error")
+    return redirect(next_url, 303)
+
+
 def error_page(status: int, message: str, code: str, headers: dict):
     """An error as the styled page, or as JSON to the page's own fetch()."""
     if is_fetch():

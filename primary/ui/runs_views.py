@@ -1,9 +1,20 @@
 """Runs pages: the list with filters, a run with its jobs and attempts, its live log (SSE,
 primary/ui/log_stream.py), its raw logs, and Cancel."""
 
+import datetime
+import json
 import re
 
-from flask import Blueprint, Response, current_app, render_template, request, url_for
+from flask import (
+    Blueprint,
+    Response,
+    current_app,
+    jsonify,
+    redirect,
+    render_template,
+    request,
+    url_for,
+)
 
 from primary.api.auth import primary_of_app
 from primary.errors import BadRequest
@@ -14,13 +25,27 @@ from primary.runs.runlog import run_log
 from primary.sources import triggers
 from primary.ui import log_stream
 from primary.ui.respond import done
-from primary.ui.run_info import prepare_lines, tail_start
+from primary.ui.run_info import (
+    gzip_chunks,
+    line_start_before,
+    lines_before,
+    log_piece,
+    prepare_lines,
+    queue_positions,
+    run_state,
+    search_log,
+    tail_start,
+)
 from primary.ui.session import current_user, require_admin
 
 bp = Blueprint("runs", __name__, url_prefix="/runs")
 SLOTS = "cifleet.ui_log_streams"
 # A run page opens its log at most this far from the end (the raw log has all of it).
 TAIL_BYTES = 1 << 20
+# One piece of the log the page asks for: the whole tail of a finished run in one request.
+MAX_PIECE_BYTES = 2 << 20
+MAX_QUERY = 200
+MAX_MATCHES = 200
 # ASCII digits only: str.isdigit() also takes "²", which int() then refuses.
 WHOLE_NUMBER = re.compile(r"[0-9]{1,18}")
 
@@ -31,21 +56,43 @@ def _make_slots(state) -> None:
     state.app.extensions[SLOTS] = log_stream.StreamSlots(config.log_streams)
 
 
+PAGE = 100
+DAY = re.compile(r"[0-9]{4}-[0-9]{2}-[0-9]{2}")
+
+
 def _filters() -> dict[str, str]:
-    """The list's filters from the query string; a state that does not exist is refused."""
-    chosen = {key: request.args.get(key, "").strip() for key in ("pipeline", "state", "worker")}
+    """The list's filters from the query string; a state that does not exist is refused,
+    and so is a day that is not YYYY-MM-DD or a page mark that is not a run id."""
+    keys = ("pipeline", "state", "worker", "from", "until", "before")
+    chosen = {key: request.args.get(key, "").strip() for key in keys}
     if chosen["state"] and chosen["state"] not in runs.RUN_STATES:
         raise BadRequest(f"state: must be one of {', '.join(runs.RUN_STATES)}")
+    for key in ("from", "until"):
+        if chosen[key] and not (DAY.fullmatch(chosen[key]) and _day(chosen[key], key)):
+            raise BadRequest(f"{key}: must be a day, YYYY-MM-DD")
+    if chosen["before"] and not WHOLE_NUMBER.fullmatch(chosen["before"]):
+        raise BadRequest("before: must be a run number")
     return chosen
 
 
-def _listed(chosen: dict[str, str], limit: int = 100) -> list[dict]:
+def _day(text: str, key: str) -> float | None:
+    """Midnight UTC starting the day (`from`) or after it (`until`, so the day is in)."""
+    try:
+        day = datetime.datetime.strptime(text, "%Y-%m-%d").replace(tzinfo=datetime.UTC)
+    except ValueError:
+        return None
+    return (day + datetime.timedelta(days=1 if key == "until" else 0)).timestamp()
+
+
+def _listed(chosen: dict[str, str], limit: int = PAGE) -> list[dict]:
     return runs.list_runs(
         primary_of_app(),
         chosen["pipeline"] or None,
         chosen["state"] or None,
         limit,
         worker=chosen["worker"] or None,
+        before=int(chosen["before"]) if chosen["before"] else None,
+        created=tuple(_day(chosen[k], k) if chosen[k] else None for k in ("from", "until")),
     )
 
 
@@ -53,24 +100,45 @@ def _listed(chosen: dict[str, str], limit: int = 100) -> list[dict]:
 def index():
     primary = primary_of_app()
     chosen = _filters()
+    listed = _listed(chosen)
+    kept = {k: v for k, v in chosen.items() if v and k != "before"}
+    older = url_for(".index", **kept, before=listed[-1]["id"]) if len(listed) == PAGE else None
     return render_template(
         "runs.html",
-        runs=_listed(chosen),
+        runs=listed,
+        queue=queue_positions(primary),
         chosen=chosen,
         pipeline_names=[p["name"] for p in pipelines.list_pipelines(primary)],
         worker_names=sorted(w["name"] for w in workers.list_workers(primary)),
         states=runs.RUN_STATES,
-        table_url=url_for(".table", **{k: v for k, v in chosen.items() if v}),
+        # A page of older runs stays as it is; the newest page follows new runs.
+        table_url=None if chosen["before"] else url_for(".table", **kept),
+        older_url=older,
+        newest_url=url_for(".index", **kept) if chosen["before"] else None,
     )
+
+
+@bp.get("/go")
+def go():
+    """Jump to a run by its number (the Runs page's box)."""
+    raw = request.args.get("id", "").strip().lstrip("#")
+    if not WHOLE_NUMBER.fullmatch(raw):
+        raise BadRequest("run: give a run number, e.g. 42")
+    run = runs.get_run(primary_of_app(), int(raw))  # 404: the styled page says so
+    return redirect(url_for(".show", run_id=run["id"]))
 
 
 @bp.get("/table")
 def table():
     """The table alone, for the periodic refresh (also the pipeline page's recent runs)."""
-    limit = request.args.get("limit", "100")
-    if not WHOLE_NUMBER.fullmatch(limit) or not 1 <= int(limit) <= 100:
-        raise BadRequest("limit: must be a whole number from 1 to 100")
-    return render_template("runs_table.html", runs=_listed(_filters(), int(limit)))
+    limit = request.args.get("limit", str(PAGE))
+    if not WHOLE_NUMBER.fullmatch(limit) or not 1 <= int(limit) <= PAGE:
+        raise BadRequest(f"limit: must be a whole number from 1 to {PAGE}")
+    return render_template(
+        "runs_table.html",
+        runs=_listed(_filters(), int(limit)),
+        queue=queue_positions(primary_of_app()),
+    )
 
 
 def _summary_context(run_id: int) -> dict:
@@ -85,9 +153,14 @@ def _summary_context(run_id: int) -> dict:
 
 @bp.get("/<int:run_id>")
 def show(run_id: int):
+    primary = primary_of_app()
     context = _summary_context(run_id)
-    start = tail_start(primary_of_app(), context["run"], TAIL_BYTES)
-    return render_template("run_show.html", **context, start=start)
+    start = tail_start(primary, context["run"], TAIL_BYTES)
+    first_line = lines_before(primary, run_id, start) + 1 if start else 1
+    state = json.dumps(run_state(primary, run_id), separators=(",", ":"))
+    return render_template(
+        "run_show.html", **context, start=start, first_line=first_line, live_state=state
+    )
 
 
 @bp.get("/<int:run_id>/summary")
@@ -131,11 +204,72 @@ def events(run_id: int):
     return response
 
 
+def _number(name: str, default: int) -> int:
+    raw = request.args.get(name)
+    if raw is None:
+        return default
+    if not WHOLE_NUMBER.fullmatch(raw):
+        raise BadRequest(f"{name}: must be a whole number of bytes")
+    return int(raw)
+
+
 @bp.get("/<int:run_id>/log")
 def raw_log(run_id: int):
-    """The whole run log, exactly the bytes of GET /api/v1/runs/ID/log."""
-    chunks, _ = run_log(primary_of_app(), run_id, 0)
-    return Response(chunks, mimetype="text/plain")
+    """The whole run log, exactly the bytes of GET /api/v1/runs/ID/log (`?download=1`: as a
+    file). With `limit`, one piece of it for the run page, which follows a log with these
+    plain requests and holds no connection: from `offset`, or the whole lines just before
+    `before`; headers say where it starts and ends, whether the log is complete, and the
+    run's state (read after the log, so a complete log comes with its final state)."""
+    primary = primary_of_app()
+    if "limit" not in request.args:
+        runs.get_run(primary, run_id)  # 404 before the body starts
+        chunks, _ = run_log(primary, run_id, 0)
+        response = Response(chunks, mimetype="text/plain")
+        if request.args.get("download"):
+            response.headers["Content-Disposition"] = f'attachment; filename="run-{run_id}.log"'
+        return response
+    limit = _number("limit", 0)
+    if not 1 <= limit <= MAX_PIECE_BYTES:
+        raise BadRequest(f"limit: must be 1 to {MAX_PIECE_BYTES} bytes")
+    runs.get_run(primary, run_id)
+    if "before" in request.args:
+        before = _number("before", 0)
+        start = line_start_before(primary, run_id, before, limit)
+        piece, _ = log_piece(primary, run_id, start, before - start)
+        ends = False
+    else:
+        start = _number("offset", 0)
+        piece, ends = log_piece(primary, run_id, start, limit)
+    state = run_state(primary, run_id)
+    response = Response(piece, mimetype="application/octet-stream")
+    response.headers["X-Log-Offset"] = str(start)
+    response.headers["X-Log-Next"] = str(start + len(piece))
+    response.headers["X-Log-Complete"] = "true" if ends else "false"
+    response.headers["X-Run-State"] = json.dumps(state, separators=(",", ":"))  # ASCII
+    return response
+
+
+@bp.get("/<int:run_id>/log/search")
+def search(run_id: int):
+    """Lines of the whole log that contain `q`, for the run page's search (a log may be
+    far longer than what the page holds)."""
+    query = request.args.get("q", "")
+    if not 1 <= len(query) <= MAX_QUERY:
+        raise BadRequest(f"q: search for 1 to {MAX_QUERY} characters")
+    primary = primary_of_app()
+    runs.get_run(primary, run_id)
+    return jsonify(search_log(primary, run_id, query, MAX_MATCHES))
+
+
+@bp.get("/<int:run_id>/log.gz")
+def raw_log_gzip(run_id: int):
+    """The whole run log gzipped, as a file (compressed as it is read)."""
+    primary = primary_of_app()
+    runs.get_run(primary, run_id)
+    chunks, _ = run_log(primary, run_id, 0)
+    response = Response(gzip_chunks(chunks), mimetype="application/gzip")
+    response.headers["Content-Disposition"] = f'attachment; filename="run-{run_id}.log.gz"'
+    return response
 
 
 @bp.get("/<int:run_id>/attempts/<int:attempt>/jobs/<job>/log")

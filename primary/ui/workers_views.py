@@ -5,11 +5,12 @@ from flask import Blueprint, render_template, request, url_for
 from primary.api.auth import primary_of_app
 from primary.errors import NotFound
 from primary.fleet import workers
-from primary.ui.fleet import parse_tags, workers_with_homes
+from primary.ui.fleet import homes_by_worker, parse_tags, worker_attempts, workers_with_homes
 from primary.ui.respond import done
 from primary.ui.session import require_admin
 
 bp = Blueprint("workers", __name__, url_prefix="/workers")
+RECENT_ATTEMPTS = 50
 ACTION_WORDS = {"lock": "locked", "unlock": "unlocked", "drain": "draining", "flood": "flooded"}
 
 
@@ -22,6 +23,24 @@ def index():
 def table():
     """The table alone, for the page's periodic refresh."""
     return render_template("workers_table.html", workers=workers_with_homes(primary_of_app()))
+
+
+@bp.get("/<worker_id>")
+def show(worker_id: str):
+    """One worker: what the table shows, what it runs now and what it ran (its attempts,
+    newest first), with links to each run and to all of its runs in Runs."""
+    primary = primary_of_app()
+    worker = workers.get_worker(primary, worker_id)
+    worker["homes"] = homes_by_worker(primary).get(worker["id"], [])
+    attempts = worker_attempts(primary, worker["id"], RECENT_ATTEMPTS)
+    return render_template(
+        "worker_show.html",
+        worker=worker,
+        current=[
+            a for a in attempts if a["outcome"] is None and a["state"] in ("assigned", "running")
+        ],
+        attempts=attempts,
+    )
 
 
 @bp.post("/<worker_id>/flags/<action>")

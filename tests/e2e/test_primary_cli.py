@@ -1,9 +1,13 @@
 """`cifleet-primary` commands: init, the built-in worker, the demo, a wrong vault key."""
 
+import http.client
 import json
 import os
+import re
 import shutil
+import ssl
 import subprocess
+import urllib.parse
 from pathlib import Path
 
 from fleet import BIN, init_primary, process_gone, wait_for
@@ -86,6 +90,31 @@ def test_demo_command_runs_the_example_and_says_how_to_stop(tmp_path):
             assert "run 1 finished: success" in out
             assert f"https://127.0.0.1:{api}/api/v1/status" in out
             assert f"cifleet-primary stop --data-dir {data}" in out
+            # The web UI: its address, a login whose password is in a 0600 file (not in
+            # the output), and how to trust the CA; the login works.
+            password_file = data / "ui-admin-password"
+            password = password_file.read_text().strip()
+            assert password_file.stat().st_mode & 0o777 == 0o600 and password not in out
+            assert f"web UI:         https://127.0.0.1:{api}/\n" in out
+            assert f"log in:       name admin, password: cat {password_file}\n" in out
+            assert f"-i {data / 'ca.pem'}" in out
+            context = ssl.create_default_context(cafile=str(data / "ca.pem"))
+            form = urllib.parse.urlencode({"name": "admin", "password": password})
+            conn = http.client.HTTPSConnection("127.0.0.1", api, context=context, timeout=30)
+            conn.request("GET", "/login")
+            page = conn.getresponse()
+            cookie = page.getheader("Set-Cookie").split(";")[0]
+            token = re.search(r'name="csrf_token" value="([^"]+)"', page.read().decode())[1]
+            conn.request(
+                "POST",
+                "/login",
+                form + f"&csrf_token={token}",
+                {"Content-Type": "application/x-www-form-urlencoded", "Cookie": cookie},
+            )
+            answer = conn.getresponse()
+            answer.read()
+            conn.close()
+            assert (answer.status, answer.getheader("Location")) == (303, "/workers")
             if os.geteuid() == 0:
                 # As root the built-in worker's jobs run outside the private data dir.
                 worker_id = json.loads((data / "builtin-worker" / "config.json").read_text())

@@ -114,8 +114,8 @@ def new_page(browser, primary, request, tmp_path):
     pages = []
     errors: list[str] = []
 
-    def make():
-        context = browser.new_context(viewport=VIEWPORT, base_url=primary.url)
+    def make(viewport: dict = VIEWPORT):
+        context = browser.new_context(viewport=viewport, base_url=primary.url)
         context.set_default_timeout(EXPECT_TIMEOUT_MS)
         page = context.new_page()
         page.on("pageerror", lambda exc: errors.append(f"script error: {exc}"))

@@ -26,7 +26,12 @@ def render(playwright_driver):
                 for (const chunk of chunks) {
                     const result = cifleetAnsi.segments(chunk, state);
                     state = result.state;
-                    for (const s of result.segments) out.push([s.text, cifleetAnsi.classes(s)]);
+                    for (const s of result.segments) {
+                        const row = [s.text, cifleetAnsi.classes(s)];
+                        const c = cifleetAnsi.colours(s);
+                        if (c.color || c.backgroundColor) row.push(JSON.stringify(c));
+                        out.push(row);
+                    }
                 }
                 return out;
             }""",
@@ -69,10 +74,25 @@ def test_other_escapes_are_dropped(render):
 
 
 def test_extended_colour_arguments_are_not_taken_for_codes(render):
-    # 38;2;30;... is an RGB colour: its 30 must not turn the text black; 38;5;1 likewise.
+    # 38;2;30;... is an RGB colour: its 30 must not turn the text black; 38;5;31 likewise.
     assert render(["\x1b[38;2;30;40;50mrgb\x1b[38;5;31m 256\x1b[0;33m yellow"]) == [
-        ["rgb 256", ""],
+        ["rgb", "", '{"color":"#1e2832"}'],
+        [" 256", "", '{"color":"#0087af"}'],
         [" yellow", "ansi-fg-33"],
+    ]
+
+
+def test_backgrounds_underline_and_the_first_16_of_256_as_theme_colours(render):
+    text = (
+        "\x1b[4;41munder red\x1b[24;49m plain\x1b[38;5;1;48;5;9m theme"
+        "\x1b[48;5;232m grey\x1b[0m reset\x1b[48;2;300;0;0m bad rgb"
+    )
+    assert render([text]) == [
+        ["under red", "ansi-bg-41 ansi-underline"],
+        [" plain", ""],
+        [" theme", "ansi-fg-31 ansi-bg-101"],
+        [" grey", "ansi-fg-31", '{"backgroundColor":"#080808"}'],
+        [" reset bad rgb", ""],
     ]
 
 

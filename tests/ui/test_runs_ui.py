@@ -1,11 +1,15 @@
 """Runs pages in a real browser with a real agent: a run triggered from the UI whose log
 grows in the page while its job runs (the test decides when the job goes on, by creating
-files it waits for), ANSI colours, auto-scroll, resuming after the stream ends, the cap on
-open streams, Cancel, filters, and what a viewer may not do."""
+files it waits for), ANSI colours, auto-scroll, every byte once across the page's requests,
+pages that hold no stream, the event stream's resume and cap, Cancel, filters, and what a
+viewer may not do."""
 
+import http.client
 import json
 import re
 import signal
+import ssl
+import threading
 
 import pytest
 from fleet import wait_file_step, wait_for
@@ -13,8 +17,8 @@ from fleet import wait_file_step, wait_for
 pytestmark = pytest.mark.e2e
 
 SGR = re.compile(r"\x1b\[[0-9;]*m")
-# The server ends each stream after 3 s here: a test that waits for the next connection
-# knows what it sends next arrives on a resumed stream.
+# The event stream (which the page no longer opens) ends after 3 s here, so its own checks
+# at the end of a test are quick.
 SHORT_STREAMS = ("--log-stream-seconds", "3")
 
 
@@ -60,6 +64,21 @@ def parse_events(stream: bytes) -> list[dict]:
     return events
 
 
+def hold_stream(primary, path: str, cookies: str, opened: threading.Event) -> None:
+    """Read an event stream to its end, in a thread of its own (Playwright is not for
+    threads: the cookies are taken before); `opened` is set once it is answered."""
+    context = ssl.create_default_context(cafile=str(primary.ca_file))
+    conn = http.client.HTTPSConnection("127.0.0.1", primary.api_port, context=context, timeout=120)
+    try:
+        conn.request("GET", path, headers={"Cookie": cookies})
+        response = conn.getresponse()
+        assert response.status == 200
+        opened.set()
+        response.read()
+    finally:
+        conn.close()
+
+
 def at_bottom(log) -> bool:
     return log.evaluate("el => el.scrollHeight - el.scrollTop - el.clientHeight < 4")
 
@@ -96,14 +115,14 @@ def test_a_run_started_in_the_ui_shows_its_log_growing_in_colour_and_resumes_exa
     assert at_bottom(log)  # it followed the output
     shot(page, "run")
 
-    def connections() -> int:
-        return int(log.get_attribute("data-connections") or 0)
+    def requests() -> int:
+        return int(log.get_attribute("data-requests") or 0)
 
-    # Each part of the output is let out only once the stream that sent the part before
-    # ended (the server ends it) and the browser reconnected with Last-Event-ID: so every
-    # part comes on a resumed stream, however long the steps take.
-    sent_early = connections()
-    wait_for(lambda: connections() > sent_early, 30, "a reconnect")
+    # Each part of the output is let out only once the page asked for the log again after
+    # the part before: every part comes in a request of its own, from the offset the page
+    # had reached, however long the steps take.
+    sent_early = requests()
+    wait_for(lambda: requests() > sent_early + 1, 30, "the page to ask again")
 
     # Scrolled up by the user: new output does not pull the view down.
     log.hover()
@@ -117,15 +136,15 @@ def test_a_run_started_in_the_ui_shows_its_log_growing_in_colour_and_resumes_exa
     # Back at the bottom: it follows again.
     page.mouse.wheel(0, 100_000)
     expect(page.get_by_role("button", name="Follow the end")).to_be_hidden()
-    sent_late = connections()
-    wait_for(lambda: connections() > sent_late, 30, "another reconnect")
+    sent_late = requests()
+    wait_for(lambda: requests() > sent_late + 1, 30, "the page to ask again")
     finish.touch()
     expect(log).to_have_attribute("data-complete", "true", timeout=60_000)
     expect(page.locator("#run-state")).to_have_text("success")
     expect(page.locator('tr[data-job="test"] [data-state]')).to_have_text("success")
     assert at_bottom(log)
 
-    # Every byte once, across the reconnects: the page's text is the stored log with the
+    # Every byte once, across the requests: the page's text is the stored log with the
     # colour codes turned into spans.
     body = stored_log(primary, run_id)
     shown = log.text_content()
@@ -171,37 +190,67 @@ def test_bytes_that_are_not_utf8_are_shown_replaced_and_the_raw_log_is_exact(
     assert (status, raw) == (200, body)
 
 
-@pytest.mark.parametrize("primary", [("--log-streams", "1")], indirect=True)
-def test_streams_past_the_cap_are_refused_with_a_retry_and_get_in_later(
+@pytest.mark.parametrize(
+    "primary", [("--log-streams", "1", "--log-stream-seconds", "300")], indirect=True
+)
+def test_pages_hold_no_stream_so_the_cap_blanks_no_log_and_other_pages_load(
     new_page, login, primary, start_agent, tmp_path, session_get
 ):
+    """Nine run pages in one browser (live, finished and queued runs), with the one event
+    stream allowed taken and held: every page shows its log, and /workers loads. (With a
+    stream per page, held for 300 s here, the seventh page would wait for a connection.)"""
     from playwright.sync_api import expect
 
     start_agent("builder-1")
     finish = tmp_path / "finish"
     steps = ['for i in $(seq 1 30); do echo "line $i"; done', wait_file_step(finish), "echo done"]
+    primary.pipeline(pipeline_yaml("done", {"build": ["echo finished already"]}))
+    finished = primary.wait_run(primary.trigger("done"))["id"]
     primary.pipeline(pipeline_yaml("held", {"build": steps}))
-    run_id = primary.trigger("held")
+    live = primary.trigger("held")
+    primary.pipeline(pipeline_yaml("nobody", {"a": ["true"]}, tags=("no-such-worker",)))
+    queued = primary.trigger("nobody")
     first = new_page()
     login(first, "viewer")
-    first.goto(f"/runs/{run_id}")
-    expect(first.locator("#log")).to_contain_text("line 30")
+    wait_for(lambda: primary.run(live)["state"] == "running", 60, "the live run to start")
 
-    status, headers, body = session_get(first, f"/runs/{run_id}/events")
-    assert status == 503 and headers["Retry-After"] == "5"
-    assert body.startswith(b"retry: 5000\n")
+    # The only stream slot, held by a client of the event stream (it ends with the run).
+    cookies = "; ".join(f"{c['name']}={c['value']}" for c in first.context.cookies())
+    opened = threading.Event()
+    holder = threading.Thread(
+        target=hold_stream, args=(primary, f"/runs/{live}/events", cookies, opened)
+    )
+    holder.start()
+    assert opened.wait(60), "the event stream was not answered"
+    status, headers, body = session_get(first, f"/runs/{live}/events")
+    assert status == 503 and headers["Retry-After"] == "5" and body.startswith(b"retry: 5000\n")
 
-    second = new_page()
-    login(second, "viewer")
-    second.goto(f"/runs/{run_id}")
-    expect(second.locator("#log-status")).to_contain_text("live log unavailable")
-    assert second.locator("#log").text_content() == ""
+    context = first.context
+    pages = []
+    for run_id in [live] * 4 + [finished] * 4 + [queued]:
+        page = context.new_page()
+        page.goto(f"/runs/{run_id}")
+        pages.append((run_id, page))
+    for run_id, page in pages:
+        log = page.locator("#log")
+        if run_id == live:
+            expect(log).to_contain_text("line 30")
+        elif run_id == finished:
+            expect(log).to_have_attribute("data-complete", "true")
+            assert log.text_content() == stored_log(primary, finished).decode()
+        else:
+            expect(page.locator("#log-status")).to_have_text("waiting for a worker")
+    first.goto("/workers")  # a tenth page of the same browser
+    expect(first.locator('tr[data-worker="builder-1"]')).to_be_visible()
 
-    first.goto("/workers")  # leaves: its stream ends at its next write, a heartbeat later
-    expect(second.locator("#log")).to_contain_text("line 30", timeout=60_000)
     finish.touch()
-    expect(second.locator("#log")).to_have_attribute("data-complete", "true", timeout=60_000)
-    assert second.locator("#log").text_content() == stored_log(primary, run_id).decode()
+    for _, page in pages[:4]:
+        log = page.locator("#log")
+        expect(log).to_have_attribute("data-complete", "true", timeout=60_000)
+        assert log.text_content() == stored_log(primary, live).decode()
+        expect(page.locator("#run-state")).to_have_text("success")
+    holder.join(timeout=60)
+    assert not holder.is_alive()
 
 
 def test_a_lost_attempt_stays_in_the_log_and_its_partial_output_is_linked(
@@ -332,7 +381,11 @@ def test_a_viewer_sees_no_cancel_button_and_their_cancel_is_refused(
     viewer.goto(f"/runs/{run_id}")
     expect(viewer.locator("#log")).to_contain_text("started")
     expect(viewer.locator("#run-state")).to_have_text("running")
-    expect(viewer.locator("main button:not(#log-follow), main form")).to_have_count(0)
+    controls = (
+        "main button:not(#log-follow):not(#log-load-earlier):not(#log-search *),"
+        " main form:not(#log-search)"
+    )
+    expect(viewer.locator(controls)).to_have_count(0)
     status, body = session_post(viewer, f"/runs/{run_id}/cancel", {"csrf_token": csrf_of(viewer)})
     assert (status, "only an admin may do this" in body) == (403, True)
     run = primary.run(run_id)

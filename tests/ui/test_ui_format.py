@@ -4,8 +4,9 @@ import datetime
 
 import pytest
 
+from primary.runs.runlog import exit_text
 from primary.ui.fleet import parse_tags
-from primary.ui.format import ago, badge_class, duration, load_text
+from primary.ui.format import ago, badge_class, duration, exit_code, load_text, ordinal, when
 
 NOW = datetime.datetime(2026, 1, 2, 12, 0, 0, tzinfo=datetime.UTC)
 
@@ -54,3 +55,36 @@ def test_badge_class():
 def test_tags_as_typed():
     assert parse_tags(" linux, gpu  arm64,,") == ["linux", "gpu", "arm64"]
     assert parse_tags("") == []
+
+
+def test_exit_codes_and_signals_by_name():
+    assert [exit_code(c) for c in (None, 0, 3, -15, -9, -99)] == [
+        "–",
+        "0",
+        "3",
+        "SIGTERM",
+        "SIGKILL",
+        "signal 99",
+    ]
+    assert [exit_text(c) for c in (None, 2, -15)] == ["", ", exit code 2", ", killed by SIGTERM"]
+
+
+def test_ordinals_and_times_with_utc_on_hover():
+    assert [ordinal(n) for n in (1, 2, 3, 4, 11, 12, 13, 21, 22, 101, 111)] == [
+        "1st",
+        "2nd",
+        "3rd",
+        "4th",
+        "11th",
+        "12th",
+        "13th",
+        "21st",
+        "22nd",
+        "101st",
+        "111th",
+    ]
+    assert str(when(None)) == "–"
+    html = str(when("2026-01-02T11:59:00+00:00"))
+    assert html.startswith(
+        '<time datetime="2026-01-02T11:59:00+00:00" title="2026-01-02T11:59:00+00:00 UTC">'
+    )

@@ -22,21 +22,37 @@
     box.replaceChildren(p);
   }
 
-  // Someone typing or with an editor open in the region: do not replace it under them.
+  // Someone typing, with an editor open, about to click or tapping in the region: do not
+  // replace it under them (a tap's target would be gone before its click).
+  let lastPointerDown = { region: null, at: 0 };
+  document.addEventListener("pointerdown", (event) => {
+    const region = event.target.closest?.("[data-refresh-url]");
+    if (region) lastPointerDown = { region, at: Date.now() };
+  }, true);
+
   function busy(region) {
-    const active = document.activeElement;
     if (region.querySelector("details[open]")) return true;
+    if (lastPointerDown.region === region && Date.now() - lastPointerDown.at < 3000) return true;
+    if (region.querySelector("button:hover, a:hover, summary:hover")) return true;
+    return typing(region);
+  }
+
+  function typing(region) {
+    const active = document.activeElement;
     return !!active && region.contains(active) && /^(INPUT|TEXTAREA|SELECT)$/.test(active.tagName);
   }
 
-  async function refresh(region) {
+  // `afterAction`: the refresh that shows what the user's own action changed, which no
+  // hover or recent tap holds back.
+  async function refresh(region, afterAction = false) {
     const response = await fetch(region.dataset.refreshUrl, {
       headers: FETCH_HEADERS, credentials: "same-origin", cache: "no-store",
     });
     if (response.status === 401) { location.reload(); return; } // the session ended: log in
+    if (response.status >= 500) throw new Error(`HTTP ${response.status}`); // not answering
     if (!response.ok) return;
     const html = await response.text();
-    if (busy(region)) return;
+    if (afterAction ? typing(region) : busy(region)) return;
     const focusedId = region.contains(document.activeElement) ? document.activeElement.id : "";
     region.innerHTML = html;
     if (focusedId) document.getElementById(focusedId)?.focus(); // keyboard users keep their place
@@ -47,7 +63,12 @@
     const interval = Number(region.dataset.refreshMs) || 2000;
     const tick = async () => {
       if (!document.hidden) {
-        try { await refresh(region); } catch (e) { /* a network blip: the next tick retries */ }
+        try {
+          await refresh(region);
+          document.body.classList.remove("stale");
+        } catch (e) {
+          document.body.classList.add("stale"); // the banner: what is shown may be old
+        }
       }
       setTimeout(tick, interval);
     };
@@ -67,7 +88,7 @@
     const details = form.closest("details");
     if (details) details.open = false;
     const region = form.closest("[data-refresh-url]");
-    if (region) await refresh(region);
+    if (region) await refresh(region, true);
   }
 
   document.addEventListener("submit", (event) => {
@@ -96,6 +117,26 @@
     button.textContent = "Copied";
     setTimeout(() => { button.textContent = label; }, 1500);
   });
+
+  // A message of success goes after a while (an error stays until the next action).
+  function fadeLater(flash) {
+    if (!flash.classList.contains("flash-error")) setTimeout(() => flash.remove(), 8000);
+  }
+  document.querySelectorAll("#messages .flash").forEach(fadeLater);
+  new MutationObserver((changes) => {
+    for (const change of changes) change.addedNodes.forEach((n) => n.classList && fadeLater(n));
+  }).observe(document.getElementById("messages") || document.createElement("div"), { childList: true });
+
+  // Times: the page says "3 min ago"; hovering shows the reader's local time and UTC.
+  function localTimes(root) {
+    root.querySelectorAll("time[datetime]").forEach((el) => {
+      const at = new Date(el.getAttribute("datetime"));
+      if (isNaN(at)) return;
+      el.title = `${at.toLocaleString()} (${at.toISOString().replace("T", " ").slice(0, 19)} UTC)`;
+    });
+  }
+  localTimes(document);
+  document.addEventListener("cifleet:refreshed", (event) => localTimes(event.target));
 
   document.querySelectorAll("[data-refresh-url]").forEach(startRefresh);
   window.cifleet = { csrfToken, refresh, say, fetchHeaders: FETCH_HEADERS };
