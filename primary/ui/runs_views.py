@@ -20,7 +20,7 @@ from primary.api.auth import primary_of_app
 from primary.errors import BadRequest
 from primary.fleet import workers
 from primary.pipelines import pipelines
-from primary.runs import runs
+from primary.runs import artifacts, runs
 from primary.runs.runlog import run_log
 from primary.sources import triggers
 from primary.ui import log_stream
@@ -148,6 +148,7 @@ def _summary_context(run_id: int) -> dict:
         "run": run,
         "prepare": prepare_lines(primary, run),
         "final": run["state"] in runs.FINAL_STATES,
+        "artifacts": artifacts.list_for_run(primary, run_id),
     }
 
 
@@ -269,6 +270,20 @@ def raw_log_gzip(run_id: int):
     chunks, _ = run_log(primary, run_id, 0)
     response = Response(gzip_chunks(chunks), mimetype="application/gzip")
     response.headers["Content-Disposition"] = f'attachment; filename="run-{run_id}.log.gz"'
+    return response
+
+
+@bp.get("/<int:run_id>/attempts/<int:attempt>/jobs/<job>/artifacts.tar")
+def artifacts_tar(run_id: int, attempt: int, job: str):
+    """A job's artifacts of one attempt, as the tar its worker sent (the API's too)."""
+    primary = primary_of_app()
+    runs.get_run(primary, run_id)
+    info, chunks = artifacts.read(primary, run_id, job, attempt)
+    response = Response(chunks, mimetype="application/x-tar")
+    response.headers["Content-Length"] = str(info["size"])
+    response.headers["Content-Disposition"] = (
+        f'attachment; filename="run-{run_id}-{job}-artifacts.tar"'
+    )
     return response
 
 

@@ -13,6 +13,7 @@ import threading
 
 import pytest
 from fleet import wait_file_step, wait_for
+from widths import both_widths, no_sideways_overflow
 
 pytestmark = pytest.mark.e2e
 
@@ -422,3 +423,30 @@ def test_numbers_in_queries_must_be_ascii_digits(page, login, primary, session_g
     ]:
         status, _, body = session_get(page, path, headers)
         assert status == 400, (path, status, body[:200])
+
+
+@both_widths
+def test_a_runs_artifacts_are_listed_and_downloaded_from_its_page(
+    new_page, viewport, login, primary, start_agent, session_get
+):
+    from playwright.sync_api import expect
+
+    start_agent("builder-1")
+    text = pipeline_yaml("packs", {"pack": ["mkdir -p dist", "printf 'wheel' > dist/x.whl"]})
+    primary.pipeline(text.replace("    steps:", "    artifacts: [dist/*.whl]\n    steps:"))
+    run_id = primary.trigger("packs")
+    assert primary.wait_run(run_id)["state"] == "success"
+    page = new_page(viewport)
+    login(page)
+    page.goto(f"/runs/{run_id}")
+    row = page.locator("tr[data-artifacts='pack']")
+    expect(row).to_contain_text("dist/x.whl")
+    link = row.get_by_role("link", name="pack-artifacts.tar")
+    expect(link).to_be_visible()
+    no_sideways_overflow(page)
+    status, headers, body = session_get(page, link.get_attribute("href"))
+    api = primary.client.request("GET", f"/api/v1/runs/{run_id}/jobs/pack/artifacts.tar")
+    assert (status, body) == (200, api[2])
+    assert headers["Content-Disposition"] == (
+        f'attachment; filename="run-{run_id}-pack-artifacts.tar"'
+    )
