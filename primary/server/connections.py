@@ -66,7 +66,6 @@ class ServedConnection(RequestHandler):
         self._admit = admit
         self._header_timer: asyncio.TimerHandle | None = None
         self._in_request = False
-        self._data_in_request = False
         # Agent port: the worker id its certificate names (set once the handshake is done).
         self.worker: str | None = None
 
@@ -83,10 +82,6 @@ class ServedConnection(RequestHandler):
     def data_received(self, data: bytes) -> None:
         if not self._in_request and self._header_timer is None:
             self._arm_header_timer()
-        elif self._in_request:
-            # May be the start of the next request (pipelined): its deadline starts when
-            # this one ends, or a client could drip those headers for ever.
-            self._data_in_request = True
         super().data_received(data)
 
     def connection_lost(self, exc: BaseException | None) -> None:
@@ -102,10 +97,10 @@ class ServedConnection(RequestHandler):
         self._cancel_header_timer()
 
     def request_ended(self) -> None:
+        # Bytes of a next request that came while this one was served (pipelining) get no
+        # header deadline of their own: they cannot be told from this one's body here. The
+        # keep-alive timeout (--idle-timeout) closes such a connection.
         self._in_request = False
-        if self._data_in_request and self._header_timer is None:
-            self._arm_header_timer()
-        self._data_in_request = False
 
     def _arm_header_timer(self) -> None:
         self._header_timer = self._event_loop.call_later(

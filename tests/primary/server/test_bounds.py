@@ -285,9 +285,10 @@ def test_request_headers_have_a_deadline(served):
     )
 
 
-def test_a_pipelined_requests_headers_have_a_deadline_too(served):
-    """The next request's first bytes, sent while the first is served, start its header
-    deadline once the first ends: a client cannot drip them for ever."""
+def test_a_pipelined_requests_headers_are_bounded_by_the_idle_timeout(served):
+    """The next request's first bytes, sent while the first is served, cannot be told from
+    the first one's body: no header deadline of their own, but the keep-alive timeout closes
+    the connection (a drip of them is not a way to hold it)."""
     sock = tls(served["public"], context(served["pki"]))
     sock.sendall(b"GET /wait HTTP/1.1\r\nHost: x\r\n\r\n")
     gate = served["apps"]["public"]
@@ -299,12 +300,7 @@ def test_a_pipelined_requests_headers_have_a_deadline_too(served):
     while not answer.endswith(b"\r\n0\r\n\r\n") and (data := sock.recv(4096)):
         answer += data  # the first request's whole (chunked) answer
     assert answer.startswith(b"HTTP/1.1 200")
-    assert closed_by_server(sock)
-    wait_for(
-        lambda: refused(served["metrics"], "public", "read_deadline") == 1,
-        10,
-        "the refusal counted",
-    )
+    assert closed_by_server(sock)  # after --idle-timeout (2 s here), not the test's 10 s
 
 
 def test_a_connection_without_a_request_is_closed_at_the_header_deadline(served):
