@@ -66,6 +66,14 @@ def store_url(engine, request) -> str | None:
 
 
 @pytest.fixture
+def sqlite_fleet_setup():
+    """What the `primary` fixture's SQLite fleets hold beyond `init`'s: a function of the
+    data dir, or None. A folder's conftest may override it (tests/ui adds its users); it
+    runs once per session, on the template every such fleet is copied from."""
+    return None
+
+
+@pytest.fixture
 def fleet_root(tmp_path):
     return tmp_path
 
@@ -83,6 +91,7 @@ def primary(fleet_root, store_url, request) -> Primary:
         "0",
         *getattr(request, "param", ()),
         store=store_url,
+        sqlite_setup=request.getfixturevalue("sqlite_fleet_setup"),
     )
     try:
         p.start()

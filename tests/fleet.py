@@ -2,6 +2,7 @@
 each started as a subprocess (the primary on loopback ports reserved for it: tests/ports.py),
 stopped as a process group."""
 
+import atexit
 import contextlib
 import functools
 import http.client
@@ -351,12 +352,33 @@ def register_agent(
 
 
 def init_primary(
-    root: Path, *serve_args: str, store: str | None = None, host: str = "127.0.0.1"
+    root: Path,
+    *serve_args: str,
+    store: str | None = None,
+    host: str = "127.0.0.1",
+    sqlite_setup: Callable[[Path], None] | None = None,
 ) -> Primary:
     """A primary's data dir under `root`, to serve on `host` (also named in its server
     certificate) at ports reserved there; its fleet in `store` (a PostgreSQL URL), or in
-    SQLite by default."""
+    SQLite by default (then made as by `sqlite_setup(data_dir)` too, if given)."""
     data_dir = root / "primary-data"
+    if store:
+        _run_init(data_dir, host, store)
+    else:
+        # A copy of a fleet made once per session by the same `init`: its CA, keys and
+        # tokens are then the same in every SQLite test fleet, which no test compares
+        # across fleets; it saves an `init` (most of a second) per test.
+        shutil.copytree(sqlite_fleet_template(host, sqlite_setup), data_dir, symlinks=True)
+    # The built-in worker's jobs run beside the test's other files, not in /var/lib.
+    return Primary(
+        data_dir=data_dir,
+        serve_args=["--builtin-work-dir", str(root / "builtin-work"), *serve_args],
+        log_path=root / "primary.log",
+        host=host,
+    )
+
+
+def _run_init(data_dir: Path, host: str, store: str | None) -> None:
     names = [] if host == "127.0.0.1" else ["--hostname", host]
     subprocess.run(
         [str(BIN / "cifleet-primary"), "init", "--data-dir", str(data_dir), *names]
@@ -365,13 +387,22 @@ def init_primary(
         capture_output=True,
         timeout=60,
     )
-    # The built-in worker's jobs run beside the test's other files, not in /var/lib.
-    return Primary(
-        data_dir=data_dir,
-        serve_args=["--builtin-work-dir", str(root / "builtin-work"), *serve_args],
-        log_path=root / "primary.log",
-        host=host,
-    )
+
+
+@functools.cache
+def sqlite_fleet_template(host: str, setup: Callable[[Path], None] | None = None) -> Path:
+    """A data dir made by `cifleet-primary init` for `host`, once per session (then passed
+    to `setup(data_dir)`, if given, e.g. to create users); tests copy it, never change it."""
+    if _passable_root is not None:
+        folder = Path(tempfile.mkdtemp(prefix="fleet-template-", dir=_passable_root))
+    else:
+        folder = Path(tempfile.mkdtemp(prefix="cifleet-fleet-template-"))
+        atexit.register(shutil.rmtree, folder, ignore_errors=True)
+    data_dir = folder / "primary-data"
+    _run_init(data_dir, host, None)
+    if setup is not None:
+        setup(data_dir)
+    return data_dir
 
 
 class AgentPeer:

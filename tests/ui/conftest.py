@@ -57,9 +57,13 @@ VIEWER = Login("vic", "vic-password-4567", "viewer")
 
 def create_user(primary: Primary, user: Login) -> None:
     """With the real CLI; the password goes on stdin, as an operator would type it."""
+    create_user_in(primary.data_dir, user)
+
+
+def create_user_in(data_dir: Path, user: Login) -> None:
     result = subprocess.run(
         [str(BIN / "cifleet-primary"), "user", "create", user.name, "--role", user.role]
-        + ["--data-dir", str(primary.data_dir)],
+        + ["--data-dir", str(data_dir)],
         input=user.password + "\n",
         capture_output=True,
         text=True,
@@ -85,22 +89,46 @@ def playwright_driver():
         yield driver
 
 
-@pytest.fixture
-def users(primary) -> dict[str, Login]:
+def create_test_users(data_dir: Path) -> None:
     for user in (ADMIN, VIEWER):
-        create_user(primary, user)
+        create_user_in(data_dir, user)
+
+
+@pytest.fixture
+def sqlite_fleet_setup():
+    """The UI tests' SQLite fleets hold their two users from the start (made once per
+    session with the real CLI, tests/conftest.py: sqlite_fleet_setup)."""
+    return create_test_users
+
+
+@pytest.fixture
+def users(primary, store_url) -> dict[str, Login]:
+    if store_url is not None:
+        create_test_users(primary.data_dir)
     return {"admin": ADMIN, "viewer": VIEWER}
 
 
+@pytest.fixture(scope="session")
+def browsers_by_pin(playwright_driver):
+    """One Chromium per server key, for the session: the SQLite test fleets are copies of
+    one template (tests/fleet.py), so they share a key, and a launch costs about a second.
+    Each test still gets contexts of its own (cookies, cache, connections)."""
+    browsers: dict[str, object] = {}
+    yield browsers
+    for browser in browsers.values():
+        browser.close()
+
+
 @pytest.fixture
-def browser(playwright_driver, primary):
+def browser(browsers_by_pin, playwright_driver, primary):
     """A Chromium that trusts exactly this primary's server key."""
-    pin = f"--ignore-certificate-errors-spki-list={server_key_pin(primary)}"
-    browser = playwright_driver.chromium.launch(
-        executable_path=CHROMIUM, args=[*CHROMIUM_ARGS, pin]
-    )
-    yield browser
-    browser.close()
+    pin = server_key_pin(primary)
+    if pin not in browsers_by_pin:
+        browsers_by_pin[pin] = playwright_driver.chromium.launch(
+            executable_path=CHROMIUM,
+            args=[*CHROMIUM_ARGS, f"--ignore-certificate-errors-spki-list={pin}"],
+        )
+    return browsers_by_pin[pin]
 
 
 @pytest.fixture
