@@ -86,7 +86,9 @@ def test_posts_without_the_csrf_token_are_refused(page, login, session_post, csr
     page.reload()
     expect(page.get_by_role("button", name="Log out")).to_be_visible()  # still logged in
     assert session_post(page, "/logout", {"csrf_token": token})[0] == 303
-    page.reload()
+    # The Workers page refreshes itself; finding its session ended, it goes to the login
+    # (a page.reload() here would race the page's own).
+    expect(page).to_have_url(re.compile(r"/login\?next=/workers$"))
     expect(page.get_by_role("heading", name="Log in to cifleet")).to_be_visible()
 
 
@@ -119,7 +121,7 @@ def test_a_session_outlives_a_restart_and_ends_when_the_user_is_disabled(page, p
         timeout=60,
     )
     assert disabled.returncode == 0, disabled.stderr
-    page.reload()
+    # The page's next refresh is refused, and it goes to the login by itself.
     expect(page).to_have_url(re.compile(r"/login\?next=/workers$"))
 
 

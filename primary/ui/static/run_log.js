@@ -264,7 +264,7 @@
     });
     requests += 1;
     log.dataset.requests = String(requests);
-    if (response.status === 401) { location.reload(); throw new Error("logged out"); }
+    if (response.status === 401) { window.cifleet.sessionEnded(); throw new Error("logged out"); }
     if (!response.ok) throw new Error(`HTTP ${response.status}`);
     return response;
   }

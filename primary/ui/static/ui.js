@@ -9,6 +9,20 @@
   "use strict";
   const FETCH_HEADERS = { "X-Requested-With": "fetch" };
 
+  // A page being left (a form's navigation, such as Log out, or a link) must not reload
+  // itself when a refresh then finds the session ended: two navigations would race, and
+  // the one the browser drops may be the one that showed "You are logged out.".
+  let leaving = false;
+  window.addEventListener("beforeunload", () => {
+    leaving = true;
+    setTimeout(() => { leaving = false; }, 5000); // a download, not a navigation: stay alert
+  });
+  window.addEventListener("pageshow", () => { leaving = false; }); // back from the cache
+
+  function sessionEnded() {
+    if (!leaving) location.reload(); // to the login page, and back here after it
+  }
+
   function csrfToken() {
     return document.querySelector('meta[name="csrf-token"]').content;
   }
@@ -48,7 +62,7 @@
     const response = await fetch(region.dataset.refreshUrl, {
       headers: FETCH_HEADERS, credentials: "same-origin", cache: "no-store",
     });
-    if (response.status === 401) { location.reload(); return; } // the session ended: log in
+    if (response.status === 401) { sessionEnded(); return; }
     if (response.status >= 500) throw new Error(`HTTP ${response.status}`); // not answering
     if (!response.ok) return;
     const html = await response.text();
@@ -79,7 +93,7 @@
     const response = await fetch(form.action, {
       method: "POST", body: new FormData(form), headers: FETCH_HEADERS, credentials: "same-origin",
     });
-    if (response.status === 401) { location.reload(); return; }
+    if (response.status === 401) { sessionEnded(); return; }
     let body = {};
     try { body = await response.json(); } catch (e) { /* not JSON: use the status below */ }
     say(response.ok ? body.message : body.error || `failed: HTTP ${response.status}`, !response.ok);
@@ -139,5 +153,5 @@
   document.addEventListener("cifleet:refreshed", (event) => localTimes(event.target));
 
   document.querySelectorAll("[data-refresh-url]").forEach(startRefresh);
-  window.cifleet = { csrfToken, refresh, say, fetchHeaders: FETCH_HEADERS };
+  window.cifleet = { csrfToken, refresh, say, sessionEnded, fetchHeaders: FETCH_HEADERS };
 })();
