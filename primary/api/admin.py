@@ -2,6 +2,7 @@
 
 from flask import Blueprint, Response, jsonify, request
 
+from primary.api import downloads
 from primary.api.auth import caller, primary_of_app, require_role
 from primary.api.parse import json_body, whole_number
 from primary.errors import BadRequest, NotFound, conflict
@@ -155,15 +156,9 @@ def list_artifacts(run_id: int):
 def get_artifacts(run_id: int, job: str):
     attempt = request.args.get("attempt")
     number = whole_number(attempt, "attempt") if attempt is not None else None
-    info, chunks = artifacts.read(primary_of_app(), run_id, job, number)
-    response = Response(chunks, mimetype="application/x-tar")
-    response.headers["Content-Length"] = str(info["size"])
-    response.headers["X-Sha256"] = info["sha256"]
-    response.headers["X-Run-Attempt"] = str(info["attempt"])
-    response.headers["Content-Disposition"] = (
-        f'attachment; filename="run-{run_id}-{job}-artifacts.tar"'
-    )
-    return response
+    primary = primary_of_app()
+    runs.get_run(primary, run_id)  # 404, or 410 once pruned
+    return downloads.artifacts_tar(*artifacts.read(primary, run_id, job, number))
 
 
 @bp.post("/runs/<int:run_id>/cancel")

@@ -28,8 +28,10 @@ MAX_MEMBERS = 10_000
 COPY = 1 << 20
 
 
-def _file(primary: Primary, run_id: int, attempt: int, job: str) -> Path:
-    return primary.data.root / "artifacts" / str(run_id) / f"{attempt}-{job}.tar"
+def _file(primary: Primary, run_id: int, attempt: int, job: str, sha256: str) -> Path:
+    """Where SQLite's primary keeps a tar: named by its content too, so a repeated upload is
+    written beside the one its row still describes, never over it."""
+    return primary.data.root / "artifacts" / str(run_id) / f"{attempt}-{job}-{sha256}.tar"
 
 
 def store(
@@ -64,21 +66,24 @@ def store(
         if left:
             raise BadRequest("the body ended before its Content-Length")
         files = _members(Path(tmp))
+        target = None
         if primary.data.shared_store():
             with open(tmp, "rb") as f:
                 blob, sha256, size = blobs.write(primary.store, f)
         else:
             blob, sha256, size = None, _sha256(Path(tmp)), length
-            target = _file(primary, run_id, attempt, job)
+            target = _file(primary, run_id, attempt, job, sha256)
             target.parent.mkdir(mode=0o700, exist_ok=True)
             os.replace(tmp, target)
+        old = None
         try:
             with primary.store.transaction() as conn:
                 # One upload of the run at a time: two of the same job would each see no
                 # old blob and the first one's chunks would be left behind.
                 conn.execute("SELECT id FROM runs WHERE id = ? FOR UPDATE", (run_id,))
                 old = conn.execute(
-                    "SELECT blob FROM artifacts WHERE run_id = ? AND attempt = ? AND job = ?",
+                    "SELECT blob, sha256 FROM artifacts"
+                    " WHERE run_id = ? AND attempt = ? AND job = ?",
                     (run_id, attempt, job),
                 ).fetchone()
                 conn.execute(
@@ -94,7 +99,11 @@ def store(
         except BaseException:
             if blob is not None:
                 blobs.drop(primary.store, blob)
+            if target is not None and (old is None or old["sha256"] != sha256):
+                target.unlink(missing_ok=True)  # the row still describes the old file
             raise
+        if target is not None and old is not None and old["sha256"] != sha256:
+            _file(primary, run_id, attempt, job, old["sha256"]).unlink(missing_ok=True)
     finally:
         Path(tmp).unlink(missing_ok=True)
     return {"size": size, "sha256": sha256, "files": len(files)}
@@ -157,10 +166,16 @@ def read(
     )
     if row is None:
         raise NotFound(f"run {run_id} has no artifacts of job {job!r}")
-    info = {"attempt": row["attempt"], "size": row["size"], "sha256": row["sha256"]}
+    info = {
+        "run_id": run_id,
+        "job": job,
+        "attempt": row["attempt"],
+        "size": row["size"],
+        "sha256": row["sha256"],
+    }
     if row["blob"]:
         return info, blobs.read(primary.store, row["blob"])
-    path = _file(primary, run_id, row["attempt"], job)
+    path = _file(primary, run_id, row["attempt"], job, row["sha256"])
 
     def chunks() -> Iterator[bytes]:
         with open(path, "rb") as f:

@@ -16,6 +16,7 @@ from flask import (
     url_for,
 )
 
+from primary.api import downloads
 from primary.api.auth import primary_of_app
 from primary.errors import BadRequest
 from primary.fleet import workers
@@ -278,13 +279,7 @@ def artifacts_tar(run_id: int, attempt: int, job: str):
     """A job's artifacts of one attempt, as the tar its worker sent (the API's too)."""
     primary = primary_of_app()
     runs.get_run(primary, run_id)
-    info, chunks = artifacts.read(primary, run_id, job, attempt)
-    response = Response(chunks, mimetype="application/x-tar")
-    response.headers["Content-Length"] = str(info["size"])
-    response.headers["Content-Disposition"] = (
-        f'attachment; filename="run-{run_id}-{job}-artifacts.tar"'
-    )
-    return response
+    return downloads.artifacts_tar(*artifacts.read(primary, run_id, job, attempt))
 
 
 @bp.get("/<int:run_id>/attempts/<int:attempt>/jobs/<job>/log")

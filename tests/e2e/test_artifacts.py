@@ -89,7 +89,7 @@ def _member(name: str, kind: bytes = tarfile.REGTYPE, size: int = 0) -> tarfile.
 
 
 @pytest.mark.parametrize("primary", [("--max-artifact-bytes", "20000")], indirect=True)
-def test_a_tar_from_a_worker_is_checked_before_it_is_kept(primary, fleet_root):
+def test_a_tar_from_a_worker_is_checked_before_it_is_kept(primary, fleet_root, engine):
     assert register_agent(primary, fleet_root, "sender").returncode == 0
     worker = AgentPeer.of_home(primary, fleet_root / "sender")
     worker.answer()
@@ -126,3 +126,12 @@ def test_a_tar_from_a_worker_is_checked_before_it_is_kept(primary, fleet_root):
     status, _, body = primary.client.request("GET", f"/api/v1/runs/{run_id}/jobs/j/artifacts.tar")
     assert (status, body) == (200, good)
     assert list((primary.data_dir / "artifacts").glob(".upload-*")) == []
+
+    # A repeat replaces it; on SQLite its file is written beside the one the row still
+    # describes, and the old one goes after the commit: one file is left.
+    again = _tar(_member("dir/b.txt", size=5), data=b"again")
+    assert worker.call("POST", path, again)[0] == 200
+    status, _, body = primary.client.request("GET", f"/api/v1/runs/{run_id}/jobs/j/artifacts.tar")
+    assert (status, body) == (200, again)
+    kept = list((primary.data_dir / "artifacts").rglob("*.tar"))
+    assert len(kept) == (1 if engine == "sqlite" else 0), kept

@@ -143,6 +143,8 @@ def test_old_runs_are_pruned_newest_and_unfinished_kept_and_logs_say_410(
         f"/api/v1/runs/{old[0]}/jobs/say/log",
         f"/api/v1/runs/{old[0]}/attempts/1/jobs/say/log",
         f"/api/v1/runs/{old[0]}/log",
+        f"/api/v1/runs/{old[0]}/artifacts",
+        f"/api/v1/runs/{old[0]}/jobs/say/artifacts.tar",
     ):
         status, body = call(primary, "GET", path)
         assert status == 410, (path, body)
