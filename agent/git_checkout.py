@@ -154,16 +154,19 @@ def _write_tree(
     record_file = git.repo / RECORD_FILE
     record = work_tree.read_record(record_file) if previous else None
     todo = work_tree.plan(workspace, entries, record)
-    remove = [".git", *todo.remove]  # the job's .git: thrown away, made afresh below
+    # The job's .git is thrown away and made afresh below (MAKE_DOT_GIT); a tree never
+    # holds a .git of its own, so nothing written in between goes into it.
+    remove = list(todo.remove)
     if previous and previous != commit:
         remove += git.output_z(
             "diff-tree", "-r", "-z", "--name-only", "--no-renames", "--diff-filter=D",
             previous, commit,
         )  # fmt: skip
-    commands.run(
-        Step(["xargs", "-0", "-r", "rm", "-rf", "--"], workspace, job_env, identity, "rm"),
-        stdin=b"".join(p.encode(errors="surrogateescape") + b"\0" for p in remove),
-    )
+    if remove:  # a process as the job's uid costs tens of ms: only when there is work
+        commands.run(
+            Step(["xargs", "-0", "-r", "rm", "-rf", "--"], workspace, job_env, identity, "rm"),
+            stdin=b"".join(p.encode(errors="surrogateescape") + b"\0" for p in remove),
+        )
     # Forgotten before the files are written: if that fails halfway, the next run writes
     # every file, and still deletes what this commit has and its own has not.
     record_file.unlink(missing_ok=True)
@@ -178,7 +181,7 @@ def _write_tree(
         commands.run(
             git.step("--literal-pathspecs", "archive", "--format=tar", commit, "--", *chunk), tar
         )
-    work_tree.write_record(record_file, work_tree.record_of(workspace, entries))
+    work_tree.write_record(record_file, work_tree.record_of(workspace, entries, todo.unchanged))
     objects = git.output("rev-list", "--objects", "--no-walk", "--filter=blob:none", commit)
     objects += "".join(f"\n{oid}" for mode, oid, _ in entries if mode == work_tree.LINK)
     commands.run(

@@ -32,6 +32,8 @@ class Plan:
     remove: list[str] = field(default_factory=list)  # removed first (rm -rf)
     write: list[str] = field(default_factory=list)  # files and links to write
     everything: bool = False  # every file and link of the commit (no record to trust)
+    # Files and links found as the agent wrote them: their record entries stay as they are.
+    unchanged: Record = field(default_factory=dict)
 
 
 def plan(workspace: Path, entries: list[Entry], record: Record | None) -> Plan:
@@ -42,6 +44,7 @@ def plan(workspace: Path, entries: list[Entry], record: Record | None) -> Plan:
         result.everything = True
         result.write = [path for _, _, path in files]
     renewed: list[str] = []  # folders removed: everything below them is written
+    root = str(workspace)  # plain strings: a Path per file costs more than its lstat
     for mode, oid, path in sorted(entries, key=lambda e: e[2]):
         if mode == SUBMODULE:
             continue
@@ -50,7 +53,7 @@ def plan(workspace: Path, entries: list[Entry], record: Record | None) -> Plan:
                 result.write.append(path)
             continue
         try:
-            st = os.lstat(workspace / path)
+            st = os.lstat(os.path.join(root, path))
         except OSError:  # missing, or below something that is not a folder
             st = None
         if mode == TREE:
@@ -65,6 +68,8 @@ def plan(workspace: Path, entries: list[Entry], record: Record | None) -> Plan:
         kept = record.get(path)
         if st is None or not _is_written(st, mode, oid, kept):
             result.write.append(path)
+        else:
+            result.unchanged[path] = kept
     return result
 
 
@@ -75,15 +80,21 @@ def _is_written(st: os.stat_result, mode: str, oid: str, kept: list | None) -> b
     return stat.S_ISLNK(st.st_mode) if mode == LINK else stat.S_ISREG(st.st_mode)
 
 
-def record_of(workspace: Path, entries: list[Entry]) -> Record:
+def record_of(workspace: Path, entries: list[Entry], unchanged: Record | None = None) -> Record:
     """The record of the files just written (those that are not there are left out, so
-    they are written next time)."""
+    they are written next time). `unchanged`: entries `plan` found as written, and nothing
+    has touched since (no job runs during a checkout), kept without another lstat."""
+    unchanged = unchanged or {}
     record: Record = {}
+    root = str(workspace)
     for mode, oid, path in entries:
         if mode in (TREE, SUBMODULE):
             continue
+        if path in unchanged:
+            record[path] = unchanged[path]
+            continue
         try:
-            st = os.lstat(workspace / path)
+            st = os.lstat(os.path.join(root, path))
         except OSError:
             continue
         record[path] = [oid, st.st_ino, st.st_ctime_ns]

@@ -68,3 +68,18 @@ def test_the_record_round_trips_and_a_bad_one_counts_as_none(tmp_path):
     (tmp_path / "record.json").write_text("{not json")
     assert read_record(tmp_path / "record.json") is None
     assert read_record(tmp_path / "missing.json") is None
+
+
+def test_the_next_record_keeps_what_was_found_unchanged_and_reads_what_was_written(tmp_path):
+    record = checked_out(tmp_path)
+    (tmp_path / "src" / "main.c").write_text("forged")
+    result = plan(tmp_path, ENTRIES, record)
+    assert sorted(result.unchanged) == ["README", "link", "src/util.c"]
+    assert result.unchanged["README"] == record["README"]
+    (tmp_path / "src" / "main.c").unlink()  # what the checkout then writes: a new inode
+    (tmp_path / "src" / "main.c").write_text("src/main.c")
+    fresh = record_of(tmp_path, ENTRIES, result.unchanged)
+    assert {p: v for p, v in fresh.items() if p != "src/main.c"} == result.unchanged
+    st = os.lstat(tmp_path / "src" / "main.c")
+    assert fresh["src/main.c"] == ["b1", st.st_ino, st.st_ctime_ns]
+    assert plan(tmp_path, ENTRIES, fresh).write == []  # the next checkout writes nothing
