@@ -15,7 +15,7 @@ from pathlib import Path
 import psutil
 
 
-def _load_test_module(name: str):
+def load_test_module(name: str):
     """tests/NAME.py, loaded by path: putting tests/ on sys.path would let its agent/ and
     primary/ test folders shadow the real packages."""
     spec = importlib.util.spec_from_file_location(
@@ -27,10 +27,10 @@ def _load_test_module(name: str):
     return module
 
 
-_load_test_module("ports")  # fleet imports these two
-_load_test_module("leftovers")
-_fleet = _load_test_module("fleet")
-_pgcluster = _load_test_module("pgcluster")
+load_test_module("ports")  # fleet imports these two
+load_test_module("leftovers")
+_fleet = load_test_module("fleet")
+_pgcluster = load_test_module("pgcluster")
 ENGINES = ("sqlite", "postgresql")
 Agent, Primary, BIN = _fleet.Agent, _fleet.Primary, _fleet.BIN
 init_primary, register_agent, wait_for = _fleet.init_primary, _fleet.register_agent, _fleet.wait_for
@@ -45,6 +45,7 @@ __all__ = [
     "bench_dir",
     "cpu_seconds",
     "init_primary",
+    "load_test_module",
     "percentile",
     "shared_file",
     "start_agents",
