@@ -325,11 +325,13 @@ def register_agent(
     tags: str = "",
     slots: int = 1,
     secret: str | None = None,
+    args: tuple[str, ...] = (),
 ) -> subprocess.CompletedProcess:
+    """`cifleet-agent register` into root/name, with more of its flags in `args`."""
     secret_file = root / f"{name}.secret"
     secret_file.write_text(primary.secret() if secret is None else secret)
     secret_file.chmod(0o600)
-    args = [
+    command = [
         str(BIN / "cifleet-agent"),
         "register",
         "--primary",
@@ -344,10 +346,11 @@ def register_agent(
         str(slots),
         "--home",
         str(root / name),
+        *args,
     ]
     if tags:
-        args += ["--tags", tags]
-    return subprocess.run(args, capture_output=True, text=True, timeout=60)
+        command += ["--tags", tags]
+    return subprocess.run(command, capture_output=True, text=True, timeout=60)
 
 
 def init_primary(

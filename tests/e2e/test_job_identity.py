@@ -5,6 +5,8 @@ switch users (it says so, and so does the primary)."""
 import base64
 import json
 import os
+import pwd
+import secrets
 import subprocess
 from pathlib import Path
 
@@ -24,6 +26,7 @@ PROBES = {
     "agent certificate": '"$CIFLEET_WORKSPACE/../../worker.crt"',
     "other workspace": '"$CIFLEET_WORKSPACE/../victim/secret.txt"',
 }
+AGENT_FILES = {what: path for what, path in PROBES.items() if what.startswith("agent ")}
 
 
 def _attempt(command: str, what: str) -> str:
@@ -197,6 +200,79 @@ def test_root_jobs_only_where_an_admin_allows_them(fleet):
     primary.client.json("PUT", "/api/v1/workers/remote/root-jobs", {"allowed": False})
     again = primary.trigger("as-root")
     wait_for(lambda: primary.run(again)["reason"] == waiting["reason"], 30, "waiting again")
+
+
+@pytest.fixture
+def job_user(tmp_path):
+    """A throwaway system account (its own group, no home folder), removed after the test."""
+    name = f"cifleet-ju-{secrets.token_hex(4)}"
+    subprocess.run(
+        ["useradd", "--system", "--user-group", "--no-create-home"]
+        + ["--home-dir", "/nonexistent", "--shell", "/usr/sbin/nologin", name],
+        check=True,
+        capture_output=True,
+        timeout=60,
+    )
+    try:
+        yield pwd.getpwnam(name)
+    finally:
+        subprocess.run(["userdel", name], check=True, capture_output=True, timeout=60)
+
+
+def test_an_agent_with_a_job_user_runs_every_job_as_that_user(primary, fleet_root, job_user):
+    """`--job-user NAME` (the role's cifleet_worker_job_user): every pipeline's jobs run as
+    that account, with its group and home; the agent's files stay out of their reach."""
+    name, uid, gid = job_user.pw_name, job_user.pw_uid, job_user.pw_gid
+    registered = register_agent(primary, fleet_root, "named", args=("--job-user", name))
+    assert registered.returncode == 0, registered.stderr
+    agent = Agent(name="named", home=fleet_root / "named", log_path=fleet_root / "named.log")
+    assert agent.config()["job_user"] == name
+    agent.start()
+    try:
+        wait_for(
+            lambda: (w := primary.worker("named")) and w["job_identity"] is not None,
+            30,
+            "the agent to report who its jobs run as",
+        )
+        worker = primary.worker("named")
+        assert worker["job_identity"] == {"mode": "job-user", "user": name}
+        shared = f"jobs run as the user {name}, shared by every pipeline"
+        assert worker["job_identity_text"] == shared
+        steps = [
+            'echo "uid $(id -u) $(id -un) gid $(id -g) groups $(id -G)"',
+            'echo "user $USER $LOGNAME home $HOME"',
+            *(_attempt(f"cat {path}", what) for what, path in AGENT_FILES.items()),
+            _attempt('ls "$CIFLEET_WORKSPACE/.."', "listing"),
+            _attempt('ls "$CIFLEET_WORKSPACE/../../spool"', "spool"),
+            'touch own-file && echo "wrote own workspace"',
+        ]
+        logs = {}
+        for pipeline in ("first", "second"):
+            primary.pipeline(_pipeline(pipeline, steps, []))
+            run = primary.wait_run(primary.trigger(pipeline))
+            assert run["state"] == "success" and run["worker_name"] == "named", run
+            logs[pipeline] = primary.job_log(run["id"], "probe")
+    finally:
+        agent.stop()
+    expected = (
+        f"uid {uid} {name} gid {gid} groups {gid}\n"
+        f"user {name} {name} home /nonexistent\n"
+        "no agent key\nno agent config\nno agent certificate\nno listing\nno spool\n"
+        "wrote own workspace\n"
+    ).encode()
+    assert logs == {"first": expected, "second": expected}  # one identity for all pipelines
+    for pipeline in ("first", "second"):
+        workspace = agent.home / "workspaces" / pipeline
+        st = os.stat(workspace)
+        assert (st.st_uid, st.st_gid, oct(st.st_mode & 0o777)) == (uid, gid, "0o700"), pipeline
+        assert os.stat(workspace / "own-file").st_uid == uid
+    for private in ("worker.key", "config.json", "worker.crt"):
+        st = os.stat(agent.home / private)
+        assert (st.st_uid, st.st_mode & 0o077) == (0, 0), private
+    # No uid of the job range was claimed for this home: the named account is the identity.
+    claims = json.loads(REGISTRY.read_text()) if REGISTRY.exists() else {}
+    assert not [c for c in claims.values() if c["home"] == str(agent.home)]
+    assert f"jobs run as the user {name} (all pipelines share it)" in agent.log_path.read_text()
 
 
 def test_an_agent_that_cannot_switch_users_says_so(primary, fleet_root):
