@@ -2,15 +2,14 @@
 team's runs, and no silent takeover by renewal (the copy and the original are both shut out
 as soon as both are used). Real primary, real agents, real mutual TLS."""
 
-import shutil
 import subprocess
 
 import pytest
 from cryptography import x509
-from fleet import BIN, AgentPeer, register_agent, wait_for
+from fleet import BIN, AgentPeer, copy_identity, register_agent, renew_with, wait_for
 from pgcluster import both_engines
 
-from agent import __version__, keys
+from agent import __version__
 
 CONFLICT_EXIT = 5
 
@@ -73,24 +72,6 @@ def test_a_worker_cannot_widen_its_tags_nor_win_another_workers_pipeline(
     assert primary.worker("greedy")["tags"] == ["team-a", "team-b"]
 
 
-def _copy_identity(primary, home, to) -> AgentPeer:
-    """What a thief takes from a worker host: its key and certificate."""
-    to.mkdir()
-    for name in ("worker.key", "worker.crt"):
-        shutil.copy2(home / name, to / name)
-    return AgentPeer.of_home(primary, to)
-
-
-def _renew(peer: AgentPeer, key_dir) -> tuple[int, dict]:
-    """What a thief does: renew with the copied pair, keeping the new key and certificate."""
-    key = keys.new_key()
-    status, body = peer.call("POST", "/agent/v1/renew", {"csr": keys.csr_pem(key, "thief")})
-    if status == 200:
-        (key_dir / "worker.key").write_bytes(keys.key_pem(key))
-        (key_dir / "worker.crt").write_text(body["certificate"])
-    return status, body
-
-
 # A short switch-over, as an operator may set it (the default is 60 s). On both engines: the
 # conflict takes the worker's runs back under the planner lock and row locks.
 @both_engines
@@ -105,8 +86,8 @@ def test_a_copied_key_that_renews_puts_both_holders_out_and_the_real_agent_keeps
     wait_for(lambda: primary.run(run_id)["state"] == "running", 30, "the run to start")
 
     stolen = fleet_root / "stolen"
-    thief = _copy_identity(primary, agent.home, stolen)
-    status, _ = _renew(thief, stolen)
+    thief = copy_identity(primary, agent.home, stolen)
+    status, _ = renew_with(thief, stolen)
     assert status == 200
     thief = AgentPeer.of_home(primary, stolen)
     assert _poll(thief)[0] == 200  # the copy works, for now
@@ -133,7 +114,7 @@ def test_a_copied_key_that_renews_puts_both_holders_out_and_the_real_agent_keeps
     assert attempt["outcome"] == "lost", attempt
     assert "the credentials of victim are in conflict" in attempt["reason"], attempt
     # Nothing of the worker's is accepted any more, a fresh renewal included.
-    assert _renew(thief, stolen)[1]["code"] == "credentials_conflict"
+    assert renew_with(thief, stolen)[1]["code"] == "credentials_conflict"
     check = subprocess.run(
         [str(BIN / "cifleet-agent"), "check", "--home", str(agent.home)],
         capture_output=True,
@@ -162,14 +143,14 @@ def test_a_second_renewal_from_a_superseded_certificate_is_a_conflict_at_once(pr
     original = AgentPeer.of_home(primary, home)
     assert _poll(original)[0] == 200
     copy = fleet_root / "copy"
-    assert _renew(_copy_identity(primary, home, copy), copy)[0] == 200
+    assert renew_with(copy_identity(primary, home, copy), copy)[0] == 200
     renewed = x509.load_pem_x509_certificate((copy / "worker.crt").read_bytes())
     expires = renewed.not_valid_after_utc.isoformat(timespec="milliseconds")
     assert primary.worker("twice")["certificate_expires"] == expires  # the copy's is current
     # Within the switch-over (60 s) the superseded certificate still polls...
     assert _poll(original)[0] == 200
     # ...but renewing from it again means it is held twice.
-    status, body = _renew(original, fleet_root / "never-written")
+    status, body = renew_with(original, fleet_root / "never-written")
     assert status == 403 and body["code"] == "credentials_conflict", body
     assert primary.worker("twice")["conflict"]["reason"].startswith("a second renewal came")
     # The renewed copy is refused all the same, and so is the original from now on.
