@@ -2,11 +2,13 @@
 team's runs, and no silent takeover by renewal (the copy and the original are both shut out
 as soon as both are used). Real primary, real agents, real mutual TLS."""
 
+import signal
 import subprocess
+import time
 
 import pytest
 from cryptography import x509
-from fleet import BIN, AgentPeer, copy_identity, register_agent, renew_with, wait_for
+from fleet import BIN, Agent, AgentPeer, copy_identity, register_agent, renew_with, wait_for
 from pgcluster import both_engines
 
 from agent import __version__
@@ -156,3 +158,66 @@ def test_a_second_renewal_from_a_superseded_certificate_is_a_conflict_at_once(pr
     # The renewed copy is refused all the same, and so is the original from now on.
     assert _poll(AgentPeer.of_home(primary, copy))[1]["code"] == "credentials_conflict"
     assert _poll(original)[1]["code"] == "credentials_conflict"
+
+
+# Counts the agent's polls as they go out: an audit hook (sys.addaudithook) on http.client's
+# sends, loaded into the agent's interpreter as sitecustomize. It only watches: one line per
+# poll request sent, to the file CIFLEET_TEST_POLLS names.
+COUNT_POLLS = """
+import os, sys
+
+def _count_polls(event, args):
+    if event == "http.client.send" and isinstance(args[1], bytes):
+        if args[1].startswith(b"POST /agent/v1/poll "):
+            with open(os.environ["CIFLEET_TEST_POLLS"], "ab") as polls:
+                polls.write(b"poll\\n")
+
+sys.addaudithook(_count_polls)
+"""
+
+
+def _polls(path) -> int:
+    return path.read_bytes().count(b"\n") if path.exists() else 0
+
+
+@pytest.mark.parametrize("primary", [("--cert-switch-over", "2")], indirect=True)
+def test_the_real_agent_is_refused_at_its_first_poll_after_the_switch_over(primary, fleet_root):
+    """The issue's "within two polls", counted: the real agent is stopped (SIGSTOP) with its
+    poll held, a thief renews, the switch-over passes, the agent goes on. It reads the
+    answer to the poll it had sent before the theft, sends one more, is refused on it, and
+    stops: it sends no poll after that first one. (Without the stop, how many polls fall
+    inside the switch-over depends on the clock; after it, the count does not.)"""
+    assert register_agent(primary, fleet_root, "counted").returncode == 0
+    hook, polls = fleet_root / "poll-hook", fleet_root / "polls.log"
+    hook.mkdir()
+    (hook / "sitecustomize.py").write_text(COUNT_POLLS)
+    agent = Agent(
+        name="counted",
+        home=fleet_root / "counted",
+        log_path=fleet_root / "counted.log",
+        env={"PYTHONPATH": str(hook), "CIFLEET_TEST_POLLS": str(polls)},
+    )
+    agent.start()
+    try:
+        wait_for(
+            lambda: primary.worker("counted")["state"] == "active" and _polls(polls) >= 1,
+            30,
+            "the agent to poll (and its polls to be counted)",
+        )
+        agent.proc.send_signal(signal.SIGSTOP)
+        sent_before = _polls(polls)
+        stolen = fleet_root / "stolen"
+        assert renew_with(copy_identity(primary, agent.home, stolen), stolen)[0] == 200
+        switched_over = time.time() + 2  # the primary stamped the renewal before this
+        wait_for(lambda: time.time() > switched_over, 10, "the switch-over to end")
+        agent.proc.send_signal(signal.SIGCONT)
+        assert agent.proc.wait(60) == CONFLICT_EXIT
+    finally:
+        agent.proc.send_signal(signal.SIGCONT)
+        agent.stop()
+    # One poll, refused (none, if the freeze fell between its count and its send).
+    assert _polls(polls) - sent_before <= 1
+    assert "two agents hold this worker's key" in agent.log_path.read_text()
+    worker = primary.worker("counted")
+    assert worker["state"] == "credentials in conflict"
+    assert "was used after the switch-over" in worker["conflict"]["reason"]
