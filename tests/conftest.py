@@ -112,7 +112,7 @@ def start_agent(primary, fleet_root):
             name=name,
             home=fleet_root / name,
             log_path=fleet_root / f"{name}.log",
-            prefix=list(prefix),
+            prefix=prefix,
         )
         agent.start()
         agents.append(agent)

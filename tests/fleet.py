@@ -304,7 +304,7 @@ class Agent:
     proc: subprocess.Popen | None = None
     env: dict = field(default_factory=dict)
     args: list[str] = field(default_factory=list)  # more `cifleet-agent run` arguments
-    prefix: list[str] = field(default_factory=list)  # what runs it (AS_NOBODY), if anything
+    prefix: tuple[str, ...] = ()  # what runs it (AS_NOBODY), if anything
 
     def config(self) -> dict:
         return json.loads((self.home / "config.json").read_text())
