@@ -106,10 +106,23 @@ def start_agent(primary, fleet_root):
     left running (they run in their own sessions) are killed."""
     agents: list[Agent] = []
 
-    def start(name: str, tags: str = "", slots: int = 1) -> Agent:
-        result = register_agent(primary, fleet_root, name, tags, slots)
+    def start(
+        name: str,
+        tags: str = "",
+        slots: int = 1,
+        register_args: tuple[str, ...] = (),
+        prefix: tuple[str, ...] = (),
+    ) -> Agent:
+        """`register_args`: more `cifleet-agent register` flags; `prefix`: what runs the
+        agent (fleet.AS_NOBODY)."""
+        result = register_agent(primary, fleet_root, name, tags, slots, args=register_args)
         assert result.returncode == 0, result.stderr
-        agent = Agent(name=name, home=fleet_root / name, log_path=fleet_root / f"{name}.log")
+        agent = Agent(
+            name=name,
+            home=fleet_root / name,
+            log_path=fleet_root / f"{name}.log",
+            prefix=prefix,
+        )
         agent.start()
         agents.append(agent)
         wait_for(

@@ -290,6 +290,13 @@ class Primary:
         return next((w for w in self.workers() if w["name"] == name), None)
 
 
+# An agent that cannot switch users, as one started by a plain user: it runs as nobody in a
+# user namespace of its own, where only that one uid exists (and it still reads its files
+# and the venv). Jobs share its identity (agent/identity.py, `shared`).
+NOBODY = 65534
+AS_NOBODY = ("unshare", "--user", f"--map-user={NOBODY}", f"--map-group={NOBODY}")
+
+
 @dataclass
 class Agent:
     name: str
@@ -298,6 +305,7 @@ class Agent:
     proc: subprocess.Popen | None = None
     env: dict = field(default_factory=dict)
     args: list[str] = field(default_factory=list)  # more `cifleet-agent run` arguments
+    prefix: tuple[str, ...] = ()  # what runs it (AS_NOBODY), if anything
 
     def config(self) -> dict:
         return json.loads((self.home / "config.json").read_text())
@@ -305,7 +313,7 @@ class Agent:
     def start(self) -> None:
         log = open(self.log_path, "ab")  # noqa: SIM115 - owned by the child process
         self.proc = subprocess.Popen(
-            [str(BIN / "cifleet-agent"), "run", "--home", str(self.home), *self.args],
+            [*self.prefix, str(BIN / "cifleet-agent"), "run", "--home", str(self.home), *self.args],
             stdin=subprocess.DEVNULL,
             stdout=log,
             stderr=log,
@@ -326,11 +334,13 @@ def register_agent(
     tags: str = "",
     slots: int = 1,
     secret: str | None = None,
+    args: tuple[str, ...] = (),
 ) -> subprocess.CompletedProcess:
+    """`cifleet-agent register` into root/name, with more of its flags in `args`."""
     secret_file = root / f"{name}.secret"
     secret_file.write_text(primary.secret() if secret is None else secret)
     secret_file.chmod(0o600)
-    args = [
+    command = [
         str(BIN / "cifleet-agent"),
         "register",
         "--primary",
@@ -345,10 +355,11 @@ def register_agent(
         str(slots),
         "--home",
         str(root / name),
+        *args,
     ]
     if tags:
-        args += ["--tags", tags]
-    return subprocess.run(args, capture_output=True, text=True, timeout=60)
+        command += ["--tags", tags]
+    return subprocess.run(command, capture_output=True, text=True, timeout=60)
 
 
 def init_primary(
@@ -446,6 +457,38 @@ class AgentPeer:
         status, answer = self.poll()
         assert status == 200, answer
         return answer
+
+
+def copy_identity(primary: Primary, home: Path, to: Path) -> AgentPeer:
+    """What a thief takes from a worker host: its key and certificate, copied into `to`."""
+    to.mkdir()
+    for name in ("worker.key", "worker.crt"):
+        shutil.copy2(home / name, to / name)
+    return AgentPeer.of_home(primary, to)
+
+
+def renew_with(peer: AgentPeer, key_dir: Path) -> tuple[int, dict]:
+    """What a thief does: renew with the copied pair, keeping the new key and certificate
+    in `key_dir`."""
+    from agent import keys
+
+    key = keys.new_key()
+    status, body = peer.call("POST", "/agent/v1/renew", {"csr": keys.csr_pem(key, "thief")})
+    if status == 200:
+        (key_dir / "worker.key").write_bytes(keys.key_pem(key))
+        (key_dir / "worker.crt").write_text(body["certificate"])
+    return status, body
+
+
+def put_in_conflict(primary: Primary, home: Path, copy: Path) -> str:
+    """Put the worker of `home` (registered, its agent not running) in credentials conflict
+    as a thief would: renew from a copy of its pair, then renew again from the original,
+    which that renewal superseded. Returns the conflict's reason, as the API gives it."""
+    assert renew_with(copy_identity(primary, home, copy), copy)[0] == 200
+    status, body = renew_with(AgentPeer.of_home(primary, home), copy.parent / "never-written")
+    assert (status, body.get("code")) == (403, "credentials_conflict"), body
+    name = json.loads((home / "config.json").read_text())["name"]
+    return primary.worker(name)["conflict"]["reason"]
 
 
 # -- Faults: hosts that die, networks that stop, many agents at once (tests/faults). ---------

@@ -5,12 +5,14 @@ switch users (it says so, and so does the primary)."""
 import base64
 import json
 import os
+import pwd
+import secrets
 import subprocess
 from pathlib import Path
 
 import psutil
 import pytest
-from fleet import BIN, Agent, init_primary, register_agent, wait_for
+from fleet import AS_NOBODY, BIN, NOBODY, Agent, init_primary, register_agent, wait_for
 
 from primary.cli.client import AdminClient
 
@@ -24,6 +26,7 @@ PROBES = {
     "agent certificate": '"$CIFLEET_WORKSPACE/../../worker.crt"',
     "other workspace": '"$CIFLEET_WORKSPACE/../victim/secret.txt"',
 }
+AGENT_FILES = {what: path for what, path in PROBES.items() if what.startswith("agent ")}
 
 
 def _attempt(command: str, what: str) -> str:
@@ -199,40 +202,82 @@ def test_root_jobs_only_where_an_admin_allows_them(fleet):
     wait_for(lambda: primary.run(again)["reason"] == waiting["reason"], 30, "waiting again")
 
 
-def test_an_agent_that_cannot_switch_users_says_so(primary, fleet_root):
-    """Not root: jobs share its identity, and the agent and the API say so. The agent runs
-    as nobody in a user namespace of its own (unshare), where only that one uid exists: it
-    cannot switch users, as a plain user cannot, and still reads its files and the venv."""
-    assert register_agent(primary, fleet_root, "plain-user").returncode == 0
-    home = fleet_root / "plain-user"
-    nobody = 65534
-    log_path = fleet_root / "plain-user.log"
-    with open(log_path, "ab") as log:
-        proc = subprocess.Popen(
-            ["unshare", "--user", f"--map-user={nobody}", f"--map-group={nobody}"]
-            + [str(BIN / "cifleet-agent"), "run", "--home", str(home)],
-            stdout=log,
-            stderr=log,
-            stdin=subprocess.DEVNULL,
-            start_new_session=True,
-        )
+@pytest.fixture
+def job_user():
+    """A throwaway system account (its own group, no home folder), removed after the test
+    (and after its agent: ask for it before start_agent)."""
+    name = f"cifleet-ju-{secrets.token_hex(4)}"
+    subprocess.run(
+        ["useradd", "--system", "--user-group", "--no-create-home"]
+        + ["--home-dir", "/nonexistent", "--shell", "/usr/sbin/nologin", name],
+        check=True,
+        capture_output=True,
+        timeout=60,
+    )
     try:
-        wait_for(
-            lambda: (w := primary.worker("plain-user")) and w["job_identity"] is not None,
-            30,
-            "the unprivileged agent to report who its jobs run as",
-        )
-        worker = primary.worker("plain-user")
-        assert worker["job_identity"] == {"mode": "shared", "uid": nobody}
-        assert worker["job_identity_text"] == "jobs share the agent's identity"
-        assert "jobs share the agent's identity (uid 65534)" in log_path.read_text()
-        primary.pipeline(_pipeline("shared", ['echo "uid $(id -u)"'], []))
-        run = primary.wait_run(primary.trigger("shared"))
-        assert run["state"] == "success", run
-        assert primary.job_log(run["id"], "probe") == b"uid 65534\n"
+        yield pwd.getpwnam(name)
     finally:
-        proc.terminate()
-        proc.wait(20)
+        subprocess.run(["userdel", name], check=True, capture_output=True, timeout=60)
+
+
+def test_an_agent_with_a_job_user_runs_every_job_as_that_user(primary, job_user, start_agent):
+    """`--job-user NAME` (the role's cifleet_worker_job_user): every pipeline's jobs run as
+    that account, with its group and home; the agent's files stay out of their reach."""
+    name, uid, gid = job_user.pw_name, job_user.pw_uid, job_user.pw_gid
+    agent = start_agent("named", register_args=("--job-user", name))
+    assert agent.config()["job_user"] == name
+    worker = primary.worker("named")
+    assert worker["job_identity"] == {"mode": "job-user", "user": name}
+    shared = f"jobs run as the user {name}, shared by every pipeline"
+    assert worker["job_identity_text"] == shared
+    steps = [
+        'echo "uid $(id -u) $(id -un) gid $(id -g) groups $(id -G)"',
+        'echo "user $USER $LOGNAME home $HOME"',
+        *(_attempt(f"cat {path}", what) for what, path in AGENT_FILES.items()),
+        _attempt('ls "$CIFLEET_WORKSPACE/.."', "listing"),
+        _attempt('ls "$CIFLEET_WORKSPACE/../../spool"', "spool"),
+        'touch own-file && echo "wrote own workspace"',
+    ]
+    logs = {}
+    for pipeline in ("first", "second"):
+        primary.pipeline(_pipeline(pipeline, steps, []))
+        run = primary.wait_run(primary.trigger(pipeline))
+        assert run["state"] == "success" and run["worker_name"] == "named", run
+        logs[pipeline] = primary.job_log(run["id"], "probe")
+    expected = (
+        f"uid {uid} {name} gid {gid} groups {gid}\n"
+        f"user {name} {name} home /nonexistent\n"
+        "no agent key\nno agent config\nno agent certificate\nno listing\nno spool\n"
+        "wrote own workspace\n"
+    ).encode()
+    assert logs == {"first": expected, "second": expected}  # one identity for all pipelines
+    for pipeline in ("first", "second"):
+        workspace = agent.home / "workspaces" / pipeline
+        st = os.stat(workspace)
+        assert (st.st_uid, st.st_gid, oct(st.st_mode & 0o777)) == (uid, gid, "0o700"), pipeline
+        assert os.stat(workspace / "own-file").st_uid == uid
+    for private in ("worker.key", "config.json", "worker.crt"):
+        st = os.stat(agent.home / private)
+        assert (st.st_uid, st.st_mode & 0o077) == (0, 0), private
+    # No uid of the job range was claimed for this home: the named account is the identity.
+    claims = json.loads(REGISTRY.read_text()) if REGISTRY.exists() else {}
+    assert not [c for c in claims.values() if c["home"] == str(agent.home)]
+    assert f"jobs run as the user {name} (all pipelines share it)" in agent.log_path.read_text()
+
+
+def test_an_agent_that_cannot_switch_users_says_so(primary, start_agent):
+    """Not root: jobs share its identity, and the agent and the API say so. The agent runs
+    as nobody in a user namespace of its own (fleet.AS_NOBODY): it cannot switch users, as
+    a plain user cannot."""
+    agent = start_agent("plain-user", prefix=AS_NOBODY)  # active: it said who jobs run as
+    worker = primary.worker("plain-user")
+    assert worker["job_identity"] == {"mode": "shared", "uid": NOBODY}
+    assert worker["job_identity_text"] == "jobs share the agent's identity"
+    assert "jobs share the agent's identity (uid 65534)" in agent.log_path.read_text()
+    primary.pipeline(_pipeline("shared", ['echo "uid $(id -u)"'], []))
+    run = primary.wait_run(primary.trigger("shared"))
+    assert run["state"] == "success", run
+    assert primary.job_log(run["id"], "probe") == b"uid 65534\n"
 
 
 # A daemon that, told to stop, hands over to an heir in a session of its own and exits: the

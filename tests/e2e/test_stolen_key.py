@@ -2,15 +2,16 @@
 team's runs, and no silent takeover by renewal (the copy and the original are both shut out
 as soon as both are used). Real primary, real agents, real mutual TLS."""
 
-import shutil
+import signal
 import subprocess
+import time
 
 import pytest
 from cryptography import x509
-from fleet import BIN, AgentPeer, register_agent, wait_for
+from fleet import BIN, Agent, AgentPeer, copy_identity, register_agent, renew_with, wait_for
 from pgcluster import both_engines
 
-from agent import __version__, keys
+from agent import __version__
 
 CONFLICT_EXIT = 5
 
@@ -73,24 +74,6 @@ def test_a_worker_cannot_widen_its_tags_nor_win_another_workers_pipeline(
     assert primary.worker("greedy")["tags"] == ["team-a", "team-b"]
 
 
-def _copy_identity(primary, home, to) -> AgentPeer:
-    """What a thief takes from a worker host: its key and certificate."""
-    to.mkdir()
-    for name in ("worker.key", "worker.crt"):
-        shutil.copy2(home / name, to / name)
-    return AgentPeer.of_home(primary, to)
-
-
-def _renew(peer: AgentPeer, key_dir) -> tuple[int, dict]:
-    """What a thief does: renew with the copied pair, keeping the new key and certificate."""
-    key = keys.new_key()
-    status, body = peer.call("POST", "/agent/v1/renew", {"csr": keys.csr_pem(key, "thief")})
-    if status == 200:
-        (key_dir / "worker.key").write_bytes(keys.key_pem(key))
-        (key_dir / "worker.crt").write_text(body["certificate"])
-    return status, body
-
-
 # A short switch-over, as an operator may set it (the default is 60 s). On both engines: the
 # conflict takes the worker's runs back under the planner lock and row locks.
 @both_engines
@@ -105,8 +88,8 @@ def test_a_copied_key_that_renews_puts_both_holders_out_and_the_real_agent_keeps
     wait_for(lambda: primary.run(run_id)["state"] == "running", 30, "the run to start")
 
     stolen = fleet_root / "stolen"
-    thief = _copy_identity(primary, agent.home, stolen)
-    status, _ = _renew(thief, stolen)
+    thief = copy_identity(primary, agent.home, stolen)
+    status, _ = renew_with(thief, stolen)
     assert status == 200
     thief = AgentPeer.of_home(primary, stolen)
     assert _poll(thief)[0] == 200  # the copy works, for now
@@ -133,7 +116,7 @@ def test_a_copied_key_that_renews_puts_both_holders_out_and_the_real_agent_keeps
     assert attempt["outcome"] == "lost", attempt
     assert "the credentials of victim are in conflict" in attempt["reason"], attempt
     # Nothing of the worker's is accepted any more, a fresh renewal included.
-    assert _renew(thief, stolen)[1]["code"] == "credentials_conflict"
+    assert renew_with(thief, stolen)[1]["code"] == "credentials_conflict"
     check = subprocess.run(
         [str(BIN / "cifleet-agent"), "check", "--home", str(agent.home)],
         capture_output=True,
@@ -162,16 +145,79 @@ def test_a_second_renewal_from_a_superseded_certificate_is_a_conflict_at_once(pr
     original = AgentPeer.of_home(primary, home)
     assert _poll(original)[0] == 200
     copy = fleet_root / "copy"
-    assert _renew(_copy_identity(primary, home, copy), copy)[0] == 200
+    assert renew_with(copy_identity(primary, home, copy), copy)[0] == 200
     renewed = x509.load_pem_x509_certificate((copy / "worker.crt").read_bytes())
     expires = renewed.not_valid_after_utc.isoformat(timespec="milliseconds")
     assert primary.worker("twice")["certificate_expires"] == expires  # the copy's is current
     # Within the switch-over (60 s) the superseded certificate still polls...
     assert _poll(original)[0] == 200
     # ...but renewing from it again means it is held twice.
-    status, body = _renew(original, fleet_root / "never-written")
+    status, body = renew_with(original, fleet_root / "never-written")
     assert status == 403 and body["code"] == "credentials_conflict", body
     assert primary.worker("twice")["conflict"]["reason"].startswith("a second renewal came")
     # The renewed copy is refused all the same, and so is the original from now on.
     assert _poll(AgentPeer.of_home(primary, copy))[1]["code"] == "credentials_conflict"
     assert _poll(original)[1]["code"] == "credentials_conflict"
+
+
+# Counts the agent's polls as they go out: an audit hook (sys.addaudithook) on http.client's
+# sends, loaded into the agent's interpreter as sitecustomize. It only watches: one line per
+# poll request sent, to the file CIFLEET_TEST_POLLS names.
+COUNT_POLLS = """
+import os, sys
+
+def _count_polls(event, args):
+    if event == "http.client.send" and isinstance(args[1], bytes):
+        if args[1].startswith(b"POST /agent/v1/poll "):
+            with open(os.environ["CIFLEET_TEST_POLLS"], "ab") as polls:
+                polls.write(b"poll\\n")
+
+sys.addaudithook(_count_polls)
+"""
+
+
+def _polls(path) -> int:
+    return path.read_bytes().count(b"\n") if path.exists() else 0
+
+
+@pytest.mark.parametrize("primary", [("--cert-switch-over", "2")], indirect=True)
+def test_the_real_agent_is_refused_at_its_first_poll_after_the_switch_over(primary, fleet_root):
+    """The issue's "within two polls", counted: the real agent is stopped (SIGSTOP) with its
+    poll held, a thief renews, the switch-over passes, the agent goes on. It reads the
+    answer to the poll it had sent before the theft, sends one more, is refused on it, and
+    stops: it sends no poll after that first one. (Without the stop, how many polls fall
+    inside the switch-over depends on the clock; after it, the count does not.)"""
+    assert register_agent(primary, fleet_root, "counted").returncode == 0
+    hook, polls = fleet_root / "poll-hook", fleet_root / "polls.log"
+    hook.mkdir()
+    (hook / "sitecustomize.py").write_text(COUNT_POLLS)
+    agent = Agent(
+        name="counted",
+        home=fleet_root / "counted",
+        log_path=fleet_root / "counted.log",
+        env={"PYTHONPATH": str(hook), "CIFLEET_TEST_POLLS": str(polls)},
+    )
+    agent.start()
+    try:
+        wait_for(
+            lambda: primary.worker("counted")["state"] == "active" and _polls(polls) >= 1,
+            30,
+            "the agent to poll (and its polls to be counted)",
+        )
+        agent.proc.send_signal(signal.SIGSTOP)
+        sent_before = _polls(polls)
+        stolen = fleet_root / "stolen"
+        assert renew_with(copy_identity(primary, agent.home, stolen), stolen)[0] == 200
+        switched_over = time.time() + 2  # the primary stamped the renewal before this
+        wait_for(lambda: time.time() > switched_over, 10, "the switch-over to end")
+        agent.proc.send_signal(signal.SIGCONT)
+        assert agent.proc.wait(60) == CONFLICT_EXIT
+    finally:
+        agent.proc.send_signal(signal.SIGCONT)
+        agent.stop()
+    # One poll, refused (none, if the freeze fell between its count and its send).
+    assert _polls(polls) - sent_before <= 1
+    assert "two agents hold this worker's key" in agent.log_path.read_text()
+    worker = primary.worker("counted")
+    assert worker["state"] == "credentials in conflict"
+    assert "was used after the switch-over" in worker["conflict"]["reason"]

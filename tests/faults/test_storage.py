@@ -21,12 +21,14 @@ import pytest
 from fault_fleet import HEARTBEAT
 from fleet import init_primary, wait_for
 
+from agent import __version__, keys
 from primary.errors import StorageFull
 from primary.store.sqlite import SqliteStore as Store
 
 pytestmark = pytest.mark.faults
 
 DISK_BYTES = 16 << 20
+STORE_FULL = "the primary's disk is full: could not store the change (nothing was written)"
 
 
 def _mount(*args: str) -> None:
@@ -169,7 +171,7 @@ def test_a_full_disk_refuses_writes_clearly_and_loses_nothing(primary_on_small_d
     assert (status, json.loads(body)) == (
         507,
         {
-            "error": "the primary's disk is full: could not store the change (nothing was written)",
+            "error": STORE_FULL,
             "code": "storage_full",
         },
     )
@@ -255,3 +257,35 @@ def test_a_transaction_cut_short_by_a_full_disk_is_refused_as_storage_full(fleet
             conn.execute(insert, ("kept", "viewer", "hash-kept"))
         assert [tuple(r) for r in store.query("SELECT name FROM tokens")] == [("kept",)]
         store.close()
+
+
+def test_registrations_a_full_disk_refuses_count_in_the_limiter(primary_on_small_disk):
+    """A registration that fails in the primary (507: the store cannot take the worker)
+    is a refusal like a wrong secret: ten of them, and the source waits, even with the
+    right secret and room on the disk again. Nothing of the refused ones was stored."""
+    primary, disk = primary_on_small_disk
+    secret = primary.secret()
+
+    def register(name: str) -> tuple[int, dict, dict]:
+        body = {
+            "secret": secret,
+            "name": name,
+            "tags": [],
+            "slots": 1,
+            "version": __version__,
+            "csr": keys.csr_pem(keys.new_key(), name),
+        }
+        status, headers, raw = primary.client.request(
+            "POST", "/api/v1/workers/register", json.dumps(body).encode()
+        )
+        return status, headers, json.loads(raw)
+
+    filler = fill(disk)
+    refused = [register(f"full-{i}")[::2] for i in range(10)]
+    assert refused == [(507, {"error": STORE_FULL, "code": "storage_full"})] * 10
+    filler.unlink()
+    status, headers, answer = register("room-again")
+    assert (status, answer.get("code")) == (429, "rate_limited"), answer
+    assert 0 < int(headers["retry-after"]) <= 300
+    assert primary.workers() == []
+    assert "database or disk is full (SQLITE_FULL)" in primary.log_path.read_text()

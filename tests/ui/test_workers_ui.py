@@ -2,7 +2,7 @@
 and the admin actions (lock, drain, tags, de-register)."""
 
 import pytest
-from fleet import AgentPeer, register_agent, wait_for
+from fleet import AS_NOBODY, AgentPeer, put_in_conflict, register_agent, wait_for
 
 pytestmark = pytest.mark.e2e
 
@@ -187,3 +187,61 @@ def test_who_jobs_run_as_is_shown_and_root_jobs_are_allowed_in_place(
     row.get_by_role("button", name="Deny root jobs on builder-1").click()
     expect(page.locator("#messages")).to_have_text("builder-1: root jobs not allowed")
     assert primary.worker("builder-1")["root_jobs"] is False
+
+
+WARNING_RED = "rgb(164, 14, 38)"  # .warning in ui.css, at desktop width
+
+
+def test_an_agent_that_cannot_switch_users_is_flagged_on_both_worker_pages(
+    page, login, start_agent
+):
+    """An agent started as a plain user (fleet.AS_NOBODY) runs jobs as itself: both the
+    Workers page and the worker's own page say so, in red; a root agent's line is plain."""
+    from playwright.sync_api import expect
+
+    start_agent("builder-1")
+    start_agent("plain-user", prefix=AS_NOBODY)  # active: it reported who its jobs run as
+    login(page, "viewer")
+    page.goto("/workers")
+    shared = _row(page, "plain-user").locator("[data-identity]")
+    expect(shared).to_have_text("jobs share the agent's identity")
+    expect(shared).to_have_class("warning")
+    expect(shared).to_have_css("color", WARNING_RED)
+    rooted = _row(page, "builder-1").locator("[data-identity]")
+    expect(rooted).to_have_text("each pipeline's jobs run as a uid of their own (65536-66535)")
+    expect(rooted).not_to_have_class("warning")
+    expect(rooted).not_to_have_css("color", WARNING_RED)
+
+    _row(page, "plain-user").get_by_role("link", name="plain-user").click()
+    expect(page.get_by_role("heading", name="Worker plain-user")).to_be_visible()
+    own = page.locator("dd[data-identity]")
+    expect(own).to_have_text("jobs share the agent's identity")
+    expect(own).to_have_class("warning")
+    expect(own).to_have_css("color", WARNING_RED)
+
+
+def test_a_worker_in_credentials_conflict_shows_it_and_why(page, login, primary, fleet_root):
+    """A second renewal from a superseded certificate (a copied key): the open Workers page
+    turns the worker's badge red by itself and says why and what to do; so does its page."""
+    from playwright.sync_api import expect
+
+    assert register_agent(primary, fleet_root, "twice").returncode == 0
+    login(page, "admin")
+    page.goto("/workers")
+    row = _row(page, "twice")
+    expect(row.locator("[data-state]")).to_have_text("inactive")
+    expect(row.locator("[data-conflict]")).to_have_count(0)
+
+    reason = put_in_conflict(primary, fleet_root / "twice", fleet_root / "copy")
+    assert reason.startswith("a second renewal came"), reason
+    state = row.locator("[data-state]")
+    expect(state).to_have_text("credentials in conflict")  # the table refreshes itself
+    expect(state).to_have_class("badge badge-credentials-in-conflict")
+    expect(row.locator("[data-conflict]")).to_have_text(
+        f"{reason}; an admin removes it and registers its host again"
+    )
+    expect(row.get_by_role("link", name="De-register twice")).to_be_visible()  # the way out
+
+    row.get_by_role("link", name="twice", exact=True).click()
+    expect(page.locator("#worker-state")).to_have_text("credentials in conflict")
+    expect(page.locator(".flash-error")).to_have_text(reason)
