@@ -7,7 +7,7 @@ works; when a request to it gets no HTTP answer (refused, reset, timed out) it m
 another, picked at random so that the agents of a dead primary spread over the rest.
 
 Where the list comes from, in this order: the URL the agent registered with, the ones the
-operator gave (`cifleet-agent run --primaries`, the role's `cifleet_agent_primaries`), and
+operator gave (`cifleet-agent run --primaries`, the role's `cifleet_worker_primaries`), and
 the live primaries the last poll answer listed (kept in config.json for the next start).
 """
 

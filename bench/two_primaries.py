@@ -2,7 +2,8 @@
 this machine. Prints one JSON object.
 
     .venv/bin/python bench/two_primaries.py [--latency-runs 30] [--throughput-runs 400]
-        [--megabytes 50] [--idle-agents 200] [--window 20]
+        [--megabytes 50] [--follow-lines 50] [--idle-agents 200] [--window 20]
+        [--only latency,throughput,logs,follow,idle]
 
 - dispatch latency across primaries: the agent polls primary B, each run is triggered
   through primary A (so B's held poll is woken by A's NOTIFY): trigger call -> the first
@@ -13,6 +14,10 @@ this machine. Prints one JSON object.
 - logs: one job prints `--megabytes` of numbered lines through an agent on B, the run
   triggered through A: MB/s from the step's start until the run is done (every byte
   stored), and the log read back through A must be the same bytes.
+- log follow lag across primaries: a job on an agent held by A prints a timestamp line
+  every 0.1 s (`--follow-lines` of them); a follower reads the job log through B by
+  offset every 5 ms, as a client follows a log: from the line's print to its first read
+  through B, p50/p95/max ms (the agent's output batching included).
 - idle fleet split: `--idle-agents` agent loops in this process, half registered with each
   primary; each primary's CPU and RSS over `--window` seconds.
 """
@@ -161,6 +166,43 @@ def bench_logs(root: Path, store: str, megabytes: int, repeat: int = 3) -> dict:
             "mb_per_s_all": [round(r, 1) for r in rates]}  # fmt: skip
 
 
+FOLLOW_POLL_SECONDS = 0.005
+
+
+def bench_follow(root: Path, store: str, lines: int) -> dict:
+    """Each line's lag from its print (on an agent held by A) to its first read through B."""
+    root.mkdir()
+    one, two = two_primaries(root, store)
+    agents = start_agents(one, root / "a", 1, 1)
+    step = f"for i in $(seq {lines}); do date +%s%N; sleep 0.1; done"
+    one.pipeline(f"name: follow\njobs:\n  - name: w\n    steps: ['{step}']\n")
+    lags = []
+    try:
+        run_id = one.trigger("follow")
+        followed = b""
+        deadline = time.monotonic() + 120 + lines
+        while len(lags) < lines:
+            assert time.monotonic() < deadline, "the follow did not end"
+            new = two.job_log(run_id, "w", offset=len(followed))
+            seen = time.time_ns()
+            complete = followed[: followed.rfind(b"\n") + 1]
+            followed += new
+            for line in followed[len(complete) :].split(b"\n")[:-1]:
+                lags.append((seen - int(line)) / 1e6)
+            time.sleep(FOLLOW_POLL_SECONDS)
+        assert one.wait_run(run_id, 60)["state"] == "success"
+        assert one.job_log(run_id, "w") == followed
+    finally:
+        close((one, two), agents)
+    return {
+        "lines": lines,
+        "follower_poll_ms": FOLLOW_POLL_SECONDS * 1000,
+        "p50_ms": round(statistics.median(lags), 2),
+        "p95_ms": round(percentile(lags, 0.95), 2),
+        "max_ms": round(max(lags), 2),
+    }
+
+
 def bench_idle(root: Path, store: str, count: int, window: float) -> dict:
     root.mkdir()
     one, two = two_primaries(root, store)
@@ -194,26 +236,45 @@ def bench_idle(root: Path, store: str, count: int, window: float) -> dict:
     return {"agents": count, "split": [count // 2, count - count // 2], "primaries": results}
 
 
+# --only's names, and each one's key in the printed JSON.
+SECTIONS = {
+    "latency": "dispatch_latency_across",
+    "throughput": "throughput",
+    "logs": "logs",
+    "follow": "log_follow_lag_across",
+    "idle": "idle_fleet_split",
+}
+
+
 def main() -> None:
     parser = argparse.ArgumentParser()
     parser.add_argument("--latency-runs", type=int, default=30)
     parser.add_argument("--throughput-runs", type=int, default=400)
     parser.add_argument("--megabytes", type=int, default=50)
+    parser.add_argument("--follow-lines", type=int, default=50)
     parser.add_argument("--idle-agents", type=int, default=200)
     parser.add_argument("--window", type=float, default=20.0)
+    parser.add_argument(
+        "--only", default=",".join(SECTIONS), help="comma-separated: " + ", ".join(SECTIONS)
+    )
     args = parser.parse_args()
+    only = args.only.split(",")
+    if unknown := set(only) - set(SECTIONS):
+        parser.error(f"--only: no section {', '.join(sorted(unknown))}")
+    benches = {
+        "latency": lambda root, store: bench_latency(root, store, args.latency_runs),
+        "throughput": lambda root, store: bench_throughput(root, store, args.throughput_runs),
+        "logs": lambda root, store: bench_logs(root, store, args.megabytes),
+        "follow": lambda root, store: bench_follow(root, store, args.follow_lines),
+        "idle": lambda root, store: bench_idle(root, store, args.idle_agents, args.window),
+    }
     with bench_dir() as tmp, store_for("postgresql") as new_store:
         root = Path(tmp)
         logging.basicConfig(filename=root / "agents.log", level=logging.WARNING)
-        result = {
-            "engine": "postgresql, two primaries",
-            "dispatch_latency_across": bench_latency(root / "lat", new_store(), args.latency_runs),
-            "throughput": bench_throughput(root / "tp", new_store(), args.throughput_runs),
-            "logs": bench_logs(root / "logs", new_store(), args.megabytes),
-            "idle_fleet_split": bench_idle(
-                root / "idle", new_store(), args.idle_agents, args.window
-            ),
-        }
+        result = {"engine": "postgresql, two primaries"}
+        for section in SECTIONS:
+            if section in only:
+                result[SECTIONS[section]] = benches[section](root / section, new_store())
     print(json.dumps(result, indent=2))
 
 

@@ -109,7 +109,12 @@ def test_a_second_run_changes_nothing(fleet, added):
         assert counts["changed"] == 0 and counts["failed"] == 0, (name, result.stdout[-5000:])
 
 
-def test_a_revoked_worker_registers_again(fleet, added):
+# Agent URLs of other primaries of the fleet (none serves there: the agent moves to one
+# only when its own primary cannot be reached, which these tests never make happen).
+OTHER_PRIMARIES = ["https://ci2.example:8444", "https://ci3.example:8444"]
+
+
+def test_a_revoked_worker_registers_again_with_the_other_primaries(fleet, added):
     host = fleet.hosts["w2"]
     old_cert = host.ssh("cat /var/lib/cifleet/worker.crt")
     old_id = fleet.primary.worker("w2")["id"]
@@ -123,8 +128,10 @@ def test_a_revoked_worker_registers_again(fleet, added):
     # The secret from a variable this time (as from Ansible Vault), in an extra-vars file on
     # the controller; verbose, so the secret test below also covers what -vv shows.
     secret_vars = fleet.root / "secret-vars.yml"
+    # cifleet_worker_primaries too: the unit (rewritten, so the agent restarts) passes them.
     secret_vars.write_text(
         f"cifleet_worker_secret_source: variable\ncifleet_worker_secret: {fleet.primary.secret()}\n"
+        f"cifleet_worker_primaries: {json.dumps(OTHER_PRIMARIES)}\n"
     )
     secret_vars.chmod(0o600)
     result = fleet.playbook("add-worker.yml", "--limit", "w2", "-vv", "-e", f"@{secret_vars}")
@@ -138,6 +145,23 @@ def test_a_revoked_worker_registers_again(fleet, added):
     assert host.ssh("cat /var/lib/cifleet/worker.crt") != old_cert
     assert sorted(worker["tags"]) == sorted(FLEET["w2"][1])
     assert host.ssh("systemctl is-active cifleet-agent") == "active\n"
+    flag = f"--primaries {','.join(OTHER_PRIMARIES)}"
+    [exec_start] = [
+        line
+        for line in host.ssh("cat /etc/systemd/system/cifleet-agent.service").splitlines()
+        if line.startswith("ExecStart=")
+    ]
+    assert exec_start.endswith(f" run --home /var/lib/cifleet {flag}"), exec_start
+    pid = host.ssh("systemctl show -p MainPID --value cifleet-agent").strip()
+    assert flag in host.ssh(f"tr '\\0' ' ' < /proc/{pid}/cmdline")
+    # The running agent took them: it names every primary it may poll, its own first.
+    polling = f"polling {fleet.primary.url.rsplit(':', 1)[0]}:{fleet.primary.agent_port} or "
+    polling += " or ".join(OTHER_PRIMARIES)
+    wait_for(
+        lambda: polling in host.ssh("journalctl --no-pager -u cifleet-agent"),
+        30,
+        "the agent's start line naming the other primaries",
+    )
 
 
 def test_the_secret_is_nowhere_in_output_logs_or_host_files(fleet, added):

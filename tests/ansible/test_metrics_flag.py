@@ -1,9 +1,10 @@
 """The role passes `--metrics-listen` to the agent when cifleet_worker_metrics_listen is set,
 in the systemd unit and in the daemon command of hosts without systemd; likewise
-`--workspace-max-bytes` for cifleet_worker_workspace_max_bytes."""
+`--workspace-max-bytes` for cifleet_worker_workspace_max_bytes, and `--primaries` (the list
+joined with commas) for cifleet_worker_primaries. On a real host: test_add_worker.py."""
 
+import json
 import os
-import shlex
 import shutil
 import subprocess
 import sys
@@ -60,6 +61,24 @@ def test_the_unit_passes_the_workspace_cap(tmp_path):
     )
 
 
+PRIMARIES = ["https://ci2.example:8444", "https://[fd00::3]:8444"]
+
+
+# A list, or one comma-separated string (an INI inventory's value), as Ansible's list
+# arguments accept.
+@pytest.mark.parametrize("primaries", [PRIMARIES, " , ".join(PRIMARIES)])
+def test_the_unit_passes_the_other_primaries(tmp_path, primaries):
+    unit = tmp_path / "cifleet-agent.service"
+    extra = {"unit_dest": str(unit), "cifleet_worker_venv": "/opt/v"}
+    extra |= {"cifleet_worker_home": "/var/lib/c", "cifleet_worker_primaries": primaries}
+    playbook("render_unit.yml", json.dumps(extra))
+    assert (
+        "ExecStart=/opt/v/bin/cifleet-agent run --home /var/lib/c"
+        " --primaries https://ci2.example:8444,https://[fd00::3]:8444"
+        in unit.read_text().splitlines()
+    )
+
+
 @pytest.mark.parametrize("listen", ["[::1]:9252", ""])
 def test_the_daemon_gets_the_flag_only_when_it_is_set(tmp_path, listen):
     venv = tmp_path / "venv"
@@ -68,14 +87,21 @@ def test_the_daemon_gets_the_flag_only_when_it_is_set(tmp_path, listen):
     agent = venv / "bin" / "cifleet-agent"  # a stand-in that records how it was started
     agent.write_text(f'#!/bin/sh\nfor a in "$@"; do echo "$a"; done > {argv_file}\n')
     agent.chmod(0o755)
-    playbook(
-        "start_daemon.yml",
-        f"cifleet_worker_service_manager=none cifleet_worker_venv={venv}"
-        f" cifleet_worker_home={tmp_path}/home cifleet_worker_pidfile={tmp_path}/agent.pid"
-        f" cifleet_worker_log_dir={tmp_path} cifleet_worker_metrics_listen={shlex.quote(listen)}"
-        f" cifleet_worker_workspace_max_bytes={'500M' if listen else ''}",
-    )
+    # JSON, so that the list is a list (key=value pairs give strings).
+    extra = {
+        "cifleet_worker_service_manager": "none",
+        "cifleet_worker_venv": str(venv),
+        "cifleet_worker_home": f"{tmp_path}/home",
+        "cifleet_worker_pidfile": f"{tmp_path}/agent.pid",
+        "cifleet_worker_log_dir": str(tmp_path),
+        "cifleet_worker_metrics_listen": listen,
+        "cifleet_worker_workspace_max_bytes": "500M" if listen else "",
+        "cifleet_worker_primaries": PRIMARIES if listen else [],
+    }
+    playbook("start_daemon.yml", json.dumps(extra))
     expected = ["run", "--daemon", "--home", f"{tmp_path}/home", "--pidfile"]
     expected += [f"{tmp_path}/agent.pid", "--log-file", f"{tmp_path}/agent.log"]
-    expected += ["--metrics-listen", listen, "--workspace-max-bytes", "500M"] if listen else []
+    expected += ["--metrics-listen", listen] if listen else []
+    expected += ["--primaries", ",".join(PRIMARIES)] if listen else []
+    expected += ["--workspace-max-bytes", "500M"] if listen else []
     assert argv_file.read_text().splitlines() == expected

@@ -76,6 +76,19 @@ def test_a_primary_the_host_cannot_reach_fails_first(fleet):
     assert "systemd does not run" not in out
 
 
+def test_another_primary_that_is_not_an_agent_url_fails_first(fleet):
+    # One comma-separated string, as an INI inventory gives it; its second URL is http.
+    out = _fails_in_preflight(
+        fleet,
+        "bare",
+        "-e",
+        "cifleet_worker_primaries=https://ci2.example:8444,http://ci3.example:8444",
+        task="Check the primary URL, the worker name, slots, tags, job uids and the secret's"
+        " source.",
+    )
+    assert "every one of cifleet_worker_primaries an agent URL, https://HOST:PORT." in out
+
+
 def test_a_token_that_is_not_an_admin_s_fails_before_any_change(fleet, tmp_path):
     created = subprocess.run(
         [

@@ -3,6 +3,7 @@ joins it with the fleet's vault key (and only with it), and two primaries serve 
 either one's API sees the other's runs, logs, secrets and workers. The database holds no
 secret in clear."""
 
+import os
 import subprocess
 from pathlib import Path
 
@@ -13,12 +14,13 @@ from fleet import BIN, Agent, Primary, register_agent, wait_for
 from primary.store.vault import new_key
 
 
-def init(data_dir: Path, *args: str) -> subprocess.CompletedProcess:
+def init(data_dir: Path, *args: str, env: dict | None = None) -> subprocess.CompletedProcess:
     return subprocess.run(
         [str(BIN / "cifleet-primary"), "init", "--data-dir", str(data_dir), *args],
         capture_output=True,
         text=True,
         timeout=60,
+        env={**os.environ, **(env or {})},
     )
 
 
@@ -74,6 +76,60 @@ def test_a_second_primary_joins_only_with_the_fleets_vault_key(two_primaries, pg
         assert (two.data_dir / path).stat().st_mode & 0o777 == 0o600, path
     assert not (two.data_dir / "cifleet.db").exists()
     assert init(one.data_dir, "--store", pg_url).returncode == 0  # a second init: no change
+
+
+def files_holding(folder: Path, texts: list[bytes]) -> list[str]:
+    """The files under `folder` that hold any of `texts`."""
+    return [
+        str(path)
+        for path in sorted(folder.rglob("*"))
+        if path.is_file() and any(t in path.read_bytes() for t in texts)
+    ]
+
+
+def test_a_primary_joins_with_the_vault_key_in_the_environment_and_keeps_it_off_its_disk(
+    two_primaries, pg_url, tmp_path
+):
+    one, two = two_primaries
+    key = (one.data_dir / "vault.key").read_text().strip()
+    # Its text in either case, and its 32 bytes: none of them may be anywhere.
+    forms = [key.encode(), key.upper().encode(), bytes.fromhex(key)]
+    wrong = init(two.data_dir, "--store", pg_url, env={"CIFLEET_VAULT_KEY": new_key().hex()})
+    assert wrong.returncode == 2 and "wrong vault key" in wrong.stderr, wrong.stderr
+    assert not two.data_dir.exists()  # nothing half-made
+    joined = init(
+        two.data_dir, "--store", pg_url, "--name", "second", env={"CIFLEET_VAULT_KEY": key}
+    )
+    assert joined.returncode == 0, joined.stderr
+    assert not any(f in (joined.stdout + joined.stderr).encode() for f in forms)
+    assert not (two.data_dir / "vault.key").exists()
+    assert (two.data_dir / "ca.pem").read_bytes() == (one.data_dir / "ca.pem").read_bytes()
+    assert files_holding(two.data_dir, forms) == []
+
+    # It serves with the key from the environment only: its own token is good, it reads
+    # the fleet's worker secret, and a worker registered through the first primary is its.
+    one.start()
+    two.env = {"CIFLEET_VAULT_KEY": key}
+    two.start()
+    assert two.secret() == one.secret()
+    assert register_agent(one, tmp_path, "joiner").returncode == 0
+    assert "joiner" in [w["name"] for w in two.workers()]
+    cmdline = Path(f"/proc/{two.proc.pid}/cmdline").read_bytes()
+    assert b"--data-dir" in cmdline and not any(f in cmdline for f in forms)
+    two.stop()  # its whole log written
+    assert b"cifleet primary serving" in two.log_path.read_bytes()
+    assert files_holding(two.data_dir, forms) == []
+    assert files_holding(tmp_path, forms) == [str(one.data_dir / "vault.key")]
+    # Without the key it does not start, and says why without a secret.
+    two.env = {}
+    refused = subprocess.run(
+        [str(BIN / "cifleet-primary"), "serve", "--data-dir", str(two.data_dir),
+         "--api-port", "0", "--agent-port", "0"],
+        capture_output=True, text=True, timeout=60,
+        env={k: v for k, v in os.environ.items() if k != "CIFLEET_VAULT_KEY"},
+    )  # fmt: skip
+    assert refused.returncode != 0
+    assert "CIFLEET_VAULT_KEY is not set" in refused.stderr, refused.stderr
 
 
 def test_two_primaries_serve_one_fleet(two_primaries, pg_url, pg_cluster, tmp_path):
