@@ -92,6 +92,18 @@ class RunReporter:
                 backlog += max(path.stat().st_size - acked.get(path.stem, 0), 0)
         return backlog
 
+    def send_spooled_logs(self) -> int:
+        """Send what the spool holds of every job's log that the primary may not have (an
+        earlier agent process's run, after a restart); the bytes the primary then holds.
+        Raises what delivery raises (Refused, Stale, Fenced...) when the primary will not."""
+        held = 0
+        for path in sorted(self._spool_dir.glob("*.log")):
+            job, size = path.stem, path.stat().st_size
+            while self._ship_chunk(job, size):
+                pass
+            held += self._acked.get(job, 0)
+        return held
+
     def fence(self) -> None:
         """Stop delivery where it is (Fenced is raised): the run is dropped, not reported."""
         self._fenced.set()

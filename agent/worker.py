@@ -9,7 +9,6 @@ the primary as its built-in worker (a thread with its own stop event, no signals
 import logging
 import os
 import secrets
-import shutil
 import threading
 import time
 from pathlib import Path
@@ -17,7 +16,7 @@ from typing import Any
 
 import psutil
 
-from agent import __version__, renewal
+from agent import __version__, leftovers, renewal
 from agent.assignment import parse_assignment
 from agent.backoff import CAP_SECONDS, Backoff, poll_pause
 from agent.calls import UnknownWorker
@@ -257,7 +256,8 @@ class Agent:
     def _end_leftovers(self) -> None:
         """What an earlier agent process of this home left when it died: its jobs, still
         running, and output it could not deliver. Those attempts are over (the primary
-        re-queues them when this process first polls), and nothing here can resume them."""
+        re-queues them when this process first polls), and nothing here can resume them; their
+        undelivered output is sent first, while the primary still takes it."""
         ended = end_orphaned_jobs(self.work_dir, self._kill_grace)
         for uid in self.identities.leftover_uids():
             # Also what left the jobs' environment behind: every process of their uids.
@@ -268,10 +268,7 @@ class Agent:
                 len(ended),
                 " ".join(map(str, ended)),
             )
-        spool = self.home / SPOOL_DIR
-        for leftover in sorted(spool.iterdir()) if spool.is_dir() else []:
-            log.warning("removing undelivered output of an earlier run: %s", leftover)
-            shutil.rmtree(leftover, ignore_errors=True)
+        leftovers.deliver_and_remove(self.home, self._pool, self.stop)
 
     def _supervise(self) -> None:
         drain_seen = force_seen = False
