@@ -275,6 +275,11 @@ class JobIdentities:
             uid = claims.of(str(self.home), pipeline)
             if uid is None:
                 return
+            if not claims.get(uid).stale():
+                # A run of the pipeline made its workspace again since the deletion (this
+                # runs in the background, later): the uid is that run's, and its job runs.
+                log.info("job uid %d of pipeline %s: kept, its workspace is back", uid, pipeline)
+                return
             _clear_uid(uid)
             claims.drop(uid)
         log.info("job uid %d of pipeline %s is free again", uid, pipeline)

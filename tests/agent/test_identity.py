@@ -76,6 +76,26 @@ def test_a_freed_uid_ends_its_processes_and_temporary_files_first(tmp_path, regi
         assert claims.of(str(ids.home), "p") is None
 
 
+def test_a_late_release_spares_a_run_that_made_the_workspace_again(tmp_path, registry):
+    # The deletion's release runs in the background; a run of the pipeline accepted
+    # meanwhile made the workspace again under the same claim, and its job runs.
+    ids = identities(tmp_path, registry)
+    ids.prepare()
+    first = ids.for_run("p")
+    (ids.work_dir / "p").rename(tmp_path / "p.deleted")  # deleted: no longer its home
+    again = ids.for_run("p")  # the next run, before the release got to it
+    assert again.uid == first.uid
+    job = subprocess.Popen(["sleep", "300"], start_new_session=True, **again.popen_kwargs())
+    try:
+        ids.release("p")
+        assert job.poll() is None  # still running
+        with registry.locked() as claims:
+            assert claims.of(str(ids.home), "p") == again.uid
+    finally:
+        job.kill()
+        job.wait()
+
+
 def test_a_stale_claim_is_taken_over_after_its_leftovers_are_cleared(tmp_path, registry):
     gone = identities(tmp_path, registry, "gone", uids=[RANGE[0], RANGE[0]])
     gone.prepare()
