@@ -52,6 +52,7 @@ __all__ = [
     "stop_all",
     "store_for",
     "wait_for",
+    "write_random_tree",
 ]
 
 
@@ -76,6 +77,16 @@ def store_for(engine: str):
         return
     with _pgcluster.PgCluster.running(fast=False) as cluster:
         yield lambda: cluster.create_database("bench")
+
+
+def write_random_tree(folder: Path, size_mb: int, files: int) -> None:
+    """`files` files of random bytes (no delta or compression helps), `size_mb` MB in all,
+    in 50 folders: a repository's tree for the git benchmarks."""
+    each = size_mb * 1024 * 1024 // files
+    for i in range(files):
+        path = folder / f"d{i % 50:02d}" / f"f{i:05d}.bin"
+        path.parent.mkdir(parents=True, exist_ok=True)
+        path.write_bytes(os.urandom(each))
 
 
 def start_agents(

@@ -23,6 +23,8 @@ import threading
 import time
 from pathlib import Path
 
+from common import write_random_tree
+
 from agent.assignment import GitSource
 from agent.git_checkout import checkout
 from agent.identity import JobIdentity
@@ -49,11 +51,7 @@ def git(*args: str, cwd: Path) -> str:
 def make_repo(root: Path, size_mb: int, files: int) -> tuple[Path, Path]:
     work, bare = root / "work", root / "repo.git"
     git("init", "-q", "-b", "main", str(work), cwd=root)
-    each = size_mb * 1024 * 1024 // files
-    for i in range(files):
-        path = work / f"d{i % 50:02d}" / f"f{i:05d}.bin"
-        path.parent.mkdir(exist_ok=True)
-        path.write_bytes(os.urandom(each))
+    write_random_tree(work, size_mb, files)
     git("add", "-A", cwd=work)
     git("commit", "-qm", "one", cwd=work)
     git("clone", "-q", "--bare", str(work), str(bare), cwd=root)

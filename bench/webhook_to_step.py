@@ -27,7 +27,7 @@ import time
 import uuid
 from pathlib import Path
 
-from common import bench_dir, load_test_module, shared_file
+from common import bench_dir, load_test_module, shared_file, write_random_tree
 
 git_servers = load_test_module("git_servers")
 GitDaemon, Repos, fleet_with_builder, git = (
@@ -40,11 +40,7 @@ GitDaemon, Repos, fleet_with_builder, git = (
 
 def fill(repos: Repos, name: str, size_mb: int, files: int) -> None:
     work = repos.root / f"{name}.work"
-    each = size_mb * 1024 * 1024 // files
-    for i in range(files):
-        path = work / f"d{i % 50:02d}" / f"f{i:05d}.bin"
-        path.parent.mkdir(exist_ok=True)
-        path.write_bytes(os.urandom(each))
+    write_random_tree(work, size_mb, files)
     git("add", "-A", cwd=work)
     git("commit", "-qm", "the repository", cwd=work)
     git("push", "-q", "origin", "HEAD:refs/heads/main", cwd=work)
