@@ -16,6 +16,14 @@ from fleet import Primary, init_primary
 
 REPO = Path(__file__).resolve().parents[1]
 BIN = Path(sys.executable).parent
+# The playbook tests' fleet: host name -> (Debian release, tags at the primary).
+FLEET = {
+    "w1": ("bookworm", ["alpha", "linux"]),
+    "w2": ("bookworm", ["beta", "linux"]),
+    "w3": ("trixie", ["gamma", "linux"]),
+}
+# Seconds without a poll before the primary counts a worker inactive (and its runs lost).
+HEARTBEAT_TIMEOUT = 20
 
 
 def recap(output: str) -> dict[str, dict[str, int]]:

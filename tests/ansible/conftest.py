@@ -11,16 +11,9 @@ import shutil
 
 import containers
 import pytest
-from playbook_fleet import BIN, REPO, Fleet, recap, start_fleet
+from playbook_fleet import BIN, FLEET, HEARTBEAT_TIMEOUT, REPO, Fleet, recap, start_fleet
 
 __all__ = ["BIN", "REPO", "Fleet", "recap"]
-FLEET = {
-    "w1": ("bookworm", ["alpha", "linux"]),
-    "w2": ("bookworm", ["beta", "linux"]),
-    "w3": ("trixie", ["gamma", "linux"]),
-}
-# Seconds without a poll before the primary counts a worker inactive (and its runs lost).
-HEARTBEAT_TIMEOUT = 20
 
 
 def pytest_configure(config):

@@ -6,8 +6,8 @@ import json
 import subprocess
 
 import pytest
-from conftest import FLEET, recap
 from fleet import wait_for
+from playbook_fleet import FLEET, recap
 
 pytestmark = pytest.mark.ansible
 

@@ -4,8 +4,8 @@ enabled), and a host killed hard has its run re-queued on another host.
 They use the session's fleet, whichever of its workers are registered."""
 
 import pytest
-from conftest import FLEET, HEARTBEAT_TIMEOUT
 from fleet import wait_for
+from playbook_fleet import FLEET, HEARTBEAT_TIMEOUT
 
 pytestmark = pytest.mark.ansible
 

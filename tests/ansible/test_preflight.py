@@ -5,8 +5,8 @@ changed, with a message that says what to do. `bare` runs sshd as PID 1 (no syst
 import subprocess
 
 import pytest
-from conftest import recap
 from fleet import BIN, wait_for
+from playbook_fleet import recap
 from ports import reserve_port
 
 pytestmark = pytest.mark.ansible

@@ -8,8 +8,8 @@ import shutil
 import subprocess
 
 import pytest
-from conftest import FLEET, REPO, recap
 from fleet import BIN, AgentPeer, wait_for
+from playbook_fleet import FLEET, REPO, recap
 
 pytestmark = pytest.mark.ansible
 

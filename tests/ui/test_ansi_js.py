@@ -4,7 +4,7 @@ same headless Chromium the UI tests use, on a blank page (no primary needed)."""
 from pathlib import Path
 
 import pytest
-from conftest import CHROMIUM, CHROMIUM_ARGS
+from chromium import CHROMIUM, CHROMIUM_ARGS
 
 ANSI_JS = Path(__file__).resolve().parents[2] / "primary" / "ui" / "static" / "ansi.js"
 
