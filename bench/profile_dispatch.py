@@ -188,15 +188,15 @@ def recorders(out_dir: Path, case: str, rate: int, options: list[str], perf: boo
             yield
         finally:
             after = _thread_cpu(primary.proc.pid)
-            names = _thread_names(primary.proc.pid)
-            by_name: collections.Counter = collections.Counter()
-            for tid, cpu in after.items():
-                by_name[names.get(tid, "?")] += cpu - before.get(tid, 0.0)
-            found["thread_cpu_seconds"] = {k: round(v, 2) for k, v in by_name.most_common()}
             for proc in (spy, perf_proc):
                 if proc is not None:
                     proc.send_signal(signal.SIGINT)  # each writes its output and exits
                     proc.communicate(timeout=120)
+            names = _thread_names(primary.proc.pid)  # once py-spy record has let go of it
+            by_name: collections.Counter = collections.Counter()
+            for tid, cpu in after.items():
+                by_name[names.get(tid, "?")] += cpu - before.get(tid, 0.0)
+            found["thread_cpu_seconds"] = {k: round(v, 2) for k, v in by_name.most_common()}
 
     yield recording, found
 
