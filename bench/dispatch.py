@@ -8,11 +8,13 @@ throughput: runs of one trivial step over 4 agents x 4 slots (and 4 x 1: one-slo
 turn a slot over per run), all submitted at once (8 submitting threads): wall time from the
 first submit to the last run finished, runs/s, the primary's CPU per run (in that window:
 not its start-up), the load average at the end, and how often an
-agent refused an assignment (it should never: a refused one waits for the next poll).
+agent refused an assignment (it should never: a refused one waits for the next poll); from
+the runs' stamps, the longest gap between assignments, assignment -> start, second attempts.
 """
 
 import argparse
 import contextlib
+import datetime
 import json
 import os
 import statistics
@@ -114,6 +116,7 @@ def bench_throughput(
             "agents": round(sum(cpu_seconds(a.proc.pid) for a in agents) - sum(cpu_before[1]), 1),
         }
         load = [round(x, 2) for x in os.getloadavg()]
+        timeline = _timeline(primary, runs)
     finally:
         stop_all(primary, agents)
     refused = sum(a.log_path.read_text().count("no free slot") for a in agents)
@@ -129,6 +132,40 @@ def bench_throughput(
         "primary_cpu_ms_per_run": round(cpu["primary"] * 1000 / runs, 1),
         "assignments_refused": refused,
         "load_average_after": load,
+        **timeline,
+    }
+
+
+def _stamp(text: str) -> float:
+    return datetime.datetime.fromisoformat(text).timestamp()
+
+
+def _timeline(primary: Primary, runs: int) -> dict:
+    """What the runs' own stamps say, read after the measured window: the longest gap
+    between two assignments (all runs are submitted at once, so the queue is seldom empty:
+    a wait for the sweeper's pass shows as about a second), assignment -> start (the
+    agent's side), and runs that needed a second attempt."""
+    listed, before = [], ""
+    while len(listed) < runs:
+        page = primary.client.json("GET", f"/api/v1/runs?limit=100{before}")["runs"]
+        if not page:
+            break
+        listed += page
+        before = f"&before={page[-1]['id']}"
+    assigned = sorted(_stamp(r["assigned_at"]) for r in listed if r["assigned_at"])
+    gaps = [b - a for a, b in zip(assigned, assigned[1:], strict=False)]
+    to_start = [
+        _stamp(r["started_at"]) - _stamp(r["assigned_at"])
+        for r in listed
+        if r["assigned_at"] and r["started_at"]
+    ]
+    return {
+        "longest_gap_between_assignments_ms": round(1000 * max(gaps, default=0), 1),
+        "assigned_to_started_ms": {
+            "p50": round(1000 * statistics.median(to_start), 1) if to_start else None,
+            "max": round(1000 * max(to_start), 1) if to_start else None,
+        },
+        "runs_with_a_second_attempt": sum(1 for r in listed if len(r["attempts"]) > 1),
     }
 
 
