@@ -68,7 +68,9 @@ def plan(primary: Primary, refresh_reasons: bool = False) -> int:
             return 0  # nothing can start and every queued run says why it waits
         with store.transaction() as conn:
             conn.lock(PLANNER_LOCK)
-            woken = _plan_queue(conn, primary, now, refresh_reasons)
+            # The time once the planner is ours: a pass that waited for the lock stamps its
+            # assignments after the pass before it, so assigned_at follows queue order.
+            woken = _plan_queue(conn, primary, time.time(), refresh_reasons)
     for worker_id in woken:
         primary.waiters.wake(worker_id)
     return sum(woken.values())
