@@ -161,6 +161,16 @@ def get_artifacts(run_id: int, job: str):
     return downloads.artifacts_tar(*artifacts.read(primary, run_id, job, number))
 
 
+@bp.get("/runs/<int:run_id>/jobs/<job>/artifacts/<path:path>")
+@require_role(*VIEW)
+def get_artifact_file(run_id: int, job: str, path: str):
+    attempt = request.args.get("attempt")
+    number = whole_number(attempt, "attempt") if attempt is not None else None
+    primary = primary_of_app()
+    runs.get_run(primary, run_id)  # 404, or 410 once pruned
+    return downloads.artifact_file(*artifacts.read_file(primary, run_id, job, path, number))
+
+
 @bp.post("/runs/<int:run_id>/cancel")
 @require_role()
 def cancel_run(run_id: int):

@@ -118,12 +118,12 @@ def _members(tar_path: Path) -> list[dict]:
             found = tar_check.members(f, tar_path.stat().st_size, MAX_MEMBERS)
     except tar_check.BadTar as e:
         raise BadRequest(f"artifacts: not a tar of files: {e}") from None
-    for name, size in found:
+    for name, size, offset in found:
         try:
             path = normalise_path(name)
         except BadRequest as e:
             raise BadRequest(f"artifacts: {name!r}: {e.message}") from None
-        files.append({"path": path, "size": size})
+        files.append({"path": path, "size": size, "offset": offset})
     return files
 
 
@@ -147,7 +147,8 @@ def list_for_run(primary: Primary, run_id: int) -> list[dict]:
             "attempt": r["attempt"],
             "size": r["size"],
             "sha256": r["sha256"],
-            "files": json.loads(r["files"]),
+            # Where each file's bytes are in the tar is the primary's business.
+            "files": [{"path": f["path"], "size": f["size"]} for f in json.loads(r["files"])],
             "created_at": iso(r["created_at"]),
         }
         for r in rows
@@ -158,6 +159,27 @@ def read(
     primary: Primary, run_id: int, job: str, attempt: int | None = None
 ) -> tuple[dict, Iterator[bytes]]:
     """The tar of the job's artifacts (its latest attempt's unless `attempt`) and its bytes."""
+    row = _row(primary, run_id, job, attempt)
+    info = {"run_id": run_id, "job": job, "attempt": row["attempt"], "size": row["size"]}
+    info["sha256"] = row["sha256"]
+    return info, _bytes(primary, row, 0, row["size"])
+
+
+def read_file(
+    primary: Primary, run_id: int, job: str, raw_path: str, attempt: int | None = None
+) -> tuple[dict, Iterator[bytes]]:
+    """One file of the job's artifacts (its latest attempt's unless `attempt`), by its path
+    in the listing, and its bytes."""
+    row = _row(primary, run_id, job, attempt)
+    path = normalise_path(raw_path)
+    found = next((f for f in json.loads(row["files"]) if f["path"] == path), None)
+    if found is None or "offset" not in found:  # or kept before offsets were recorded
+        raise NotFound(f"run {run_id} has no artifact {path!r} of job {job!r}")
+    info = {"attempt": row["attempt"], "path": path, "size": found["size"]}
+    return info, _bytes(primary, row, found["offset"], found["size"])
+
+
+def _row(primary: Primary, run_id: int, job: str, attempt: int | None) -> dict:
     row = primary.store.query_one(
         "SELECT * FROM artifacts WHERE run_id = ? AND job = ?"
         + (" AND attempt = ?" if attempt is not None else "")
@@ -166,23 +188,24 @@ def read(
     )
     if row is None:
         raise NotFound(f"run {run_id} has no artifacts of job {job!r}")
-    info = {
-        "run_id": run_id,
-        "job": job,
-        "attempt": row["attempt"],
-        "size": row["size"],
-        "sha256": row["sha256"],
-    }
+    return row
+
+
+def _bytes(primary: Primary, row: dict, offset: int, length: int) -> Iterator[bytes]:
+    """`length` bytes of the row's tar from `offset`, in pieces."""
     if row["blob"]:
-        return info, blobs.read(primary.store, row["blob"])
-    path = _file(primary, run_id, row["attempt"], job, row["sha256"])
+        return blobs.read_range(primary.store, row["blob"], offset, length)
+    path = _file(primary, row["run_id"], row["attempt"], row["job"], row["sha256"])
 
     def chunks() -> Iterator[bytes]:
         with open(path, "rb") as f:
-            while chunk := f.read(COPY):
+            f.seek(offset)
+            left = length
+            while left > 0 and (chunk := f.read(min(COPY, left))):
+                left -= len(chunk)
                 yield chunk
 
-    return info, chunks()
+    return chunks()
 
 
 def delete_for_runs(conn, run_ids: tuple[int, ...]) -> int:

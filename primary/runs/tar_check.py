@@ -19,9 +19,10 @@ class BadTar(ValueError):
     pass
 
 
-def members(f: BinaryIO, total: int, max_members: int) -> list[tuple[str, int]]:
-    """(name, size) of every member of the tar in `f` (`total` bytes long)."""
-    found: list[tuple[str, int]] = []
+def members(f: BinaryIO, total: int, max_members: int) -> list[tuple[str, int, int]]:
+    """(name, size, offset of its data) of every member of the tar in `f` (`total` bytes
+    long)."""
+    found: list[tuple[str, int, int]] = []
     offset = 0
     while True:
         block = f.read(BLOCK)
@@ -44,8 +45,8 @@ def members(f: BinaryIO, total: int, max_members: int) -> list[tuple[str, int]]:
         if offset + padded > total:
             raise BadTar(f"{name!r} says it is longer than what follows it")
         f.seek(padded, 1)
+        found.append((name, size, offset))
         offset += padded
-        found.append((name, size))
 
 
 def _checksum(block: bytes) -> int:

@@ -42,6 +42,28 @@ def drop(store: Store, blob: str) -> None:
         conn.execute("DELETE FROM file_chunks WHERE blob = ?", (blob,))
 
 
+def read_range(store: Store, blob: str, offset: int, length: int) -> Iterator[bytes]:
+    """`length` bytes of the blob from `offset` (chunks are CHUNK bytes, but the last)."""
+    seq, skip = divmod(offset, CHUNK)
+    left = length
+    while left > 0:
+        rows = store.query(
+            "SELECT seq, data FROM file_chunks WHERE blob = ? AND seq >= ? ORDER BY seq LIMIT 8",
+            (blob, seq),
+        )
+        for row in rows:
+            data = bytes(row["data"])[skip : skip + left]
+            skip = 0
+            left -= len(data)
+            seq = row["seq"] + 1
+            if data:
+                yield data
+            if left <= 0:
+                return
+        if len(rows) < 8:
+            return
+
+
 def read(store: Store, blob: str) -> Iterator[bytes]:
     seq = 0
     while True:

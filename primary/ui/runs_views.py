@@ -282,6 +282,14 @@ def artifacts_tar(run_id: int, attempt: int, job: str):
     return downloads.artifacts_tar(*artifacts.read(primary, run_id, job, attempt))
 
 
+@bp.get("/<int:run_id>/attempts/<int:attempt>/jobs/<job>/artifacts/<path:path>")
+def artifact_file(run_id: int, attempt: int, job: str, path: str):
+    """One file of a job's artifacts of one attempt (the API's too)."""
+    primary = primary_of_app()
+    runs.get_run(primary, run_id)
+    return downloads.artifact_file(*artifacts.read_file(primary, run_id, job, path, attempt))
+
+
 @bp.get("/<int:run_id>/attempts/<int:attempt>/jobs/<job>/log")
 def attempt_log(run_id: int, attempt: int, job: str):
     """One job's output in one attempt, also of an attempt that was lost or taken back."""

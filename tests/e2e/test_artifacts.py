@@ -66,6 +66,18 @@ def test_artifacts_round_trip_byte_exact_and_links_stay_behind(primary, start_ag
     }
     key = (agent.home / "worker.key").read_bytes()
     assert key not in body
+    # One file of them, byte-exact, as a download; a path they do not hold is 404, a path
+    # that leaves them 400.
+    path = f"/api/v1/runs/{run_id}/jobs/make/artifacts"
+    status, headers, data = primary.client.request("GET", f"{path}/out/sub/data.bin?attempt=1")
+    assert (status, data) == (200, BINARY)
+    assert headers["content-disposition"] == "attachment; filename*=UTF-8''data.bin"
+    assert headers["content-type"] == "application/octet-stream"
+    assert primary.client.request("GET", f"{path}/report.txt")[2] == b"".join(
+        b"%d\n" % i for i in range(1, 1001)
+    )
+    assert primary.client.request("GET", f"{path}/keylink")[0] == 404
+    assert primary.client.request("GET", f"{path}/out/../../worker.key")[0] == 400
     # The job without artifacts has none; an unknown job or run answers 404.
     status, _, _ = primary.client.request("GET", f"/api/v1/runs/{run_id}/jobs/plain/artifacts.tar")
     assert status == 404

@@ -450,3 +450,8 @@ def test_a_runs_artifacts_are_listed_and_downloaded_from_its_page(
     assert headers["Content-Disposition"] == (
         f'attachment; filename="run-{run_id}-pack-artifacts.tar"'
     )
+    # Each file listed is a link to that file alone, a download of exactly its bytes.
+    one = row.get_by_role("link", name="dist/x.whl")
+    status, headers, body = session_get(page, one.get_attribute("href"))
+    assert (status, body) == (200, b"wheel")
+    assert headers["Content-Disposition"] == "attachment; filename*=UTF-8''x.whl"

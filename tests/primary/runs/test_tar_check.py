@@ -22,14 +22,16 @@ def info(name: str, size: int = 0, kind: bytes = tarfile.REGTYPE) -> tarfile.Tar
     return i
 
 
-def read(data: bytes) -> list[tuple[str, int]]:
+def read(data: bytes) -> list[tuple[str, int, int]]:
     return members(io.BytesIO(data), len(data), 100)
 
 
-def test_regular_files_are_listed_with_their_sizes():
+def test_regular_files_are_listed_with_their_sizes_and_where_their_bytes_are():
     long_dir = "d" * 120  # past 100 bytes: it goes into the ustar prefix
     data = tar(info("a.txt", 3), info(f"{long_dir}/b.bin", 3), data=b"abc")
-    assert read(data) == [("a.txt", 3), (f"{long_dir}/b.bin", 3)]
+    # Each header is a 512-byte block, each file's data padded to one.
+    assert read(data) == [("a.txt", 3, 512), (f"{long_dir}/b.bin", 3, 1536)]
+    assert data[512:515] == data[1536:1539] == b"abc"
     assert read(tar()) == []
 
 
