@@ -55,6 +55,9 @@ def initialise(
         raise InitError(f"{root} exists and is not an empty folder or a cifleet data dir")
     if store_url is not None and not is_postgres_url(store_url):
         raise InitError("--store: give a postgresql://USER@HOST/DATABASE URL")
+    if vault_key_file is not None and os.environ.get(vault_mod.KEY_ENV):
+        # Which one was meant? Taking either silently could make a second fleet's key.
+        raise InitError(f"give the vault key once: {vault_mod.KEY_ENV} or --vault-key-file")
     root.parent.mkdir(parents=True, exist_ok=True)
     staging = Path(tempfile.mkdtemp(dir=root.parent, prefix=f".{root.name}.init-"))
     committed = False

@@ -97,6 +97,14 @@ def test_a_primary_joins_with_the_vault_key_in_the_environment_and_keeps_it_off_
     wrong = init(two.data_dir, "--store", pg_url, env={"CIFLEET_VAULT_KEY": new_key().hex()})
     assert wrong.returncode == 2 and "wrong vault key" in wrong.stderr, wrong.stderr
     assert not two.data_dir.exists()  # nothing half-made
+    # Given twice (the environment and a file), it is refused: which one was meant?
+    both = init(
+        two.data_dir, "--store", pg_url, "--vault-key-file", str(one.data_dir / "vault.key"),
+        env={"CIFLEET_VAULT_KEY": key},
+    )  # fmt: skip
+    assert both.returncode == 2, both.stderr
+    assert "give the vault key once: CIFLEET_VAULT_KEY or --vault-key-file" in both.stderr
+    assert not two.data_dir.exists()
     joined = init(
         two.data_dir, "--store", pg_url, "--name", "second", env={"CIFLEET_VAULT_KEY": key}
     )

@@ -240,6 +240,7 @@ def test_a_worker_in_credentials_conflict_shows_it_and_why(page, login, primary,
     expect(row.locator("[data-conflict]")).to_have_text(
         f"{reason}; an admin removes it and registers its host again"
     )
+    expect(row.locator("[data-conflict]")).to_have_class("warning")  # red, not grey
     expect(row.get_by_role("link", name="De-register twice")).to_be_visible()  # the way out
 
     row.get_by_role("link", name="twice", exact=True).click()
