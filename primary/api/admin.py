@@ -6,7 +6,7 @@ from primary.api import downloads
 from primary.api.auth import caller, primary_of_app, require_role
 from primary.api.parse import json_body, whole_number
 from primary.errors import BadRequest, NotFound, conflict
-from primary.fleet import presence, registration, workers
+from primary.fleet import presence, registration, worker_history, workers
 from primary.notifications import service as notifications
 from primary.pipelines import lifecycle, pipelines, static_files
 from primary.pipelines import secrets as pipeline_secrets
@@ -234,7 +234,16 @@ def worker_action(worker_id: str, action: str):
     if action not in workers.FLAG_ACTIONS:
         raise NotFound(f"no worker action {action!r}; use lock, unlock, drain or flood")
     flag, on = workers.FLAG_ACTIONS[action]
-    return jsonify(workers.set_flag(primary_of_app(), worker_id, flag, on))
+    by = f"token {caller()['token']}"
+    return jsonify(workers.set_flag(primary_of_app(), worker_id, flag, on, by=by))
+
+
+@bp.get("/workers/<worker_id>/history")
+@require_role(*VIEW)
+def worker_history_view(worker_id: str):
+    primary = primary_of_app()
+    worker = workers.get_worker(primary, worker_id)  # 404 for no such worker
+    return jsonify({"history": worker_history.history(primary, worker["id"])})
 
 
 @bp.put("/workers/<worker_id>/tags")

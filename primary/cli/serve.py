@@ -19,13 +19,14 @@ import signal
 import ssl
 import tempfile
 import threading
+import time
 
 from agent.home import write_atomic
 from primary.app import create_agent_app, create_app
 from primary.cli.listeners import bind_listeners
 from primary.config import PrimaryConfig
 from primary.context import Primary, connect_signals, open_primary
-from primary.fleet import presence
+from primary.fleet import presence, worker_history
 from primary.fleet.builtin_worker import local_api_url, start_builtin_worker
 from primary.metrics import metrics_of
 from primary.notifications.sender import start_sender
@@ -68,6 +69,7 @@ def tls_contexts(primary: Primary) -> tuple[ssl.SSLContext, ssl.SSLContext]:
 
 
 def _sweep_leases(primary: Primary, stop: threading.Event) -> None:
+    full_pass = time.monotonic()
     while not stop.wait(SWEEP_INTERVAL):
         try:
             presence.beat(primary)  # this primary serves the fleet (others read it)
@@ -75,6 +77,12 @@ def _sweep_leases(primary: Primary, stop: threading.Event) -> None:
             # what every waiting run says about why it waits stays true.
             if not leases.expire_leases(primary):
                 plan(primary, refresh_reasons=True)
+            # What time changed in workers' states (inactive, back), for their history.
+            if time.monotonic() - full_pass > worker_history.FULL_PASS_SECONDS:
+                full_pass = time.monotonic()
+                worker_history.record_all(primary)
+            else:
+                worker_history.record(primary)
         except Exception:
             log.exception("lease sweep failed")
 

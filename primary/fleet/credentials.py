@@ -23,6 +23,7 @@ import time
 from agent.protocol import CODE_CREDENTIALS_CONFLICT, CODE_UNKNOWN_WORKER
 from primary.context import Primary
 from primary.errors import BadRequest, Forbidden
+from primary.fleet import worker_history
 from primary.fleet.ca import CsrError
 from primary.fleet.workers import take_runs_back
 from primary.runs.scheduler import PLANNER_LOCK, plan
@@ -105,6 +106,7 @@ def mark_conflict(primary: Primary, row, reason: str) -> Forbidden:
         current = conn.query_one("SELECT * FROM workers WHERE id = ?", (row["id"],))
     primary.waiters.wake(row["id"])  # a held poll of either holder answers, then is refused
     plan(primary)
+    worker_history.record(primary, row["id"])
     return conflict_error(current)
 
 

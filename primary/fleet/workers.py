@@ -7,6 +7,7 @@ import time
 from agent.protocol import CODE_TAGS_ADMIN_ONLY, NAME_RE
 from primary.context import Primary
 from primary.errors import BadRequest, Forbidden, NotFound
+from primary.fleet import worker_history
 from primary.fleet.registration import MAX_SLOTS, MAX_TAGS
 from primary.runs.placement import WORKER_STATES, candidate_from_row, state_word
 from primary.runs.runs import RUN_STATES
@@ -106,9 +107,10 @@ FLAG_ACTIONS = {
 }
 
 
-def set_flag(primary: Primary, worker_id: str, flag: str, on: bool) -> dict:
+def set_flag(primary: Primary, worker_id: str, flag: str, on: bool, by: str | None = None) -> dict:
     """Lock/unlock or drain/flood. A locked or draining worker takes no new runs and finishes
-    those it has; runs planned for it but not yet confirmed are planned again elsewhere."""
+    those it has; runs planned for it but not yet confirmed are planned again elsewhere.
+    `by`: who asked, for the worker's history of states."""
 
     assert flag in ("locked", "draining")
     with primary.store.transaction() as conn:
@@ -125,6 +127,7 @@ def set_flag(primary: Primary, worker_id: str, flag: str, on: bool) -> dict:
                 requeue(conn, run["id"], f"re-planned: {row['name']} is {flag}", time.time())
     primary.waiters.wake(row["id"])  # an agent holding a taken-back assignment drops it
     plan(primary)
+    worker_history.record(primary, row["id"], by=by)
     return get_worker(primary, row["id"])
 
 
@@ -202,7 +205,7 @@ def update_from_host(primary: Primary, worker: dict, body: dict) -> dict:
             conn.lock(PLANNER_LOCK)  # a plan in flight counts the slots it read
             conn.execute("UPDATE workers SET slots = ? WHERE id = ?", (slots, worker["id"]))
     if "draining" in body:
-        return set_flag(primary, worker["id"], "draining", body["draining"])
+        return set_flag(primary, worker["id"], "draining", body["draining"], by="its agent")
     plan(primary)
     return get_worker(primary, worker["id"])
 
@@ -218,6 +221,7 @@ def delete_worker(primary: Primary, worker_id: str) -> dict:
         conn.lock(PLANNER_LOCK)
         row = _worker_row(conn, worker_id)
         take_runs_back(conn, row, f"worker {row['name']} was removed", now)
+        worker_history.forget(conn, row["id"])
         conn.execute("DELETE FROM workers WHERE id = ?", (row["id"],))
     primary.waiters.wake(row["id"])  # its held poll answers now; the next one is refused
     plan(primary)

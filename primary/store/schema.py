@@ -318,6 +318,21 @@ MIGRATIONS: list[str] = [
         PRIMARY KEY (pipeline, slot)
     );
     """,
+    # 18: a worker's history of states (active, inactive, locked, draining, in conflict...),
+    # as the planner sees it: the last one recorded is on the worker, so a change is written
+    # once whichever primary notices it first.
+    """
+    ALTER TABLE workers ADD COLUMN recorded_state TEXT;
+    CREATE TABLE worker_events (
+        id INTEGER PRIMARY KEY AUTOINCREMENT,
+        worker_id TEXT NOT NULL,
+        at REAL NOT NULL,
+        state TEXT NOT NULL,
+        by_whom TEXT,                   -- an admin action's caller; null: the fleet itself
+        why TEXT
+    );
+    CREATE INDEX worker_events_by_worker ON worker_events (worker_id, id);
+    """,
 ]
 
 # Statements only PostgreSQL runs, after the migration of that number.

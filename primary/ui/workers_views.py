@@ -4,13 +4,14 @@ from flask import Blueprint, render_template, request, url_for
 
 from primary.api.auth import primary_of_app
 from primary.errors import NotFound
-from primary.fleet import workers
+from primary.fleet import worker_history, workers
 from primary.ui.fleet import homes_by_worker, parse_tags, worker_attempts, workers_with_homes
 from primary.ui.respond import done
-from primary.ui.session import require_admin
+from primary.ui.session import current_user, require_admin
 
 bp = Blueprint("workers", __name__, url_prefix="/workers")
 RECENT_ATTEMPTS = 50
+RECENT_STATES = 20
 ACTION_WORDS = {"lock": "locked", "unlock": "unlocked", "drain": "draining", "flood": "flooded"}
 
 
@@ -40,6 +41,7 @@ def show(worker_id: str):
             a for a in attempts if a["outcome"] is None and a["state"] in ("assigned", "running")
         ],
         attempts=attempts,
+        history=worker_history.history(primary, worker["id"], RECENT_STATES),
     )
 
 
@@ -49,7 +51,8 @@ def flag(worker_id: str, action: str):
     if action not in workers.FLAG_ACTIONS:
         raise NotFound(f"no worker action {action!r}; use lock, unlock, drain or flood")
     name, on = workers.FLAG_ACTIONS[action]
-    worker = workers.set_flag(primary_of_app(), worker_id, name, on)
+    by = f"user {current_user().name}"
+    worker = workers.set_flag(primary_of_app(), worker_id, name, on, by=by)
     return done(f"{worker['name']}: {ACTION_WORDS[action]}", url_for(".index"), worker=worker)
 
 

@@ -3,6 +3,7 @@ and the admin actions (lock, drain, tags, de-register)."""
 
 import pytest
 from fleet import AS_NOBODY, AgentPeer, put_in_conflict, register_agent, wait_for
+from widths import both_widths, no_sideways_overflow
 
 pytestmark = pytest.mark.e2e
 
@@ -246,3 +247,29 @@ def test_a_worker_in_credentials_conflict_shows_it_and_why(page, login, primary,
     row.get_by_role("link", name="twice", exact=True).click()
     expect(page.locator("#worker-state")).to_have_text("credentials in conflict")
     expect(page.locator(".flash-error")).to_have_text(reason)
+
+
+@both_widths
+def test_a_workers_page_shows_its_state_changes_and_who_made_them(
+    new_page, viewport, login, primary, start_agent
+):
+    from playwright.sync_api import expect
+
+    start_agent("tracked")
+    wait_for(
+        lambda: primary.client.json("GET", "/api/v1/workers/tracked/history")["history"],
+        30,
+        "its first state recorded",
+    )
+    page = new_page(viewport)
+    login(page, "admin")
+    page.goto("/workers")
+    _row(page, "tracked").get_by_role("button", name="Lock tracked").click()
+    expect(_row(page, "tracked").locator("[data-state]")).to_have_text("locked")
+    page.get_by_role("link", name="tracked", exact=True).click()
+    changes = page.locator("tr[data-state-change]")
+    newest = changes.first
+    expect(newest).to_have_attribute("data-state-change", "locked")
+    expect(newest.locator("td").nth(2)).to_have_text("user ada")  # who locked it
+    expect(changes.last).to_have_attribute("data-state-change", "active")
+    no_sideways_overflow(page)
