@@ -34,12 +34,15 @@ def record(
     elif everyone:
         rows = primary.store.query("SELECT * FROM workers")
     else:
+        since = now - heartbeat
         rows = primary.store.query(
-            # Active workers that answered lately are unchanged unless an action (recorded
-            # then) or an agent changed them: the full pass catches the latter.
-            "SELECT * FROM workers WHERE recorded_state IS NULL OR recorded_state != 'active'"
-            " OR last_contact IS NULL OR last_contact < ?",
-            (now - heartbeat,),
+            # Those time may have changed: a first contact, past the heartbeat timeout (a
+            # conflict outranks it), back from inactive. The rest change by actions
+            # (recorded then) or by their agents (the full pass).
+            "SELECT * FROM workers WHERE (last_contact IS NOT NULL AND recorded_state IS NULL)"
+            " OR (last_contact < ? AND recorded_state NOT IN ('inactive', ?))"
+            " OR (last_contact >= ? AND recorded_state = 'inactive')",
+            (since, "credentials in conflict", since),
         )
     written = 0
     for row in rows:
