@@ -391,6 +391,9 @@ def test_a_viewer_sees_no_cancel_button_and_their_cancel_is_refused(
     assert (status, "only an admin may do this" in body) == (403, True)
     run = primary.run(run_id)
     assert (run["state"], run["cancel_requested"]) == ("running", False)
+    # An admin may: and the agent then stops at once at the end, not after its job.
+    primary.client.json("POST", f"/api/v1/runs/{run_id}/cancel")
+    assert primary.wait_run(run_id)["state"] == "cancelled"
 
 
 def test_the_primary_shuts_down_cleanly_while_a_page_follows_a_log(
