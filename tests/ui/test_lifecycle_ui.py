@@ -105,13 +105,14 @@ def test_secrets_rename_and_delete(new_page, login, primary, start_agent, viewpo
     expect(page.locator("#run-state")).to_have_text("success")
 
 
+@both_widths
 def test_a_viewer_sees_secret_names_but_no_controls(
-    new_page, login, primary, session_post, csrf_of
+    new_page, viewport, login, primary, session_post, csrf_of
 ):
     from playwright.sync_api import expect
 
     primary.pipeline(DEFINITION.format(name="app"))
-    page = new_page()
+    page = new_page(viewport)
     login(page, "viewer")
     page.goto("/pipelines/app")
     expect(page.locator('tr[data-secret="TOKEN"] [data-secret-state]')).to_have_text("not set")

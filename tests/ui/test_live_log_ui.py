@@ -8,7 +8,7 @@ import time
 
 import pytest
 from fleet import wait_file_step, wait_for
-from widths import DESKTOP, PHONE, no_sideways_overflow
+from widths import DESKTOP, PHONE, both_widths, no_sideways_overflow
 
 pytestmark = pytest.mark.e2e
 
@@ -20,8 +20,9 @@ BIG_STEP = (
 )
 
 
+@both_widths
 def test_a_20_mb_live_log_keeps_a_bounded_dom_and_the_page_answers(
-    new_page, login, primary, start_agent, tmp_path, capsys
+    new_page, viewport, login, primary, start_agent, tmp_path, capsys
 ):
     from playwright.sync_api import expect
 
@@ -32,7 +33,7 @@ def test_a_20_mb_live_log_keeps_a_bounded_dom_and_the_page_answers(
         f"      - {json.dumps(BIG_STEP)}\n"
     )
     run_id = primary.trigger("big")
-    page = new_page()
+    page = new_page(viewport)
     login(page, "viewer")
     page.goto(f"/runs/{run_id}")
     log = page.locator("#log")
@@ -97,6 +98,7 @@ def test_a_20_mb_live_log_keeps_a_bounded_dom_and_the_page_answers(
         "Array.from(document.querySelectorAll('#log > .line'), l => l.textContent).join('')"
     )
     assert shown == "\n".join(stored[new_first - 1 :]) + "\n"
+    no_sideways_overflow(page)
 
 
 def test_progress_lines_colours_and_line_links(new_page, login, primary, start_agent):
@@ -161,8 +163,9 @@ def test_progress_lines_colours_and_line_links(new_page, login, primary, start_a
         expect(body_lines).to_be_visible()
 
 
+@both_widths
 def test_search_finds_lines_in_the_whole_log_and_opens_one_not_shown(
-    new_page, login, primary, start_agent
+    new_page, viewport, login, primary, start_agent
 ):
     from playwright.sync_api import expect
 
@@ -170,7 +173,7 @@ def test_search_finds_lines_in_the_whole_log_and_opens_one_not_shown(
     step = "seq -f 'row %g' 1 12000; printf 'needle \\033[31mred\\033[0m here\\n'; seq 1 3"
     primary.pipeline(f"name: hay\njobs:\n  - name: stack\n    steps:\n      - {json.dumps(step)}\n")
     run_id = primary.wait_run(primary.trigger("hay"))["id"]
-    page = new_page()
+    page = new_page(viewport)
     login(page, "viewer")
     page.goto(f"/runs/{run_id}")
     log = page.locator("#log")
@@ -195,6 +198,7 @@ def test_search_finds_lines_in_the_whole_log_and_opens_one_not_shown(
     assert line.text_content() == "row 7\n"
     expect(log.locator(f"#L{row_7 + 1}")).to_have_text("row 8\n")
     assert page.url.endswith(f"#L{row_7}")
+    no_sideways_overflow(page)
     # Bad queries are a 400.
     page.get_by_label("Search the whole log").evaluate("el => el.removeAttribute('maxlength')")
     page.get_by_label("Search the whole log").fill("x" * 201)

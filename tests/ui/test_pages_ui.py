@@ -6,7 +6,7 @@ import datetime
 import re
 
 import pytest
-from widths import DESKTOP, PHONE, no_sideways_overflow
+from widths import DESKTOP, PHONE, both_widths, no_sideways_overflow
 
 pytestmark = pytest.mark.e2e
 
@@ -76,11 +76,13 @@ def test_every_page_fits_the_window(new_page, login, primary, start_agent, shot)
             shot(page, f"{name}-{width}")
 
 
+@both_widths
 def test_unknown_urls_get_the_styled_page_the_api_json_and_there_is_a_favicon(
-    page, login, primary, session_get
+    new_page, viewport, login, primary, session_get
 ):
     from playwright.sync_api import expect
 
+    page = new_page(viewport)
     login(page, "viewer")
     response = page.goto("/no/such/page")
     assert response.status == 404
@@ -230,11 +232,13 @@ def test_dark_mode_focus_rings_and_signals_by_name(browser, primary, start_agent
             context.close()
 
 
+@both_widths
 def test_runs_and_workers_link_to_each_other_with_what_each_ran_and_how_long(
-    page, login, primary, start_agent
+    new_page, viewport, login, primary, start_agent
 ):
     from playwright.sync_api import expect
 
+    page = new_page(viewport)
     start_agent("linked-host")
     primary.pipeline("name: quick\njobs:\n  - name: a\n    steps: ['sleep 1']\n")
     run_id = primary.wait_run(primary.trigger("quick"))["id"]
@@ -262,12 +266,13 @@ def test_runs_and_workers_link_to_each_other_with_what_each_ran_and_how_long(
     expect(page.get_by_role("heading", name="Worker linked-host")).to_be_visible()
 
 
-def test_a_banner_says_when_the_primary_stops_answering(new_page, login, primary):
+@both_widths
+def test_a_banner_says_when_the_primary_stops_answering(new_page, viewport, login, primary):
     from playwright.sync_api import expect
 
     primary.pipeline("name: waits\ntags: [nobody]\njobs:\n  - name: a\n    steps: ['true']\n")
     run_id = primary.trigger("waits")
-    workers_page, run_page = new_page(), new_page()
+    workers_page, run_page = new_page(viewport), new_page(viewport)
     for page, path in ((workers_page, "/workers"), (run_page, f"/runs/{run_id}")):
         login(page, "viewer")
         page.goto(path)

@@ -194,8 +194,9 @@ def test_bytes_that_are_not_utf8_are_shown_replaced_and_the_raw_log_is_exact(
 @pytest.mark.parametrize(
     "primary", [("--log-streams", "1", "--log-stream-seconds", "300")], indirect=True
 )
+@both_widths
 def test_pages_hold_no_stream_so_the_cap_blanks_no_log_and_other_pages_load(
-    new_page, login, primary, start_agent, tmp_path, session_get
+    new_page, viewport, login, primary, start_agent, tmp_path, session_get
 ):
     """Nine run pages in one browser (live, finished and queued runs), with the one event
     stream allowed taken and held: every page shows its log, and /workers loads. (With a
@@ -211,7 +212,7 @@ def test_pages_hold_no_stream_so_the_cap_blanks_no_log_and_other_pages_load(
     live = primary.trigger("held")
     primary.pipeline(pipeline_yaml("nobody", {"a": ["true"]}, tags=("no-such-worker",)))
     queued = primary.trigger("nobody")
-    first = new_page()
+    first = new_page(viewport)
     login(first, "viewer")
     wait_for(lambda: primary.run(live)["state"] == "running", 60, "the live run to start")
 
