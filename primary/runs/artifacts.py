@@ -196,6 +196,8 @@ def _bytes(primary: Primary, row: dict, offset: int, length: int) -> Iterator[by
     if row["blob"]:
         return blobs.read_range(primary.store, row["blob"], offset, length)
     path = _file(primary, row["run_id"], row["attempt"], row["job"], row["sha256"])
+    if not path.exists():  # kept before files were named by their content
+        path = path.with_name(f"{row['attempt']}-{row['job']}.tar")
 
     def chunks() -> Iterator[bytes]:
         with open(path, "rb") as f:
