@@ -80,6 +80,8 @@ def _deliver(
         )
     except (Fenced, Stopped):
         log.warning("run %s attempt %s: gave up delivering its spooled log", run_id, attempt)
+    except Exception:  # a spool it cannot read must not keep the agent from starting
+        log.exception("run %s attempt %s: its spooled log could not be sent", run_id, attempt)
     finally:
         done.set()
         watcher.join()
