@@ -7,6 +7,7 @@ import logging
 import re
 import shutil
 import threading
+import time
 from pathlib import Path
 
 from agent.assignment import Assignment
@@ -26,20 +27,13 @@ def deliver_and_remove(
     home: Path, pool: ClientPool, stop: threading.Event, seconds: float = DELIVERY_SECONDS
 ) -> None:
     spool = home / SPOOL_DIR
-    folders = sorted(spool.iterdir()) if spool.is_dir() else []
-    give_up = threading.Event()
-    timer = threading.Timer(seconds, give_up.set)
-    timer.daemon = True
-    timer.start()
-    try:
-        for folder in folders:
-            match = _RUN_ATTEMPT.fullmatch(folder.name)
-            if match and folder.is_dir() and not give_up.is_set():
-                _deliver(folder, int(match[1]), int(match[2]), pool, stop, give_up)
-            log.warning("removing the spool of an earlier run: %s", folder)
-            shutil.rmtree(folder, ignore_errors=True)
-    finally:
-        timer.cancel()
+    deadline = time.monotonic() + seconds
+    for folder in sorted(spool.iterdir()) if spool.is_dir() else []:
+        match = _RUN_ATTEMPT.fullmatch(folder.name)
+        if match and folder.is_dir() and time.monotonic() < deadline:
+            _deliver(folder, int(match[1]), int(match[2]), pool, stop, deadline)
+        log.warning("removing the spool of an earlier run: %s", folder)
+        shutil.rmtree(folder, ignore_errors=True)
 
 
 def _deliver(
@@ -48,7 +42,7 @@ def _deliver(
     attempt: int,
     pool: ClientPool,
     stop: threading.Event,
-    give_up: threading.Event,
+    deadline: float,
 ) -> None:
     client = pool.acquire()
     reporter = RunReporter(client, Assignment(run_id, attempt, "", []), folder, stop)
@@ -56,7 +50,7 @@ def _deliver(
 
     def fence_at_deadline() -> None:  # a request blackholed by a cut is aborted too
         while not done.wait(0.2):
-            if give_up.is_set() or stop.is_set():
+            if stop.is_set() or time.monotonic() > deadline:
                 reporter.fence()
                 return
 

@@ -6,6 +6,7 @@ a row at the blob does so in a transaction of its own, and drops the chunks on f
 import contextlib
 import hashlib
 import secrets
+import sys
 from collections.abc import Iterator
 from typing import BinaryIO
 
@@ -65,14 +66,4 @@ def read_range(store: Store, blob: str, offset: int, length: int) -> Iterator[by
 
 
 def read(store: Store, blob: str) -> Iterator[bytes]:
-    seq = 0
-    while True:
-        rows = store.query(
-            "SELECT seq, data FROM file_chunks WHERE blob = ? AND seq >= ? ORDER BY seq LIMIT 8",
-            (blob, seq),
-        )
-        for row in rows:
-            yield bytes(row["data"])
-            seq = row["seq"] + 1
-        if len(rows) < 8:
-            return
+    return read_range(store, blob, 0, sys.maxsize)
