@@ -108,17 +108,18 @@ class Servers:
         self._thread.join(self._stop_timeout + 10)
 
     def _run(self, started: Future) -> None:
-        loop = asyncio.new_event_loop()
-        self._loop = loop
-        try:
-            loop.run_until_complete(self._serve(started))
-        except BaseException as exc:  # noqa: BLE001 - handed to start()'s caller
-            if not started.done():
-                started.set_exception(exc)
-            else:
-                log.exception("the servers' event loop failed")
-        finally:
-            loop.close()
+        # asyncio.Runner, not a bare loop: on close it cancels and awaits what is still
+        # pending (a connection's handler past the stop timeout), so no task is left to be
+        # garbage-collected later, warning "Task was destroyed but it is pending!".
+        with asyncio.Runner() as runner:
+            self._loop = runner.get_loop()
+            try:
+                runner.run(self._serve(started))
+            except BaseException as exc:  # noqa: BLE001 - handed to start()'s caller
+                if not started.done():
+                    started.set_exception(exc)
+                else:
+                    log.exception("the servers' event loop failed")
 
     def _port(self, name: str, spec: PortSpec) -> TLSPort:
         bounds = self._bounds
