@@ -99,6 +99,7 @@ class Client:
         self._conn: http.client.HTTPSConnection | None = None
         self._reused = False
         self._aborts = 0  # abort() calls so far: an aborted request is not retried
+        self._shut = False  # shut(): no request goes out any more
         self._lock = threading.Lock()  # guards _conn against abort() from another thread
 
     def request(
@@ -119,6 +120,12 @@ class Client:
                 # The connect timeout is the one given at construction; this sets the read one.
                 if conn.sock is None:
                     conn.connect()
+                with self._lock:
+                    # shut() while connecting found no socket to break: this check does.
+                    # After it, shut() finds this socket, so the read below sees the end.
+                    shut = self._shut
+                if shut:
+                    raise TransportError("the client was shut")
                 conn.sock.settimeout(timeout or self._timeout)
                 conn.request(method, prefix + path, body=body, headers=headers)
                 resp = conn.getresponse()
@@ -166,6 +173,13 @@ class Client:
             with contextlib.suppress(OSError):
                 socket.socket.shutdown(sock, socket.SHUT_RDWR)
 
+    def shut(self) -> None:
+        """Break a request in flight and send no other (from another thread): for a
+        shutdown, where an abort() that came between two requests would miss the second."""
+        with self._lock:
+            self._shut = True
+        self.abort()
+
     def _unanswered(self, url: str, aborts: int) -> None:
         """No answer from `url`: unless we broke the request ourselves (abort()), the
         agent tries another primary next."""
@@ -176,6 +190,8 @@ class Client:
         context = self._context_source()
         url = self._primaries.current() if self._primaries is not None else self._base_url
         with self._lock:
+            if self._shut:
+                raise TransportError("the client was shut")
             if self._conn is not None and (
                 self._conn_context is not context or self._conn_url != url
             ):

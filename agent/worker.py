@@ -320,7 +320,9 @@ class Agent:
             handle.fence(grace)
 
     def _shutdown(self, poller: threading.Thread) -> None:
-        self._interrupt_poll()
+        # shut, not abort: a poll the drain's interruption started again must not be held.
+        self._poll_interrupted = True
+        self._poll_client.shut()
         with self._lock:
             handles = list(self._runs.values())
         for handle in handles:

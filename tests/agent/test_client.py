@@ -52,6 +52,36 @@ def test_abort_breaks_a_long_poll_without_retrying(client, fake_primary):
     assert len(fake_primary.polls) == 1
 
 
+def test_a_shut_client_sends_no_request_after_it_and_breaks_the_one_in_flight(client, fake_primary):
+    """shut() between two polls (an abort() there finds no request to break) still keeps
+    the next one from going out; shut() during a held poll breaks it, as abort() does."""
+    assert client.post_json("/agent/v1/poll", {"runs": [], "wait": False}).status == 200
+    client.close()  # between requests, as after a failed one: no connection at all
+    client.shut()
+    with pytest.raises(TransportError, match="shut"):
+        client.post_json("/agent/v1/poll", {"runs": [], "wait": True})
+    assert len(fake_primary.polls) == 1 and fake_primary.accepted == 1
+
+    other = Client(fake_primary.url, client._context_source())
+    fake_primary.hold = 300.0
+    errors = []
+
+    def poll():
+        try:
+            other.post_json("/agent/v1/poll", {"runs": [], "wait": True})
+        except TransportError as e:
+            errors.append(e)
+
+    t = threading.Thread(target=poll)
+    t.start()
+    fake_primary.wait_for(lambda: len(fake_primary.polls) == 2)
+    other.shut()
+    t.join(30)
+    assert not t.is_alive() and len(errors) == 1
+    assert len(fake_primary.polls) == 2
+    other.close()
+
+
 def test_without_a_client_certificate_the_agent_port_refuses(fake_primary, pki):
     import ssl
 
