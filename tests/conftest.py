@@ -10,6 +10,7 @@ from fleet import (
     kill_workspace_processes,
     passable,
     register_agent,
+    stop_agents,
     use_passable_basetemp,
     wait_for,
 )
@@ -133,6 +134,6 @@ def start_agent(primary, fleet_root):
         return agent
 
     yield start
+    stop_agents(agents)
     for agent in agents:
-        agent.stop()
         kill_workspace_processes(agent.home)

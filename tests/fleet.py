@@ -123,16 +123,26 @@ def process_gone(pid: int) -> bool:
 def stop_process(proc: subprocess.Popen, sig: int = signal.SIGTERM, timeout: float = 20) -> None:
     """Signal the process group a process leads (it was started in a session of its own),
     wait for it, and SIGKILL the group if it does not end in time."""
-    if proc.poll() is not None:
-        return
-    with contextlib.suppress(ProcessLookupError):
-        os.killpg(proc.pid, sig)
-    try:
-        proc.wait(timeout)
-    except subprocess.TimeoutExpired:
+    stop_processes([proc], sig, timeout)
+
+
+def stop_processes(
+    procs: list[subprocess.Popen], sig: int = signal.SIGTERM, timeout: float = 20
+) -> None:
+    """stop_process for several at once: each group is signalled once (a second SIGTERM
+    would be an agent's force stop), then all are waited for, so they stop side by side."""
+    live = [proc for proc in procs if proc.poll() is None]
+    for proc in live:
         with contextlib.suppress(ProcessLookupError):
-            os.killpg(proc.pid, signal.SIGKILL)
-        proc.wait(5)
+            os.killpg(proc.pid, sig)
+    deadline = time.monotonic() + timeout
+    for proc in live:
+        try:
+            proc.wait(max(0.0, deadline - time.monotonic()))
+        except subprocess.TimeoutExpired:
+            with contextlib.suppress(ProcessLookupError):
+                os.killpg(proc.pid, signal.SIGKILL)
+            proc.wait(5)
 
 
 def log_tail(path: Path) -> str:
@@ -325,6 +335,11 @@ class Agent:
     def stop(self, sig: int = signal.SIGTERM) -> None:
         if self.proc is not None:
             stop_process(self.proc, sig)
+
+
+def stop_agents(agents: list[Agent]) -> None:
+    """SIGTERM every agent, then wait for them all: each drains beside the others."""
+    stop_processes([agent.proc for agent in agents if agent.proc is not None])
 
 
 def register_agent(

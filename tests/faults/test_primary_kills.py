@@ -21,7 +21,7 @@ from concurrent.futures import ThreadPoolExecutor
 
 import pytest
 from fault_fleet import event, executions, read_events
-from fleet import BIN, Agent, Primary, register_agent, wait_for
+from fleet import BIN, Agent, Primary, register_agent, stop_agents, wait_for
 
 pytestmark = pytest.mark.faults
 
@@ -96,11 +96,7 @@ def fleet(tmp_path, pg_url):
             agent.start()
         yield primaries, agents
     finally:
-        for agent in agents:  # all at once: each drains (it has nothing left to run)
-            if agent.proc is not None and agent.proc.poll() is None:
-                agent.proc.send_signal(signal.SIGTERM)
-        for agent in agents:
-            agent.stop()
+        stop_agents(agents)  # all at once: each drains (it has nothing left to run)
         for p in primaries:
             p.close()
 
