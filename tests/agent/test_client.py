@@ -33,9 +33,13 @@ def test_the_connection_is_reused(client, fake_primary):
         assert len(fake_primary.connections) == 1
 
 
-def test_abort_breaks_a_long_poll_without_retrying(client, fake_primary):
-    fake_primary.hold = 300.0  # far longer than the join below waits
-    errors = []
+def held_poll(
+    client: Client, fake_primary, polls_before: int = 0
+) -> tuple[list[TransportError], threading.Thread]:
+    """A long poll in a thread, held (300 s) by the fake primary: the errors it raises, and
+    the thread. Returns once the poll was sent."""
+    fake_primary.hold = 300.0  # far longer than any join waits
+    errors: list[TransportError] = []
 
     def poll():
         try:
@@ -43,12 +47,18 @@ def test_abort_breaks_a_long_poll_without_retrying(client, fake_primary):
         except TransportError as e:
             errors.append(e)
 
-    t = threading.Thread(target=poll)
-    t.start()
-    fake_primary.wait_for(lambda: fake_primary.polls)  # sent: the client waits for the answer
+    thread = threading.Thread(target=poll)
+    thread.start()
+    # Sent: the client waits for the answer.
+    fake_primary.wait_for(lambda: len(fake_primary.polls) > polls_before)
+    return errors, thread
+
+
+def test_abort_breaks_a_long_poll_without_retrying(client, fake_primary):
+    errors, thread = held_poll(client, fake_primary)
     client.abort()
-    t.join(30)
-    assert not t.is_alive() and len(errors) == 1
+    thread.join(30)
+    assert not thread.is_alive() and len(errors) == 1
     assert len(fake_primary.polls) == 1
 
 
@@ -63,21 +73,10 @@ def test_a_shut_client_sends_no_request_after_it_and_breaks_the_one_in_flight(cl
     assert len(fake_primary.polls) == 1 and fake_primary.accepted == 1
 
     other = Client(fake_primary.url, client._context_source())
-    fake_primary.hold = 300.0
-    errors = []
-
-    def poll():
-        try:
-            other.post_json("/agent/v1/poll", {"runs": [], "wait": True})
-        except TransportError as e:
-            errors.append(e)
-
-    t = threading.Thread(target=poll)
-    t.start()
-    fake_primary.wait_for(lambda: len(fake_primary.polls) == 2)
+    errors, thread = held_poll(other, fake_primary, polls_before=1)
     other.shut()
-    t.join(30)
-    assert not t.is_alive() and len(errors) == 1
+    thread.join(30)
+    assert not thread.is_alive() and len(errors) == 1
     assert len(fake_primary.polls) == 2
     other.close()
 
