@@ -41,7 +41,7 @@ python3 -m venv .venv
 .venv/bin/python -m pip install -q --upgrade pip
 .venv/bin/python -m pip install -q -e '.[primary,controller,test]'
 # pip compiled the dependencies, not this editable project: with PYTHONDONTWRITEBYTECODE
-# set (as on some CI images) every primary, agent and CLI call the tests start would
+# set (this machine's environment sets it) every primary, agent and CLI call the tests start would
 # compile it again, about 0.15 s each.
 .venv/bin/python -m compileall -q primary agent
 .venv/bin/ruff check .

@@ -154,14 +154,16 @@ def served(pki, request):
     finally:
         public_app.release.set()
         agent_app.release.set()
-        servers.stop()
-        public.close()
-        agent.close()
-        # Every task the loop ran ended with it: none is left for the garbage collector to
-        # find pending (asyncio would log "Task was destroyed but it is pending!").
-        del servers
-        gc.collect()
-        logging.getLogger("asyncio").removeHandler(pending)
+        try:
+            servers.stop()
+            public.close()
+            agent.close()
+            # Every task the loop ran ended with it: none is left for the garbage collector
+            # to find pending (asyncio would log "Task was destroyed but it is pending!").
+            del servers
+            gc.collect()
+        finally:
+            logging.getLogger("asyncio").removeHandler(pending)
         assert pending.messages == []
 
 
