@@ -1,5 +1,4 @@
-"""cifleet primary: the Flask service with the queue, scheduler, vault and CA."""
+"""cifleet primary: the Flask service with the queue, scheduler, vault and CA.
 
-from primary.app import create_agent_app, create_app
-
-__all__ = ["create_app", "create_agent_app"]
+The apps are made by `primary.app.create_app` and `create_agent_app`; this package imports
+nothing itself, so a CLI command that never serves does not pay for Flask and the UI."""

@@ -15,13 +15,16 @@ import os
 import secrets
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 from agent.home import write_atomic
 from primary.store import vault as vault_mod
 from primary.store.datadir import DataDir
 from primary.store.logs import WRITE_PIECE
-from primary.store.postgres import PostgresStore
 from primary.store.sqlite import SqliteStore
+
+if TYPE_CHECKING:
+    from primary.store.postgres import PostgresStore
 
 BEFORE_COPY = "before-copy"
 FILES_DIR = "files"  # static files (primary/pipelines/static_files.py)
@@ -53,6 +56,8 @@ def copy_to_postgres(data: DataDir, url: str) -> Copied:
     local = vault_mod.Vault.open(data.vault, key)
     source = SqliteStore(data.store)
     source.migrate()  # the same schema version on both sides
+    from primary.store.postgres import PostgresStore  # psycopg: only when copying
+
     target = PostgresStore(url)
     try:
         _refuse_unless_empty(target)
@@ -74,7 +79,7 @@ def copy_to_postgres(data: DataDir, url: str) -> Copied:
     return copied
 
 
-def _refuse_unless_empty(target: PostgresStore) -> None:
+def _refuse_unless_empty(target: "PostgresStore") -> None:
     tables = target.query(
         "SELECT table_name FROM information_schema.tables WHERE table_schema = current_schema()"
         " AND table_name <> 'cifleet_schema' LIMIT 1"
