@@ -10,6 +10,7 @@ from primary.fleet import workers
 from primary.runs.runlog import prepare_lines as attempt_prepare_lines
 from primary.runs.runlog import run_log
 from primary.runs.runs import FINAL_STATES
+from primary.ui import ansi_state
 
 
 def run_state(primary: Primary, run_id: int) -> dict:
@@ -116,6 +117,13 @@ def line_start_before(primary: Primary, run_id: int, end: int, back: int) -> int
     piece, _ = log_piece(primary, run_id, end - back, back)
     newline = piece.find(b"\n")
     return end - back + newline + 1 if 0 <= newline < len(piece) - 1 else end - back
+
+
+def ansi_before(primary: Primary, run_id: int, offset: int) -> dict:
+    """The colours the run log has set at `offset` (primary/ui/ansi_state.py)."""
+    return ansi_state.state_before(
+        lambda start, size: log_piece(primary, run_id, start, size)[0], offset
+    )
 
 
 def lines_before(primary: Primary, run_id: int, offset: int) -> int:

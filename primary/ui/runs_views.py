@@ -27,6 +27,7 @@ from primary.sources import triggers
 from primary.ui import log_stream
 from primary.ui.respond import done
 from primary.ui.run_info import (
+    ansi_before,
     gzip_chunks,
     line_start_before,
     lines_before,
@@ -221,7 +222,8 @@ def raw_log(run_id: int):
     file). With `limit`, one piece of it for the run page, which follows a log with these
     plain requests and holds no connection: from `offset`, or the whole lines just before
     `before`; headers say where it starts and ends, whether the log is complete, and the
-    run's state (read after the log, so a complete log comes with its final state)."""
+    run's state (read after the log, so a complete log comes with its final state); with
+    `ansi=1`, also the colours the log has set where the piece starts (X-Log-Ansi)."""
     primary = primary_of_app()
     if "limit" not in request.args:
         runs.get_run(primary, run_id)  # 404 before the body starts
@@ -248,6 +250,9 @@ def raw_log(run_id: int):
     response.headers["X-Log-Next"] = str(start + len(piece))
     response.headers["X-Log-Complete"] = "true" if ends else "false"
     response.headers["X-Run-State"] = json.dumps(state, separators=(",", ":"))  # ASCII
+    if request.args.get("ansi") == "1":
+        colours = ansi_before(primary, run_id, start)
+        response.headers["X-Log-Ansi"] = json.dumps(colours, separators=(",", ":"))
     return response
 
 

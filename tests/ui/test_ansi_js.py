@@ -1,10 +1,13 @@
 """The log view's ANSI renderer (primary/ui/static/ansi.js), a pure function, run in the
 same headless Chromium the UI tests use, on a blank page (no primary needed)."""
 
+import random
 from pathlib import Path
 
 import pytest
 from chromium import CHROMIUM, CHROMIUM_ARGS
+
+from primary.ui import ansi_state
 
 ANSI_JS = Path(__file__).resolve().parents[2] / "primary" / "ui" / "static" / "ansi.js"
 
@@ -121,3 +124,46 @@ def test_the_style_carries_over_to_the_next_chunk(render):
 def test_an_endless_unfinished_sequence_is_not_held_forever(render):
     text = "\x1b]" + "x" * 300
     assert render([text]) == [["]" + "x" * 300, ""]]
+
+
+def _random_log(rng: random.Random, pieces: int) -> str:
+    """Text with SGR sequences of every kind ansi.js reads, and some it drops."""
+    codes = ["0", "", "1", "22", "4", "24", "39", "49", "31", "97", "44", "107", "38;5;208"]
+    codes += ["48;5;3", "38;2;1;2;3", "38;5", "48;2;9", "58;5;1", "7", "007", "1;31;4"]
+    out = []
+    for _ in range(pieces):
+        kind = rng.random()
+        if kind < 0.6:
+            out.append(f"\x1b[{';'.join(rng.choices(codes, k=rng.randint(1, 3)))}m")
+        elif kind < 0.7:
+            out.append(rng.choice(["\x1b[2K", "\x1b]0;title\x07", "\x1b(B", "\x1b[?25l"]))
+        else:
+            out.append(rng.choice(["text ", "line\n", "\r", "\x1b[m\n"]))
+    return "".join(out)
+
+
+def test_the_primarys_colours_at_an_offset_are_the_renderers_state_there(playwright_driver):
+    """primary/ui/ansi_state.py, read backwards in small windows, gives the state ansi.js
+    holds after reading the same text from its start (the run page starts "Load earlier",
+    a search result and a long log's tail with it)."""
+    browser = playwright_driver.chromium.launch(executable_path=CHROMIUM, args=CHROMIUM_ARGS)
+    try:
+        page = browser.new_page()
+        page.set_content("<!doctype html><title>ansi</title>")
+        page.add_script_tag(path=str(ANSI_JS))
+        rng = random.Random(19)
+        texts = [_random_log(rng, rng.randint(0, 40)) for _ in range(300)]
+        expected = page.evaluate(
+            """(texts) => texts.map((text) => {
+                const { pending, ...state } = cifleetAnsi.segments(text, cifleetAnsi.fresh()).state;
+                return state;
+            })""",
+            texts,
+        )
+    finally:
+        browser.close()
+    for text, state in zip(texts, expected, strict=True):
+        data = text.encode()
+        for window in (3, 7, 1 << 20):
+            got = ansi_state.state_before(lambda s, n, d=data: d[s : s + n], len(data), window)
+            assert got == state, (text, window)

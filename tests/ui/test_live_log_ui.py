@@ -204,3 +204,62 @@ def test_search_finds_lines_in_the_whole_log_and_opens_one_not_shown(
     page.get_by_label("Search the whole log").fill("x" * 201)
     page.get_by_role("button", name="Search").click()
     expect(page.locator("#log-search-results")).to_have_text("q: search for 1 to 200 characters")
+
+
+def test_lines_shown_from_the_middle_of_a_log_keep_the_colours_set_before_them(
+    new_page, login, primary, start_agent
+):
+    """A long log's tail, "Load earlier" and a search result opened far up all start in the
+    colours the log set before them (the primary reads them back: X-Log-Ansi)."""
+    from playwright.sync_api import expect
+
+    start_agent("colour-host")
+    pad = "y" * 88
+    step = (
+        f"printf '\\033[1;31m'; seq -f 'line %05g {pad}' 1 2999; printf '\\033[4m';"
+        f" seq -f 'line %05g {pad}' 3000 5999; printf '\\033[22;34m';"
+        f" seq -f 'line %05g {pad}' 6000 18000; printf '\\033[0mplain\\n'"
+    )
+    primary.pipeline(f"name: hue\njobs:\n  - name: paint\n    steps:\n      - {json.dumps(step)}\n")
+    run_id = primary.wait_run(primary.trigger("hue"))["id"]
+    _, _, body = primary.client.request("GET", f"/api/v1/runs/{run_id}/log")
+    stored = body.decode().split("\n")
+    number = {f"line {n:05d}": i + 1 for i, text in enumerate(stored) for n in [_n(text)] if n}
+    page = new_page(DESKTOP)
+    login(page, "viewer")
+    page.goto(f"/runs/{run_id}")
+    log = page.locator("#log")
+    expect(log).to_have_attribute("data-complete", "true")
+
+    def classes(n: int) -> str:
+        line = log.locator(f"#L{number[f'line {n:05d}']}")
+        return line.evaluate("el => el.querySelector('span')?.className || ''")
+
+    # The page opened more than its tail's 1 MiB past the log's last colour change.
+    assert int(log.get_attribute("data-first-line")) > number["line 06000"]
+    first_n = int(log.locator(".line").first.get_attribute("data-n"))
+    assert classes(_n(stored[first_n - 1])) == "ansi-fg-34 ansi-underline"
+    expect(log.locator(".line", has_text="plain")).to_have_text("plain\n")
+    assert log.locator(".line", has_text="plain").locator("span").count() == 0
+
+    while int(log.locator(".line").first.get_attribute("data-n")) > number["line 05990"]:
+        first = log.locator(".line").first.get_attribute("data-n")
+        page.get_by_role("button", name="Load earlier").click()
+        expect(log.locator(".line").first).not_to_have_attribute("data-n", first)
+    assert classes(5990) == "ansi-fg-31 ansi-bold ansi-underline"
+    assert classes(6000) == "ansi-fg-34 ansi-underline"
+
+    page.get_by_label("Search the whole log").fill("line 02000")
+    page.get_by_role("button", name="Search").click()
+    page.locator("#log-search-results li").first.get_by_role("link").click()
+    target = log.locator(f"#L{number['line 02000']}")
+    expect(target).to_have_class(re.compile(r"\btarget\b"))
+    assert classes(2000) == "ansi-fg-31 ansi-bold"
+    expect(log.locator(f"#L{number['line 03000']}")).to_be_attached()
+    assert classes(3000) == "ansi-fg-31 ansi-bold ansi-underline"
+
+
+def _n(text: str) -> int | None:
+    """The number of a `line NNNNN ...` line of the log (escape codes before it allowed)."""
+    match = re.search(r"line (\d{5}) ", text)
+    return int(match.group(1)) if match else None

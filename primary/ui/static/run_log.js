@@ -9,9 +9,10 @@
 //
 // The DOM stays bounded: one <span> per line (its number and byte offset in data-), at
 // most MAX_LINES of them; older lines leave the top ("Load earlier" brings back the lines
-// before the first shown, with a plain request). A large backlog is rendered a slice per
-// frame, and lines that would leave at once are only run through the colour parser, so
-// the page answers while megabytes arrive.
+// before the first shown, with a plain request; it and every other start away from the
+// log's start ask the primary for the colours set before it). A large backlog is
+// rendered a slice per frame, and lines that would leave at once are only run through the
+// colour parser, so the page answers while megabytes arrive.
 (function () {
   "use strict";
   const log = document.getElementById("log");
@@ -33,6 +34,9 @@
   let offset = Number(log.dataset.offset || "0"); // the next byte to ask for
   let nextNumber = Number(log.dataset.firstLine || "1");
   let ansiState = ansi.fresh();
+  // Shown from the middle of the log (a long log's tail, a search result): the next answer
+  // brings the colours set before it (X-Log-Ansi), as a terminal would still show them.
+  let needAnsi = offset > 0;
   let partial = null; // the last line while it has no newline: {el, text, ansi, offset}
   let lineStart = offset; // byte offset where the line being read starts
   let lastState = log.dataset.state || null;
@@ -256,6 +260,11 @@
     return state;
   }
 
+  // The colours the log has set where an answer's piece starts (asked for with ansi=1).
+  function coloursAt(response) {
+    return { ...ansi.fresh(), ...JSON.parse(response.headers.get("X-Log-Ansi") || "{}") };
+  }
+
   async function fetchPiece(params) {
     const url = new URL(logUrl, location.href);
     for (const [k, v] of Object.entries(params)) url.searchParams.set(k, String(v));
@@ -281,7 +290,7 @@
     }
     let response;
     try {
-      response = await fetchPiece({ offset, limit: PIECE_BYTES });
+      response = await fetchPiece({ offset, limit: PIECE_BYTES, ...(needAnsi ? { ansi: 1 } : {}) });
     } catch (e) {
       failures += 1;
       const seconds = Math.min(30, 2 ** failures);
@@ -293,6 +302,7 @@
     if (failures) { failures = 0; document.body.classList.remove("stale"); }
     const bytes = new Uint8Array(await response.arrayBuffer());
     if (generation !== shown) { setTimeout(poll, 0); return; } // a search result was opened meanwhile
+    if (needAnsi) { ansiState = coloursAt(response); needAnsi = false; }
     await render(bytes, Number(response.headers.get("X-Log-Next")));
     if (!targetShown && location.hash) targetShown = markTarget(); // the linked line came
     const state = noteState(response.headers.get("X-Run-State"));
@@ -315,7 +325,7 @@
     const before = Number(earlier.dataset.before);
     earlierButton.disabled = true;
     try {
-      const response = await fetchPiece({ before, limit: EARLIER_BYTES });
+      const response = await fetchPiece({ before, limit: EARLIER_BYTES, ansi: 1 });
       const bytes = new Uint8Array(await response.arrayBuffer());
       const start = Number(response.headers.get("X-Log-Offset"));
       const first = log.firstElementChild;
@@ -328,7 +338,7 @@
       while (pos < bytes.length) { starts.push(start + pos); const nl = bytes.indexOf(10, pos); pos = nl < 0 ? bytes.length : nl + 1; }
       number -= lines.length;
       const fragment = document.createDocumentFragment();
-      let state = ansi.fresh(); // colours set before these lines are not known here
+      let state = coloursAt(response);
       lines.forEach((line, i) => {
         const out = ansi.segments(line, state);
         state = out.state;
@@ -395,7 +405,8 @@
     nextNumber = match.line;
     partial = null;
     section = null;
-    ansiState = ansi.fresh(); // colours set before this line are not known here
+    ansiState = ansi.fresh();
+    needAnsi = true; // the first answer brings the colours set before this line
     decoder.decode(); // forget an unfinished character
     follow(false);
     delete log.dataset.complete;
