@@ -232,8 +232,12 @@ def test_a_silent_client_costs_only_its_own_connection(served):
 
 def test_handshakes_in_progress_are_bounded_per_address(served):
     silent = [socket.create_connection(("127.0.0.1", served["public"])) for _ in range(3)]
-    extra = socket.create_connection(("127.0.0.1", served["public"]), timeout=10)
-    assert closed_by_server(extra, within=0.9)  # before any handshake deadline
+    try:
+        extra = socket.create_connection(("127.0.0.1", served["public"]), timeout=10)
+    except ConnectionResetError:
+        pass  # refused so soon that the reset came before connect() returned (seen under load)
+    else:
+        assert closed_by_server(extra, within=0.9)  # before any handshake deadline
     wait_for(
         lambda: refused(served["metrics"], "public", "client_limit") == 1, 10, "the refusal counted"
     )
