@@ -27,6 +27,10 @@ class PrimaryConfig:
     cert_switch_over: float = 60.0
     # Where the built-in worker's job workspaces go (None: see builtin_worker.work_dir).
     builtin_work_dir: Path | None = None
+    # The operator's certificate chain and key for the public port's own names
+    # (primary/server/public_cert.py); None: the fleet CA's certificate only.
+    public_cert: Path | None = None
+    public_key: Path | None = None
     # Threads each port runs its Flask app in (primary/server/). A held long poll waits on the
     # event loop, in no thread; past max_held_polls held at once, a poll is answered at once
     # and told when to poll again.

@@ -139,7 +139,9 @@ def _ui_lines(root: Path, url: str, ca: Path) -> str:
                   > Manage certificates > Authorities > Import {ca}, trust it for websites)
     Firefox:      Settings > Privacy & Security > Certificates > View Certificates >
                   Authorities > Import {ca}, trust it to identify websites
-    curl, Python: --cacert {ca} (as below)"""
+    curl, Python: --cacert {ca} (as below)
+  or serve the UI with a certificate your browsers trust already (a company CA's, ACME's):
+    cifleet-primary serve --public-cert FULLCHAIN.pem --public-key KEY.pem (docs/ui.md)"""
 
 
 def demo(root: Path, api_port: int, agent_port: int) -> int:

@@ -18,6 +18,7 @@ from primary.config import PrimaryConfig
 from primary.errors import ApiError
 from primary.fleet.initdir import InitError, initialise
 from primary.server.bounds import FLAG_HELP, ServerBounds
+from primary.server.public_cert import PublicCertError
 from primary.store.engines import has_password
 from primary.store.vault import VaultError
 
@@ -171,6 +172,14 @@ def build_parser() -> argparse.ArgumentParser:
         help="the built-in worker's job workspaces (as root default"
         " /var/lib/cifleet-builtin/WORKER_ID: jobs must reach it, and the data dir is private)",
     )
+    p.add_argument(
+        "--public-cert",
+        type=Path,
+        metavar="FILE",
+        help="a certificate chain (PEM) the public port serves to clients that ask for one of"
+        " its DNS names, so browsers trust the UI; others get the fleet CA's; SIGHUP reloads",
+    )
+    p.add_argument("--public-key", type=Path, metavar="FILE", help="the key of --public-cert (PEM)")
 
     p = sub.add_parser("secret", help="show or rotate the worker secret")
     secret_sub = p.add_subparsers(dest="action", required=True)
@@ -245,7 +254,7 @@ def main(argv: list[str] | None = None) -> int:
     )
     try:
         return COMMANDS[args.command](args)
-    except (InitError, VaultError, ListenError, OSError) as exc:
+    except (InitError, VaultError, ListenError, PublicCertError, OSError) as exc:
         print(f"cifleet-primary: {exc}", file=sys.stderr)
         return 2
     except ApiError as exc:  # the store refused (a database that is down, a full disk)
@@ -285,6 +294,9 @@ def _https_url(value: str) -> str:
 def cmd_serve(args) -> int:
     from primary.cli.serve import serve
 
+    if (args.public_cert is None) != (args.public_key is None):
+        print("cifleet-primary serve: give --public-cert with --public-key", file=sys.stderr)
+        return 2
     config = PrimaryConfig(
         data_dir=args.data_dir,
         bind=args.bind,
@@ -307,6 +319,8 @@ def cmd_serve(args) -> int:
         notify_retry_seconds=args.notify_retry_seconds,
         retention_interval=args.retention_interval,
         builtin_work_dir=args.builtin_work_dir.absolute() if args.builtin_work_dir else None,
+        public_cert=args.public_cert.absolute() if args.public_cert else None,
+        public_key=args.public_key.absolute() if args.public_key else None,
     )
     bounds = ServerBounds(
         **{b.name: getattr(args, b.name) for b in dataclasses.fields(ServerBounds)}

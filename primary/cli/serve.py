@@ -34,6 +34,7 @@ from primary.runs import janitor, leases
 from primary.runs.scheduler import plan
 from primary.server.bounds import ServerBounds
 from primary.server.loop import PortSpec, Servers
+from primary.server.public_cert import PublicCertificate
 from primary.sources import schedules
 
 log = logging.getLogger("cifleet.primary")
@@ -109,9 +110,13 @@ def _fire_schedules(primary: Primary, stop: threading.Event) -> None:
 
 
 def serve(config: PrimaryConfig, bounds: ServerBounds | None = None) -> int:
-    """Serve until SIGTERM or SIGINT. Raises ListenError, before anything has started, when
-    a port cannot be bound. `bounds`: what one client may take of each port."""
+    """Serve until SIGTERM or SIGINT. Raises ListenError or PublicCertError, before anything
+    has started, when a port cannot be bound or the operator's certificate cannot serve.
+    `bounds`: what one client may take of each port."""
     bounds = bounds or ServerBounds()
+    public_cert = None
+    if config.public_cert is not None:
+        public_cert = PublicCertificate(config.public_cert, config.public_key)
     public_listener, agent_listener = bind_listeners(
         config.bind,
         config.api_port,
@@ -138,6 +143,8 @@ def serve(config: PrimaryConfig, bounds: ServerBounds | None = None) -> int:
         presence.beat(primary)
         connect_signals(primary, stop)  # wakes and log follows across primaries
         public_context, agent_context = tls_contexts(primary)
+        if public_cert is not None:
+            public_cert.install(public_context)
         agent_app = create_agent_app(primary, stop)
         servers = Servers(
             public=PortSpec(
@@ -166,14 +173,18 @@ def serve(config: PrimaryConfig, bounds: ServerBounds | None = None) -> int:
             target=_fire_schedules, args=(primary, stop), name="schedules", daemon=True
         ).start()
 
+        reload_cert = threading.Event()
+
         def on_signal(signum, frame):
             stop.set()
 
         signal.signal(signal.SIGTERM, on_signal)
         signal.signal(signal.SIGINT, on_signal)
+        # SIGHUP (systemctl reload, a certbot deploy hook): the operator's certificate again.
+        signal.signal(signal.SIGHUP, lambda signum, frame: reload_cert.set())
         announced = True
         primary.data.pidfile.write_text(f"{os.getpid()}\n")
-        _write_serve_info(primary)
+        _write_serve_info(primary, public_cert)
         log.info(
             "cifleet primary serving: public https://%s:%d, agent https://%s:%d (mutual TLS), "
             "data %s",
@@ -185,7 +196,10 @@ def serve(config: PrimaryConfig, bounds: ServerBounds | None = None) -> int:
         )
         builtin = start_builtin_worker(primary, worker_stop)
         while not stop.wait(1.0):
-            pass
+            if reload_cert.is_set():
+                reload_cert.clear()
+                if public_cert is not None:
+                    public_cert.reload()
     finally:
         if servers is not None:
             log.info("stopping")
@@ -206,7 +220,7 @@ def serve(config: PrimaryConfig, bounds: ServerBounds | None = None) -> int:
     return 0
 
 
-def _write_serve_info(primary: Primary) -> None:
+def _write_serve_info(primary: Primary, public_cert: PublicCertificate | None) -> None:
     """DATA/serve.json, once both listeners serve: how to reach this primary (the CLI reads
     api_url; with port 0 the ports are only known here)."""
     info = {
@@ -215,4 +229,6 @@ def _write_serve_info(primary: Primary) -> None:
         "api_port": primary.config.api_port,
         "agent_port": primary.config.agent_port,
     }
+    if public_cert is not None:
+        info["public_names"] = list(public_cert.names)
     write_atomic(primary.data.serve_info, (json.dumps(info) + "\n").encode(), 0o644)
