@@ -1,7 +1,7 @@
 """An idle fleet: N agents long-polling one primary. What does holding them cost the primary?
 
     .venv/bin/python bench/idle_fleet.py [--agents 100,500,1000] [--window 30]
-        [--heartbeat-timeout 60]
+        [--heartbeat-timeout 60] [--profile FILE]   # --profile: pip install yappi first
 
 For each N, a fresh primary; N agents registered over HTTPS the way `cifleet-agent register`
 does it (agent.registration.register: a key and CSR each, so each has its own certificate),
@@ -25,6 +25,7 @@ import argparse
 import json
 import logging
 import multiprocessing
+import signal
 import sys
 import threading
 import time
@@ -85,7 +86,12 @@ def agents_cpu(processes) -> float:
 
 
 def bench_fleet(
-    root: Path, count: int, window: float, settle: float, heartbeat: float | None
+    root: Path,
+    count: int,
+    window: float,
+    settle: float,
+    heartbeat: float | None,
+    profile: Path | None = None,
 ) -> dict:
     work = root / f"fleet-{count}"
     work.mkdir()
@@ -94,6 +100,9 @@ def bench_fleet(
     # at most a few handshakes in progress. Let them all handshake at once, as they would.
     serve_args += ["--handshakes-per-address", str(max(count, 32))]
     primary = init_primary(work, "--primary-worker-slots", "0", *serve_args)
+    if profile:  # bench/yappi_primary.py: the primary's CPU by function, at its exit
+        primary.command = [sys.executable, str(Path(__file__).parent / "yappi_primary.py")]
+        primary.env = {"CIFLEET_BENCH_PROFILE": str(profile.absolute())}
     primary.start()
     stop = multiprocessing.get_context("fork").Event()
     processes: list = []
@@ -122,7 +131,12 @@ def bench_fleet(
         admin_latency(client, idle_admin)
         time.sleep(settle)
         bench_cpu = agents_cpu(processes)
+        if profile:
+            primary.proc.send_signal(signal.SIGUSR1)
         figures = Sampler(primary.proc.pid).measure(window)
+        if profile:
+            primary.proc.send_signal(signal.SIGUSR2)
+            wait_for(profile.exists, 120, "the profile")
         bench_cpu = agents_cpu(processes) - bench_cpu
         still_active = admin_latency(client, idle_admin)
     finally:
@@ -152,10 +166,12 @@ def bench_idle_fleet(
     window: float = 30,
     settle: float = 5,
     heartbeat: float | None = None,
+    profile: Path | None = None,
 ) -> list[dict]:
     results = []
     for n in sizes:
-        results.append(bench_fleet(root, n, window, settle, heartbeat))
+        where = profile and profile.with_name(f"{profile.stem}-{n}{profile.suffix}")
+        results.append(bench_fleet(root, n, window, settle, heartbeat, where))
         print(json.dumps(results[-1]), file=sys.stderr, flush=True)  # kept if a later size fails
     return results
 
@@ -166,13 +182,20 @@ def main() -> None:
     parser.add_argument("--window", type=float, default=30.0, help="seconds measured per size")
     parser.add_argument("--settle", type=float, default=5.0, help="seconds before measuring")
     parser.add_argument("--heartbeat-timeout", type=float, help="the primary's (default 60)")
+    parser.add_argument(
+        "--profile",
+        type=Path,
+        metavar="FILE",
+        help="profile the primary over each window with yappi (bench/yappi_primary.py) into"
+        " FILE-N (the CPU figures then include the profiler's cost)",
+    )
     args = parser.parse_args()
     sizes = tuple(int(n) for n in args.agents.split(","))
     with bench_dir() as tmp:
         logging.basicConfig(filename=Path(tmp) / "agents.log", level=logging.WARNING)
         result = {
             "idle_fleet": bench_idle_fleet(
-                Path(tmp), sizes, args.window, args.settle, args.heartbeat_timeout
+                Path(tmp), sizes, args.window, args.settle, args.heartbeat_timeout, args.profile
             )
         }
     print(json.dumps(result, indent=2))

@@ -14,6 +14,11 @@ loopback addresses than the fleet's: `--silent` TCP sockets per port that send n
 (copied) holding idle connections and dripping poll bodies on the agent port, and
 `--drips` request bodies dripped at 5 B/s per port. Every closed attacker connection is
 opened again at once. Target: p99 under 1 s under attack.
+
+`--split-cores` stands in for an attacker on another host: the primary runs on CPU 0 alone,
+the attack in a process of its own on CPU 1 at the lowest priority (nice 19), and the
+samplers on CPU 1 at normal priority, so the attack takes what CPU 1 has left but never
+the primary's core nor the samplers' turn. Without it, all of them share both cores.
 """
 
 import argparse
@@ -21,12 +26,14 @@ import contextlib
 import http.client
 import importlib.util
 import json
+import multiprocessing
+import os
 import ssl
 import threading
 import time
 from pathlib import Path
 
-from common import bench_dir, init_primary, percentile, register_agent
+from common import BIN, bench_dir, init_primary, percentile, register_agent
 
 from agent import __version__
 
@@ -40,6 +47,7 @@ def _attacker():
 
 
 attacker = _attacker()
+PRIMARY_CPU, OTHERS_CPU = 0, 1  # --split-cores
 POLL = json.dumps({"wait": False, "runs": [], "version": __version__, "slots": 1}).encode()
 
 
@@ -136,9 +144,18 @@ def main() -> None:
     parser.add_argument("--silent", type=int, default=200, help="silent sockets per port")
     parser.add_argument("--idle", type=int, default=200, help="idle TLS connections, public")
     parser.add_argument("--drips", type=int, default=40, help="dripped bodies per port")
+    parser.add_argument(
+        "--split-cores",
+        action="store_true",
+        help="the primary on a core of its own; the attack at nice 19 on the other",
+    )
     args = parser.parse_args()
+    if args.split_cores:
+        os.sched_setaffinity(0, {OTHERS_CPU})  # this process, its samplers and the attack
     with bench_dir() as root:
         primary = init_primary(root, "--primary-worker-slots", "0")
+        if args.split_cores:
+            primary.command = ["taskset", "-c", str(PRIMARY_CPU), str(BIN / "cifleet-primary")]
         primary.start()
         try:
             contexts = []
@@ -152,31 +169,18 @@ def main() -> None:
             rogue = contexts.pop()  # the attacker's copy of a worker's certificate
             quiet = measure(primary, contexts, args.seconds)
 
-            attack = attacker.Attacker()
-            stop = threading.Event()
-            public = ssl.create_default_context(cafile=str(primary.ca_file))
-            for port in (primary.api_port, primary.agent_port):
-                attack.hold(args.silent, lambda port=port: attacker.tcp(port, "127.0.0.2"))
-            attack.hold(args.idle, lambda: attacker.tls(primary.api_port, "127.0.0.3", public))
-            attack.hold(80, lambda: attacker.tls(primary.agent_port, "127.0.0.3", rogue))
-            drips = []
-            for port, context, path in (
-                (primary.api_port, public, "/api/v1/pipelines"),
-                (primary.agent_port, rogue, "/agent/v1/poll"),
-            ):
-                head = f"POST {path} HTTP/1.1\r\nHost: x\r\nContent-Length: 100000\r\n\r\n"
-                for _ in range(args.drips):
-                    thread = threading.Thread(
-                        target=_drip_again,
-                        args=(port, context, head.encode(), stop),
-                        daemon=True,
-                    )
-                    thread.start()
-                    drips.append(thread)
+            stop = multiprocessing.get_context("fork").Event()
+            closed = multiprocessing.get_context("fork").Value("q", 0)
+            attack = multiprocessing.get_context("fork").Process(
+                target=run_attack,
+                args=(primary, rogue, args, stop, closed, args.split_cores),
+                daemon=True,
+            )
+            attack.start()
             time.sleep(3)  # the attack in full swing before sampling
             attacked = measure(primary, contexts, args.seconds)
             stop.set()
-            attack.stop()
+            attack.join(60)
             status, _, body = primary.client.request("GET", "/metrics")
             counters = {
                 line.split(" ")[0]: float(line.split(" ")[1])
@@ -197,7 +201,8 @@ def main() -> None:
                         "idle_tls_public": args.idle,
                         "idle_tls_agent_one_worker": 80,
                         "dripped_bodies_per_port": args.drips,
-                        "attacker_connections_closed_by_primary": attack.closed_by_primary,
+                        "attacker_connections_closed_by_primary": closed.value,
+                        "split_cores": args.split_cores,
                     },
                     "refusals": counters,
                 }
@@ -205,6 +210,33 @@ def main() -> None:
             indent=2,
         )
     )
+
+
+def run_attack(primary, rogue, args, stop, closed, lowest_priority: bool) -> None:
+    """In a process of its own, until `stop`: the attack on both ports; how many of its
+    connections the primary closed goes to `closed`."""
+    if lowest_priority:
+        os.nice(19)
+    attack = attacker.Attacker()
+    threads_stop = threading.Event()
+    public = ssl.create_default_context(cafile=str(primary.ca_file))
+    for port in (primary.api_port, primary.agent_port):
+        attack.hold(args.silent, lambda port=port: attacker.tcp(port, "127.0.0.2"))
+    attack.hold(args.idle, lambda: attacker.tls(primary.api_port, "127.0.0.3", public))
+    attack.hold(80, lambda: attacker.tls(primary.agent_port, "127.0.0.3", rogue))
+    for port, context, path in (
+        (primary.api_port, public, "/api/v1/pipelines"),
+        (primary.agent_port, rogue, "/agent/v1/poll"),
+    ):
+        head = f"POST {path} HTTP/1.1\r\nHost: x\r\nContent-Length: 100000\r\n\r\n"
+        for _ in range(args.drips):
+            threading.Thread(
+                target=_drip_again, args=(port, context, head.encode(), threads_stop), daemon=True
+            ).start()
+    stop.wait()
+    threads_stop.set()
+    attack.stop()
+    closed.value = attack.closed_by_primary
 
 
 def _drip_again(port, context, head, stop) -> None:
