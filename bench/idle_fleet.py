@@ -1,7 +1,8 @@
 """An idle fleet: N agents long-polling one primary. What does holding them cost the primary?
 
     .venv/bin/python bench/idle_fleet.py [--agents 100,500,1000] [--window 30]
-        [--heartbeat-timeout 60] [--profile FILE]   # --profile: pip install yappi first
+        [--heartbeat-timeout 60] [--light] [--serve-args '--agent-threads 8']
+        [--profile FILE]   # --profile: pip install yappi first
 
 For each N, a fresh primary; N agents registered over HTTPS the way `cifleet-agent register`
 does it (agent.registration.register: a key and CSR each, so each has its own certificate),
@@ -25,6 +26,7 @@ import argparse
 import json
 import logging
 import multiprocessing
+import shlex
 import signal
 import sys
 import threading
@@ -34,6 +36,7 @@ from pathlib import Path
 
 import psutil
 from common import Sampler, bench_dir, init_primary, wait_for
+from light_agents import run_light_agents
 
 from agent.registration import register
 from agent.worker import Agent
@@ -66,6 +69,7 @@ def admin_latency(client: AdminClient, samples: list[float]) -> int:
 
 
 AGENTS_PER_PROCESS = 1000
+EXTRA_SERVE_ARGS: list[str] = []  # --serve-args
 
 
 def run_agents(homes: list[Path], stop) -> None:
@@ -92,13 +96,14 @@ def bench_fleet(
     settle: float,
     heartbeat: float | None,
     profile: Path | None = None,
+    light: bool = False,
 ) -> dict:
     work = root / f"fleet-{count}"
     work.mkdir()
     serve_args = ["--heartbeat-timeout", str(heartbeat)] if heartbeat else []
     # Every simulated agent connects from 127.0.0.1; in a fleet each has its own address, and
     # at most a few handshakes in progress. Let them all handshake at once, as they would.
-    serve_args += ["--handshakes-per-address", str(max(count, 32))]
+    serve_args += ["--handshakes-per-address", str(max(count, 32)), *EXTRA_SERVE_ARGS]
     primary = init_primary(work, "--primary-worker-slots", "0", *serve_args)
     if profile:  # bench/yappi_primary.py: the primary's CPU by function, at its exit
         primary.command = [sys.executable, str(Path(__file__).parent / "yappi_primary.py")]
@@ -117,7 +122,10 @@ def bench_fleet(
         fork = multiprocessing.get_context("fork")
         for first in range(0, count, AGENTS_PER_PROCESS):
             share = homes[first : first + AGENTS_PER_PROCESS]
-            process = fork.Process(target=run_agents, args=(share, stop), daemon=True)
+            target, args = run_agents, (share, stop)
+            if light:
+                target, args = run_light_agents, (share, "127.0.0.1", primary.agent_port, stop)
+            process = fork.Process(target=target, args=args, daemon=True)
             process.start()
             processes.append(process)
         # The admin API while the fleet connects: how long listing the workers takes.
@@ -148,6 +156,7 @@ def bench_fleet(
         primary.close()
     return {
         "agents": count,
+        "simulated": "light (bench/light_agents.py)" if light else "agent.worker.Agent loops",
         "heartbeat_timeout": heartbeat or "default",
         "registration_seconds": round(registered, 1),
         "seconds_until_all_connected": round(connected, 2),
@@ -167,11 +176,12 @@ def bench_idle_fleet(
     settle: float = 5,
     heartbeat: float | None = None,
     profile: Path | None = None,
+    light: bool = False,
 ) -> list[dict]:
     results = []
     for n in sizes:
         where = profile and profile.with_name(f"{profile.stem}-{n}{profile.suffix}")
-        results.append(bench_fleet(root, n, window, settle, heartbeat, where))
+        results.append(bench_fleet(root, n, window, settle, heartbeat, where, light))
         print(json.dumps(results[-1]), file=sys.stderr, flush=True)  # kept if a later size fails
     return results
 
@@ -189,13 +199,29 @@ def main() -> None:
         help="profile the primary over each window with yappi (bench/yappi_primary.py) into"
         " FILE-N (the CPU figures then include the profiler's cost)",
     )
+    parser.add_argument(
+        "--light",
+        action="store_true",
+        help="simulated agents on one event loop per process (bench/light_agents.py), for"
+        " fleets of 5,000 and more; without it real agent.worker.Agent loops",
+    )
+    parser.add_argument(
+        "--serve-args", default="", help="more `serve` flags, e.g. '--agent-threads 8'"
+    )
     args = parser.parse_args()
+    EXTRA_SERVE_ARGS.extend(shlex.split(args.serve_args))
     sizes = tuple(int(n) for n in args.agents.split(","))
     with bench_dir() as tmp:
         logging.basicConfig(filename=Path(tmp) / "agents.log", level=logging.WARNING)
         result = {
             "idle_fleet": bench_idle_fleet(
-                Path(tmp), sizes, args.window, args.settle, args.heartbeat_timeout, args.profile
+                Path(tmp),
+                sizes,
+                args.window,
+                args.settle,
+                args.heartbeat_timeout,
+                args.profile,
+                args.light,
             )
         }
     print(json.dumps(result, indent=2))

@@ -10,6 +10,9 @@ import ssl
 
 PORTS = ("public", "agent")
 
+# Where a TLS handshake is: in one of its port's turns, or waiting for one.
+HANDSHAKE_STATES = ("in_turn", "waiting")
+
 # Why a listener closed a connection without serving it.
 REFUSAL_CAUSES = (
     "connection_limit",  # the listener holds as many connections as it may

@@ -23,7 +23,13 @@ from prometheus_client import (
     ProcessCollector,
 )
 
-from primary.metrics.causes import HANDSHAKE_CAUSES, PORTS, REFUSAL_CAUSES, bounded
+from primary.metrics.causes import (
+    HANDSHAKE_CAUSES,
+    HANDSHAKE_STATES,
+    PORTS,
+    REFUSAL_CAUSES,
+    bounded,
+)
 from primary.runs.events import FirstStepStarted, RunEnded, RunsPruned
 from primary.runs.runs import FINAL_STATES
 
@@ -106,6 +112,13 @@ class Metrics:
             ["port"],
             registry=r,
         )
+        self.handshakes = Gauge(
+            "cifleet_tls_handshakes",
+            "TLS handshakes now, by port and state: in_turn (at most --handshakes-at-once),"
+            " waiting (their hello is here, their turn is not).",
+            ["port", "state"],
+            registry=r,
+        )
         self.handshake_failures = Counter(
             "cifleet_tls_handshake_failures",
             "TLS handshakes that failed, by port and cause.",
@@ -125,6 +138,8 @@ class Metrics:
             for cause in HANDSHAKE_CAUSES:
                 self.handshake_failures.labels(port, cause)
             self.body_bytes_held.labels(port)
+            for state in HANDSHAKE_STATES:
+                self.handshakes.labels(port, state)
 
     def add_pipelines(self, names: list[str]) -> None:
         """Start each pipeline's run counters at 0, for the same reason."""
@@ -182,6 +197,12 @@ class Metrics:
     def body_bytes_now(self, port: str, held: int) -> None:
         """The bytes of request bodies `port` holds in memory changed."""
         self.body_bytes_held.labels(bounded(port, PORTS)).set(held)
+
+    def handshakes_now(self, port: str, in_turn: int, waiting: int) -> None:
+        """The TLS handshakes of `port` in their turn and waiting for one changed."""
+        port = bounded(port, PORTS)
+        self.handshakes.labels(port, "in_turn").set(in_turn)
+        self.handshakes.labels(port, "waiting").set(waiting)
 
     def handshake_failed(self, port: str, cause: str) -> None:
         """A TLS handshake on a listener failed."""

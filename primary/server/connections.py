@@ -8,8 +8,10 @@ at once and costs a file descriptor for microseconds. The bounds (bounds.ServerB
 connections per listener, TLS handshakes in progress per source address (the connections
 nobody has authenticated yet), open connections per source address (public port), open
 connections per worker certificate (agent port, checked once the handshake says who it
-is). Handshakes run concurrently, so a silent client costs only its own connection, for
-at most the handshake deadline.
+is). Handshakes run concurrently, up to `handshakes_at_once` per port, each with its own
+deadline; a client takes a turn only once its TLS hello is here, so a silent one costs
+only its own connection, for at most the handshake deadline, and a fleet reconnecting at
+once is handshaked in turns fast enough for each to meet its deadline.
 
 Every refusal is counted (`metrics.connection_refused`, `metrics.handshake_failed`) and
 gets at most one rate-limited log line (bounds.RefusalLog), never a traceback.
@@ -22,7 +24,7 @@ import socket
 import ssl
 import struct
 from asyncio import sslproto
-from collections.abc import Callable
+from collections.abc import AsyncIterator, Callable
 from dataclasses import dataclass
 
 from aiohttp import web
@@ -167,6 +169,16 @@ class AlertingSSLProtocol(sslproto.SSLProtocol):
         super()._on_handshake_complete(handshake_exc)
 
 
+async def _readable(loop: asyncio.AbstractEventLoop, conn: socket.socket) -> None:
+    """Once `conn` has bytes to read (or its end: the handshake then fails at once)."""
+    ready = loop.create_future()
+    loop.add_reader(conn.fileno(), lambda: ready.done() or ready.set_result(None))
+    try:
+        await ready
+    finally:
+        loop.remove_reader(conn.fileno())
+
+
 def _abort(raw: asyncio.BaseTransport | None, conn: socket.socket) -> None:
     if raw is not None:
         raw.abort()
@@ -204,6 +216,8 @@ class TLSPort:
         self._refusals = refusals
         self._max_connections = max_connections
         self._handshakes = Counts(bounds.handshakes_per_address)
+        self._turns = asyncio.Semaphore(bounds.handshakes_at_once)  # FIFO: no one is passed over
+        self._in_turn = self._waiting = 0  # handshakes in their turn, and waiting for one
         self._per_address = Counts(per_address) if per_address else None
         self._per_worker = Counts(bounds.worker_connections) if by_worker else None
         self.open = 0  # connections admitted and not yet closed
@@ -330,8 +344,12 @@ class TLSPort:
         raw = None
         try:
             try:
-                raw, _ = await loop.connect_accepted_socket(lambda: tls, conn)
-                await asyncio.wait_for(handshaken, deadline)
+                # A silent client takes no turn: it costs no CPU and is closed at the
+                # deadline. One whose hello is here waits for a turn (bounds.py says why).
+                await asyncio.wait_for(_readable(loop, conn), deadline)
+                async with self._turn():
+                    raw, _ = await loop.connect_accepted_socket(lambda: tls, conn)
+                    await asyncio.wait_for(handshaken, deadline)
             finally:
                 self._handshakes.give(admitted.source)
         except asyncio.CancelledError:
@@ -345,6 +363,27 @@ class TLSPort:
             self._metrics.handshake_failed(self.port, cause)
             self._refusals.refused(self.port, admitted.source, f"TLS handshake failed ({cause})")
             return
+
+    @contextlib.asynccontextmanager
+    async def _turn(self) -> AsyncIterator[None]:
+        """One of the port's handshake turns, waited for and then held; both counted."""
+        self._waiting += 1
+        self._metrics.handshakes_now(self.port, self._in_turn, self._waiting)
+        try:
+            await self._turns.acquire()
+        except BaseException:  # cancelled: the port stops
+            self._waiting -= 1
+            self._metrics.handshakes_now(self.port, self._in_turn, self._waiting)
+            raise
+        self._waiting -= 1
+        self._in_turn += 1
+        self._metrics.handshakes_now(self.port, self._in_turn, self._waiting)
+        try:
+            yield
+        finally:
+            self._in_turn -= 1
+            self._turns.release()
+            self._metrics.handshakes_now(self.port, self._in_turn, self._waiting)
 
     def _admit_worker(self, admitted: _Admitted, transport: asyncio.BaseTransport) -> bool:
         """Agent port, once the handshake is done and before any request is read: whether

@@ -16,7 +16,7 @@ from primary.context import open_primary
 from primary.fleet import registration
 from primary.fleet.workers import set_flag
 from primary.metrics import metrics_of
-from primary.metrics.causes import HANDSHAKE_CAUSES, PORTS, REFUSAL_CAUSES
+from primary.metrics.causes import HANDSHAKE_CAUSES, HANDSHAKE_STATES, PORTS, REFUSAL_CAUSES
 from primary.metrics.fleet_state import QUEUE_REASONS, WORKER_STATES, queue_reason
 from primary.pipelines.pipelines import save_pipeline
 from primary.runs import dispatch, runs
@@ -243,7 +243,9 @@ def test_labels_are_bounded_whatever_a_server_reports(primary):
 # Every label of every series, and where its values come from: a fixed set, or names of
 # things an admin registered (workers, pipelines). Never a run id or a free text.
 FIXED_LABELS = {
-    "state": set(WORKER_STATES) | {"success", "failed", "cancelled", "lost", "timed_out"},
+    "state": set(WORKER_STATES)
+    | {"success", "failed", "cancelled", "lost", "timed_out"}
+    | set(HANDSHAKE_STATES),
     "reason": set(QUEUE_REASONS),
     "port": set(PORTS) | {"other"},
     "cause": set(REFUSAL_CAUSES) | set(HANDSHAKE_CAUSES),

@@ -188,6 +188,12 @@ def handshake_failed(metrics, port, cause) -> float:
     return counted(metrics, "cifleet_tls_handshake_failures_total", port, cause)
 
 
+def handshakes(metrics: Metrics, state: str, port: str = "agent") -> float:
+    return metrics.registry.get_sample_value(
+        "cifleet_tls_handshakes", {"port": port, "state": state}
+    )
+
+
 def context(pki, worker: str | None = None) -> ssl.SSLContext:
     ctx = ssl.create_default_context(cafile=str(pki["ca"]))
     if worker:
@@ -228,6 +234,37 @@ def test_a_silent_client_costs_only_its_own_connection(served):
     assert get(served["public"], context(served["pki"]))[0] == 200
     assert closed_by_server(silent)
     wait_for(lambda: handshake_failed(served["metrics"], "agent", "timeout") == 1, 10, "count")
+
+
+# A TLS record header that promises a ClientHello which never comes: a hello has begun.
+HELLO_BEGUN = b"\x16\x03\x01\x02\x00"
+
+
+@pytest.mark.parametrize(
+    "served", [{"handshakes_at_once": 1, "handshake_timeout": 30.0}], indirect=True
+)
+def test_a_silent_client_takes_no_handshake_turn(served):
+    silent = socket.create_connection(("127.0.0.1", served["agent"]), timeout=10)
+    # The port's one turn is free for a client that speaks: served long before the silent
+    # one's deadline (30 s), which is never reached here.
+    assert get(served["agent"], context(served["pki"], "w1"))[0] == 200
+    assert handshake_failed(served["metrics"], "agent", "timeout") == 0
+    silent.close()
+
+
+@pytest.mark.parametrize("served", [{"handshakes_at_once": 1}], indirect=True)
+def test_a_handshake_waits_for_its_turn(served):
+    staller = socket.create_connection(("127.0.0.1", served["agent"]), timeout=10)
+    staller.sendall(HELLO_BEGUN)  # takes the one turn, and holds it until its deadline
+    wait_for(lambda: handshakes(served["metrics"], "in_turn") == 1, 10, "the staller's turn")
+    with ThreadPoolExecutor(1) as pool:
+        waiting = pool.submit(get, served["agent"], context(served["pki"], "w1"))
+        wait_for(lambda: handshakes(served["metrics"], "waiting") == 1, 10, "the next in line")
+        # Served only once the staller's turn ended at its deadline, not beside it.
+        assert waiting.result(timeout=30)[0] == 200
+    assert handshake_failed(served["metrics"], "agent", "timeout") == 1
+    assert closed_by_server(staller, within=0)
+    assert handshakes(served["metrics"], "in_turn") == handshakes(served["metrics"], "waiting") == 0
 
 
 def test_handshakes_in_progress_are_bounded_per_address(served):
