@@ -288,6 +288,13 @@ class WSGIBridge:
             except BodyTimeout as exc:
                 await self._body_budget.give(held)
                 return _refuse(request, 408, str(exc))
+            except ConnectionError:  # the client went away mid-body: nobody to answer
+                await self._body_budget.give(held)
+                request.protocol.force_close()
+                return web.Response(status=499)
+            except BaseException:  # the port stops: the room is given back all the same
+                await self._body_budget.give(held)
+                raise
             if len(data) < length:
                 await self._body_budget.give(held)
                 return _refuse(request, 400, "the body ended before its Content-Length")

@@ -484,3 +484,34 @@ def test_an_oversized_header_is_refused_and_counted_as_too_large(served, port):
     garbled.settimeout(10)
     assert garbled.recv(4096).split(b"\r\n")[0].endswith(b" 400 Bad Request")
     wait_for(lambda: refused(served["metrics"], port, "other") == 1, 10, "the refusal counted")
+
+
+@pytest.mark.parametrize("port", ["public", "agent"])
+def test_a_client_gone_mid_body_gets_no_log_line(served, port, caplog):
+    worker = "w1" if port == "agent" else None
+    ctx, metrics = context(served["pki"], worker), served["metrics"]
+
+    def held() -> float:
+        return metrics.registry.get_sample_value("cifleet_request_body_bytes_held", {"port": port})
+
+    gone = tls(served[port], ctx)
+    gone.sendall(b"POST /x HTTP/1.1\r\nHost: x\r\nContent-Length: 1000\r\n\r\nabc")
+    wait_for(lambda: held() == 1000, 10, "its body's room taken")
+    gone.close()
+    wait_for(lambda: held() == 0, 10, "its room given back")
+    # A later request is served after the loop has finished with the one that went away.
+    assert get(served[port], ctx)[0] == 200
+    assert [r.getMessage() for r in caplog.records if r.name.startswith("cifleet")] == []
+
+
+@pytest.mark.parametrize("port", ["public", "agent"])
+def test_a_client_gone_before_its_answer_gets_no_log_line(served, port, caplog):
+    worker = "w1" if port == "agent" else None
+    ctx, app = context(served["pki"], worker), served["apps"][port]
+    gone = tls(served[port], ctx)
+    gone.sendall(b"GET /wait HTTP/1.1\r\nHost: x\r\n\r\n")
+    wait_for(lambda: app.waiting == 1, 10, "its request in the app")
+    gone.close()
+    app.release.set()  # the answer now goes to a connection that is gone
+    wait_for(lambda: get(served[port], ctx)[0] == 200, 10, "a later request served")
+    assert [r.getMessage() for r in caplog.records if r.name.startswith("cifleet")] == []
