@@ -274,30 +274,10 @@ class WSGIBridge:
         if not request.body_exists:
             body = io.BytesIO()
         elif length is not None and length <= self._buffered_body:
-            if not await self._body_budget.take(length, self._bounds.body_timeout):
-                self._refused("body_memory")
-                return _refuse(
-                    request,
-                    503,
-                    "the primary holds as many request bodies as it may; retry",
-                    close=False,
-                )
+            data = await self._read_whole(request, reader, length)
+            if isinstance(data, web.StreamResponse):
+                return data  # refused; its room, if it had any, is given back
             held = length
-            try:
-                data = await reader.read(length)
-            except BodyTimeout as exc:
-                await self._body_budget.give(held)
-                return _refuse(request, 408, str(exc))
-            except ConnectionError:  # the client went away mid-body: nobody to answer
-                await self._body_budget.give(held)
-                request.protocol.force_close()
-                return web.Response(status=499)
-            except BaseException:  # the port stops: the room is given back all the same
-                await self._body_budget.give(held)
-                raise
-            if len(data) < length:
-                await self._body_budget.give(held)
-                return _refuse(request, 400, "the body ended before its Content-Length")
             body = io.BytesIO(data)
         else:
             body = io.BufferedReader(_ThreadBody(reader.read_in_thread()))
@@ -341,6 +321,36 @@ class WSGIBridge:
         if not responder.finished:
             request.protocol.force_close()  # its body was cut short: the connection ends
         return responder.response
+
+    async def _read_whole(
+        self, request: web.BaseRequest, reader: BodyReader, length: int
+    ) -> bytes | web.StreamResponse:
+        """A body of `length` bytes read into memory once the port's budget has room for it
+        (the room stays taken: the caller gives it back when the app is done), or the answer
+        that refuses it. However the read ends short, its room is given back here."""
+        if not await self._body_budget.take(length, self._bounds.body_timeout):
+            self._refused("body_memory")
+            return _refuse(
+                request,
+                503,
+                "the primary holds as many request bodies as it may; retry",
+                close=False,
+            )
+        whole = False
+        try:
+            data = await reader.read(length)
+            if len(data) < length:
+                return _refuse(request, 400, "the body ended before its Content-Length")
+            whole = True
+            return data
+        except BodyTimeout as exc:
+            return _refuse(request, 408, str(exc))
+        except ConnectionError:  # the client went away mid-body: nobody to answer
+            request.protocol.force_close()
+            return web.Response(status=499)
+        finally:
+            if not whole:  # also when the port stops (cancelled)
+                await self._body_budget.give(length)
 
     async def _finish_deferred(self, deferred: Deferred) -> web.Response:
         """Wait for a deferred request's wake-up here, on the loop; its answer comes from a
