@@ -20,6 +20,7 @@ REFUSAL_CAUSES = (
     "read_deadline",  # the request (line, headers, body) did not arrive in time
     "too_large",  # the request line or headers were over the limit
     "body_memory",  # no room came in time for the request's body (--body-memory)
+    "no_handshake_turn",  # its TLS hello came, but no handshake turn within the deadline
     "stopping",  # the primary is shutting down
     "other",
 )

@@ -15,8 +15,9 @@ IPV6_PREFIX = 64
 class ServerBounds:
     """docs/design.md ("Bounds") says why each default is what it is."""
 
-    # A client's TLS hello must arrive within this many seconds of the connection's
-    # accept, and its handshake finish within as long of the handshake's turn.
+    # A client's TLS hello must arrive, and its handshake turn come, within this many
+    # seconds of the connection's accept; its handshake must finish within as long of its
+    # turn.
     handshake_timeout: float = 5.0
     # TLS handshakes each port works on at once; clients whose hello has arrived wait their
     # turn. All at once, a fleet reconnecting together shares the CPU so thinly that every
@@ -53,8 +54,8 @@ class ServerBounds:
 
 # The `serve` flag of each bound (--handshake-timeout for handshake_timeout, ...) says this.
 FLAG_HELP = {
-    "handshake_timeout": "seconds a client has to send its TLS hello after its connect, and"
-    " to finish the handshake once its turn comes",
+    "handshake_timeout": "seconds a client has to send its TLS hello and get its handshake"
+    " turn after its connect, and to finish the handshake once its turn comes",
     "handshakes_at_once": "TLS handshakes each port works on at once (the others wait their turn)",
     "handshakes_per_address": "TLS handshakes in progress from one source address, per port",
     "connections_per_address": "open public-port connections from one source address",

@@ -24,7 +24,7 @@ import socket
 import ssl
 import struct
 from asyncio import sslproto
-from collections.abc import AsyncIterator, Callable
+from collections.abc import Callable
 from dataclasses import dataclass
 
 from aiohttp import web
@@ -342,14 +342,23 @@ class TLSPort:
             ssl_handshake_timeout=deadline + 1,
         )
         raw = None
+        hello = False  # its hello has arrived: a timeout then means no turn came
         try:
             try:
                 # A silent client takes no turn: it costs no CPU and is closed at the
-                # deadline. One whose hello is here waits for a turn (bounds.py says why).
-                await asyncio.wait_for(_readable(loop, conn), deadline)
-                async with self._turn():
+                # deadline. One whose hello is here waits for a turn (bounds.py says why),
+                # within the same deadline: stalled hellos queued ahead cannot hold the
+                # others back for longer, and past it a client is refused before any work.
+                async with asyncio.timeout(deadline):
+                    await _readable(loop, conn)
+                    hello = True
+                    await self._take_turn()
+                hello = False
+                try:
                     raw, _ = await loop.connect_accepted_socket(lambda: tls, conn)
                     await asyncio.wait_for(handshaken, deadline)
+                finally:
+                    self._give_turn()
             finally:
                 self._handshakes.give(admitted.source)
         except asyncio.CancelledError:
@@ -358,32 +367,39 @@ class TLSPort:
             raise
         except (TimeoutError, OSError, EOFError) as exc:
             self._release(admitted)
+            # Counted before the close, so a client that sees it finds it counted.
+            if hello and isinstance(exc, TimeoutError):
+                self._metrics.connection_refused(self.port, "no_handshake_turn")
+                self._refusals.refused(
+                    self.port,
+                    admitted.source,
+                    f"no TLS handshake turn within {deadline:g} s (the port is busy)",
+                )
+            else:
+                cause = handshake_cause(exc)
+                self._metrics.handshake_failed(self.port, cause)
+                self._refusals.refused(
+                    self.port, admitted.source, f"TLS handshake failed ({cause})"
+                )
             _abort(raw, conn)
-            cause = handshake_cause(exc)
-            self._metrics.handshake_failed(self.port, cause)
-            self._refusals.refused(self.port, admitted.source, f"TLS handshake failed ({cause})")
-            return
 
-    @contextlib.asynccontextmanager
-    async def _turn(self) -> AsyncIterator[None]:
-        """One of the port's handshake turns, waited for and then held; both counted."""
-        self._waiting += 1
-        self._metrics.handshakes_now(self.port, self._in_turn, self._waiting)
+    async def _take_turn(self) -> None:
+        """Wait for one of the port's handshake turns (in order), counted while waiting."""
+        self._count_handshakes(waiting=1)
         try:
             await self._turns.acquire()
-        except BaseException:  # cancelled: the port stops
-            self._waiting -= 1
-            self._metrics.handshakes_now(self.port, self._in_turn, self._waiting)
-            raise
-        self._waiting -= 1
-        self._in_turn += 1
-        self._metrics.handshakes_now(self.port, self._in_turn, self._waiting)
-        try:
-            yield
         finally:
-            self._in_turn -= 1
-            self._turns.release()
-            self._metrics.handshakes_now(self.port, self._in_turn, self._waiting)
+            self._count_handshakes(waiting=-1)
+        self._count_handshakes(in_turn=1)
+
+    def _give_turn(self) -> None:
+        self._turns.release()
+        self._count_handshakes(in_turn=-1)
+
+    def _count_handshakes(self, in_turn: int = 0, waiting: int = 0) -> None:
+        self._in_turn += in_turn
+        self._waiting += waiting
+        self._metrics.handshakes_now(self.port, self._in_turn, self._waiting)
 
     def _admit_worker(self, admitted: _Admitted, transport: asyncio.BaseTransport) -> bool:
         """Agent port, once the handshake is done and before any request is read: whether

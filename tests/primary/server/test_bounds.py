@@ -11,6 +11,7 @@ import logging
 import socket
 import ssl
 import threading
+import time
 from concurrent.futures import ThreadPoolExecutor, wait
 from pathlib import Path
 
@@ -257,6 +258,9 @@ def test_a_handshake_waits_for_its_turn(served):
     staller = socket.create_connection(("127.0.0.1", served["agent"]), timeout=10)
     staller.sendall(HELLO_BEGUN)  # takes the one turn, and holds it until its deadline
     wait_for(lambda: handshakes(served["metrics"], "in_turn") == 1, 10, "the staller's turn")
+    # A client's wait for its turn shares its hello's deadline: a moment after the
+    # staller's, its deadline comes after the staller's turn ends.
+    time.sleep(0.2)
     with ThreadPoolExecutor(1) as pool:
         waiting = pool.submit(get, served["agent"], context(served["pki"], "w1"))
         wait_for(lambda: handshakes(served["metrics"], "waiting") == 1, 10, "the next in line")
@@ -265,6 +269,40 @@ def test_a_handshake_waits_for_its_turn(served):
     assert handshake_failed(served["metrics"], "agent", "timeout") == 1
     assert closed_by_server(staller, within=0)
     assert handshakes(served["metrics"], "in_turn") == handshakes(served["metrics"], "waiting") == 0
+
+
+@pytest.mark.parametrize(
+    "served", [{"handshakes_at_once": 1, "handshake_timeout": 2.0}], indirect=True
+)
+def test_a_client_that_waits_past_the_deadline_for_its_turn_is_refused(served):
+    # Two stalled hellos hold the one turn for a deadline each, one after the other: the
+    # client behind them would get its turn only after two deadlines, so it is refused at
+    # its own, before any TLS work. Half a deadline between the stallers puts the first
+    # turn's end well before the second staller's deadline, and the client's well before
+    # the second turn's end; asyncio's timers fire in that order however slow the loop.
+    deadline = 2.0
+    stallers = []
+    for position in (1, 2):
+        if position == 2:
+            time.sleep(deadline / 2)
+        staller = socket.create_connection(("127.0.0.1", served["agent"]), timeout=10)
+        staller.sendall(HELLO_BEGUN)
+        stallers.append(staller)
+        wait_for(
+            lambda n=position: (
+                handshakes(served["metrics"], "in_turn") + handshakes(served["metrics"], "waiting")
+                == n
+            ),
+            10,
+            "the staller in line",
+        )
+    with pytest.raises((ssl.SSLError, ConnectionResetError, OSError)):
+        get(served["agent"], context(served["pki"], "w1"))
+    assert refused(served["metrics"], "agent", "no_handshake_turn") == 1
+    assert handshakes(served["metrics"], "in_turn") == 1  # the second staller's, still
+    wait_for(lambda: handshake_failed(served["metrics"], "agent", "timeout") == 2, 10, "both")
+    for staller in stallers:
+        assert closed_by_server(staller, within=0)
 
 
 def test_handshakes_in_progress_are_bounded_per_address(served):
