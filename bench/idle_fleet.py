@@ -110,6 +110,7 @@ def bench_fleet(
         primary.env = {"CIFLEET_BENCH_PROFILE": str(profile.absolute())}
     primary.start()
     stop = multiprocessing.get_context("fork").Event()
+    answered = multiprocessing.get_context("fork").Value("q", 0)  # polls, light agents only
     processes: list = []
     try:
         started = time.monotonic()
@@ -124,7 +125,8 @@ def bench_fleet(
             share = homes[first : first + AGENTS_PER_PROCESS]
             target, args = run_agents, (share, stop)
             if light:
-                target, args = run_light_agents, (share, "127.0.0.1", primary.agent_port, stop)
+                target = run_light_agents
+                args = (share, "127.0.0.1", primary.agent_port, stop, answered)
             process = fork.Process(target=target, args=args, daemon=True)
             process.start()
             processes.append(process)
@@ -141,7 +143,9 @@ def bench_fleet(
         bench_cpu = agents_cpu(processes)
         if profile:
             primary.proc.send_signal(signal.SIGUSR1)
+        polls = answered.value
         figures = Sampler(primary.proc.pid).measure(window)
+        polls = answered.value - polls
         if profile:
             primary.proc.send_signal(signal.SIGUSR2)
             wait_for(profile.exists, 120, "the profile")
@@ -166,6 +170,19 @@ def bench_fleet(
         "admin_list_workers_seconds_while_connecting_max": round(max(connecting), 2),
         "admin_list_workers_seconds_idle": round(max(idle_admin), 2),
         "agent_processes_cpu_percent": round(100 * bench_cpu / figures["seconds"], 1),
+        **(
+            {
+                "polls_answered_in_window": polls,
+                # What an idle agent costs, whatever part of its hold the window caught.
+                "primary_cpu_ms_per_poll": round(
+                    10 * figures["cpu_percent_of_one_core"] * figures["seconds"] / polls, 2
+                )
+                if polls
+                else None,
+            }
+            if light
+            else {}
+        ),
     }
 
 

@@ -43,7 +43,11 @@ async def _read_answer(reader: asyncio.StreamReader) -> tuple[int, bool, bytes]:
     return status, headers.get("connection", "").lower() != "close", body
 
 
-async def run_agent(home: Path, host: str, port: int, load: dict, stop: asyncio.Event) -> None:
+async def run_agent(
+    home: Path, host: str, port: int, load: dict, stop: asyncio.Event, answered=None
+) -> None:
+    """One simulated agent until `stop`; each poll answered counts in `answered` (a
+    multiprocessing.Value), when given."""
     context = agent_context(home)
     session = secrets.token_hex(8)
     backoff = Backoff()
@@ -85,6 +89,9 @@ async def run_agent(home: Path, host: str, port: int, load: dict, stop: asyncio.
                 writer.close()
                 writer = None
             backoff.reset()
+            if answered is not None:
+                with answered.get_lock():
+                    answered.value += 1
             if time.monotonic() - started < QUICK_ANSWER_SECONDS:
                 pause = poll_pause(json.loads(answer).get("poll_after"), POLL_HOLD_SECONDS)
                 await _sleep_unless(stop, pause)
@@ -102,15 +109,16 @@ async def _sleep_unless(stop: asyncio.Event, seconds: float) -> None:
         await asyncio.wait_for(stop.wait(), seconds)
 
 
-def run_light_agents(homes: list[Path], host: str, port: int, stop) -> None:
+def run_light_agents(homes: list[Path], host: str, port: int, stop, answered=None) -> None:
     """In a process of its own: the simulated agents of `homes` until `stop` (a process
-    event), all started at once, as a fleet reconnecting to a restarted primary does."""
+    event), all started at once, as a fleet reconnecting to a restarted primary does; the
+    polls answered count in `answered` (a multiprocessing.Value), when given."""
 
     async def main() -> None:
         done = asyncio.Event()
         load = load_report()
         tasks = [
-            asyncio.create_task(run_agent(home, host, port, load, done))
+            asyncio.create_task(run_agent(home, host, port, load, done, answered))
             for home in random.sample(homes, len(homes))
         ]
         await asyncio.get_running_loop().run_in_executor(None, stop.wait)
