@@ -3,7 +3,8 @@
 The server puts a callable under ENVIRON_KEY into the environ. A view that would block
 (a long poll with nothing to say yet) calls it with a `Deferred` and returns a placeholder
 response; the server drops that response, awaits `deferred.waiter.wait_async(seconds)` on
-its event loop, then calls `finish()` in a service thread and sends what it returns as JSON.
+its event loop, then sends as JSON what `unwoken()` returns when the wait ended without a
+wake-up, or else what `finish()` returns in a service thread.
 Pure: no event loop or framework here.
 """
 
@@ -22,6 +23,10 @@ class Deferred(Protocol):
 
     def finish(self) -> dict:
         """The answer, in a service thread, once the wait is over."""
+
+    def unwoken(self) -> dict | None:
+        """The answer when the wait ended at its timeout, without a wake-up, if it needs no
+        service thread (on the loop, so no blocking); None: finish() makes it."""
 
     def release(self) -> None:
         """Give back what the wait held, when it ends without an answer from finish() (the

@@ -354,12 +354,15 @@ class WSGIBridge:
 
     async def _finish_deferred(self, deferred: Deferred) -> web.Response:
         """Wait for a deferred request's wake-up here, on the loop; its answer comes from a
-        service thread."""
+        service thread, or without one when nothing woke it."""
         finished = False
         status, headers = 200, {}
         try:
-            await deferred.waiter.wait_async(deferred.seconds)
-            answer = await asyncio.get_running_loop().run_in_executor(self._pool, deferred.finish)
+            woken = await deferred.waiter.wait_async(deferred.seconds)
+            answer = None if woken else deferred.unwoken()
+            if answer is None:
+                loop = asyncio.get_running_loop()
+                answer = await loop.run_in_executor(self._pool, deferred.finish)
             finished = True
         except ApiError as err:  # the store went away while it waited, say: as the app answers
             status, headers = err.status, err.headers

@@ -100,3 +100,14 @@ def test_held_polls_take_no_thread(small_primary, fleet_root):
         results = held.result(timeout=60)
     assert all("poll_after" not in answer for _, answer in results)
     assert min(took for took, _ in results) >= HOLD - 0.5
+
+
+@pytest.mark.parametrize("small_primary", [100], indirect=True)
+def test_a_hold_nothing_woke_answers_as_a_poll_that_does_not_wait(small_primary, fleet_root):
+    """A hold that ends at its timeout is answered with what was made before it (no thread,
+    no store queries): the same answer, every field, as a poll that does not wait."""
+    [(took, held)] = waiting_polls(small_primary, fleet_root, 1)
+    assert took >= HOLD - 0.5
+    fresh = AgentPeer.of_home(small_primary, fleet_root / "w0").answer()
+    assert held == fresh
+    assert held["assignments"] == held["cancel"] == [] and held["heartbeat_timeout"] == 2 * HOLD

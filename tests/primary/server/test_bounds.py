@@ -62,9 +62,12 @@ def pki(tmp_path_factory) -> dict[str, Path]:
     return files
 
 
-class _NoWait:
+class _Wait:
+    def __init__(self, woken: bool) -> None:
+        self.woken = woken
+
     async def wait_async(self, timeout: float) -> bool:
-        return False
+        return self.woken
 
 
 class FailingAnswer:
@@ -72,7 +75,7 @@ class FailingAnswer:
 
     def __init__(self, how: str) -> None:
         self.how = how
-        self.waiter = _NoWait()
+        self.waiter = _Wait(woken=True)
         self.seconds = 0.0
         self.released = 0
 
@@ -81,8 +84,31 @@ class FailingAnswer:
             raise StorageUnavailable("the store cannot be reached")
         raise RuntimeError("a bug")
 
+    def unwoken(self) -> None:
+        raise AssertionError("woken: finish() answers")
+
     def release(self) -> None:
         self.released += 1
+
+
+class KnownAnswer:
+    """A deferred request woken or not ("woken", "unwoken"), each answer saying who made it."""
+
+    def __init__(self, how: str) -> None:
+        self.waiter = _Wait(woken=how == "woken")
+        self.seconds = 0.0
+        self.threads: list[str] = []
+
+    def finish(self) -> dict:
+        self.threads.append(threading.current_thread().name)
+        return {"by": "finish"}
+
+    def unwoken(self) -> dict:
+        self.threads.append(threading.current_thread().name)
+        return {"by": "unwoken"}
+
+    def release(self) -> None:
+        pass
 
 
 class Gate:
@@ -91,11 +117,17 @@ class Gate:
 
     def __init__(self) -> None:
         self.release = threading.Event()
-        self.deferred: list[FailingAnswer] = []
+        self.deferred: list[FailingAnswer | KnownAnswer] = []
         self.waiting = 0
         self._lock = threading.Lock()
 
     def __call__(self, environ, start_response):
+        if environ["PATH_INFO"].startswith("/known/"):
+            known = KnownAnswer(environ["PATH_INFO"].removeprefix("/known/"))
+            self.deferred.append(known)
+            environ[deferral.ENVIRON_KEY](known)
+            start_response("204 No Content", [])
+            return [b""]
         if environ["PATH_INFO"].startswith("/defer/"):
             # Handed back to the server, like a held poll; its answer then fails.
             failing = FailingAnswer(environ["PATH_INFO"].removeprefix("/defer/"))
@@ -466,6 +498,17 @@ def test_a_held_request_whose_answer_fails_gets_the_apps_error_answer(served, ca
         "unhandled error in a held request's answer"
     ]
     assert get(served["agent"], ctx)[0] == 200
+
+
+def test_a_deferred_request_nothing_woke_is_answered_on_the_loop(served):
+    """An idle agent's held poll that ends at its timeout is answered without a service
+    thread (and its store queries); a woken one by finish(), in a service thread."""
+    ctx = context(served["pki"], "w1")
+    assert get(served["agent"], ctx, "/known/unwoken") == (200, {"by": "unwoken"})
+    assert get(served["agent"], ctx, "/known/woken") == (200, {"by": "finish"})
+    unwoken, woken = served["apps"]["agent"].deferred
+    assert unwoken.threads == ["servers"]  # the event loop's thread (primary/server/loop.py)
+    assert len(woken.threads) == 1 and woken.threads != ["servers"]
 
 
 @pytest.mark.parametrize("served", [{"body_memory": 100_000}], indirect=True)
