@@ -10,6 +10,7 @@ from typing import TYPE_CHECKING
 from primary.config import PrimaryConfig
 from primary.errors import ApiError
 from primary.fleet.ca import CertificateAuthority
+from primary.fleet.contacts import PendingContacts
 from primary.store import vault as vault_mod
 from primary.store.datadir import DataDir
 from primary.store.db import Store
@@ -126,6 +127,8 @@ class Primary:
     ca: CertificateAuthority
     logs: LogStore  # or pg_logs.PostgresLogStore: the same methods
     waiters: Waiters = field(default_factory=Waiters)
+    # Idle polls' contact times, stored in batches by the sweeper (primary/fleet/contacts.py).
+    contacts: PendingContacts = field(default_factory=PendingContacts)
     # One planner at a time: decisions read slot counts that the previous decision changed.
     plan_lock: threading.Lock = field(default_factory=threading.Lock)
     # Set when anything about runs changed; followers (log tails, the UI) wait on it.

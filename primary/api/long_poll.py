@@ -15,6 +15,7 @@ from collections.abc import Callable
 
 from agent.protocol import MAX_EVICTED_WORKSPACES, NAME_RE
 from primary.context import Primary
+from primary.fleet import contacts
 from primary.metrics import metrics_of
 from primary.pipelines import pipelines, static_files
 from primary.pipelines import secrets as pipeline_secrets
@@ -55,20 +56,28 @@ def job_identity(report) -> str | None:
 def _touch(primary: Primary, worker: dict, body: dict, now: float) -> None:
     """Record the contact, load, version and who its jobs run as. Liveness is judged in
     seconds, so a poll within a second of the last recorded one writes nothing unless the
-    draining flag (or the rest) changed: one write transaction fewer on the busiest path."""
+    draining flag (or the rest) changed, and one that changes only the contact and the load
+    waits for the sweeper's batch (primary/fleet/contacts.py): the busiest path takes no
+    write transaction of its own."""
     old_load = json.loads(worker["load"]) if worker["load"] else {}
     identity = job_identity(body.get("job_identity"))
-    if (
-        worker["last_contact"] is not None
-        and now - worker["last_contact"] < TOUCH_INTERVAL
-        and bool(old_load.get("draining")) == bool(body.get("draining"))
+    same = (
+        bool(old_load.get("draining")) == bool(body.get("draining"))
         and body.get("version") == worker["version"]
         and identity == worker["job_identity"]
+    )
+    if (
+        same
+        and worker["last_contact"] is not None
+        and now - worker["last_contact"] < TOUCH_INTERVAL
     ):
         return
     load = body.get("load") if isinstance(body.get("load"), dict) else {}
     load = {k: v for k, v in load.items() if isinstance(v, int | float) and not isinstance(v, bool)}
     load["draining"] = bool(body.get("draining"))
+    if same and contacts.can_wait(worker["last_contact"], now, primary.config.heartbeat_timeout):
+        primary.contacts.note(worker["id"], now, json.dumps(load))
+        return
     version = body.get("version") if isinstance(body.get("version"), str) else worker["version"]
     with primary.store.transaction() as conn:
         conn.execute(
@@ -256,7 +265,8 @@ class PollGate:
 class HeldPoll:
     """A poll that waits for its worker's wake-up on the server's event loop, not in a
     thread: the server awaits `waiter.wait_async(seconds)`, then calls `finish()` in a
-    service thread for the answer. Made by `poll(..., deferrable=True)`."""
+    service thread for the answer, or, when nothing woke it, takes `unwoken()`'s. Made by
+    `poll(..., deferrable=True)`."""
 
     def __init__(
         self,
@@ -268,6 +278,7 @@ class HeldPoll:
         waiter,
         seconds: float,
         stop: threading.Event,
+        answer: dict,
     ) -> None:
         self._primary = primary
         self._gate = gate
@@ -275,6 +286,7 @@ class HeldPoll:
         self._held = held
         self._body = body
         self._stop = stop
+        self._answer = answer
         self.waiter = waiter
         self.seconds = seconds
         self._holding = metrics_of(primary).poll_held()
@@ -287,6 +299,15 @@ class HeldPoll:
         self.release()
         answer = _answer(self._primary, self._worker, self._held, self._body)
         return answer
+
+    def unwoken(self) -> dict:
+        """The answer made before the hold, when the hold ended without a wake-up: all that
+        would change its assignments and cancels wakes the worker, and the waiter was armed
+        before it was made, so a fresh one would say the same; the rest (workspaces to
+        delete, the primaries) is one hold old at most, and the agent polls again at once.
+        An idle fleet's polls end this way: no thread and no store queries for them."""
+        self.release()
+        return self._answer
 
     def release(self) -> None:
         if not self._done:
@@ -327,7 +348,7 @@ def poll(
         metrics.poll_deferred()
         return {**answer, "poll_after": hold}
     if deferrable:
-        return HeldPoll(primary, gate, worker, held, body, waiter, hold, stop)
+        return HeldPoll(primary, gate, worker, held, body, waiter, hold, stop, answer)
     try:
         with metrics.poll_held():
             waiter.wait(hold)

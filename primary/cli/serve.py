@@ -11,6 +11,7 @@ connections, TLS handshakes and held long polls cost no thread. Signal handlers 
 the stop event; the main thread does the shutdown.
 """
 
+import contextlib
 import dataclasses
 import json
 import logging
@@ -26,6 +27,7 @@ from primary.app import create_agent_app, create_app
 from primary.cli.listeners import bind_listeners
 from primary.config import PrimaryConfig
 from primary.context import Primary, connect_signals, open_primary
+from primary.errors import StorageFull, StorageUnavailable
 from primary.fleet import presence, worker_history
 from primary.fleet.builtin_worker import local_api_url, start_builtin_worker
 from primary.metrics import metrics_of
@@ -73,6 +75,7 @@ def _sweep_leases(primary: Primary, stop: threading.Event) -> None:
     full_pass = time.monotonic()
     while not stop.wait(SWEEP_INTERVAL):
         try:
+            primary.contacts.write(primary.store)  # idle polls' contacts (fleet/contacts.py)
             presence.beat(primary)  # this primary serves the fleet (others read it)
             # plan() also runs here so a run waiting for its busy home moves on time, and
             # what every waiting run says about why it waits stays true.
@@ -209,6 +212,8 @@ def serve(config: PrimaryConfig, bounds: ServerBounds | None = None) -> int:
             if builtin is not None:
                 builtin.join(timeout=15)
             servers.stop()
+            with contextlib.suppress(StorageFull, StorageUnavailable):
+                primary.contacts.write(primary.store)  # the last polls' contacts are kept
             presence.withdraw(primary)
         if announced:
             primary.data.pidfile.unlink(missing_ok=True)
