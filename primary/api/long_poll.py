@@ -301,11 +301,13 @@ class HeldPoll:
         return answer
 
     def unwoken(self) -> dict:
-        """The answer made before the hold, when the hold ended without a wake-up: all that
-        would change its assignments and cancels wakes the worker, and the waiter was armed
-        before it was made, so a fresh one would say the same; the rest (workspaces to
-        delete, the primaries) is one hold old at most, and the agent polls again at once.
-        An idle fleet's polls end this way: no thread and no store queries for them."""
+        """The answer made before the hold, when the hold ended without a wake-up. What
+        changes its assignments, cancels or slots wakes the worker (an assignment, a cancel,
+        an expired lease, slots from the host), and the waiter was armed before the answer
+        was made, so a fresh one would say the same. Workspaces to delete and the primaries'
+        list are one hold old at most, and a wake that was lost (another poll of the worker
+        re-armed its waiter) costs a round trip: the agent polls again at once, and that
+        poll looks afresh. An idle fleet's polls end this way: no thread, no store query."""
         self.release()
         return self._answer
 

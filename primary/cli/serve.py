@@ -74,8 +74,11 @@ def tls_contexts(primary: Primary) -> tuple[ssl.SSLContext, ssl.SSLContext]:
 def _sweep_leases(primary: Primary, stop: threading.Event) -> None:
     full_pass = time.monotonic()
     while not stop.wait(SWEEP_INTERVAL):
+        try:  # idle polls' contacts (fleet/contacts.py); kept for the next pass if it fails
+            primary.contacts.write(primary.store)
+        except Exception:
+            log.exception("storing the workers' contacts failed")
         try:
-            primary.contacts.write(primary.store)  # idle polls' contacts (fleet/contacts.py)
             presence.beat(primary)  # this primary serves the fleet (others read it)
             # plan() also runs here so a run waiting for its busy home moves on time, and
             # what every waiting run says about why it waits stays true.

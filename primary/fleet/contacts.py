@@ -6,6 +6,8 @@ A poll whose touch changes nothing else is noted here, and the lease sweeper wri
 was noted in one transaction a pass (`SWEEP_INTERVAL`, a second). A touch that changes what
 the scheduler decides by (draining, version, who jobs run as), or whose worker the store
 could show as inactive before the next pass, is written at once (primary/api/long_poll.py).
+A noted contact is stored only over an older one: with several primaries, as with leases,
+their clocks are taken to agree.
 """
 
 import threading
@@ -31,8 +33,9 @@ class PendingContacts:
         self._pending: dict[str, tuple[float, str]] = {}
 
     def note(self, worker_id: str, when: float, load: str) -> None:
-        with self._lock:
-            self._pending[worker_id] = (when, load)
+        with self._lock:  # two polls of one worker at once: the newer one's stays
+            if worker_id not in self._pending or self._pending[worker_id][0] < when:
+                self._pending[worker_id] = (when, load)
 
     def __len__(self) -> int:
         return len(self._pending)

@@ -204,6 +204,7 @@ def update_from_host(primary: Primary, worker: dict, body: dict) -> dict:
         with primary.store.transaction() as conn:
             conn.lock(PLANNER_LOCK)  # a plan in flight counts the slots it read
             conn.execute("UPDATE workers SET slots = ? WHERE id = ?", (slots, worker["id"]))
+        primary.waiters.wake(worker["id"])  # its held poll answers with the new slots now
     if "draining" in body:
         return set_flag(primary, worker["id"], "draining", body["draining"], by="its agent")
     plan(primary)

@@ -47,6 +47,7 @@ def expire_leases(primary: Primary, now: float | None = None) -> int:
         return 0
     now = time.time() if now is None else now
     changed = 0
+    workers = set()
     with primary.store.transaction() as conn:
         # SKIP LOCKED: a run another transaction holds (a report being taken, another
         # primary's sweep) is left to it; one whose lease is renewed meanwhile is not seen.
@@ -57,6 +58,7 @@ def expire_leases(primary: Primary, now: float | None = None) -> int:
         ).fetchall()
         for run in expired:
             changed += 1
+            workers.add(run["worker_id"])
             name = run["worker_name"]
             if run["state"] == "assigned":
                 reason = f"taken back: {name} did not confirm the assignment in time"
@@ -65,6 +67,8 @@ def expire_leases(primary: Primary, now: float | None = None) -> int:
             silent = primary.config.heartbeat_timeout
             why = f"{name} stopped answering (no contact for {silent:g} s)"
             _end_gone_run(conn, run, f"{name} stopped answering", why, now)
+    for worker_id in sorted(w for w in workers if w):
+        primary.waiters.wake(worker_id)  # a held poll listing the run is told to drop it now
     if changed:
         plan(primary)
         notify(primary)

@@ -111,3 +111,22 @@ def test_a_hold_nothing_woke_answers_as_a_poll_that_does_not_wait(small_primary,
     fresh = AgentPeer.of_home(small_primary, fleet_root / "w0").answer()
     assert held == fresh
     assert held["assignments"] == held["cancel"] == [] and held["heartbeat_timeout"] == 2 * HOLD
+
+
+@pytest.mark.parametrize("small_primary", [100], indirect=True)
+def test_slots_set_on_the_host_wake_the_held_poll(small_primary, fleet_root):
+    """`cifleet-agent update-worker --slots` wakes the worker's held poll: its answer, with
+    the new slots, comes now, not when the hold ends (then the answer made before it would
+    still say the old ones)."""
+    with ThreadPoolExecutor(1) as side:
+        held = side.submit(waiting_polls, small_primary, fleet_root, 1)
+        metrics = small_primary.client
+        wait_for(
+            lambda: b"cifleet_polls_held 1.0" in metrics.request("GET", "/metrics")[2],
+            30,
+            "the poll held",
+        )
+        peer = AgentPeer.of_home(small_primary, fleet_root / "w0")
+        assert peer.call("POST", "/agent/v1/worker", {"slots": 3})[0] == 200
+        [(_, answer)] = held.result(timeout=60)
+    assert answer["slots"] == 3

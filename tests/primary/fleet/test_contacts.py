@@ -35,6 +35,7 @@ def test_noted_contacts_are_stored_in_one_write_the_newest_of_each(store):
     contacts.note("id-a", 110.0, '{"cpu": 1}')
     contacts.note("id-a", 120.0, '{"cpu": 2}')  # the newest of a worker's is kept
     contacts.note("id-b", 115.0, '{"cpu": 3}')
+    contacts.note("id-b", 114.0, '{"cpu": 4}')  # an older poll of b's that ends later
     assert contacts.write(store) == 2
     assert stored(store) == {"a": (120.0, {"cpu": 2}), "b": (115.0, {"cpu": 3})}
     assert len(contacts) == 0 and contacts.write(store) == 0
