@@ -69,7 +69,6 @@ def admin_latency(client: AdminClient, samples: list[float]) -> int:
 
 
 AGENTS_PER_PROCESS = 1000
-EXTRA_SERVE_ARGS: list[str] = []  # --serve-args
 
 
 def run_agents(homes: list[Path], stop) -> None:
@@ -97,13 +96,14 @@ def bench_fleet(
     heartbeat: float | None,
     profile: Path | None = None,
     light: bool = False,
+    more_serve_args: tuple[str, ...] = (),
 ) -> dict:
     work = root / f"fleet-{count}"
     work.mkdir()
     serve_args = ["--heartbeat-timeout", str(heartbeat)] if heartbeat else []
     # Every simulated agent connects from 127.0.0.1; in a fleet each has its own address, and
     # at most a few handshakes in progress. Let them all handshake at once, as they would.
-    serve_args += ["--handshakes-per-address", str(max(count, 32)), *EXTRA_SERVE_ARGS]
+    serve_args += ["--handshakes-per-address", str(max(count, 32)), *more_serve_args]
     primary = init_primary(work, "--primary-worker-slots", "0", *serve_args)
     if profile:  # bench/yappi_primary.py: the primary's CPU by function, at its exit
         primary.command = [sys.executable, str(Path(__file__).parent / "yappi_primary.py")]
@@ -194,11 +194,14 @@ def bench_idle_fleet(
     heartbeat: float | None = None,
     profile: Path | None = None,
     light: bool = False,
+    more_serve_args: tuple[str, ...] = (),
 ) -> list[dict]:
     results = []
     for n in sizes:
         where = profile and profile.with_name(f"{profile.stem}-{n}{profile.suffix}")
-        results.append(bench_fleet(root, n, window, settle, heartbeat, where, light))
+        results.append(
+            bench_fleet(root, n, window, settle, heartbeat, where, light, more_serve_args)
+        )
         print(json.dumps(results[-1]), file=sys.stderr, flush=True)  # kept if a later size fails
     return results
 
@@ -226,7 +229,6 @@ def main() -> None:
         "--serve-args", default="", help="more `serve` flags, e.g. '--agent-threads 8'"
     )
     args = parser.parse_args()
-    EXTRA_SERVE_ARGS.extend(shlex.split(args.serve_args))
     sizes = tuple(int(n) for n in args.agents.split(","))
     with bench_dir() as tmp:
         logging.basicConfig(filename=Path(tmp) / "agents.log", level=logging.WARNING)
@@ -239,6 +241,7 @@ def main() -> None:
                 args.heartbeat_timeout,
                 args.profile,
                 args.light,
+                tuple(shlex.split(args.serve_args)),
             )
         }
     print(json.dumps(result, indent=2))
