@@ -109,10 +109,13 @@ class Client:
         body: bytes = b"",
         content_type: str = "application/json",
         timeout: float | None = None,
+        unless_aborted_since: int | None = None,
     ) -> Response:
-        """Send one request; raise TransportError when no HTTP answer came back."""
+        """Send one request; raise TransportError when no HTTP answer came back.
+        `unless_aborted_since`: an `abort_count` read before the request was made; an
+        abort() since then refuses it (TransportError), as it would break it in flight."""
         headers = {"Content-Type": content_type, "User-Agent": USER_AGENT}
-        aborts = self._aborts
+        aborts = self._aborts if unless_aborted_since is None else unless_aborted_since
         for attempt in (1, 2):
             conn, reused, url = self._connection()
             prefix = _split(url)[2]
@@ -121,11 +124,16 @@ class Client:
                 if conn.sock is None:
                     conn.connect()
                 with self._lock:
-                    # shut() while connecting found no socket to break: this check does.
-                    # After it, shut() finds this socket, so the read below sees the end.
+                    # shut() or abort() while connecting, or before this request, found no
+                    # socket of it to break: this check does. After it, they find this
+                    # socket, so the read below sees the end.
                     shut = self._shut
+                    aborted = unless_aborted_since is not None and self._aborts != aborts
                 if shut:
                     raise TransportError("the client was shut")
+                if aborted:
+                    self.close()  # abort() may have broken this kept connection's socket
+                    raise TransportError("the request was aborted before it was sent")
                 conn.sock.settimeout(timeout or self._timeout)
                 conn.request(method, prefix + path, body=body, headers=headers)
                 resp = conn.getresponse()
@@ -148,9 +156,19 @@ class Client:
         raise AssertionError("unreachable")
 
     def post_json(
-        self, path: str, payload: dict[str, Any], timeout: float | None = None
+        self,
+        path: str,
+        payload: dict[str, Any],
+        timeout: float | None = None,
+        unless_aborted_since: int | None = None,
     ) -> Response:
-        return self.request("POST", path, json.dumps(payload).encode(), timeout=timeout)
+        return self.request(
+            "POST",
+            path,
+            json.dumps(payload).encode(),
+            timeout=timeout,
+            unless_aborted_since=unless_aborted_since,
+        )
 
     def close(self) -> None:
         with self._lock:
@@ -161,6 +179,12 @@ class Client:
     @property
     def aborted(self) -> bool:
         return self._aborts > 0
+
+    @property
+    def abort_count(self) -> int:
+        """abort() calls so far: read it before making a request (its body, say), pass it
+        as `unless_aborted_since`, and an abort in between is not missed."""
+        return self._aborts
 
     def abort(self) -> None:
         """Break a request in flight (from another thread), e.g. a long poll on shutdown."""

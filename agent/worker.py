@@ -352,12 +352,18 @@ class Agent:
         while not self.stop.is_set():
             if time.time() >= self._renew_at:
                 self._renew_certificate()
+            # An interrupt (draining, say) while the body is made would find no request to
+            # break, and the poll would be held with the old body: refused instead.
+            aborts = self._poll_client.abort_count
             body = self._poll_body()
             started = time.monotonic()  # the send time: the primary renews no earlier
             url = self.primaries.current()
             try:
                 resp = self._poll_client.post_json(
-                    POLL_PATH, body, timeout=POLL_CLIENT_TIMEOUT_SECONDS
+                    POLL_PATH,
+                    body,
+                    timeout=POLL_CLIENT_TIMEOUT_SECONDS,
+                    unless_aborted_since=aborts,
                 )
             except TransportError as e:
                 if self._poll_interrupted:  # we broke it ourselves: poll again at once

@@ -89,3 +89,20 @@ def test_without_a_client_certificate_the_agent_port_refuses(fake_primary, pki):
     with pytest.raises(TransportError):
         c.post_json("/agent/v1/poll", {"runs": [], "wait": False})
     assert fake_primary.polls == []
+
+
+def test_an_abort_before_a_request_is_sent_refuses_it_when_asked(client, fake_primary):
+    """An abort() between reading abort_count and sending (the agent making its poll's body
+    while it is told to drain) finds no request to break: the request made with that count
+    is refused instead of being held with what it said before. Without the count, a later
+    request goes out as before."""
+    assert client.post_json("/agent/v1/poll", {"runs": [], "wait": False}).status == 200
+    before = client.abort_count
+    client.abort()  # breaks the kept connection's socket; no request was in flight
+    with pytest.raises(TransportError, match="aborted before it was sent"):
+        client.post_json("/agent/v1/poll", {"runs": [], "wait": True}, unless_aborted_since=before)
+    assert len(fake_primary.polls) == 1
+    again = client.abort_count
+    answer = client.post_json("/agent/v1/poll", {"runs": []}, unless_aborted_since=again)
+    assert answer.status == 200
+    assert len(fake_primary.polls) == 2
