@@ -71,6 +71,12 @@ def waiting_polls(primary, root, count: int) -> list[tuple[float, dict]]:
         return list(pool.map(poll, homes))
 
 
+def wait_held(primary, count: int) -> None:
+    """Until the primary holds `count` polls (its cifleet_polls_held gauge)."""
+    wanted = b"cifleet_polls_held %d.0" % count
+    wait_for(lambda: wanted in primary.client.request("GET", "/metrics")[2], 30, f"{count} held")
+
+
 @pytest.mark.parametrize("small_primary", [2], indirect=True)
 def test_past_the_maximum_a_poll_is_answered_at_once_with_poll_after(small_primary, fleet_root):
     results = waiting_polls(small_primary, fleet_root, 3)
@@ -88,11 +94,7 @@ def test_held_polls_take_no_thread(small_primary, fleet_root):
     with ThreadPoolExecutor(1) as side:
         held = side.submit(waiting_polls, small_primary, fleet_root, 6)
         metrics = small_primary.client
-        wait_for(
-            lambda: b"cifleet_polls_held 6.0" in metrics.request("GET", "/metrics")[2],
-            30,
-            "six polls held",
-        )
+        wait_held(small_primary, 6)
         # Both threads free: a poll that does not wait is answered while the six are held.
         answer = AgentPeer.of_home(small_primary, fleet_root / "w0").answer()
         assert answer["assignments"] == []
@@ -120,12 +122,7 @@ def test_slots_set_on_the_host_wake_the_held_poll(small_primary, fleet_root):
     still say the old ones)."""
     with ThreadPoolExecutor(1) as side:
         held = side.submit(waiting_polls, small_primary, fleet_root, 1)
-        metrics = small_primary.client
-        wait_for(
-            lambda: b"cifleet_polls_held 1.0" in metrics.request("GET", "/metrics")[2],
-            30,
-            "the poll held",
-        )
+        wait_held(small_primary, 1)
         peer = AgentPeer.of_home(small_primary, fleet_root / "w0")
         assert peer.call("POST", "/agent/v1/worker", {"slots": 3})[0] == 200
         [(_, answer)] = held.result(timeout=60)
