@@ -20,6 +20,11 @@ from agent import __version__
 from agent.primaries import Primaries
 
 REQUEST_TIMEOUT_SECONDS = 30.0
+# An idle poll waits minutes for its answer (protocol.IDLE_POLL_MAX_HOLD_SECONDS). TCP
+# keep-alive probes this often find a primary whose host is gone after four of them, long
+# before the read timeout; the primary's own probes hear this host (the same way).
+KEEPALIVE_SECONDS = 10
+KEEPALIVE_PROBES = 3
 USER_AGENT = f"cifleet-agent/{__version__}"
 
 # Errors that mean "the server closed a reused keep-alive connection before answering":
@@ -123,6 +128,7 @@ class Client:
                 # The connect timeout is the one given at construction; this sets the read one.
                 if conn.sock is None:
                     conn.connect()
+                    keep_alive(conn.sock)
                 with self._lock:
                     # shut() or abort() while connecting, or before this request, found no
                     # socket of it to break: this check does. After it, they find this
@@ -290,6 +296,17 @@ def post_to_any(
         raise AssertionError("unreachable")
     finally:
         client.close()
+
+
+def keep_alive(sock: socket.socket) -> None:
+    """Probe the primary after KEEPALIVE_SECONDS of silence, then as often, and give up on
+    the connection after KEEPALIVE_PROBES unanswered probes."""
+    with contextlib.suppress(OSError):
+        sock.setsockopt(socket.SOL_SOCKET, socket.SO_KEEPALIVE, 1)
+        if hasattr(socket, "TCP_KEEPIDLE"):  # Linux; elsewhere the system's defaults
+            sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_KEEPIDLE, KEEPALIVE_SECONDS)
+            sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_KEEPINTVL, KEEPALIVE_SECONDS)
+            sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_KEEPCNT, KEEPALIVE_PROBES)
 
 
 def _describe(e: BaseException) -> str:

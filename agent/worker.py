@@ -42,6 +42,8 @@ from agent.protocol import (
     CODE_STORAGE_FULL,
     CODE_STORAGE_UNAVAILABLE,
     CODE_UNKNOWN_WORKER,
+    IDLE_POLL_CLIENT_TIMEOUT_SECONDS,
+    IDLE_POLL_MAX_HOLD_SECONDS,
     MAX_EVICTED_WORKSPACES,
     MAX_SLOTS,
     MIN_SLOTS,
@@ -362,7 +364,7 @@ class Agent:
                 resp = self._poll_client.post_json(
                     POLL_PATH,
                     body,
-                    timeout=POLL_CLIENT_TIMEOUT_SECONDS,
+                    timeout=poll_client_timeout(body),
                     unless_aborted_since=aborts,
                 )
             except TransportError as e:
@@ -444,19 +446,26 @@ class Agent:
         )
 
     def _poll_body(self) -> dict[str, Any]:
+        runs = [{"run_id": r, "attempt": a} for r, a in self.held_runs()]
         return {
             "version": __version__,
             "slots": self.slots,
             "draining": self.draining,
             "load": load_report(),
-            "runs": [{"run_id": r, "attempt": a} for r, a in self.held_runs()],
+            "runs": runs,
             "abandoned": [{"run_id": r, "attempt": a} for r, a in sorted(self._abandoned)],
             "session": self.session,
             "workspaces": list_workspaces(self.work_dir),
             "evicted_workspaces": sorted(self._evicted)[:MAX_EVICTED_WORKSPACES],
             "job_identity": self.identities.describe(),
             "wait": True,
+            # Idle: the primary may hold this poll for long (its keep-alives hear us), once
+            # we know the primaries it would list in its answer.
+            **({} if runs else self._idle_fields()),
         }
+
+    def _idle_fields(self) -> dict[str, Any]:
+        return {"max_hold": IDLE_POLL_MAX_HOLD_SECONDS, "primaries": self.primaries.learned()}
 
     def _handle_answer(self, answer: dict[str, Any]) -> bool:
         """Act on a poll answer; True if it changed anything (then poll again at once)."""
@@ -620,3 +629,9 @@ def load_report() -> dict[str, Any]:
         "cpus": psutil.cpu_count() or 1,
         "memory_percent": psutil.virtual_memory().percent,
     }
+
+
+def poll_client_timeout(body: dict[str, Any]) -> float:
+    """How long to wait for the answer to a poll with `body`: past the longest the primary
+    may hold it (`max_hold` when idle)."""
+    return IDLE_POLL_CLIENT_TIMEOUT_SECONDS if "max_hold" in body else POLL_CLIENT_TIMEOUT_SECONDS

@@ -18,8 +18,10 @@ own CPU is shown too: on a 2-core machine it competes with the primary for the c
 All agents connect from 127.0.0.1, so the primary is started with
 `--handshakes-per-address N` (in a real fleet each agent has its own address).
 
-An idle agent costs the primary one poll per hold time, and the hold is half the heartbeat
-timeout (at most 30 s): `--heartbeat-timeout` shows what a longer or shorter hold costs.
+An idle agent costs the primary one poll per hold time: 120 s (`--idle-poll-hold`, and the
+`max_hold` agents send; `--serve-args '--idle-poll-hold 30'` shows what a shorter hold
+costs). With `--light`, each agent process prints its failed polls by cause to stderr every
+30 s (cumulative): a fleet that cannot hold shows there as a stream of reconnects.
 """
 
 import argparse

@@ -12,17 +12,24 @@ in a loop. Here all of a process's agents share one asyncio loop.
 """
 
 import asyncio
+import collections
 import contextlib
 import json
 import random
 import secrets
+import sys
 import time
 from pathlib import Path
 
 from agent import __version__
 from agent.backoff import Backoff, poll_pause
 from agent.client import REQUEST_TIMEOUT_SECONDS, USER_AGENT, agent_context
-from agent.protocol import POLL_CLIENT_TIMEOUT_SECONDS, POLL_HOLD_SECONDS, POLL_PATH
+from agent.protocol import (
+    IDLE_POLL_CLIENT_TIMEOUT_SECONDS,
+    IDLE_POLL_MAX_HOLD_SECONDS,
+    POLL_HOLD_SECONDS,
+    POLL_PATH,
+)
 from agent.worker import QUICK_ANSWER_SECONDS, load_report
 
 
@@ -44,10 +51,16 @@ async def _read_answer(reader: asyncio.StreamReader) -> tuple[int, bool, bytes]:
 
 
 async def run_agent(
-    home: Path, host: str, port: int, load: dict, stop: asyncio.Event, answered=None
+    home: Path,
+    host: str,
+    port: int,
+    load: dict,
+    stop: asyncio.Event,
+    answered=None,
+    failures: collections.Counter | None = None,
 ) -> None:
     """One simulated agent until `stop`; each poll answered counts in `answered` (a
-    multiprocessing.Value), when given."""
+    multiprocessing.Value), when given, and each that failed in `failures`, by cause."""
     context = agent_context(home)
     session = secrets.token_hex(8)
     backoff = Backoff()
@@ -66,6 +79,7 @@ async def run_agent(
                 "evicted_workspaces": [],
                 "job_identity": {"mode": "shared", "uid": 1000},
                 "wait": True,
+                "max_hold": IDLE_POLL_MAX_HOLD_SECONDS,
             }
         ).encode()
         request = (
@@ -81,7 +95,7 @@ async def run_agent(
             started = time.monotonic()
             writer.write(request)
             status, keep, answer = await asyncio.wait_for(
-                _read_answer(reader), POLL_CLIENT_TIMEOUT_SECONDS
+                _read_answer(reader), IDLE_POLL_CLIENT_TIMEOUT_SECONDS
             )
             if status != 200:
                 raise Refused(f"HTTP {status}")
@@ -95,7 +109,16 @@ async def run_agent(
             if time.monotonic() - started < QUICK_ANSWER_SECONDS:
                 pause = poll_pause(json.loads(answer).get("poll_after"), POLL_HOLD_SECONDS)
                 await _sleep_unless(stop, pause)
-        except (OSError, EOFError, TimeoutError, asyncio.IncompleteReadError, Refused, ValueError):
+        except (
+            OSError,
+            EOFError,
+            TimeoutError,
+            asyncio.IncompleteReadError,
+            Refused,
+            ValueError,
+        ) as e:
+            if failures is not None:
+                failures[str(e) if isinstance(e, Refused) else type(e).__name__] += 1
             if writer is not None:
                 writer.close()
                 writer = None
@@ -109,22 +132,37 @@ async def _sleep_unless(stop: asyncio.Event, seconds: float) -> None:
         await asyncio.wait_for(stop.wait(), seconds)
 
 
+FAILURES_EVERY = 30.0  # seconds between a process's failure counts on stderr
+
+
 def run_light_agents(homes: list[Path], host: str, port: int, stop, answered=None) -> None:
     """In a process of its own: the simulated agents of `homes` until `stop` (a process
     event), all started at once, as a fleet reconnecting to a restarted primary does; the
-    polls answered count in `answered` (a multiprocessing.Value), when given."""
+    polls answered count in `answered` (a multiprocessing.Value), when given. Every
+    FAILURES_EVERY seconds the polls that failed so far, by cause, go to stderr."""
 
     async def main() -> None:
         done = asyncio.Event()
         load = load_report()
+        failures: collections.Counter = collections.Counter()
         tasks = [
-            asyncio.create_task(run_agent(home, host, port, load, done, answered))
+            asyncio.create_task(run_agent(home, host, port, load, done, answered, failures))
             for home in random.sample(homes, len(homes))
         ]
+        reporter = asyncio.create_task(report_failures(failures, done))
         await asyncio.get_running_loop().run_in_executor(None, stop.wait)
         done.set()
         for task in tasks:  # held polls end now, not at the end of their hold
             task.cancel()
-        await asyncio.gather(*tasks, return_exceptions=True)
+        await asyncio.gather(*tasks, reporter, return_exceptions=True)
 
     asyncio.run(main())
+
+
+async def report_failures(failures: collections.Counter, stop: asyncio.Event) -> None:
+    started = time.monotonic()
+    while not stop.is_set():
+        await _sleep_unless(stop, FAILURES_EVERY)
+        if failures:
+            seconds = round(time.monotonic() - started)
+            print(json.dumps({"seconds": seconds, "failed_polls": failures}), file=sys.stderr)

@@ -42,6 +42,12 @@ class PrimaryConfig:
     log_stream_seconds: float = 25.0
     agent_threads: int = 64
     max_held_polls: int = 16384
+    # An idle agent's poll is held up to this long, when the agent says it waits as long
+    # (its `max_hold`): a held poll costs a timer and a socket, and each answer costs a
+    # round of TLS, HTTP and the app, so an idle fleet's cost falls with it. While held,
+    # the worker counts as heard for as long as its host answers TCP keep-alives
+    # (primary/fleet/contacts.py), so the hold may outlast the heartbeat timeout.
+    idle_poll_hold: float = 120.0
     primary_worker_slots: int = 1
     # Where agents reach this primary, as it tells them (docs/design.md, "Several
     # primaries"); None: its bind address, or its certificate's first name.
@@ -74,6 +80,21 @@ class PrimaryConfig:
         from agent.protocol import POLL_HOLD_SECONDS
 
         return min(POLL_HOLD_SECONDS, self.heartbeat_timeout / 2)
+
+    def idle_poll_hold_seconds(self, accepted: float | None) -> float:
+        """How long to hold an idle agent's poll, given the longest hold it said it waits
+        for (None: it said nothing, as agents before `max_hold` did, whose read timeout is
+        made for poll_hold_seconds)."""
+        if accepted is None:
+            return min(self.poll_hold_seconds, self.idle_poll_hold)
+        return min(accepted, self.idle_poll_hold)
+
+    @property
+    def agent_keepalive_seconds(self) -> int:
+        """Seconds between TCP keep-alive probes of an idle agent-port connection: a sixth
+        of the heartbeat timeout, so a held poll's host is heard well within it, and a dead
+        one's connection closes after four of them (primary/server/tcp.py)."""
+        return max(1, int(self.heartbeat_timeout / 6))
 
     @property
     def busy_poll_hold_seconds(self) -> float:

@@ -2,6 +2,7 @@
 
 import asyncio
 import contextlib
+import functools
 import threading
 from collections.abc import Callable
 from dataclasses import dataclass, field
@@ -10,7 +11,7 @@ from typing import TYPE_CHECKING
 from primary.config import PrimaryConfig
 from primary.errors import ApiError
 from primary.fleet.ca import CertificateAuthority
-from primary.fleet.contacts import PendingContacts
+from primary.fleet.contacts import HeldContacts, PendingContacts
 from primary.store import vault as vault_mod
 from primary.store.datadir import DataDir
 from primary.store.db import Store
@@ -52,8 +53,9 @@ class Waiter:
         """Block this thread until set or `timeout` seconds; whether it was set."""
         return self._event.wait(timeout)
 
-    async def wait_async(self, timeout: float) -> bool:
-        """Wait on the running loop until set or `timeout` seconds; whether it was set."""
+    async def wait_async(self, timeout: float, until: asyncio.Future | None = None) -> bool:
+        """Wait on the running loop until set, `until` is done (the client has gone) or
+        `timeout` seconds; whether it was set."""
         loop = asyncio.get_running_loop()
         future = loop.create_future()
         with self._lock:
@@ -61,10 +63,15 @@ class Waiter:
                 return True
             self._futures.append((loop, future))
         timer = loop.call_later(timeout, _resolve, future)
+        ended = functools.partial(_resolve_after, future)
+        if until is not None:
+            until.add_done_callback(ended)
         try:
             await future
         finally:
             timer.cancel()
+            if until is not None:
+                until.remove_done_callback(ended)
             with self._lock, contextlib.suppress(ValueError):
                 self._futures.remove((loop, future))
         return self._set
@@ -73,6 +80,10 @@ class Waiter:
 def _resolve(future: asyncio.Future) -> None:
     if not future.done():
         future.set_result(None)
+
+
+def _resolve_after(future: asyncio.Future, _done: asyncio.Future) -> None:
+    _resolve(future)
 
 
 class Waiters:
@@ -98,7 +109,8 @@ class Waiters:
         return waiter
 
     def wake_all(self) -> None:
-        """This primary's held polls only (it is stopping)."""
+        """This primary's held polls only (it is stopping, or the fleet's primaries
+        changed)."""
         with self._lock:
             waiters = list(self._waiters.values())
         for waiter in waiters:
@@ -129,6 +141,8 @@ class Primary:
     waiters: Waiters = field(default_factory=Waiters)
     # Idle polls' contact times, stored in batches by the sweeper (primary/fleet/contacts.py).
     contacts: PendingContacts = field(default_factory=PendingContacts)
+    # The polls held now, noted as contacts while they last (the same module).
+    held_contacts: HeldContacts = field(default_factory=HeldContacts)
     # One planner at a time: decisions read slot counts that the previous decision changed.
     plan_lock: threading.Lock = field(default_factory=threading.Lock)
     # Set when anything about runs changed; followers (log tails, the UI) wait on it.

@@ -12,8 +12,9 @@ cd "$(dirname "$0")/.."
 # (tests/sshd.py); systemd-analyze verifies the unit file the role renders; chromium runs
 # the UI tests (driven by Playwright from the `test` extra; `playwright install` is never
 # run); prometheus scrapes a real primary in tests/ops, whose promtool checks the alert
-# rules; postgresql: the second store engine, tested against a real server.
-needed=(git:git ip:iproute2 sshd:openssh-server ssh:openssh-client ssh-keygen:openssh-client
+# rules; postgresql: the second store engine, tested against a real server; nft drops a
+# vanished host's packets in tests/faults/test_idle_host_gone.py.
+needed=(git:git ip:iproute2 nft:nftables sshd:openssh-server ssh:openssh-client ssh-keygen:openssh-client
         mmdebstrap:mmdebstrap systemd-analyze:systemd chromium:chromium prometheus:prometheus promtool:prometheus)
 # Without its recommends: libnss-mymachines would add itself to /etc/nsswitch.conf.
 needed_bare=(systemd-nspawn:systemd-container)

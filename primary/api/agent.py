@@ -37,6 +37,8 @@ def poll():
         json_body(),
         ext["cifleet.stop"],
         deferrable=defer is not None,
+        heard=request.environ.get(deferral.PEER_HEARD_KEY),
+        received=request.environ.get(deferral.RECEIVED_KEY),
     )
     if isinstance(outcome, long_poll.HeldPoll):
         defer(outcome)  # the server waits for the wake-up on its loop and answers then

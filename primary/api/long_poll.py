@@ -24,6 +24,9 @@ from primary.runs.dispatch import ACTIVE_STATES
 from primary.runs.scheduler import plan
 
 TOUCH_INTERVAL = 1.0
+# The longest hold an agent may ask for (`max_hold`); the primary holds at most
+# --idle-poll-hold anyway.
+MAX_ACCEPTED_HOLD = 3600.0
 ACCOUNT_RE = re.compile(r"^[A-Za-z0-9._][A-Za-z0-9._-]{0,63}$")
 
 
@@ -72,19 +75,44 @@ def _touch(primary: Primary, worker: dict, body: dict, now: float) -> None:
         and now - worker["last_contact"] < TOUCH_INTERVAL
     ):
         return
-    load = body.get("load") if isinstance(body.get("load"), dict) else {}
-    load = {k: v for k, v in load.items() if isinstance(v, int | float) and not isinstance(v, bool)}
-    load["draining"] = bool(body.get("draining"))
+    load = _load_of(body)
     if same and contacts.can_wait(worker["last_contact"], now, primary.config.heartbeat_timeout):
-        primary.contacts.note(worker["id"], now, json.dumps(load))
+        primary.contacts.note(worker["id"], now, load)
         return
     version = body.get("version") if isinstance(body.get("version"), str) else worker["version"]
     with primary.store.transaction() as conn:
         conn.execute(
             "UPDATE workers SET last_contact = ?, load = ?, version = ?, job_identity = ?"
             " WHERE id = ?",
-            (now, json.dumps(load), version[:64], identity, worker["id"]),
+            (now, load, version[:64], identity, worker["id"]),
         )
+
+
+def _load_of(body: dict) -> str:
+    """The load the poll reports (numbers only) and its draining flag, as stored (JSON)."""
+    load = body.get("load") if isinstance(body.get("load"), dict) else {}
+    load = {k: v for k, v in load.items() if isinstance(v, int | float) and not isinstance(v, bool)}
+    load["draining"] = bool(body.get("draining"))
+    return json.dumps(load)
+
+
+def accepted_hold(body: dict) -> float | None:
+    """The longest hold the agent says it waits for (`max_hold`, seconds), or None when it
+    sent none or nothing valid."""
+    value = body.get("max_hold")
+    if isinstance(value, int | float) and not isinstance(value, bool) and value > 0:
+        return min(float(value), MAX_ACCEPTED_HOLD)  # NaN fails the test above
+    return None
+
+
+def knows_primaries(body: dict, live: list[str]) -> bool:
+    """Whether the agent already knows the fleet's live primaries (`primaries` in its idle
+    poll: the ones it learned), so that a long hold keeps nothing from it. A fleet of one
+    primary (`live` empty) tells agents of none."""
+    if not live:
+        return True
+    known = body.get("primaries")
+    return isinstance(known, list) and {u for u in known if isinstance(u, str)} == set(live)
 
 
 def _listed_runs(body: dict, field: str = "runs") -> set[tuple[int, int]]:
@@ -279,6 +307,7 @@ class HeldPoll:
         seconds: float,
         stop: threading.Event,
         answer: dict,
+        heard: Callable[[float], float | None] | None = None,
     ) -> None:
         self._primary = primary
         self._gate = gate
@@ -292,6 +321,11 @@ class HeldPoll:
         self._holding = metrics_of(primary).poll_held()
         self._holding.__enter__()
         self._done = False
+        # Heard while held (fleet/contacts.py): by the connection's keep-alives, or, where
+        # the server cannot tell, for as long as the hold lasts.
+        self._contact = primary.held_contacts.hold(
+            worker["id"], _load_of(body), time.time(), heard or _still_here
+        )
 
     def finish(self) -> dict:
         """The answer once woken or after `seconds` (also when the client has gone, so the
@@ -302,10 +336,11 @@ class HeldPoll:
 
     def unwoken(self) -> dict:
         """The answer made before the hold, when the hold ended without a wake-up. What
-        changes its assignments, cancels or slots wakes the worker (an assignment, a cancel,
-        an expired lease, slots from the host), and the waiter was armed before the answer
-        was made, so a fresh one would say the same. Workspaces to delete and the primaries'
-        list are one hold old at most, and a wake that was lost (another poll of the worker
+        changes its assignments, cancels, slots or primaries wakes the worker (an
+        assignment, a cancel, an expired lease, slots from the host, a primary joining or
+        leaving), and the waiter was armed before the answer was made, so a fresh one would
+        say the same. Workspaces to delete are one hold old at most, and a wake that was
+        lost (another poll of the worker
         re-armed its waiter) costs a round trip: the agent polls again at once, and that
         poll looks afresh. An idle fleet's polls end this way: no thread, no store query."""
         self.release()
@@ -314,8 +349,13 @@ class HeldPoll:
     def release(self) -> None:
         if not self._done:
             self._done = True
+            self._primary.held_contacts.end(self._contact)
             self._holding.__exit__(None, None, None)
             self._gate.release()
+
+
+def _still_here(now: float) -> float:
+    return now
 
 
 def poll(
@@ -325,9 +365,14 @@ def poll(
     body: dict,
     stop: threading.Event,
     deferrable: bool = False,
+    heard: Callable[[float], float | None] | None = None,
+    received: float | None = None,
 ) -> dict | HeldPoll:
     """The poll's answer; or, with `deferrable` and nothing to say yet, a HeldPoll for the
-    server to wait on (without it, the wait blocks this thread)."""
+    server to wait on (without it, the wait blocks this thread). `heard(now)`: when the
+    client was last heard on its connection (primary/server/tcp.py); `received`: when the
+    server had the request (time.monotonic()), so time it spent waiting for a thread counts
+    in its hold."""
     now = time.time()
     _touch(primary, worker, body, now)
     held = _listed_runs(body)
@@ -343,14 +388,28 @@ def poll(
     if answer["assignments"] or answer["cancel"] or not body.get("wait") or stop.is_set():
         return answer
     # An agent with runs must be heard often: its polls renew their leases (agent/fence.py).
-    hold = primary.config.busy_poll_hold_seconds if held else primary.config.poll_hold_seconds
+    # An idle one is held as long as it waits, when its wait costs no thread and its
+    # answer's list of primaries (where it fails over to) is not news to it.
+    if held:
+        hold = primary.config.busy_poll_hold_seconds
+    elif deferrable and knows_primaries(body, primary.agent_urls):
+        hold = primary.config.idle_poll_hold_seconds(accepted_hold(body))
+    else:
+        hold = primary.config.idle_poll_hold_seconds(None)
+    if received is not None:
+        # The agent's read timeout runs from its send: a poll that queued for a thread (a
+        # fleet reconnecting at once) must not be held so long that the agent gives up on
+        # it, reconnects and sends it again.
+        hold -= time.monotonic() - received
+        if hold <= 0:
+            return answer
     metrics = metrics_of(primary)
     if not gate.try_hold():
         # No room to hold it: the agent waits as long as a held poll would have.
         metrics.poll_deferred()
         return {**answer, "poll_after": hold}
     if deferrable:
-        return HeldPoll(primary, gate, worker, held, body, waiter, hold, stop, answer)
+        return HeldPoll(primary, gate, worker, held, body, waiter, hold, stop, answer, heard)
     try:
         with metrics.poll_held():
             waiter.wait(hold)

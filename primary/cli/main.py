@@ -105,6 +105,12 @@ def build_parser() -> argparse.ArgumentParser:
         help="threads the agent port's requests run in (a held long poll takes none)",
     )
     p.add_argument(
+        "--idle-poll-hold",
+        type=float,
+        default=120.0,
+        help="seconds an idle agent's poll is held, at most (as long as the agent waits)",
+    )
+    p.add_argument(
         "--max-held-polls",
         type=int,
         default=16384,
@@ -309,6 +315,7 @@ def cmd_serve(args) -> int:
         agent_url=args.agent_url,
         agent_threads=args.agent_threads,
         max_held_polls=args.max_held_polls,
+        idle_poll_hold=args.idle_poll_hold,
         public_threads=args.public_threads,
         log_streams=args.log_streams,
         log_stream_seconds=args.log_stream_seconds,

@@ -28,7 +28,7 @@ from primary.cli.listeners import bind_listeners
 from primary.config import PrimaryConfig
 from primary.context import Primary, connect_signals, open_primary
 from primary.errors import StorageFull, StorageUnavailable
-from primary.fleet import presence, worker_history
+from primary.fleet import contacts, presence, worker_history
 from primary.fleet.builtin_worker import local_api_url, start_builtin_worker
 from primary.metrics import metrics_of
 from primary.notifications.sender import start_sender
@@ -73,8 +73,10 @@ def tls_contexts(primary: Primary) -> tuple[ssl.SSLContext, ssl.SSLContext]:
 
 def _sweep_leases(primary: Primary, stop: threading.Event) -> None:
     full_pass = time.monotonic()
+    every = contacts.REFRESH_SHARE * primary.config.heartbeat_timeout
     while not stop.wait(SWEEP_INTERVAL):
         try:  # idle polls' contacts (fleet/contacts.py); kept for the next pass if it fails
+            primary.held_contacts.refresh(time.time(), every, primary.contacts)
             primary.contacts.write(primary.store)
         except Exception:
             log.exception("storing the workers' contacts failed")
@@ -159,7 +161,13 @@ def serve(config: PrimaryConfig, bounds: ServerBounds | None = None) -> int:
                 create_app(primary, stop),
                 config.public_threads,
             ),
-            agent=PortSpec(agent_listener.sock, agent_context, agent_app, config.agent_threads),
+            agent=PortSpec(
+                agent_listener.sock,
+                agent_context,
+                agent_app,
+                config.agent_threads,
+                keepalive=config.agent_keepalive_seconds,
+            ),
             bounds=bounds,
             metrics=metrics_of(primary),
         )

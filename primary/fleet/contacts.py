@@ -8,15 +8,26 @@ the scheduler decides by (draining, version, who jobs run as), or whose worker t
 could show as inactive before the next pass, is written at once (primary/api/long_poll.py).
 A noted contact is stored only over an older one: with several primaries, as with leases,
 their clocks are taken to agree.
+
+A held poll is contact too. An idle agent's poll may be held for minutes (`--idle-poll-hold`,
+longer than the heartbeat timeout), so while it is held its worker is noted as heard every
+REFRESH_SHARE of the heartbeat timeout (`HeldContacts.refresh`, by the sweeper): heard when
+the kernel last heard the agent's host on that connection, which TCP keep-alive probes keep
+asking (primary/server/tcp.py). A host that is gone stops answering them, and its worker
+turns inactive as if its polls had stopped.
 """
 
 import threading
+from collections.abc import Callable
+from dataclasses import dataclass
 
 from primary.store.db import Store
 
 # A contact may wait for the batch while the stored one is younger than this share of the
 # heartbeat timeout: the rest is room for a sweeper pass that comes late.
 WAIT_SHARE = 0.75
+# A held poll's worker is noted as heard this often (a share of the heartbeat timeout).
+REFRESH_SHARE = 0.25
 
 
 def can_wait(last_contact: float | None, now: float, heartbeat_timeout: float) -> bool:
@@ -60,3 +71,59 @@ class PendingContacts:
                 self._pending = {**pending, **self._pending}
             raise
         return len(pending)
+
+
+@dataclass
+class _Hold:
+    worker_id: str
+    load: str
+    heard: Callable[[float], float | None]
+    noted: float
+
+
+class HeldContacts:
+    """The polls held now, each noted as a contact every `refresh` period while it lasts.
+    Kept in the order they were last noted, so a refresh looks only at the ones due."""
+
+    def __init__(self) -> None:
+        self._lock = threading.Lock()
+        self._holds: dict[int, _Hold] = {}
+        self._next = 0
+
+    def hold(
+        self, worker_id: str, load: str, now: float, heard: Callable[[float], float | None]
+    ) -> int:
+        """A poll of `worker_id` (which reported `load`) is held from `now`, its contact
+        noted then; `heard(now)` says when its client was last heard (None: gone). Returns
+        the token that ends it."""
+        with self._lock:
+            self._next += 1
+            self._holds[self._next] = _Hold(worker_id, load, heard, now)
+            return self._next
+
+    def end(self, token: int) -> None:
+        with self._lock:
+            self._holds.pop(token, None)
+
+    def __len__(self) -> int:
+        return len(self._holds)
+
+    def refresh(self, now: float, every: float, contacts: PendingContacts) -> int:
+        """Note, in `contacts`, each hold last noted `every` seconds ago or more as heard
+        when its client last was; how many were due."""
+        due = []
+        with self._lock:
+            while self._holds:
+                token = next(iter(self._holds))
+                hold = self._holds[token]
+                if now - hold.noted < every:
+                    break
+                del self._holds[token]  # to the end of the order
+                hold.noted = now
+                self._holds[token] = hold
+                due.append(hold)
+        for hold in due:  # outside the lock: a system call each
+            heard = hold.heard(now)
+            if heard is not None:
+                contacts.note(hold.worker_id, heard, hold.load)
+        return len(due)

@@ -83,7 +83,12 @@ def beat(primary: Primary, now: float | None = None) -> None:
         "SELECT name, agent_url FROM primaries WHERE last_seen >= ? OR name = ? ORDER BY name",
         (now - window, name),
     )
-    primary.agent_urls = list(dict.fromkeys(r["agent_url"] for r in rows))
+    agent_urls = list(dict.fromkeys(r["agent_url"] for r in rows))
+    if agent_urls != primary.agent_urls:
+        primary.agent_urls = agent_urls
+        # An idle poll is held for minutes: its agent learns of a primary that joined (or
+        # stops trying one that left) now, not a hold later, so it can fail over to it.
+        primary.waiters.wake_all()
     primary.others_live = any(r["name"] != name for r in rows)
 
 

@@ -34,6 +34,7 @@ from aiohttp.web_protocol import RequestHandler
 from primary.metrics.causes import handshake_cause
 from primary.metrics.instruments import Metrics
 from primary.server.bounds import Counts, RefusalLog, ServerBounds, source_key
+from primary.server.tcp import keep_alive
 
 log = logging.getLogger("cifleet.primary")
 # After an accept() that failed for want of file descriptors, wait this long before the next:
@@ -68,6 +69,7 @@ class ServedConnection(RequestHandler):
         self._admit = admit
         self._header_timer: asyncio.TimerHandle | None = None
         self._in_request = False
+        self._lost: asyncio.Future | None = None
         # Agent port: the worker id its certificate names (set once the handshake is done).
         self.worker: str | None = None
 
@@ -86,8 +88,19 @@ class ServedConnection(RequestHandler):
             self._arm_header_timer()
         super().data_received(data)
 
+    def lost(self) -> asyncio.Future:
+        """A future done once the connection has closed (a held request waits on it too:
+        aiohttp does not end a handler whose client has gone)."""
+        if self._lost is None:
+            self._lost = self._event_loop.create_future()
+            if self.transport is None:
+                self._lost.set_result(None)
+        return self._lost
+
     def connection_lost(self, exc: BaseException | None) -> None:
         self._cancel_header_timer()
+        if self._lost is not None and not self._lost.done():
+            self._lost.set_result(None)
         try:
             super().connection_lost(exc)
         finally:
@@ -189,7 +202,8 @@ class TLSPort:
     """One listening socket served on the running event loop: accept, admit, handshake,
     then aiohttp (`http`, its connections made with `http_options`: aiohttp's RequestHandler
     keywords). `by_worker` (agent port) bounds each worker's open connections by the
-    CN of its verified certificate; `per_address` (public port) bounds each source's."""
+    CN of its verified certificate; `per_address` (public port) bounds each source's.
+    `keepalive`: seconds between TCP keep-alive probes of an idle connection (tcp.py)."""
 
     def __init__(
         self,
@@ -205,8 +219,10 @@ class TLSPort:
         max_connections: int,
         per_address: int | None = None,
         by_worker: bool = False,
+        keepalive: int | None = None,
     ) -> None:
         self.port = port
+        self._keepalive = keepalive
         self._sock = sock
         self._context = context
         self._http = http
@@ -289,6 +305,9 @@ class TLSPort:
                 conn, source, "client_limit", f"it holds {self._per_address.limit} connections"
             )
             return
+        if self._keepalive is not None:
+            with contextlib.suppress(OSError):
+                keep_alive(conn, self._keepalive)
         self.open += 1
         admitted = _Admitted(source)
         task = asyncio.get_running_loop().create_task(self._handshake(conn, admitted))

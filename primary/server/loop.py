@@ -50,12 +50,14 @@ AGENT_BODY_THREADS = 32
 
 @dataclass(frozen=True)
 class PortSpec:
-    """What one port serves: its listening socket, TLS context, WSGI app and threads."""
+    """What one port serves: its listening socket, TLS context, WSGI app and threads;
+    `keepalive`: seconds between TCP keep-alive probes of its idle connections."""
 
     sock: socket.socket
     context: ssl.SSLContext
     app: WSGIApp
     threads: int
+    keepalive: int | None = None
 
 
 class Servers:
@@ -166,6 +168,7 @@ class Servers:
             max_connections=bounds.agent_connections if agent else bounds.public_connections,
             per_address=None if agent else bounds.connections_per_address,
             by_worker=agent,
+            keepalive=spec.keepalive,
         )
 
     async def _serve(self, started: Future) -> None:

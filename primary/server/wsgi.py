@@ -21,11 +21,13 @@ each (after percent-decoding), which is what the app's UTF-8 check expects.
 
 import asyncio
 import concurrent.futures
+import functools
 import io
 import json
 import logging
 import re
 import sys
+import time
 from collections.abc import Callable, Iterable
 from concurrent.futures import ThreadPoolExecutor
 from urllib.parse import unquote_to_bytes
@@ -38,6 +40,7 @@ from primary.server.body import BodyBudget, BodyReader, BodyTimeout
 from primary.server.bounds import Counts, ServerBounds
 from primary.server.connections import peer_worker
 from primary.server.deferral import Deferred
+from primary.server.tcp import last_heard
 
 log = logging.getLogger("cifleet.primary")
 BUFFERED_BODY = 1 << 20
@@ -265,6 +268,7 @@ class WSGIBridge:
             protocol.request_ended()
 
     async def _serve(self, request: web.BaseRequest) -> web.StreamResponse:
+        received = time.monotonic()
         reader = BodyReader(
             request.content, self._bounds, on_timeout=lambda: self._refused("read_deadline")
         )
@@ -289,6 +293,10 @@ class WSGIBridge:
         deferred: list[Deferred] = []
         if self._deferrable:
             environ[deferral.ENVIRON_KEY] = deferred.append
+            environ[deferral.RECEIVED_KEY] = received
+            sock = request.transport.get_extra_info("socket") if request.transport else None
+            if sock is not None:
+                environ[deferral.PEER_HEARD_KEY] = functools.partial(last_heard, sock)
         loop = asyncio.get_running_loop()
         try:
             try:
@@ -310,7 +318,7 @@ class WSGIBridge:
             request.protocol.force_close()
             return responder.response
         if deferred:
-            return await self._finish_deferred(deferred[0])
+            return await self._finish_deferred(request, deferred[0])
         if joined is not None:
             await responder.send(joined)
         if responder.response is None:
@@ -352,13 +360,17 @@ class WSGIBridge:
             if not whole:  # also when the port stops (cancelled)
                 await self._body_budget.give(length)
 
-    async def _finish_deferred(self, deferred: Deferred) -> web.Response:
+    async def _finish_deferred(self, request: web.BaseRequest, deferred: Deferred) -> web.Response:
         """Wait for a deferred request's wake-up here, on the loop; its answer comes from a
-        service thread, or without one when nothing woke it."""
+        service thread, or without one when nothing woke it. A client that leaves ends the
+        wait, and nothing is answered."""
         finished = False
         status, headers = 200, {}
+        lost = request.protocol.lost()
         try:
-            woken = await deferred.waiter.wait_async(deferred.seconds)
+            woken = await deferred.waiter.wait_async(deferred.seconds, until=lost)
+            if lost.done():
+                return web.Response(status=499)  # nobody to answer; released below
             answer = None if woken else deferred.unwoken()
             if answer is None:
                 loop = asyncio.get_running_loop()

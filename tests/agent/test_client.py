@@ -1,10 +1,11 @@
 """The HTTPS client: keep-alive reuse, one retry after a server hang-up, abort."""
 
+import socket
 import threading
 
 import pytest
 
-from agent.client import Client, TransportError, agent_context
+from agent.client import KEEPALIVE_SECONDS, Client, TransportError, agent_context
 
 
 @pytest.fixture
@@ -31,6 +32,16 @@ def test_the_connection_is_reused(client, fake_primary):
         client.post_json("/agent/v1/poll", poll)
     with fake_primary.lock:
         assert len(fake_primary.connections) == 1
+
+
+def test_its_connection_probes_a_silent_primary_with_keep_alives(client, fake_primary):
+    """An idle poll is held for minutes: the kernel's probes, not the read timeout, find a
+    primary whose host has gone."""
+    client.post_json("/agent/v1/poll", {"runs": [], "wait": False})
+    sock = client._conn.sock
+    assert sock.getsockopt(socket.SOL_SOCKET, socket.SO_KEEPALIVE) == 1
+    assert sock.getsockopt(socket.IPPROTO_TCP, socket.TCP_KEEPIDLE) == KEEPALIVE_SECONDS
+    assert sock.getsockopt(socket.IPPROTO_TCP, socket.TCP_KEEPINTVL) == KEEPALIVE_SECONDS
 
 
 def held_poll(

@@ -7,7 +7,12 @@ import threading
 import psutil
 from fleet import wait_file_step
 
-from agent.worker import Agent
+from agent.protocol import (
+    IDLE_POLL_CLIENT_TIMEOUT_SECONDS,
+    IDLE_POLL_MAX_HOLD_SECONDS,
+    POLL_CLIENT_TIMEOUT_SECONDS,
+)
+from agent.worker import Agent, poll_client_timeout
 
 
 def assignment(run_id, *jobs, attempt=1, pipeline="p"):
@@ -36,9 +41,16 @@ def test_poll_body_and_a_run_end_to_end(agent_home, fake_primary, running_agent)
     assert first["slots"] == 2 and first["draining"] is False and first["wait"] is True
     assert first["runs"] == [] and first["version"]
     assert set(first["load"]) == {"load1", "load5", "cpus", "memory_percent"}
+    # Idle, it says how long it waits for an answer; with a run, it says nothing (the
+    # primary holds such a poll briefly: its run's lease is renewed by the next one).
+    assert first["max_hold"] == IDLE_POLL_MAX_HOLD_SECONDS
+    assert first["primaries"] == []  # the fleet's others, as learned: none yet
     # the run is held (reported in polls) until finish is acknowledged, then dropped
     fake_primary.wait_for(lambda: len(fake_primary.polls) >= 3)
     assert fake_primary.polls[-1]["runs"] == []
+    assert fake_primary.polls[-1]["max_hold"] == IDLE_POLL_MAX_HOLD_SECONDS
+    busy = [p for p in fake_primary.polls if p["runs"]]
+    assert busy and all("max_hold" not in p and "primaries" not in p for p in busy)
     assert not (agent_home / "spool" / "1-1").exists()
     assert (agent_home / "workspaces" / "p").is_dir()
 
@@ -187,3 +199,12 @@ def test_keeps_polling_through_an_outage(fake_primary, running_agent, caplog):
     fake_primary.start()
     # ... and the agent polls again once the primary is back.
     fake_primary.wait_for(lambda: len(fake_primary.polls) > before, timeout=10)
+
+
+def test_a_poll_is_read_for_longer_than_the_primary_may_hold_it():
+    idle = {"runs": [], "max_hold": IDLE_POLL_MAX_HOLD_SECONDS}
+    assert poll_client_timeout(idle) == IDLE_POLL_CLIENT_TIMEOUT_SECONDS
+    assert IDLE_POLL_CLIENT_TIMEOUT_SECONDS > IDLE_POLL_MAX_HOLD_SECONDS
+    assert poll_client_timeout({"runs": [{"run_id": 1, "attempt": 1}]}) == (
+        POLL_CLIENT_TIMEOUT_SECONDS
+    )

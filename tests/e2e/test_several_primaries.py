@@ -120,7 +120,7 @@ def polls_held(primary: Primary) -> float:
     return float(line.split()[1])
 
 
-# Polls held 30 s, assignments unconfirmed for 120 s before they are taken back: only the
+# Polls held 120 s, assignments unconfirmed for 120 s before they are taken back: only the
 # other primary's notification can hand the agent its run before its poll's hold ends.
 @pytest.mark.parametrize(
     "two_primaries",
@@ -132,7 +132,7 @@ def test_a_run_queued_through_one_primary_wakes_an_agent_held_by_the_other(two_p
     wait_for(lambda: polls_held(one) == 1, 30, "the agent's poll to be held by the first")
     two.pipeline("name: across\njobs:\n  - name: w\n    steps: ['echo across']\n")
     run_id = two.trigger("across")
-    # Well within the hold (30 s), which is what it would take without the notification.
+    # Well within the hold (120 s), which is what it would take without the notification.
     run = two.wait_run(run_id, timeout=20)
     assert (run["state"], run["attempt"]) == ("success", 1), run
     assert one.job_log(run_id, "w") == b"across\n"
@@ -178,3 +178,31 @@ def test_bad_primaries_are_refused_by_the_cli(tmp_path):
     )
     assert result.returncode != 0
     assert "--primaries: not an https://HOST[:PORT] URL: http://x:1" in result.stderr
+
+
+def test_a_primary_that_joins_wakes_the_polls_held_by_the_others(two_primaries, tmp_path):
+    """An idle poll is held for two minutes; its agent learns of a primary that joins
+    (where it would fail over to) at that primary's first beat, not when the hold ends."""
+    one, two = two_primaries
+    two.stop()
+    assert register_agent(one, tmp_path, "idler").returncode == 0
+    agent = Agent(name="idler", home=tmp_path / "idler", log_path=tmp_path / "idler.log")
+    agent.start()
+    try:
+        url_one, url_two = (f"https://127.0.0.1:{p.agent_port}" for p in (one, two))
+        wait_for(
+            lambda: polls_held(one) == 1 and agent.config().get("agent_urls") == [url_one],
+            30,
+            "an idle poll held, its agent knowing only the first primary",
+        )
+        time.sleep(1)  # the hold is a long one by now (the short one is half of HEARTBEAT)
+        joined = time.monotonic()
+        two.start()
+        wait_for(
+            lambda: url_two in agent.config().get("agent_urls", []),
+            30,
+            "the agent to learn of the second primary",
+        )
+        assert time.monotonic() - joined < 30  # not the 120 s the hold would have lasted
+    finally:
+        agent.stop()

@@ -6,7 +6,7 @@ import json
 import pytest
 
 from primary.errors import StorageUnavailable
-from primary.fleet.contacts import PendingContacts, can_wait
+from primary.fleet.contacts import HeldContacts, PendingContacts, can_wait
 from primary.store.sqlite import SqliteStore as Store
 
 
@@ -79,3 +79,29 @@ def test_contacts_a_failed_write_could_not_store_wait_for_the_next(store, monkey
 )
 def test_a_contact_waits_for_the_batch_only_while_its_worker_cannot_turn_inactive(last, now, waits):
     assert can_wait(last, now, heartbeat_timeout=60.0) is waits
+
+
+def test_held_polls_are_noted_as_heard_when_due_in_the_order_they_were_noted():
+    held, contacts = HeldContacts(), PendingContacts()
+    heard = {"a": lambda now: now, "b": lambda now: now - 3.0, "gone": lambda now: None}
+    tokens = {w: held.hold(f"id-{w}", f'{{"w": "{w}"}}', 100.0, heard[w]) for w in heard}
+    assert held.refresh(104.0, 5.0, contacts) == 0  # none due yet
+    assert held.refresh(105.0, 5.0, contacts) == 3
+    # As heard: now, when its host last answered, and not at all (its connection is gone).
+    assert contacts._pending == {"id-a": (105.0, '{"w": "a"}'), "id-b": (102.0, '{"w": "b"}')}
+    held.end(tokens["a"])
+    c = held.hold("id-c", "{}", 107.0, heard["a"])
+    assert held.refresh(109.0, 5.0, contacts) == 0  # b and gone were noted at 105
+    assert held.refresh(110.0, 5.0, contacts) == 2  # b, gone; c (107) not yet
+    assert held.refresh(112.0, 5.0, contacts) == 1 and contacts._pending["id-c"][0] == 112.0
+    held.end(c)
+    held.end(c)  # twice: no harm
+    assert len(held) == 2
+
+
+def test_a_held_contact_is_stored_by_the_next_write(store):
+    held, contacts = HeldContacts(), PendingContacts()
+    held.hold("id-a", '{"cpu": 5}', 120.0, lambda now: now - 1.0)
+    held.refresh(150.0, 15.0, contacts)
+    assert contacts.write(store) == 1
+    assert stored(store)["a"] == (149.0, {"cpu": 5})

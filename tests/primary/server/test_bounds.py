@@ -66,7 +66,7 @@ class _Wait:
     def __init__(self, woken: bool) -> None:
         self.woken = woken
 
-    async def wait_async(self, timeout: float) -> bool:
+    async def wait_async(self, timeout: float, until=None) -> bool:
         return self.woken
 
 
