@@ -59,13 +59,15 @@ class PendingContacts:
         if not pending:
             return 0
         try:
-            with store.transaction() as conn:
-                for worker_id, (when, load) in sorted(pending.items()):  # one lock order
-                    conn.execute(
-                        "UPDATE workers SET last_contact = ?, load = ? WHERE id = ?"
-                        " AND (last_contact IS NULL OR last_contact < ?)",
-                        (when, load, worker_id, when),
-                    )
+            with store.transaction() as conn:  # one statement, many rows: 10,000 a pass
+                conn.executemany(
+                    "UPDATE workers SET last_contact = ?, load = ? WHERE id = ?"
+                    " AND (last_contact IS NULL OR last_contact < ?)",
+                    [  # sorted: one lock order
+                        (when, load, worker_id, when)
+                        for worker_id, (when, load) in sorted(pending.items())
+                    ],
+                )
         except BaseException:
             with self._lock:  # a contact noted meanwhile is newer: it stays
                 self._pending = {**pending, **self._pending}

@@ -96,12 +96,13 @@ class BodyBudget:
         """Hold `size` bytes, waiting up to `timeout` seconds for room; False if none came."""
         size = min(size, self.limit)  # a body larger than the whole budget waits for all of it
         async with self._room:
-            try:
-                await asyncio.wait_for(
-                    self._room.wait_for(lambda: self.held + size <= self.limit), timeout
-                )
-            except TimeoutError:
-                return False
+            if self.held + size > self.limit:  # else no task and timer: every request comes here
+                try:
+                    await asyncio.wait_for(
+                        self._room.wait_for(lambda: self.held + size <= self.limit), timeout
+                    )
+                except TimeoutError:
+                    return False
             self.held += size
             self._changed(self.held)
             return True
