@@ -16,6 +16,7 @@ from collections.abc import Callable
 from agent.protocol import MAX_EVICTED_WORKSPACES, NAME_RE
 from primary.context import Primary
 from primary.fleet import contacts
+from primary.fleet.credentials import PREVIOUS
 from primary.metrics import metrics_of
 from primary.pipelines import pipelines, static_files
 from primary.pipelines import secrets as pipeline_secrets
@@ -390,12 +391,21 @@ def poll(
     # An agent with runs must be heard often: its polls renew their leases (agent/fence.py).
     # An idle one is held as long as it waits, when its wait costs no thread and its
     # answer's list of primaries (where it fails over to) is not news to it.
-    if held:
+    if held or answer["delete_workspaces"]:
+        # With workspaces to delete too: said within seconds, not a long hold later (a wake
+        # that came between two polls is not kept), yet not at once, so that a deletion
+        # that keeps failing on the host costs what a busy agent's polls do, not a loop.
         hold = primary.config.busy_poll_hold_seconds
     elif deferrable and knows_primaries(body, primary.agent_urls):
         hold = primary.config.idle_poll_hold_seconds(accepted_hold(body))
     else:
         hold = primary.config.idle_poll_hold_seconds(None)
+    if worker.get("cert") == PREVIOUS and worker["cert_renewed_at"] is not None:
+        # On the certificate a renewal superseded: the poll after the switch-over is refused
+        # (fleet/credentials.py), so this one ends with it.
+        left = worker["cert_renewed_at"] + primary.config.cert_switch_over - now
+        hold = min(hold, max(left, 0.0))
+    full_hold = hold
     if received is not None:
         # The agent's read timeout runs from its send: a poll that queued for a thread (a
         # fleet reconnecting at once) must not be held so long that the agent gives up on
@@ -407,7 +417,7 @@ def poll(
     if not gate.try_hold():
         # No room to hold it: the agent waits as long as a held poll would have.
         metrics.poll_deferred()
-        return {**answer, "poll_after": hold}
+        return {**answer, "poll_after": full_hold}
     if deferrable:
         return HeldPoll(primary, gate, worker, held, body, waiter, hold, stop, answer, heard)
     try:

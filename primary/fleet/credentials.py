@@ -145,4 +145,8 @@ def renew_certificate(primary: Primary, worker: dict, body: dict) -> dict:
         raise mark_conflict(
             primary, worker, "two renewals came from one certificate, so two agents hold its key"
         )
+    # A poll held on the superseded certificate answers now; the next one on it is held
+    # only to the end of the switch-over (api/long_poll.py), so a thief's renewal is found
+    # out within two polls, not two holds.
+    primary.waiters.wake(worker["id"])
     return {"certificate": issued.pem, "expires": iso(issued.not_after.timestamp())}

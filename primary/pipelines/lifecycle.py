@@ -27,7 +27,7 @@ from primary.context import Primary
 from primary.errors import BadRequest, conflict
 from primary.pipelines import secrets as pipeline_secrets
 from primary.pipelines import static_files
-from primary.pipelines.pipelines import get_pipeline, get_spec
+from primary.pipelines.pipelines import get_pipeline, get_spec, home_of, wake_old_home
 from primary.pipelines.spec import SpecError, parse_pipeline
 
 ACTIVE_STATES = ("queued", "assigned", "running")
@@ -63,6 +63,7 @@ def delete_pipeline(primary: Primary, name: str) -> dict:
     with primary.store.transaction() as conn:
         conn.lock(f"pipeline {name}")
         _refuse_if_active(conn, name, "deleted")
+        home = home_of(conn, name)
         blobs = [
             r["blob"]
             for r in conn.execute(
@@ -79,6 +80,7 @@ def delete_pipeline(primary: Primary, name: str) -> dict:
         kept = conn.execute("SELECT COUNT(*) AS n FROM runs WHERE pipeline = ?", (name,)).fetchone()
     shutil.rmtree(static_files.folder(primary, name), ignore_errors=True)
     pipeline_secrets.move_all(primary, name, None)
+    wake_old_home(primary, home)
     return {"name": name, "deleted": True, "runs_kept": kept["n"]}
 
 
@@ -109,6 +111,7 @@ def replace_pipeline(primary: Primary, name: str, text: str) -> dict:
             if conn.execute("SELECT 1 FROM pipelines WHERE name = ?", (new,)).fetchone():
                 raise conflict("exists", f"name: a pipeline {new!r} exists already")
             _refuse_if_active(conn, name, "renamed")
+            home = home_of(conn, name)
             conn.execute(
                 "UPDATE pipelines SET name = ?, definition = ?, spec = ?, updated_at = ?,"
                 " home_worker_id = NULL, cache_cleared = 1 WHERE name = ?",
@@ -126,4 +129,5 @@ def replace_pipeline(primary: Primary, name: str, text: str) -> dict:
             new_files.rename(old_files)
         raise
     pipeline_secrets.move_all(primary, name, new)
+    wake_old_home(primary, home)
     return get_pipeline(primary, new)

@@ -40,6 +40,7 @@ def clear_cache(primary: Primary, name: str) -> dict:
     """Forget the pipeline's home: its next run goes to the least loaded worker and starts
     from an empty workspace; the old home deletes its copy on its next poll."""
     with primary.store.transaction() as conn:
+        home = home_of(conn, name)
         if (
             conn.execute(
                 "UPDATE pipelines SET home_worker_id = NULL, cache_cleared = 1 WHERE name = ?",
@@ -48,7 +49,21 @@ def clear_cache(primary: Primary, name: str) -> dict:
             == 0
         ):
             raise NotFound(f"no pipeline {name!r}")
+    wake_old_home(primary, home)
     return get_pipeline(primary, name)
+
+
+def home_of(conn, name: str) -> str | None:
+    """The worker that holds pipeline `name`'s workspace (its home), if any."""
+    row = conn.execute("SELECT home_worker_id FROM pipelines WHERE name = ?", (name,)).fetchone()
+    return row["home_worker_id"] if row else None
+
+
+def wake_old_home(primary: Primary, worker_id: str | None) -> None:
+    """A pipeline's home was forgotten (cleared, renamed, deleted): its old home's held poll
+    answers now, so the worker deletes the workspace now and not a hold (minutes) later."""
+    if worker_id is not None:
+        primary.waiters.wake(worker_id)
 
 
 def forget_evicted_homes(primary: Primary, worker_id: str, names: list[str]) -> int:

@@ -82,7 +82,7 @@ def _candidates(primary: Primary, now: float) -> dict[str, Candidate]:
 
 def _plan_queue(conn, primary: Primary, now: float, refresh_reasons: bool) -> dict[str, int]:
     """One pass over the queue inside the caller's transaction; returns how many runs each
-    worker was given."""
+    worker was given, and 0 for a former home of a pipeline whose home moved (woken too)."""
     candidates = _candidates(primary, now)
     free = _free_slots(candidates)
     given: dict[str, int] = {}
@@ -129,6 +129,8 @@ def _plan_queue(conn, primary: Primary, now: float, refresh_reasons: bool) -> di
                 continue
             _assign(conn, primary, run["id"], decision, now)
             if decision.new_home:
+                if home_id is not None and home_id != decision.worker_id:
+                    given.setdefault(home_id, 0)  # woken: it deletes its copy now, not a hold later
                 conn.execute(
                     "UPDATE pipelines SET home_worker_id = ?, cache_cleared = 0 WHERE name = ?",
                     (decision.worker_id, run["pipeline"]),

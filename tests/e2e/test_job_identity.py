@@ -332,6 +332,7 @@ def test_what_a_job_leaves_running_ends_with_it_and_its_uid_is_freed_with_its_wo
     the uid, with what it left in /tmp."""
     primary, agent = fleet
     marker = f"/tmp/cifleet-leftover-{tmp_path.name}"
+    Path(marker).unlink(missing_ok=True)  # left by an earlier run that failed: another uid's
     steps = [
         f"echo left > {marker}",
         "(setsid sh -c 'echo $$ > \"$CIFLEET_WORKSPACE/daemon.pid\"; exec sleep 300' &)",

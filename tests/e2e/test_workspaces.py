@@ -114,6 +114,28 @@ jobs:
         wait_for(lambda: not old.exists(), 30, "the old home to delete the workspace")
 
 
+def test_a_home_that_loses_its_pipeline_deletes_its_copy_at_once(primary, start_agent):
+    """An idle agent's poll is held for minutes (120 s): when a pipeline's home moves to
+    another worker (its tags changed), the old home's held poll is answered, and it deletes
+    its copy now, not a hold later."""
+    old_home = start_agent("moving-a", tags="first")
+    start_agent("moving-b", tags="second")
+    primary.pipeline("name: moving\ntags: [first]\njobs:\n  - name: w\n    steps: ['touch mark']\n")
+    assert primary.wait_run(primary.trigger("moving"))["worker_name"] == "moving-a"
+    copy = old_home.home / "workspaces" / "moving"
+    assert (copy / "mark").exists()
+    primary.client.json(
+        "PUT",
+        "/api/v1/pipelines/moving",
+        raw=b"name: moving\ntags: [second]\njobs:\n  - name: w\n    steps: ['touch mark']\n",
+        content_type="application/yaml",
+    )
+    moved = primary.wait_run(primary.trigger("moving"))
+    assert moved["worker_name"] == "moving-b"
+    assert moved["placement"][0].endswith("(moved: tags changed)")
+    wait_for(lambda: not copy.exists(), 20, "the old home to delete its copy")
+
+
 def test_update_worker_on_the_host_drains_and_floods(primary, start_agent):
     agent = start_agent("self-managed")
 
