@@ -340,10 +340,10 @@ class HeldPoll:
         changes its assignments, cancels, slots or primaries wakes the worker (an
         assignment, a cancel, an expired lease, slots from the host, a primary joining or
         leaving), and the waiter was armed before the answer was made, so a fresh one would
-        say the same. Workspaces to delete are one hold old at most, and a wake that was
-        lost (another poll of the worker re-armed its waiter) costs a round trip: the agent
-        polls again at once, and that poll looks afresh. An idle fleet's polls end this way:
-        no thread, no store query."""
+        say the same; so does a home that loses its pipeline (its workspace is to go). A
+        wake that was lost (another poll of the worker re-armed its waiter) costs a round
+        trip: the agent polls again at once, and that poll looks afresh. An idle fleet's
+        polls end this way: no thread, no store query."""
         self.release()
         return self._answer
 
