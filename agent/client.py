@@ -298,14 +298,15 @@ def post_to_any(
         client.close()
 
 
-def keep_alive(sock: socket.socket) -> None:
-    """Probe the primary after KEEPALIVE_SECONDS of silence, then as often, and give up on
-    the connection after KEEPALIVE_PROBES unanswered probes."""
+def keep_alive(sock: socket.socket, interval: int = KEEPALIVE_SECONDS) -> None:
+    """Probe the peer after `interval` seconds of silence, then as often, and give up on
+    the connection after KEEPALIVE_PROBES unanswered probes. Both ends do it: the primary's
+    agent port too (primary/server/tcp.py). A socket that is closed meanwhile is left be."""
     with contextlib.suppress(OSError):
         sock.setsockopt(socket.SOL_SOCKET, socket.SO_KEEPALIVE, 1)
         if hasattr(socket, "TCP_KEEPIDLE"):  # Linux; elsewhere the system's defaults
-            sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_KEEPIDLE, KEEPALIVE_SECONDS)
-            sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_KEEPINTVL, KEEPALIVE_SECONDS)
+            sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_KEEPIDLE, interval)
+            sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_KEEPINTVL, interval)
             sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_KEEPCNT, KEEPALIVE_PROBES)
 
 

@@ -306,8 +306,7 @@ class TLSPort:
             )
             return
         if self._keepalive is not None:
-            with contextlib.suppress(OSError):
-                keep_alive(conn, self._keepalive)
+            keep_alive(conn, self._keepalive)
         self.open += 1
         admitted = _Admitted(source)
         task = asyncio.get_running_loop().create_task(self._handshake(conn, admitted))

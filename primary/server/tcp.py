@@ -1,26 +1,18 @@
 """TCP keep-alives on a connection, and what the kernel knows of its peer (Linux's
 TCP_INFO). A held long poll sends nothing for minutes: the keep-alive probes are how the
 primary learns that the agent's host is still there, and how a dead peer's connection is
-closed."""
+closed. The probes are set as the agent sets its own (agent.client.keep_alive)."""
 
 import socket
 import struct
 
-KEEPALIVE_PROBES = 3  # unanswered probes, one interval apart, before the kernel gives up
+from agent.client import KEEPALIVE_PROBES, keep_alive
+
+__all__ = ["KEEPALIVE_PROBES", "keep_alive", "last_heard"]
 _TCP_ESTABLISHED = 1
 # struct tcp_info (linux/tcp.h): u8 tcpi_state at 0, u8 tcpi_probes (keep-alive probes
 # sent and not answered) at 3, u32 tcpi_last_ack_recv (ms since the peer last acked) at 56.
 _INFO_BYTES = 60
-
-
-def keep_alive(sock: socket.socket, interval: int) -> None:
-    """Probe the peer after `interval` idle seconds, then every `interval`, and end the
-    connection after KEEPALIVE_PROBES unanswered ones."""
-    sock.setsockopt(socket.SOL_SOCKET, socket.SO_KEEPALIVE, 1)
-    if hasattr(socket, "TCP_KEEPIDLE"):  # Linux; elsewhere the system's defaults
-        sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_KEEPIDLE, interval)
-        sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_KEEPINTVL, interval)
-        sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_KEEPCNT, KEEPALIVE_PROBES)
 
 
 def last_heard(sock, now: float) -> float | None:
