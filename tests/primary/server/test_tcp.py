@@ -3,6 +3,7 @@ sockets. A peer that stops answering is tested end to end in
 tests/faults/test_idle_host_gone.py."""
 
 import socket
+import struct
 import time
 
 import pytest
@@ -38,6 +39,10 @@ def test_a_peer_that_answers_its_probes_is_heard_now(pair):
     time.sleep(2.5)  # silent for over two probe intervals: the probes' answers count
     now = time.time()
     assert last_heard(server, now) == now
+    # The kernel heard the peer within the last interval, though it sent nothing for 2.5 s:
+    # what it acked were the probes (without them this is about 2,500 ms).
+    info = server.getsockopt(socket.IPPROTO_TCP, socket.TCP_INFO, 60)
+    assert struct.unpack_from("=I", info, 56)[0] < 1500
 
 
 def test_a_peer_that_closed_or_a_closed_socket_is_not_heard(pair):
