@@ -29,7 +29,7 @@ POLL_CLIENT_TIMEOUT_SECONDS = POLL_HOLD_SECONDS + 15.0
 # An agent with no runs says in its poll (`max_hold`) that it waits this long; the primary
 # may hold that poll as long (--idle-poll-hold), and the agent reads for 15 s more. TCP
 # keep-alives on both ends find a vanished peer sooner (docs/design.md, "Idle polls").
-IDLE_POLL_MAX_HOLD_SECONDS = 120.0
+IDLE_POLL_MAX_HOLD_SECONDS = 300.0
 IDLE_POLL_CLIENT_TIMEOUT_SECONDS = IDLE_POLL_MAX_HOLD_SECONDS + 15.0
 
 # Largest log chunk the agent sends in one request, and the largest the primary accepts.

@@ -14,8 +14,6 @@ import time
 from pathlib import Path
 from typing import Any
 
-import psutil
-
 from agent import __version__, leftovers, renewal
 from agent.assignment import parse_assignment
 from agent.backoff import CAP_SECONDS, Backoff, poll_pause
@@ -34,6 +32,7 @@ from agent.home import (
     work_dir,
 )
 from agent.identity import MODE_SHARED, IdentityError, JobIdentities
+from agent.load import LOAD_CHECK_SECONDS, load_report, moved
 from agent.metrics import Snapshot
 from agent.primaries import Primaries
 from agent.procs import end_orphaned_jobs, end_uid_processes
@@ -133,6 +132,9 @@ class Agent:
         self._pool = ClientPool(self.primaries, lambda: self._context)
         self._renew_at = renewal.next_renewal(self.home)
         self._poll_interrupted = False
+        # The load the poll in flight reported, while it is an idle one the primary may hold
+        # for minutes (None otherwise): _supervise ends it when the load moves (agent.load).
+        self._held_load: dict[str, Any] | None = None
         # Plain attributes, not Events: signal handlers set them, and taking a lock inside
         # a signal handler can deadlock the main thread.
         self._drain_requested = False
@@ -275,8 +277,12 @@ class Agent:
     def _supervise(self) -> None:
         drain_seen = force_seen = False
         force_deadline = None
+        load_checked = time.monotonic()
         while not self.stop.wait(SUPERVISE_SECONDS):
             self._fence_silent_runs()
+            if time.monotonic() - load_checked >= LOAD_CHECK_SECONDS:
+                load_checked = time.monotonic()
+                self._report_moved_load()
             if self._force_requested and not force_seen:
                 force_seen = drain_seen = True
                 log.info("force stop: cancelling %d run(s)", len(self.held_runs()))
@@ -296,6 +302,14 @@ class Agent:
             if force_deadline is not None and time.monotonic() > force_deadline:
                 log.warning("force stop: gave up waiting for delivery")
                 return
+
+    def _report_moved_load(self) -> None:
+        """End the held idle poll when the host's load has moved since it reported it, so
+        the next one tells the primary (whose scheduler goes by it) now, not a hold later."""
+        reported = self._held_load
+        if reported is not None and moved(reported, load_report()):
+            log.debug("the host's load moved since the held poll reported it: polling again")
+            self._interrupt_poll()
 
     def _fence_silent_runs(self) -> None:
         """Stop the runs whose lease the primary may soon count as expired: it would then
@@ -360,6 +374,7 @@ class Agent:
             body = self._poll_body()
             started = time.monotonic()  # the send time: the primary renews no earlier
             url = self.primaries.current()
+            self._held_load = body["load"] if "max_hold" in body else None
             try:
                 resp = self._poll_client.post_json(
                     POLL_PATH,
@@ -618,17 +633,6 @@ class Agent:
             else:
                 log.error(UNKNOWN_WORKER_MESSAGE)
         self.stop.set()
-
-
-def load_report() -> dict[str, Any]:
-    """The host's load, as the poll reports it."""
-    load1, load5, _ = psutil.getloadavg()
-    return {
-        "load1": round(load1, 2),
-        "load5": round(load5, 2),
-        "cpus": psutil.cpu_count() or 1,
-        "memory_percent": psutil.virtual_memory().percent,
-    }
 
 
 def poll_client_timeout(body: dict[str, Any]) -> float:

@@ -24,13 +24,14 @@ from pathlib import Path
 from agent import __version__
 from agent.backoff import Backoff, poll_pause
 from agent.client import REQUEST_TIMEOUT_SECONDS, USER_AGENT, agent_context
+from agent.load import load_report
 from agent.protocol import (
     IDLE_POLL_CLIENT_TIMEOUT_SECONDS,
     IDLE_POLL_MAX_HOLD_SECONDS,
     POLL_HOLD_SECONDS,
     POLL_PATH,
 )
-from agent.worker import QUICK_ANSWER_SECONDS, load_report
+from agent.worker import QUICK_ANSWER_SECONDS
 
 
 class Refused(Exception):

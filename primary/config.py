@@ -46,8 +46,10 @@ class PrimaryConfig:
     # (its `max_hold`): a held poll costs a timer and a socket, and each answer costs a
     # round of TLS, HTTP and the app, so an idle fleet's cost falls with it. While held,
     # the worker counts as heard for as long as its host answers TCP keep-alives
-    # (primary/fleet/contacts.py), so the hold may outlast the heartbeat timeout.
-    idle_poll_hold: float = 120.0
+    # (primary/fleet/contacts.py), so the hold may outlast the heartbeat timeout, and the
+    # agent ends it early when its load moves (agent/load.py), so the load the scheduler
+    # places by is not a hold old.
+    idle_poll_hold: float = 300.0
     primary_worker_slots: int = 1
     # Where agents reach this primary, as it tells them (docs/design.md, "Several
     # primaries"); None: its bind address, or its certificate's first name.

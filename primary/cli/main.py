@@ -107,7 +107,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument(
         "--idle-poll-hold",
         type=float,
-        default=120.0,
+        default=300.0,
         help="seconds an idle agent's poll is held, at most (as long as the agent waits)",
     )
     p.add_argument(

@@ -11,7 +11,7 @@ library, and every label value is bounded (causes.py).
 
 import contextlib
 import threading
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 
 from prometheus_client import (
     CollectorRegistry,
@@ -194,9 +194,10 @@ class Metrics:
         """A listener closed a connection without serving it."""
         self.connections_refused.labels(bounded(port, PORTS), bounded(cause, REFUSAL_CAUSES)).inc()
 
-    def body_bytes_now(self, port: str, held: int) -> None:
-        """The bytes of request bodies `port` holds in memory changed."""
-        self.body_bytes_held.labels(bounded(port, PORTS)).set(held)
+    def body_bytes_setter(self, port: str) -> Callable[[float], None]:
+        """What to call when the bytes of request bodies `port` holds in memory change: the
+        gauge's child, looked up once (every request changes it twice)."""
+        return self.body_bytes_held.labels(bounded(port, PORTS)).set
 
     def handshakes_now(self, port: str, in_turn: int, waiting: int) -> None:
         """The TLS handshakes of `port` in their turn and waiting for one changed."""

@@ -84,31 +84,38 @@ class BodyReader:
 class BodyBudget:
     """The bytes of request bodies a port holds in memory at once, at most `limit`: a body
     is read only once its declared length fits, so a thousand connections each sending the
-    largest body allowed cannot make the primary hold a gigabyte. One event loop's."""
+    largest body allowed cannot make the primary hold a gigabyte. One event loop's: used
+    only from its thread, so it needs no lock (every request comes here)."""
 
     def __init__(self, limit: int, changed: Callable[[int], None] = lambda held: None) -> None:
         self.limit = limit
         self.held = 0
         self._changed = changed
-        self._room = asyncio.Condition()
+        self._waiting: set[asyncio.Future] = set()  # takes waiting for room, woken by give
 
     async def take(self, size: int, timeout: float) -> bool:
         """Hold `size` bytes, waiting up to `timeout` seconds for room; False if none came."""
         size = min(size, self.limit)  # a body larger than the whole budget waits for all of it
-        async with self._room:
-            if self.held + size > self.limit:  # else no task and timer: every request comes here
-                try:
-                    await asyncio.wait_for(
-                        self._room.wait_for(lambda: self.held + size <= self.limit), timeout
-                    )
-                except TimeoutError:
-                    return False
-            self.held += size
-            self._changed(self.held)
-            return True
+        if self.held + size > self.limit:  # else no task, timer or future
+            try:
+                async with asyncio.timeout(timeout):
+                    while self.held + size > self.limit:
+                        room = asyncio.get_running_loop().create_future()
+                        self._waiting.add(room)
+                        try:
+                            await room
+                        finally:
+                            self._waiting.discard(room)
+            except TimeoutError:
+                return False
+        self.held += size
+        self._changed(self.held)
+        return True
 
-    async def give(self, size: int) -> None:
-        async with self._room:
-            self.held -= min(size, self.limit)
-            self._changed(self.held)
-            self._room.notify_all()
+    def give(self, size: int) -> None:
+        """Give back what a take of `size` held; the takes waiting look again."""
+        self.held -= min(size, self.limit)
+        self._changed(self.held)
+        for room in self._waiting:
+            if not room.done():
+                room.set_result(None)

@@ -134,7 +134,7 @@ class Servers:
             address,
             name=name,
             refused=lambda cause: self._metrics.connection_refused(name, cause),
-            body_memory=lambda held: self._metrics.body_bytes_now(name, held),
+            body_memory=self._metrics.body_bytes_setter(name),
             **(
                 {
                     "buffered_body": AGENT_BUFFERED_BODY,

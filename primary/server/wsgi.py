@@ -29,7 +29,6 @@ import re
 import sys
 import time
 from collections.abc import Callable, Iterable
-from concurrent.futures import ThreadPoolExecutor
 from urllib.parse import unquote_to_bytes
 
 from aiohttp import web
@@ -40,6 +39,7 @@ from primary.server.body import BodyBudget, BodyReader, BodyTimeout
 from primary.server.bounds import Counts, ServerBounds
 from primary.server.connections import peer_worker
 from primary.server.deferral import Deferred
+from primary.server.services import ServiceThreads
 from primary.server.tcp import last_heard
 
 log = logging.getLogger("cifleet.primary")
@@ -238,8 +238,8 @@ class WSGIBridge:
         self._buffered_body = buffered_body
         self._body_budget = BodyBudget(bounds.body_memory, body_memory)
         self._certificates = certificates
-        self._pool = ThreadPoolExecutor(threads, thread_name_prefix=name)
-        self._uploads = ThreadPoolExecutor(streamed_threads, thread_name_prefix=f"{name}-body")
+        self._pool = ServiceThreads(threads, name)
+        self._uploads = ServiceThreads(streamed_threads, f"{name}-body")
         self._worker_requests = Counts(worker_requests) if worker_requests else None
         self._refused = refused
         self._deferrable = deferrable
@@ -297,15 +297,12 @@ class WSGIBridge:
             sock = request.transport.get_extra_info("socket") if request.transport else None
             if sock is not None:
                 environ[deferral.PEER_HEARD_KEY] = functools.partial(last_heard, sock)
-        loop = asyncio.get_running_loop()
         try:
             try:
-                joined = await loop.run_in_executor(
-                    pool, self._run_app, environ, responder, deferred
-                )
+                joined = await pool.run(self._run_app, environ, responder, deferred)
             finally:
                 if held:  # the app is done with the body
-                    await self._body_budget.give(held)
+                    self._body_budget.give(held)
         except BodyTimeout as exc:  # the app let the body's deadline through
             if responder.response is None:
                 return _refuse(request, 408, str(exc))
@@ -358,7 +355,7 @@ class WSGIBridge:
             return web.Response(status=499)
         finally:
             if not whole:  # also when the port stops (cancelled)
-                await self._body_budget.give(length)
+                self._body_budget.give(length)
 
     async def _finish_deferred(self, request: web.BaseRequest, deferred: Deferred) -> web.Response:
         """Wait for a deferred request's wake-up here, on the loop; its answer comes from a
@@ -373,8 +370,7 @@ class WSGIBridge:
                 return web.Response(status=499)  # nobody to answer; released below
             answer = None if woken else deferred.unwoken()
             if answer is None:
-                loop = asyncio.get_running_loop()
-                answer = await loop.run_in_executor(self._pool, deferred.finish)
+                answer = await self._pool.run(deferred.finish)
             finished = True
         except ApiError as err:  # the store went away while it waited, say: as the app answers
             status, headers = err.status, err.headers
@@ -426,8 +422,8 @@ class WSGIBridge:
         return None
 
     def shutdown(self) -> None:
-        self._pool.shutdown(wait=True, cancel_futures=True)
-        self._uploads.shutdown(wait=True, cancel_futures=True)
+        self._pool.shutdown()
+        self._uploads.shutdown()
 
 
 REFUSAL_CODES = {

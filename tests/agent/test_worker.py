@@ -3,6 +3,7 @@
 import hashlib
 import logging
 import threading
+import time
 
 import psutil
 from fleet import wait_file_step
@@ -208,3 +209,30 @@ def test_a_poll_is_read_for_longer_than_the_primary_may_hold_it():
     assert poll_client_timeout({"runs": [{"run_id": 1, "attempt": 1}]}) == (
         POLL_CLIENT_TIMEOUT_SECONDS
     )
+
+
+def test_an_idle_agent_ends_its_held_poll_when_its_load_moves(
+    fake_primary, running_agent, monkeypatch
+):
+    """The primary holds an idle poll for minutes and places runs by the load it reported:
+    a load that moves by a step the scheduler notices is told at once, in a new poll. One
+    that stays is not: the held poll is not ended for nothing."""
+    import agent.worker as worker
+
+    load = {"load1": 0.1, "load5": 0.1, "cpus": 2, "memory_percent": 20.0}
+    monkeypatch.setattr(worker, "load_report", lambda: dict(load))
+    monkeypatch.setattr(worker, "LOAD_CHECK_SECONDS", 0.3)
+    fake_primary.hold = 300.0  # far longer than the test waits
+    running_agent()
+    fake_primary.wait_for(lambda: fake_primary.polls)
+    time.sleep(1.5)  # five checks of an unchanged load
+    load["load1"] = 0.5  # 0.2 per core: below a step
+    time.sleep(1.5)
+    assert len(fake_primary.polls) == 1
+    load["load1"] = 1.2  # 0.55 per core from what the held poll said
+    fake_primary.wait_for(lambda: len(fake_primary.polls) == 2, timeout=10)
+    assert fake_primary.polls[0]["load"]["load1"] == 0.1
+    assert fake_primary.polls[1]["load"]["load1"] == 1.2
+    assert fake_primary.polls[1]["max_hold"] == IDLE_POLL_MAX_HOLD_SECONDS
+    time.sleep(1.5)  # the new poll's load is the one compared now
+    assert len(fake_primary.polls) == 2

@@ -18,7 +18,7 @@ from fleet import wait_for
 
 pytestmark = pytest.mark.faults
 
-IDLE_HOLD = 120  # --idle-poll-hold, as the default
+IDLE_HOLD = 300  # --idle-poll-hold, as the default
 KEEPALIVE = max(1, int(HEARTBEAT / 6))  # the primary's probe interval (config.py)
 
 
