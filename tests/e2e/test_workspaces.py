@@ -115,7 +115,7 @@ jobs:
 
 
 def test_a_home_that_loses_its_pipeline_deletes_its_copy_at_once(primary, start_agent):
-    """An idle agent's poll is held for minutes (120 s): when a pipeline's home moves to
+    """An idle agent's poll is held for minutes (300 s): when a pipeline's home moves to
     another worker (its tags changed), the old home's held poll is answered, and it deletes
     its copy now, not a hold later."""
     old_home = start_agent("moving-a", tags="first")
