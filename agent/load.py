@@ -32,7 +32,7 @@ def load_report() -> dict[str, Any]:
 def moved(reported: dict[str, Any], now: dict[str, Any]) -> bool:
     """Whether the load `now` differs from the `reported` one by a step the primary should
     hear of without waiting for the hold to end. Pure."""
-    cpus = max(now.get("cpus") or 1, 1)
+    cpus = now["cpus"]  # at least 1 (load_report)
     for key in ("load1", "load5"):
         if abs(now[key] - reported[key]) / cpus >= LOAD_PER_CPU_STEP:
             return True
